@@ -1,0 +1,86 @@
+"""The ``deepmorph`` command: one entry point for both libraries' headless jobs.
+
+Each sub-command lives in its own module exposing ``HELP`` (one line), ``add_arguments(parser)``
+and ``run(args) -> int``. Modules are imported only when their command runs, so ``deepmorph --help``
+stays fast and a heavy dependency (torch, vtk) is loaded only where needed.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": "DeepMorphLib.commands.demo",
+    "phantom": "DeepMorphSimulatorLib.commands.phantom",
+    "drr": "DeepMorphSimulatorLib.commands.drr",
+    "dataset": "DeepMorphSimulatorLib.commands.dataset",
+    "build-pdm": "DeepMorphLib.commands.build_pdm",
+    "train": "DeepMorphLib.commands.train",
+    "fit": "DeepMorphLib.commands.fit",
+    "evaluate": "DeepMorphLib.commands.evaluate",
+}
+
+BENCHMARKS = {
+    "drr": "DeepMorphSimulatorLib.commands.bench_drr",
+    "dataset": "DeepMorphSimulatorLib.commands.bench_dataset",
+    "fit": "DeepMorphLib.commands.bench_fit",
+    "pipeline": "DeepMorphLib.commands.bench_pipeline",
+}
+
+
+def _load(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None  # command not built into this version
+        raise
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepmorph",
+        description="Deep morphing of the femur in (simulated) X-ray images: DRRs, training data, fits.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    wanted = argv[0] if argv else None
+    for name, module_name in COMMANDS.items():
+        # Import only the command being run (others get a placeholder help line).
+        module = _load(module_name) if name == wanted else None
+        p = sub.add_parser(name, help=getattr(module, "HELP", None) or f"see 'deepmorph {name} --help'")
+        if module is not None:
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    bench = sub.add_parser("bench", help="speed/accuracy benchmarks printing one JSON line")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    wanted_bench = argv[1] if wanted == "bench" and len(argv) > 1 else None
+    for name, module_name in BENCHMARKS.items():
+        module = _load(module_name) if name == wanted_bench else None
+        p = bench_sub.add_parser(name, help=getattr(module, "HELP", None) or f"see 'deepmorph bench {name} --help'")
+        if module is not None:
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        name = args.command if args.command != "bench" else f"bench {args.benchmark}"
+        print(f"deepmorph: the '{name}' command is not available in this version.", file=sys.stderr)
+        return 2
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print("\ndeepmorph: cancelled (Ctrl-C); finished work is kept and a re-run resumes it.", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"deepmorph {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

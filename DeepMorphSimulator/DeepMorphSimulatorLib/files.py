@@ -1,0 +1,85 @@
+"""Crash-safe file writing: every file appears whole or not at all (temporary file + rename)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """JSON with sorted keys and numpy values converted, written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 (H, W) grey or (H, W, 3|4) colour array as PNG (deterministic bytes)."""
+    import io
+
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"PNG export expects uint8 pixels, got {image.dtype}; scale to 0-255 first.")
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    atomic_write_bytes(path, png_bytes(image))
+
+
+def read_image_2d(path: str | os.PathLike) -> np.ndarray:
+    """Read a 2-D X-ray (PNG, JPEG, TIFF, DICOM, NRRD...) as float32 (H, W); colour is averaged to grey."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ValueError(f"Cannot read image {path}: not a readable PNG/JPEG/TIFF/DICOM/NRRD file ({exc}).") from None
+    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        arr = arr[..., :3].mean(axis=-1)
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"Image {path} is not 2-D after squeezing (shape {arr.shape}); give one X-ray frame.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"Image {path} contains NaN/infinite pixels.")
+    return arr
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"Not JSON serialisable: {type(obj).__name__}")
