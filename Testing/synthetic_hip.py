@@ -17,7 +17,18 @@ def _unit(deg):
     return np.array([np.cos(a), np.sin(a)])
 
 
-def femur_outline(cx, cy, r, neck_deg=35.0, shaft_len=7.0, n_arc=90):
+def densify(poly, step_px=1.0):
+    """Closed polygon resampled so that no segment is longer than ``step_px`` (like the dev set's outlines)."""
+    poly = np.asarray(poly, dtype=np.float64)
+    nxt = np.roll(poly, -1, axis=0)
+    out = []
+    for a, b in zip(poly, nxt):
+        k = max(1, int(np.ceil(np.linalg.norm(b - a) / step_px)))
+        out.append(a + (b - a) * (np.arange(k)[:, None] / k))
+    return np.concatenate(out)
+
+
+def femur_outline(cx, cy, r, neck_deg=35.0, shaft_len=7.0, n_arc=90, step_px=1.0):
     """Closed outline polygon (N, 2) of a left proximal femur with the head circle (cx, cy, r) in px."""
     u, h = _unit(neck_deg), 0.65
     nrm = np.array([u[1], -u[0]])  # perpendicular to the neck, pointing up-lateral
@@ -34,8 +45,8 @@ def femur_outline(cx, cy, r, neck_deg=35.0, shaft_len=7.0, n_arc=90):
         [0.62, 2.15], [0.8, 1.85],  # lesser trochanter
         1.4 * u - h * nrm,  # lower neck end
     ]))
-    poly = np.concatenate(pts) * r
-    return poly + np.array([cx, cy])
+    poly = np.concatenate(pts) * r + np.array([cx, cy])
+    return densify(poly, step_px)
 
 
 def _polygon_mask(poly, shape, supersample=2):
