@@ -1,0 +1,164 @@
+"""Offscreen rendering of a Slicer slice view (headless, slicer-core): screenshots and overlay tests.
+
+Slicer's own pipeline draws the picture: a ``vtkMRMLSliceLogic`` ("Red") reslices and blends the
+background / foreground volumes, and the markups displayable manager draws curves and points, exactly
+as in the application. Since Slicer 5.10 the 2-D image actor belongs to the Qt view widget, so this
+module adds its own ``vtkImageMapper`` + ``vtkActor2D`` (as trame-slicer does). The render window is
+offscreen (EGL when available: set ``VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow``); a
+``vtkRenderWindowInteractor`` must be initialised on it or the markups widgets crash.
+
+Output images are (H, W, 3) uint8 RGB with row 0 at the top (like a PNG).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SLICE_DISPLAYABLE_MANAGERS = ("vtkMRMLMarkupsDisplayableManager", "vtkMRMLModelSliceDisplayableManager")
+
+
+def opengl_available() -> tuple[bool, str]:
+    """Whether an offscreen OpenGL context can be created here; (ok, reason if not)."""
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    try:
+        import vtk
+
+        window = vtk.vtkRenderWindow()
+        window.SetOffScreenRendering(1)
+        window.SetSize(8, 8)
+        window.Render()
+        ok = bool(window.SupportsOpenGL())
+        window.Finalize()
+        return ok, "" if ok else f"{window.GetClassName()} reports no OpenGL support"
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return False, f"no OpenGL context: {exc}"
+
+
+class OffscreenSliceView:
+    """One slice view of a :class:`~DeepMorphSimulatorLib.mrml_glue.HeadlessSlicer` scene, rendered offscreen.
+
+    ``size`` = (width, height) in screen pixels. Call :meth:`show_image` (or :meth:`set_layers` +
+    :meth:`fit`), then :meth:`render` / :meth:`save_png`. Close with :meth:`close`.
+    """
+
+    def __init__(self, slicer_app, size: tuple[int, int] = (512, 512), layout_name: str = "Red",
+                 background_rgb=(0.0, 0.0, 0.0)):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+        import slicer
+        import vtk
+
+        self.app = slicer_app
+        self.size = (int(size[0]), int(size[1]))
+        self.renderer = vtk.vtkRenderer()
+        self.renderer.GetActiveCamera().ParallelProjectionOn()
+        self.renderer.SetBackground(*background_rgb)
+        self.window = vtk.vtkRenderWindow()
+        self.window.SetOffScreenRendering(1)
+        self.window.SetMultiSamples(0)
+        self.window.AddRenderer(self.renderer)
+        self.window.SetSize(*self.size)
+        self.interactor = vtk.vtkRenderWindowInteractor()
+        self.interactor.SetRenderWindow(self.window)
+        self.interactor.Initialize()
+
+        factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
+        factory.SetMRMLApplicationLogic(slicer_app.app_logic)
+        for name in SLICE_DISPLAYABLE_MANAGERS:
+            if not factory.IsDisplayableManagerRegistered(name):
+                factory.RegisterDisplayableManager(name)
+        self.managers = slicer.vtkMRMLDisplayableManagerGroup()
+        self.managers.Initialize(factory, self.renderer)
+
+        self.logic = slicer.vtkMRMLSliceLogic()
+        self.logic.SetMRMLApplicationLogic(slicer_app.app_logic)
+        slicer_app.app_logic.GetSliceLogics().AddItem(self.logic)
+        self.logic.SetMRMLScene(slicer_app.scene)
+        self.slice_node = self.logic.AddSliceNode(layout_name)
+        self.managers.SetMRMLDisplayableNode(self.slice_node)
+
+        self.image_mapper = vtk.vtkImageMapper()  # the slice logic outputs RGBA 0-255
+        self.image_mapper.SetColorWindow(255)
+        self.image_mapper.SetColorLevel(127.5)
+        self.image_actor = vtk.vtkActor2D()
+        self.image_actor.SetMapper(self.image_mapper)
+        self.image_actor.GetProperty().SetDisplayLocationToBackground()
+        self.renderer.AddViewProp(self.image_actor)
+        self.logic.ResizeSliceNode(*self.size)
+
+    @property
+    def composite_node(self):
+        return self.logic.GetSliceCompositeNode()
+
+    def set_layers(self, background=None, foreground=None, foreground_opacity: float | None = None) -> None:
+        composite = self.composite_node
+        composite.SetBackgroundVolumeID(background.GetID() if background is not None else None)
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
+        if foreground_opacity is not None:
+            composite.SetForegroundOpacity(float(foreground_opacity))
+
+    def show_image(self, image_node, foreground=None, foreground_opacity: float = 1.0, zoom: float = 1.0) -> None:
+        """Show a 2-D image face-on and upright, filling the view (``zoom`` > 1 magnifies)."""
+        from .mrml_glue import align_slice_to_image
+
+        self.set_layers(image_node, foreground, foreground_opacity)
+        align_slice_to_image(self.slice_node, image_node)
+        self.fit(zoom)
+
+    def fit(self, zoom: float = 1.0) -> None:
+        self.logic.ResizeSliceNode(*self.size)
+        self.logic.FitSliceToBackground()
+        if zoom != 1.0:
+            fov = list(self.slice_node.GetFieldOfView())
+            self.slice_node.SetFieldOfView(fov[0] / zoom, fov[1] / zoom, fov[2])
+        self.slice_node.UpdateMatrices()
+
+    def render(self) -> np.ndarray:
+        """Render and read back the view as (H, W, 3) uint8 RGB, row 0 at the top."""
+        import vtk
+        from vtk.util import numpy_support
+
+        self.image_mapper.SetInputConnection(self.logic.GetImageDataConnection())
+        self.logic.ResizeSliceNode(*self.size)
+        self.interactor.Render()
+        grabber = vtk.vtkWindowToImageFilter()
+        grabber.SetInput(self.window)
+        grabber.SetInputBufferTypeToRGB()
+        grabber.ReadFrontBufferOff()
+        grabber.Update()
+        image = grabber.GetOutput()
+        width, height, _ = image.GetDimensions()
+        rgb = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
+        return np.ascontiguousarray(rgb[::-1, :, :3])
+
+    def save_png(self, path: str | os.PathLike) -> np.ndarray:
+        from DeepMorphSimulatorLib.files import write_png
+
+        rgb = self.render()
+        write_png(Path(path), rgb)
+        return rgb
+
+    def ras_to_screen(self, ras: np.ndarray) -> np.ndarray:
+        """World RAS points (N, 3) -> screen pixel centres (N, 2) as (x right, y down) of :meth:`render`.
+
+        Slicer's XY frame has its origin at the bottom-left corner of the view; XY (x, y) is the
+        centre of screen pixel (x - 0.5, y - 0.5) counted from the bottom.
+        """
+        ras = np.atleast_2d(np.asarray(ras, dtype=float))
+        xy_to_ras = np.array([[self.slice_node.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
+        xy = (np.hstack([ras, np.ones((len(ras), 1))]) @ np.linalg.inv(xy_to_ras).T)[:, :2]
+        return np.stack([xy[:, 0] - 0.5, self.size[1] - xy[:, 1] - 0.5], axis=1)
+
+    def close(self) -> None:
+        self.managers.SetMRMLDisplayableNode(None)
+        self.app.app_logic.GetSliceLogics().RemoveItem(self.logic)
+        self.logic.SetMRMLScene(None)
+        self.window.Finalize()
+        self.interactor.TerminateApp()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
