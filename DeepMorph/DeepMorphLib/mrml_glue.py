@@ -44,7 +44,7 @@ CONFIDENCE_COLOR_NODE_NAME = "DeepMorph confidence"
 
 
 def confidence_color_node(scene):
-    """Get or create the overlay colour table: transparent at 0, through red to opaque yellow at 1."""
+    """Get or create the overlay colour table: transparent at 0, through red to opaque yellow from 0.67."""
     node = scene.GetFirstNodeByName(CONFIDENCE_COLOR_NODE_NAME)
     if node is not None and node.IsA("vtkMRMLColorTableNode"):
         return node
@@ -53,7 +53,7 @@ def confidence_color_node(scene):
     node.SetNumberOfColors(256)
     for index in range(256):
         t = index / 255.0
-        r, g, b = 1.0, min(1.0, 2.0 * t), max(0.0, 2.0 * t - 1.0) * 0.6
+        r, g, b = 1.0, min(1.0, 1.5 * t), 0.0
         alpha = float(np.clip((t - 0.05) / 0.45, 0.0, 1.0))  # below ~0.05 invisible, fully opaque from 0.5
         node.SetColor(index, f"{t:.3f}", r, g, b, alpha)
     node.SetAttribute("Category", "DeepMorph")

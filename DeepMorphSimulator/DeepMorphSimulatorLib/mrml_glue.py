@@ -709,15 +709,23 @@ def load_volume(slicer_app: HeadlessSlicer, path: str | os.PathLike, name: str |
     return node
 
 
-def load_markups(slicer_app: HeadlessSlicer, path: str | os.PathLike, name: str | None = None):
-    """Read a ``.mrk.json`` file through Slicer's markups logic; returns the node."""
+def load_markups(slicer_app: HeadlessSlicer, path: str | os.PathLike, name: str | None = None,
+                 linear_curves: bool = True):
+    """Read a ``.mrk.json`` file through Slicer's markups logic; returns the node.
+
+    The ``.mrk.json`` format does not store a curve's interpolation (``.mrml``/``.mrb`` do); DeepMorph's
+    curves are polygons, so curves are set to linear unless ``linear_curves`` is False.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Markups file not found: {path}")
     node_id = slicer_app.logic("Markups").LoadMarkups(str(path), name or path.name.split(".")[0])
     if not node_id:
         raise ValueError(f"Slicer could not read {path} as markups (.mrk.json).")
-    return slicer_app.scene.GetNodeByID(node_id)
+    node = slicer_app.scene.GetNodeByID(node_id)
+    if linear_curves and node.IsA("vtkMRMLMarkupsCurveNode"):
+        node.SetCurveTypeToLinear()
+    return node
 
 
 def save_scene_bundle(scene, path: str | os.PathLike) -> Path:
