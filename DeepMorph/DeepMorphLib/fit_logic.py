@@ -73,12 +73,22 @@ class FitResult:
         """One or two plain sentences for the GUI and logs."""
         if not self.detected:
             return f"NOT DETECTED ({self.reason or 'no confident outline'})."
-        quality = ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in self.quality.items())
+        quality = ", ".join(_format_quality(k, v) for k, v in self.quality.items())
         if self.circle is not None:
             cx, cy, r = self.circle
             mm = f" = {r * self.pixel_mm:.1f} mm" if self.pixel_mm else ""
             return f"Femoral head: radius {r:.1f} px{mm}, centre ({cx:.1f}, {cy:.1f}) px. {quality}".strip()
         return f"Femur contour: {len(self.contour)} points. {quality}".strip()
+
+
+def _format_quality(key: str, value: float) -> str:
+    """"residual_px" 1.234 -> "residual 1.23 px"; "arc_coverage_deg" -> degrees; others plain."""
+    for suffix, unit, fmt in (("_px", " px", ".2f"), ("_deg", " deg", ".0f")):
+        if key.endswith(suffix):
+            return f"{key[: -len(suffix)].replace('_', ' ')} {value:{fmt}}{unit}"
+    if key == "n_pixels":
+        return f"{value:.0f} outline pixels"
+    return f"{key.replace('_', ' ')} {value:.3g}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,11 +105,11 @@ _MODEL_CACHE: dict = {}
 
 def load_task_model(task: str, path: str | os.PathLike | None = None):
     """(model, metadata) for a task: the shipped one, or a ``.safetensors`` file (cached per file)."""
-    from .model_io import load_model
-
     path = Path(path) if path else shipped_model_path(task)
     if not path.is_file():
         raise FileNotFoundError(f"Model file not found: {path}. Choose a .safetensors model or reinstall DeepMorph.")
+    from .model_io import load_model
+
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = load_model(path)

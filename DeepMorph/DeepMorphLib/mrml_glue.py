@@ -13,6 +13,7 @@ import numpy as np
 from DeepMorphSimulatorLib.mrml_glue import (  # noqa: F401  (re-exported)
     COLORS,
     HeadlessSlicer,
+    align_slice_to_image,
     circle_from_markups,
     circle_points_uv,
     circle_to_markups,
@@ -74,21 +75,6 @@ def confidence_to_node(scene, confidence: np.ndarray, image_node, node=None, nam
     display.SetAndObserveColorNodeID(confidence_color_node(scene).GetID())
     display.SetInterpolate(False)
     return node
-
-
-def align_slice_to_image(slice_node, image_node) -> None:
-    """Make a slice view show ``image_node`` face-on and upright: u to the right, v downwards.
-
-    Works for images in any plane (e.g. a DRR on the C-arm's detector in 3D).
-    """
-    m = volume_ijk_to_ras(image_node)
-    i_dir = m[:3, 0] / np.linalg.norm(m[:3, 0])
-    j_dir = m[:3, 1] / np.linalg.norm(m[:3, 1])
-    normal = np.cross(j_dir, i_dir)  # the slice's y axis = normal x transverse = -j (v up the screen)
-    h, w = node_to_image(image_node).shape
-    centre = uv_to_ras(image_node, [[(w - 1) / 2.0, (h - 1) / 2.0]])[0]
-    slice_node.SetSliceToRASByNTP(*normal, *i_dir, *centre, 0)
-    slice_node.UpdateMatrices()
 
 
 def contour_to_markups(

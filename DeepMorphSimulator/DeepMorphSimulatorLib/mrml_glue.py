@@ -750,6 +750,21 @@ def load_scene_bundle(slicer_app: HeadlessSlicer, path: str | os.PathLike, temp_
 # --------------------------------------------------------------------------------------------
 # Views (composite nodes exist both headless and in the application)
 # --------------------------------------------------------------------------------------------
+def align_slice_to_image(slice_node, image_node) -> None:
+    """Make a slice view show ``image_node`` face-on and upright: u to the right, v downwards.
+
+    Works for images in any plane (e.g. a DRR on the C-arm's detector in 3D).
+    """
+    m = volume_ijk_to_ras(image_node)
+    i_dir = m[:3, 0] / np.linalg.norm(m[:3, 0])
+    j_dir = m[:3, 1] / np.linalg.norm(m[:3, 1])
+    normal = np.cross(j_dir, i_dir)  # the slice's y axis = normal x transverse = -j (v up the screen)
+    h, w = node_to_image(image_node).shape
+    centre = uv_to_ras(image_node, [[(w - 1) / 2.0, (h - 1) / 2.0]])[0]
+    slice_node.SetSliceToRASByNTP(*normal, *i_dir, *centre, 0)
+    slice_node.UpdateMatrices()
+
+
 def show_in_slice_views(scene, background=None, foreground=None, foreground_opacity: float | None = None,
                         layouts: tuple[str, ...] | None = None) -> None:
     """Set background/foreground volumes of every slice view (``layouts`` restricts by name, e.g. ("Red",))."""
