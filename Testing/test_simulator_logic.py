@@ -83,8 +83,11 @@ def test_carm_markups_in_3d(app):
     assert np.allclose((corners - geometry.detector_center_lps) @ beam, 0.0, atol=1e-3)  # on the detector plane (float32 markups)
     assert np.allclose(np.linalg.norm(corners[1] - corners[0]), 100.0)  # detector width in mm
     assert nodes["beam"].IsA("vtkMRMLMarkupsLineNode")
-    for node in nodes.values():
-        assert node.GetLocked() and not node.GetDisplayNode().GetVisibility2D()
+    for key in ("carm_points", "detector", "beam"):
+        assert nodes[key].GetLocked()
+    assert all(not node.GetDisplayNode().GetVisibility2D() for node in nodes.values())
+    cone = lps_from_ras(np.array([nodes["cone"].GetPolyData().GetPoint(i) for i in range(5)]))
+    assert np.allclose(cone[0], geometry.source_lps) and np.allclose(cone[1:], corners, atol=1e-3)
     again = logic.draw_carm(app.scene, geometry.with_(orbital_deg=-30), nodes)
     assert all(again[k] is nodes[k] for k in nodes)
 

@@ -85,3 +85,27 @@ def test_landmark_glyph_is_centred_on_its_pixel(scene):
     assert len(xs) > 5
     expected = view.ras_to_screen(g.uv_to_ras(xray, [[60.0, 200.0]]))[0]
     assert np.hypot(xs.mean() - expected[0], ys.mean() - expected[1]) < 2.0  # screen px (2 per image px)
+
+
+def test_three_d_view_draws_models_and_carm():
+    import vtk
+
+    from DeepMorphLib.slice_view_render import OffscreenThreeDView
+    from DeepMorphSimulatorLib import simulator_logic
+    from DeepMorphSimulatorLib.mrml_glue import polydata_to_model_node
+
+    app = g.create_headless_slicer()
+    sphere = vtk.vtkSphereSource()
+    sphere.SetRadius(30.0)
+    sphere.Update()
+    polydata_to_model_node(app.scene, sphere.GetOutput(), "femur", color=(0.0, 0.0, 1.0))
+    simulator_logic.draw_carm(app.scene, CArmGeometry(width_px=100, height_px=100, pixel_mm=2.0))
+    with OffscreenThreeDView(app, (300, 300)) as view:
+        view.look_at((0.0, 0.0, 0.0), (0.0, -2000.0, 0.0))  # from anterior, beam along the view
+        view.reset_camera()
+        rgb = view.render().astype(int)
+    blue = (rgb[..., 2] > 100) & (rgb[..., 0] < 60) & (rgb[..., 1] < 60)
+    ys, xs = np.nonzero(blue)
+    assert len(xs) > 20 and abs(xs.mean() - 150) < 10 and abs(ys.mean() - 150) < 10  # femur in the middle
+    orange = (rgb[..., 0] > 150) & (rgb[..., 1] > 50) & (rgb[..., 1] < 150) & (rgb[..., 2] < 100)
+    assert orange.sum() > 50  # detector outline / beam drawn

@@ -1,4 +1,4 @@
-"""Offscreen rendering of a Slicer slice view (headless, slicer-core): screenshots and overlay tests.
+"""Offscreen rendering of Slicer slice and 3D views (headless, slicer-core): screenshots and overlay tests.
 
 Slicer's own pipeline draws the picture: a ``vtkMRMLSliceLogic`` ("Red") reslices and blends the
 background / foreground volumes, and the markups displayable manager draws curves and points, exactly
@@ -7,6 +7,7 @@ module adds its own ``vtkImageMapper`` + ``vtkActor2D`` (as trame-slicer does). 
 offscreen (EGL when available: set ``VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow``); a
 ``vtkRenderWindowInteractor`` must be initialised on it or the markups widgets crash.
 
+:class:`OffscreenThreeDView` does the same for a 3D view (models, markups, slices shown in 3D).
 Output images are (H, W, 3) uint8 RGB with row 0 at the top (like a PNG).
 """
 from __future__ import annotations
@@ -17,6 +18,49 @@ from pathlib import Path
 import numpy as np
 
 SLICE_DISPLAYABLE_MANAGERS = ("vtkMRMLMarkupsDisplayableManager", "vtkMRMLModelSliceDisplayableManager")
+THREED_DISPLAYABLE_MANAGERS = (
+    "vtkMRMLCameraDisplayableManager",
+    "vtkMRMLViewDisplayableManager",
+    "vtkMRMLModelDisplayableManager",
+    "vtkMRMLMarkupsDisplayableManager",
+)
+
+
+def _render_and_read(interactor, window) -> np.ndarray:
+    import vtk
+    from vtk.util import numpy_support
+
+    interactor.Render()
+    grabber = vtk.vtkWindowToImageFilter()
+    grabber.SetInput(window)
+    grabber.SetInputBufferTypeToRGB()
+    grabber.ReadFrontBufferOff()
+    grabber.Update()
+    image = grabber.GetOutput()
+    width, height, _ = image.GetDimensions()
+    rgb = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
+    return np.ascontiguousarray(rgb[::-1, :, :3])
+
+
+def _save_png(rgb: np.ndarray, path) -> np.ndarray:
+    from DeepMorphSimulatorLib.files import write_png
+
+    write_png(Path(path), rgb)
+    return rgb
+
+
+def _offscreen_window(size, renderer):
+    import vtk
+
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetMultiSamples(0)
+    window.AddRenderer(renderer)
+    window.SetSize(*size)
+    interactor = vtk.vtkRenderWindowInteractor()  # needed by the displayable managers' widgets
+    interactor.SetRenderWindow(window)
+    interactor.Initialize()
+    return window, interactor
 
 
 def opengl_available() -> tuple[bool, str]:
@@ -54,14 +98,7 @@ class OffscreenSliceView:
         self.renderer = vtk.vtkRenderer()
         self.renderer.GetActiveCamera().ParallelProjectionOn()
         self.renderer.SetBackground(*background_rgb)
-        self.window = vtk.vtkRenderWindow()
-        self.window.SetOffScreenRendering(1)
-        self.window.SetMultiSamples(0)
-        self.window.AddRenderer(self.renderer)
-        self.window.SetSize(*self.size)
-        self.interactor = vtk.vtkRenderWindowInteractor()
-        self.interactor.SetRenderWindow(self.window)
-        self.interactor.Initialize()
+        self.window, self.interactor = _offscreen_window(self.size, self.renderer)
 
         factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
         factory.SetMRMLApplicationLogic(slicer_app.app_logic)
@@ -116,28 +153,12 @@ class OffscreenSliceView:
 
     def render(self) -> np.ndarray:
         """Render and read back the view as (H, W, 3) uint8 RGB, row 0 at the top."""
-        import vtk
-        from vtk.util import numpy_support
-
         self.image_mapper.SetInputConnection(self.logic.GetImageDataConnection())
         self.logic.ResizeSliceNode(*self.size)
-        self.interactor.Render()
-        grabber = vtk.vtkWindowToImageFilter()
-        grabber.SetInput(self.window)
-        grabber.SetInputBufferTypeToRGB()
-        grabber.ReadFrontBufferOff()
-        grabber.Update()
-        image = grabber.GetOutput()
-        width, height, _ = image.GetDimensions()
-        rgb = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
-        return np.ascontiguousarray(rgb[::-1, :, :3])
+        return _render_and_read(self.interactor, self.window)
 
     def save_png(self, path: str | os.PathLike) -> np.ndarray:
-        from DeepMorphSimulatorLib.files import write_png
-
-        rgb = self.render()
-        write_png(Path(path), rgb)
-        return rgb
+        return _save_png(self.render(), path)
 
     def ras_to_screen(self, ras: np.ndarray) -> np.ndarray:
         """World RAS points (N, 3) -> screen pixel centres (N, 2) as (x right, y down) of :meth:`render`.
@@ -153,6 +174,77 @@ class OffscreenSliceView:
     def close(self) -> None:
         self.managers.SetMRMLDisplayableNode(None)
         self.app.app_logic.GetSliceLogics().RemoveItem(self.logic)
+        self.logic.SetMRMLScene(None)
+        self.window.Finalize()
+        self.interactor.TerminateApp()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class OffscreenThreeDView:
+    """A 3D view of the scene rendered offscreen by Slicer's 3D displayable managers (models, markups,
+    slice planes "visible in 3D"). Place the camera with :meth:`look_at` or :meth:`reset_camera`."""
+
+    def __init__(self, slicer_app, size: tuple[int, int] = (512, 512), layout_name: str = "1",
+                 background_rgb=(0.08, 0.08, 0.12), background2_rgb=(0.32, 0.34, 0.43)):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+        import slicer
+        import vtk
+
+        self.app = slicer_app
+        self.size = (int(size[0]), int(size[1]))
+        self.renderer = vtk.vtkRenderer()
+        self.window, self.interactor = _offscreen_window(self.size, self.renderer)
+        factory = slicer.vtkMRMLThreeDViewDisplayableManagerFactory.GetInstance()
+        factory.SetMRMLApplicationLogic(slicer_app.app_logic)
+        for name in THREED_DISPLAYABLE_MANAGERS:
+            if not factory.IsDisplayableManagerRegistered(name):
+                factory.RegisterDisplayableManager(name)
+        self.managers = slicer.vtkMRMLDisplayableManagerGroup()
+        self.managers.Initialize(factory, self.renderer)
+        self.logic = slicer.vtkMRMLViewLogic()
+        self.logic.SetMRMLApplicationLogic(slicer_app.app_logic)
+        slicer_app.app_logic.GetViewLogics().AddItem(self.logic)
+        self.logic.SetMRMLScene(slicer_app.scene)
+        self.view_node = self.logic.AddViewNode(layout_name)
+        self.view_node.SetBoxVisible(False)
+        self.view_node.SetAxisLabelsVisible(False)
+        self.view_node.SetBackgroundColor(*background_rgb)
+        self.view_node.SetBackgroundColor2(*background2_rgb)
+        self.managers.SetMRMLDisplayableNode(self.view_node)
+
+    def reset_camera(self, azimuth_deg: float = 0.0, elevation_deg: float = 0.0, zoom: float = 1.0) -> None:
+        """Fit the camera to the visible props, then orbit (degrees) and zoom."""
+        self.renderer.ResetCamera()
+        camera = self.renderer.GetActiveCamera()
+        camera.Azimuth(azimuth_deg)
+        camera.Elevation(elevation_deg)
+        camera.OrthogonalizeViewUp()
+        self.renderer.ResetCamera()
+        camera.Zoom(zoom)
+        self.renderer.ResetCameraClippingRange()
+
+    def look_at(self, focal_ras, position_ras, view_up_ras=(0.0, 0.0, 1.0)) -> None:
+        camera = self.renderer.GetActiveCamera()
+        camera.SetFocalPoint(*focal_ras)
+        camera.SetPosition(*position_ras)
+        camera.SetViewUp(*view_up_ras)
+        camera.OrthogonalizeViewUp()
+        self.renderer.ResetCameraClippingRange()
+
+    def render(self) -> np.ndarray:
+        return _render_and_read(self.interactor, self.window)
+
+    def save_png(self, path: str | os.PathLike) -> np.ndarray:
+        return _save_png(self.render(), path)
+
+    def close(self) -> None:
+        self.managers.SetMRMLDisplayableNode(None)
+        self.app.app_logic.GetViewLogics().RemoveItem(self.logic)
         self.logic.SetMRMLScene(None)
         self.window.Finalize()
         self.interactor.TerminateApp()

@@ -572,6 +572,7 @@ def polydata_to_model_node(scene, polydata_lps, name: str = "Femur", node=None, 
     display = node.GetDisplayNode()
     display.SetColor(*color)
     display.SetOpacity(opacity)
+    display.SetScalarVisibility(False)  # plain colour even if the mesh carries point scalars
     display.SetVisibility2D(True)
     return node
 

@@ -156,8 +156,9 @@ def detector_corners_uv(geometry: CArmGeometry) -> np.ndarray:
 
 
 def draw_carm(scene, geometry: CArmGeometry, nodes: dict | None = None, visible_2d: bool = False) -> dict:
-    """Locked, labelled markups of the C-arm in 3D: source/isocentre/detector centre points,
-    the detector outline (closed curve) and the central beam (line). Returns the nodes dict."""
+    """The C-arm in 3D: locked, labelled markups for the source/isocentre/detector centre, the detector
+    outline (closed curve) and the central beam (line), and a translucent beam pyramid (model).
+    Hidden in slice views unless ``visible_2d``. Returns the nodes dict (pass it back to update)."""
     nodes = dict(nodes or {})
     points_lps = {
         "X-ray source": geometry.source_lps,
@@ -170,18 +171,40 @@ def draw_carm(scene, geometry: CArmGeometry, nodes: dict | None = None, visible_
     corners = geometry.pixel_positions_lps(*detector_corners_uv(geometry).T)
     nodes["detector"] = glue.curve_to_node(
         scene, ras_from_lps(corners), closed=True, name="Detector", node=nodes.get("detector"),
-        color=glue.COLORS["carm"], line_diameter_mm=2.0,
+        color=glue.COLORS["carm"], line_diameter_mm=4.0,
     )
     beam = ras_from_lps(np.stack([geometry.source_lps, geometry.detector_center_lps]))
     if nodes.get("beam") is None:
         nodes["beam"] = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "Central beam")
         nodes["beam"].CreateDefaultDisplayNodes()
     glue.set_control_points(nodes["beam"], beam)
-    glue.style_markups(nodes["beam"], glue.COLORS["carm"], point_labels=False, glyph_scale=0.0, line_diameter_mm=1.0)
-    for node in (nodes["carm_points"], nodes["detector"], nodes["beam"]):
+    glue.style_markups(nodes["beam"], glue.COLORS["carm"], point_labels=False, glyph_scale=0.0, line_diameter_mm=3.0)
+    nodes["cone"] = glue.polydata_to_model_node(
+        scene, beam_cone_polydata(geometry), "X-ray beam", node=nodes.get("cone"), color=glue.COLORS["carm"],
+        opacity=0.12,
+    )
+    for node in (nodes["carm_points"], nodes["detector"], nodes["beam"], nodes["cone"]):
         node.GetDisplayNode().SetVisibility2D(visible_2d)
         node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry.to_dict()))
     return nodes
+
+
+def beam_cone_polydata(geometry: CArmGeometry):
+    """The X-ray beam as a pyramid (LPS mm): apex at the source, base = the detector's outline."""
+    import vtk
+
+    corners = geometry.pixel_positions_lps(*detector_corners_uv(geometry).T)
+    points = vtk.vtkPoints()
+    points.InsertNextPoint(*geometry.source_lps)
+    for corner in corners:
+        points.InsertNextPoint(*corner)
+    polys = vtk.vtkCellArray()
+    for a in range(4):
+        polys.InsertNextCell(3, [0, 1 + a, 1 + (a + 1) % 4])
+    polydata = vtk.vtkPolyData()
+    polydata.SetPoints(points)
+    polydata.SetPolys(polys)
+    return polydata
 
 
 # --------------------------------------------------------------------------------------------
