@@ -343,17 +343,28 @@ def _vtk_points(ras: np.ndarray):
 
 
 def set_control_points(node, ras: np.ndarray, labels: list[str] | None = None, locked: bool = True) -> None:
-    """Replace the node's control points by world RAS points (N, 3) with optional labels."""
+    """Set the node's control points to world RAS points (N, 3), with optional labels.
+
+    With the same number of points they are moved in place (safe while the user interacts with the
+    node, as ``slicer.util.updateMarkupsControlPointsFromArray`` does); otherwise they are replaced.
+    """
     ras = np.atleast_2d(np.asarray(ras, dtype=float)).reshape(-1, 3)
     if labels is not None and len(labels) != len(ras):
         raise ValueError(f"Got {len(labels)} labels for {len(ras)} points.")
     was_modifying = node.StartModify()
     try:
-        node.RemoveAllControlPoints()
-        if len(ras):
-            node.SetControlPointPositionsWorld(_vtk_points(ras))
+        if node.GetNumberOfControlPoints() == len(ras):
+            for index, point in enumerate(ras):
+                node.SetNthControlPointPositionWorld(index, *point)
+        else:
+            node.RemoveAllControlPoints()
+            if len(ras):
+                node.SetControlPointPositionsWorld(_vtk_points(ras))
+            if labels is None:
+                labels = [""] * len(ras)  # no automatic "name-1" labels
         for index in range(len(ras)):
-            node.SetNthControlPointLabel(index, labels[index] if labels is not None else "")
+            if labels is not None:
+                node.SetNthControlPointLabel(index, labels[index])
             node.SetNthControlPointLocked(index, locked)
         node.SetLocked(locked)
     finally:
