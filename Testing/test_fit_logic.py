@@ -151,6 +151,9 @@ def test_femur_contour_with_named_landmarks_and_constrained_editing(app, fake_fe
     assert result.detected and result.quality["quality"] == pytest.approx(0.87) and result.pixel_mm is None
     contour = nodes["contour"]
     assert contour.IsA("vtkMRMLMarkupsCurveNode") and not contour.GetLocked()  # editable by the user
+    assert contour.GetFixedNumberOfControlPoints()  # ... by dragging only: correspondence is kept
+    contour.RemoveNthControlPoint(3)
+    assert contour.GetNumberOfControlPoints() == len(result.contour)
     assert np.allclose(g.markups_to_uv(contour, xray), result.contour, atol=1e-4)
     assert g.control_point_labels(nodes["landmarks"]) == ["femoral head", "greater trochanter", "shaft"]
     assert np.allclose(g.markups_to_uv(nodes["landmarks"], xray)[0], result.contour[10], atol=1e-4)
@@ -217,3 +220,11 @@ def test_fit_logic_with_real_pieces(app, tmp_path):
     result, nodes = logic.fit_xray_node(app.scene, xray, "head")
     assert result.detected
     assert np.hypot(result.circle[0] - truth[0], result.circle[1] - truth[1]) < 5.0
+
+
+def test_refitting_a_fixed_contour_with_another_point_count(app):
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray refit")
+    curve, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(12.0), np.zeros(12)], editable=True)
+    curve2, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(10.0), np.ones(10)], curve_node=curve)
+    assert curve2 is curve and curve.GetNumberOfControlPoints() == 10 and curve.GetFixedNumberOfControlPoints()
+    assert np.allclose(g.markups_to_uv(curve, xray)[:, 1], 1.0, atol=1e-5)

@@ -92,6 +92,7 @@ def contour_to_markups(
         locked=not editable, glyph_scale=1.0 if editable else 0.0,
     )
     curve.SetAttribute("DeepMorph.role", "contour")
+    curve.SetFixedNumberOfControlPoints(True)  # the points correspond to the shape model's: drag, never add/delete
     lm_node = None
     if landmarks:
         bad = {k: i for k, i in landmarks.items() if not 0 <= int(i) < len(points_uv)}

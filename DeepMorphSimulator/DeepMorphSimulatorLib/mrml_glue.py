@@ -357,9 +357,12 @@ def set_control_points(node, ras: np.ndarray, labels: list[str] | None = None, l
             for index, point in enumerate(ras):
                 node.SetNthControlPointPositionWorld(index, *point)
         else:
+            fixed = node.GetFixedNumberOfControlPoints()  # it would block adding/removing points
+            node.SetFixedNumberOfControlPoints(False)
             node.RemoveAllControlPoints()
             if len(ras):
                 node.SetControlPointPositionsWorld(_vtk_points(ras))
+            node.SetFixedNumberOfControlPoints(fixed)
             if labels is None:
                 labels = [""] * len(ras)  # no automatic "name-1" labels
         for index in range(len(ras)):
