@@ -83,11 +83,11 @@ class DeepMorphParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     task: Task = Task.HEAD
     modelSource: ModelSource = ModelSource.SHIPPED
-    modelPath: pathlib.Path = pathlib.Path()
+    modelPath: pathlib.Path = pathlib.Path(__file__).parent / "Resources" / "Models" / "head.safetensors"
     polarity: Polarity = Polarity.AUTO
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     interactiveCorrection: bool = True
-    resultText: str = ""
+    resultText: str = "No result yet."
     exportDirectory: pathlib.Path = pathlib.Path.home() / "DeepMorph" / "results"
     confidenceVolume: Optional[vtkMRMLScalarVolumeNode] = None
 

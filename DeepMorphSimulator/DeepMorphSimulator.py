@@ -309,7 +309,8 @@ class DeepMorphSimulatorLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         python = shutil.which("PythonSlicer") or sys.executable
         command = python_module_command("DeepMorphLib.cli", *args, python=python)
         logging.info("Starting: " + " ".join(command))
-        return BackgroundJob(command, env=simulator_logic.lib_environment(), cwd=os.path.dirname(__file__)).start()
+        env = simulator_logic.lib_environment(base=slicer.util.startupEnvironment())
+        return BackgroundJob(command, env=env, cwd=os.path.dirname(__file__)).start()
 
 
 #

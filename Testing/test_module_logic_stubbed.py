@@ -128,6 +128,7 @@ def modules(monkeypatch):
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(slicer, "mrmlScene", slicer_app.scene, raising=False)
     monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(__import__("os").environ))
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda background="keep-current", foreground="keep-current",
                         foregroundOpacity=None, **kw: g.show_in_slice_views(
                             slicer_app.scene, background if background != "keep-current" else None,

@@ -269,10 +269,14 @@ def dataset_arguments(out_dir, n: int, size: int, inputs: dict | None = None, im
     return args + ["--workers", str(int(workers)), "--seed", str(int(seed))]
 
 
-def lib_environment(extra_paths: list[str] | None = None) -> dict[str, str]:
-    """Environment for a child Python that must import both Lib packages (PYTHONPATH prepended)."""
+def lib_environment(extra_paths: list[str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child Python that must import both Lib packages (PYTHONPATH prepended).
+
+    ``base`` is the environment to start from (inside Slicer: ``slicer.util.startupEnvironment()``,
+    as TotalSegmentator and MONAIAuto3DSeg launch their processes); default: this process's.
+    """
     here = Path(__file__).resolve().parent.parent  # the folder holding DeepMorphSimulatorLib
     paths = [str(here), str(here.parent / "DeepMorph"), *(extra_paths or [])]
-    env = dict(os.environ)
+    env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [*paths, env.get("PYTHONPATH", "")] if p)
     return env
