@@ -63,21 +63,37 @@ def _offscreen_window(size, renderer):
     return window, interactor
 
 
+_PROBE = """
+import vtk
+window = vtk.vtkRenderWindow()
+window.SetOffScreenRendering(1)
+window.SetSize(8, 8)
+window.Render()
+print("OPENGL", int(window.SupportsOpenGL()), window.GetClassName())
+"""
+
+
 def opengl_available() -> tuple[bool, str]:
-    """Whether an offscreen OpenGL context can be created here; (ok, reason if not)."""
+    """Whether an offscreen OpenGL context can be created here; (ok, reason if not).
+
+    Probed in a child process: on a machine without EGL/GLX, VTK may abort instead of raising.
+    """
+    import subprocess
+    import sys
+
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     try:
-        import vtk
+        result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"OpenGL probe failed: {exc}"
+    line = next((x for x in result.stdout.splitlines() if x.startswith("OPENGL")), "")
+    if result.returncode == 0 and line.split()[1:2] == ["1"]:
+        return True, ""
+    import re
 
-        window = vtk.vtkRenderWindow()
-        window.SetOffScreenRendering(1)
-        window.SetSize(8, 8)
-        window.Render()
-        ok = bool(window.SupportsOpenGL())
-        window.Finalize()
-        return ok, "" if ok else f"{window.GetClassName()} reports no OpenGL support"
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        return False, f"no OpenGL context: {exc}"
+    stderr = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr).strip()
+    detail = (stderr.splitlines() or [f"exit code {result.returncode}"])[-1]
+    return False, f"no offscreen OpenGL context ({detail.split('| ')[-1]})"
 
 
 class OffscreenSliceView:
