@@ -188,8 +188,8 @@ class DeepMorphSimulatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onGenerateButton(self) -> None:
         if self._job is not None and self._job.running:
-            self._job.cancel()
-            self.onPollJob()
+            self._job.cancel(wait=False)  # the timer keeps polling until the process has stopped
+            self.ui.generateButton.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the dataset generation."), waitCursor=True):
             self.logic.installRequirements(self.resourcePath("requirements.txt"))

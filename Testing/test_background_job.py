@@ -94,3 +94,25 @@ def alive(pid):
 def test_python_module_command():
     cmd = python_module_command("DeepMorphLib.cli", "dataset", "--n", 5, python="/opt/PythonSlicer")
     assert cmd == ["/opt/PythonSlicer", "-m", "DeepMorphLib.cli", "dataset", "--n", "5"]
+
+
+STUBBORN = r"""
+import signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
+def test_cancel_without_waiting_escalates_to_kill_from_poll():
+    job = BackgroundJob([sys.executable, "-c", STUBBORN]).start()
+    deadline = time.monotonic() + 20
+    while "ready" not in job.lines and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    job.cancel(grace_s=0.3, wait=False)
+    assert time.monotonic() - t0 < 0.2 and job.running  # returned at once; SIGINT ignored
+    assert job.wait(timeout=10) is not None  # poll() killed it after the grace period
+    assert job.state == "cancelled"

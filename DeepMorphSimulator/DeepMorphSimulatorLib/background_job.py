@@ -54,6 +54,7 @@ class BackgroundJob:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._cancelled = False
+        self._kill_at: float | None = None
         self.started_at: float | None = None
 
     def start(self) -> "BackgroundJob":
@@ -102,6 +103,9 @@ class BackgroundJob:
 
     def poll(self) -> list[str]:
         """New output lines since the last call (never blocks); updates progress and state."""
+        if self._kill_at is not None and time.monotonic() > self._kill_at and self.proc.poll() is None:
+            self._signal(interrupt=False)  # did not stop after Ctrl-C
+            self._kill_at = None
         new = []
         while True:
             try:
@@ -130,12 +134,19 @@ class BackgroundJob:
             time.sleep(0.02)
         return self.returncode
 
-    def cancel(self, grace_s: float = 5.0) -> None:
-        """Interrupt the process and all its children (Ctrl-C first; killed after ``grace_s`` s)."""
+    def cancel(self, grace_s: float = 5.0, wait: bool = True) -> None:
+        """Interrupt the process and all its children (Ctrl-C first; killed after ``grace_s`` s).
+
+        With ``wait=False`` this returns at once (for a GUI); :meth:`poll` then kills the process
+        group if it is still running after ``grace_s``.
+        """
         if self.proc is None or self.proc.poll() is not None:
             return
         self._cancelled = True
         self._signal(interrupt=True)
+        self._kill_at = time.monotonic() + grace_s
+        if not wait:
+            return
         try:
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
