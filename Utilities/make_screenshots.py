@@ -266,9 +266,9 @@ def simulator_screenshot(case: dict, out: Path) -> None:
     centre_ras = ras_from_lps(np.asarray(geometry.isocenter_lps))
     _, _, beam = geometry.axes()
     side = ras_from_lps(np.cross(beam, [0.0, 0.0, 1.0]))
-    focal = ras_from_lps((np.asarray(geometry.isocenter_lps) + geometry.detector_center_lps) / 2)
-    three_d.look_at(focal, focal + 1200 * side / np.linalg.norm(side) + [0, -500, 400])
-    three_d.reset_camera(zoom=1.45)
+    focal = ras_from_lps(0.5 * np.asarray(geometry.isocenter_lps) + 0.5 * geometry.detector_center_lps)
+    direction = side / np.linalg.norm(side) + [0.0, -0.45, 0.35]
+    three_d.look_at(focal, focal + 1150 * direction / np.linalg.norm(direction))
     left = caption(three_d.render(), "C-arm (source, beam, detector) over the femur; DRR on the detector")
     write(np.hstack([left, np.zeros((600, 4, 3), np.uint8), right]), out)
 
