@@ -182,7 +182,10 @@ def _fit_femur(conf: np.ndarray, pdm) -> FitResult:
     from .asm_fit import fit_pdm_to_confidence
 
     fit = fit_pdm_to_confidence(conf, pdm)
-    quality = {"quality": float(fit.quality)} if fit.quality is not None else {}
+    if isinstance(fit.quality, dict):  # several named measures
+        quality = {str(k): float(v) for k, v in fit.quality.items() if np.isscalar(v) and np.isfinite(v)}
+    else:
+        quality = {"quality": float(fit.quality)} if fit.quality is not None else {}
     if fit.point_confidence is not None:
         quality["mean_point_confidence"] = float(np.mean(fit.point_confidence))
     contour = np.asarray(fit.points, dtype=float) if fit.detected else None
