@@ -200,3 +200,25 @@ def test_predict_confidence_on_cuda_matches_cpu():
     cpu = predict_confidence(net, META, img, device="cpu")
     gpu = predict_confidence(net, META, img, device="cuda")
     assert np.allclose(cpu, gpu, atol=1e-3)
+
+
+class Identity(torch.nn.Module):
+    """Logits = 10 x the normalised input: the confidence map is the (resampled) image itself."""
+
+    def forward(self, x):
+        return 10.0 * x
+
+
+@pytest.mark.parametrize("shape", [(90, 150), (150, 90), (64, 64), (700, 500)])
+def test_confidence_map_is_registered_to_the_image(shape):
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy, r = 0.37 * w, 0.58 * h, 0.15 * min(h, w)
+    img = (np.hypot(xx - cx, yy - cy) <= r).astype(np.float32) * 1000.0
+    conf = predict_confidence(Identity(), {"input_size": 32}, img, device="cpu")
+    assert conf.shape == shape
+    wts = conf * (conf > 0.5)
+    ex, ey = (wts * xx).sum() / wts.sum(), (wts * yy).sum() / wts.sum()
+    scale = max(h, w) / 32  # one network pixel in image pixels
+    assert abs(ex - cx) < 0.25 * scale and abs(ey - cy) < 0.25 * scale
+    assert conf[0, 0] < 0.01 and conf[-1, -1] < 0.01  # background stays background

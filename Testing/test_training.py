@@ -112,3 +112,10 @@ def test_max_minutes_stop_is_reported_with_exit_code_3(toy, tmp_path):
     assert (tmp_path / "w" / "checkpoint.safetensors").exists() and not (tmp_path / "f.json").exists()
     assert main(args[:-3] + ["--no-progress"]) == 0
     assert load_model(tmp_path / "f", task="femur")[1]["task"] == "femur"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_training_runs_on_cuda(toy, tmp_path):
+    result = train(tiny_config(toy, tmp_path, "gpu", device="cuda", epochs=1), progress=False, log=lambda m: None)
+    assert result["status"] == "finished"
+    assert load_model(tmp_path / "gpu")[1]["training"]["device"].startswith("cuda")

@@ -214,7 +214,7 @@ def _generator(*key: int) -> torch.Generator:
 
 def make_batch(images, masks, idx, cfg: TrainConfig, aug: AugmentConfig, g: torch.Generator, device):
     """uint8 cache rows -> augmented, normalised (B, 1, crop, crop) inputs and soft targets on ``device``."""
-    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    idx_t = torch.as_tensor(idx, dtype=torch.long, device=images.device)
     x = images[idx_t].to(device, torch.float32)[:, None] / 255.0
     y = masks[idx_t].to(device, torch.float32)[:, None] / 255.0
     x, y = augment_batch(x, y, g, aug, out_size=cfg.crop)
@@ -229,7 +229,7 @@ def evaluate(model, images, masks, idx, cfg: TrainConfig, device, batch: int = 1
     model.eval()
     loss_sum, inter, total = 0.0, 0.0, 0.0
     for i in range(0, len(idx), batch):
-        j = torch.as_tensor(idx[i:i + batch], dtype=torch.long)
+        j = torch.as_tensor(idx[i:i + batch], dtype=torch.long, device=images.device)
         x = normalize_images(images[j].to(device, torch.float32)[:, None] / 255.0, DEFAULT_NORMALIZATION)
         y = masks[j].to(device, torch.float32)[:, None] / 255.0
         logits = model(x)
@@ -328,6 +328,9 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     device = resolve_device(cfg.device)
     t_start = time.monotonic()
     images, masks, infos = load_dataset(cfg.data, cfg.task, cfg.size, cfg.max_samples, progress)
+    if device.type == "cuda":  # keep the uint8 cache on the GPU; cuDNN autotuning (not bit-reproducible)
+        images, masks = images.to(device), masks.to(device)
+        torch.backends.cudnn.benchmark = True
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
     steps_per_epoch = max(1, len(train_idx) // cfg.batch)
     aug = AugmentConfig.from_dict(cfg.augment)
