@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from DeepMorphLib.augment import NO_AUGMENTATION, AugmentConfig, augment_batch, random_affine
-from DeepMorphLib.fusionnet import FusionNet, architecture_of, build_model, count_parameters
+from DeepMorphLib.fusionnet import FusionNet, architecture_of, build_model, count_parameters, fuse_for_inference
 from DeepMorphLib.inference import normalize_images, predict_confidence
 from DeepMorphLib.model_io import load_model, read_sidecar, save_model
 
@@ -32,6 +32,19 @@ def test_shapes_logits_and_probabilities():
     assert float(p.min()) >= 0.0 and float(p.max()) <= 1.0
     assert count_parameters(net) > 0
     assert FusionNet(base_channels=4, depth=3, max_channels=8)(torch.randn(1, 1, 16, 16)).shape == (1, 1, 16, 16)
+
+
+def test_fused_copy_gives_the_same_confidences():
+    net = tiny()
+    net.train()
+    net(torch.randn(4, 1, 32, 32))  # give BN non-trivial running statistics
+    net.eval()
+    fused = fuse_for_inference(net)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), net(x), atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
 
 
 def test_invalid_architecture_is_refused():
