@@ -336,7 +336,8 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     aug = AugmentConfig.from_dict(cfg.augment)
     model = build_network(cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = {"fingerprint": cfg.fingerprint(), "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0,
+    fingerprint = {**cfg.fingerprint(), "data_content": [[i.get("n_used"), i.get("manifest_sha256")] for i in infos]}
+    state = {"fingerprint": fingerprint, "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0,
              "history": [], "train_seconds": 0.0}
     if ckpt_path.exists():
         saved = load_checkpoint(ckpt_path, model, optimizer)
