@@ -312,7 +312,6 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, stop_a
     """
     cfg.validate()
     work = cfg.resolved_work_dir()
-    work.mkdir(parents=True, exist_ok=True)
     ckpt_path = work / CHECKPOINT_NAME
     if restart and ckpt_path.exists():
         ckpt_path.unlink()
@@ -331,6 +330,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     if device.type == "cuda":  # keep the uint8 cache on the GPU; cuDNN autotuning (not bit-reproducible)
         images, masks = images.to(device), masks.to(device)
         torch.backends.cudnn.benchmark = True
+    work.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
     steps_per_epoch = max(1, len(train_idx) // cfg.batch)
     aug = AugmentConfig.from_dict(cfg.augment)

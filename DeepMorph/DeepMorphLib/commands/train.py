@@ -19,23 +19,26 @@ def add_arguments(p) -> None:
                    help="model path without extension: writes MODEL.safetensors + MODEL.json")
     p.add_argument("--work-dir", default="", metavar="DIR",
                    help="checkpoint and metrics.jsonl folder (default: runs/train-<MODEL name>)")
-    p.add_argument("--epochs", type=int, default=C.epochs)
-    p.add_argument("--batch", type=int, default=C.batch)
+    p.add_argument("--epochs", type=int, default=C.epochs, help="passes over the training split (default %(default)s)")
+    p.add_argument("--batch", type=int, default=C.batch, help="images per optimisation step (default %(default)s)")
     p.add_argument("--size", type=int, default=C.size, help="network input side in px (default %(default)s)")
     p.add_argument("--crop", type=int, default=C.crop, help="training crop side in px at that scale (default %(default)s)")
-    p.add_argument("--base-channels", type=int, default=C.base_channels)
-    p.add_argument("--depth", type=int, default=C.depth)
-    p.add_argument("--lr", type=float, default=C.lr, help="Adam learning rate; x0.1 after 75%% of the epochs")
-    p.add_argument("--pos-weight", type=float, default=C.pos_weight, help="BCE weight of outline pixels")
-    p.add_argument("--dice-weight", type=float, default=C.dice_weight, help="weight of the soft-Dice term")
+    p.add_argument("--base-channels", type=int, default=C.base_channels,
+                   help="FusionNet channels at full resolution, doubling per level (default %(default)s)")
+    p.add_argument("--depth", type=int, default=C.depth, help="FusionNet down-samplings (default %(default)s)")
+    p.add_argument("--lr", type=float, default=C.lr, help="Adam learning rate, x0.1 after 75%% of the epochs (default %(default)s)")
+    p.add_argument("--pos-weight", type=float, default=C.pos_weight, help="BCE weight of outline pixels (default %(default)s)")
+    p.add_argument("--dice-weight", type=float, default=C.dice_weight, help="weight of the soft-Dice term (default %(default)s)")
     p.add_argument("--invert-prob", type=float, default=0.25,
                    help="probability of polarity inversion in augmentation (default %(default)s)")
-    p.add_argument("--seed", type=int, default=C.seed)
-    p.add_argument("--val-fraction", type=float, default=C.val_fraction)
+    p.add_argument("--seed", type=int, default=C.seed, help="initialisation, split, order, augmentation (default %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=C.val_fraction,
+                   help="fraction of samples held out for per-epoch validation (default %(default)s)")
     p.add_argument("--max-samples", type=int, default=0, help="use only the first N samples (0 = all)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after M minutes with a checkpoint (exit code 3); re-run to continue")
-    p.add_argument("--checkpoint-minutes", type=float, default=C.checkpoint_minutes)
+    p.add_argument("--checkpoint-minutes", type=float, default=C.checkpoint_minutes,
+                   help="checkpoint interval within an epoch; one is also written at each epoch end (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in the work dir")
