@@ -90,16 +90,15 @@ def read_sidecar(path: str | Path) -> dict:
 def check_safetensors_file(path: Path) -> bytes:
     """Return the file's bytes if it looks like safetensors; a clear ValueError for pickles / corrupt files."""
     data = path.read_bytes()
-    head = data[:8]
+    if len(data) >= 10:
+        (n,) = struct.unpack("<Q", data[:8])
+        if n <= len(data) - 8 and data[8:9] == b"{":
+            return data
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise ValueError(f"{path} is a pickle / torch.save file; DeepMorph never unpickles model files (they can run "
                          f"code). Export the weights as safetensors with a JSON sidecar (model_io.save_model).")
-    if len(data) < 10:
-        raise ValueError(f"{path} is not a safetensors file (only {len(data)} bytes; truncated or corrupt).")
-    (n,) = struct.unpack("<Q", head)
-    if n > len(data) - 8 or data[8:9] != b"{":
-        raise ValueError(f"{path} is not a valid safetensors file (bad header; truncated or corrupt). Re-export it.")
-    return data
+    raise ValueError(f"{path} is not a valid safetensors file ({len(data)} bytes, bad header; truncated or "
+                     f"corrupt). Re-export it.")
 
 
 def load_model(path: str | Path, task: str | None = None, device: str | torch.device = "cpu"):
