@@ -19,9 +19,12 @@ voxel plane crossed along the ray's major index axis, combined with the trapezoi
 segments. Both are exact for volumes linear in position; Joseph is the fast default (``"auto"``).
 
 Devices (``device=``): ``"cpu"`` = numba kernels, parallel over detector rows; ``"cuda"`` / ``"cuda:N"``
-= torch on the GPU (the volume stays cached on the GPU while its array lives; do not modify it in place
-between renders); ``"torch-cpu"`` = the torch path on the CPU (tests, machines without numba);
+= torch on the GPU; ``"torch-cpu"`` = the torch path on the CPU (tests, machines without numba);
 ``"auto"`` = CUDA when present, else ``"cpu"``.
+
+Empty margins are skipped: rays are integrated over the box outside which the interpolated volume is
+exactly 0 (see :func:`support_box`), which gives the same integrals. Read-only volumes (as returned by
+:func:`hu_to_mu`) keep that box, and on a GPU their uploaded copy, cached while the array lives.
 
 For many renders of one CT, convert once with :func:`hu_to_mu` and call :func:`line_integrals` per pose:
 :func:`render_drr` converts the HU volume on every call.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import weakref
 
 import numpy as np
 
@@ -59,7 +63,9 @@ class DRR:
 def hu_to_mu(hu, mu_water: float = MU_WATER_PER_MM):
     """Eq. 8: CT numbers (HU) -> linear attenuation (1/mm), float32; HU clipped to [-1024, 3071].
 
-    Accepts an array or a :class:`Volume` (returns a Volume with the same frame).
+    Accepts an array or a :class:`Volume` (returns a Volume with the same frame). The result is
+    read-only, which lets repeated renders of it reuse derived data (its empty-margin box, a GPU copy);
+    take ``.copy()`` to edit it.
     """
     _check_mu_water(mu_water)
     if isinstance(hu, Volume):
@@ -72,6 +78,7 @@ def hu_to_mu(hu, mu_water: float = MU_WATER_PER_MM):
     mu = np.clip(arr, HU_MIN, HU_MAX).astype(np.float32)
     mu += np.float32(-HU_MIN)
     mu *= np.float32(mu_water / -HU_MIN)
+    mu.flags.writeable = False
     return mu
 
 
@@ -158,8 +165,12 @@ def _check_mu_water(mu_water: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RaySetup:
-    """Rays of one (volume, geometry) pair in index space. Pixel (u, v)'s ray: ``src -> q0 + u qu + v qv``
-    (continuous voxel index); its length in mm is ``|p0 + u pu + v pv|`` (LPS source-to-pixel vector)."""
+    """All rays of one (volume, geometry) pair, affine in the pixel (u, v), in the index space of a crop.
+
+    Pixel (u, v)'s ray runs from ``src`` to ``q0 + u qu + v qv`` (continuous voxel index relative to the
+    crop's first voxel ``crop_lo``); its length in mm is ``|p0 + u pu + v pv|`` (LPS source-to-pixel).
+    ``box`` = (lo xyz, hi xyz) is the whole volume's voxel-centre box in the same index space.
+    """
 
     src: np.ndarray
     q0: np.ndarray
@@ -168,18 +179,24 @@ class RaySetup:
     p0: np.ndarray
     pu: np.ndarray
     pv: np.ndarray
-    shape_ijk: np.ndarray  # int64 (I, J, K)
+    crop_lo: np.ndarray  # int64 (i, j, k) of the crop's first voxel
+    dims: np.ndarray  # int64 crop size (I, J, K)
+    box: np.ndarray  # float64 (6,)
     height: int
     width: int
 
 
-def ray_setup(volume: Volume, geometry: CArmGeometry) -> RaySetup:
-    """Affine description of all rays, derived from ``geometry.pixel_positions_lps`` and ``source_lps``."""
+def ray_setup(volume: Volume, geometry: CArmGeometry, crop=None) -> RaySetup:
+    """Affine description of all rays, from ``geometry.pixel_positions_lps`` and ``geometry.source_lps``.
+
+    ``crop`` = (lo, hi) inclusive voxel index bounds (i, j, k) of the sub-box to integrate; default: all.
+    """
+    shape = np.array(volume.shape_ijk, dtype=np.int64)
+    lo, hi = (np.zeros(3, np.int64), shape - 1) if crop is None else (np.asarray(c, np.int64) for c in crop)
     m = volume.lps_to_ijk()
-    lin, off = m[:3, :3], m[:3, 3]
+    lin, off = m[:3, :3], m[:3, 3] - lo
     src = np.asarray(geometry.source_lps, dtype=float)
-    corners = geometry.pixel_positions_lps(np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
-    p00, p10, p01 = corners
+    p00, p10, p01 = geometry.pixel_positions_lps(np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
     du, dv = p10 - p00, p01 - p00
     return RaySetup(
         src=lin @ src + off,
@@ -189,10 +206,54 @@ def ray_setup(volume: Volume, geometry: CArmGeometry) -> RaySetup:
         p0=p00 - src,
         pu=du,
         pv=dv,
-        shape_ijk=np.array(volume.shape_ijk, dtype=np.int64),
+        crop_lo=lo,
+        dims=hi - lo + 1,
+        box=np.concatenate([-lo, shape - 1 - lo]).astype(np.float64),
         height=int(geometry.height_px),
         width=int(geometry.width_px),
     )
+
+
+def support_box(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive index bounds (i, j, k) outside which the trilinear interpolant of ``data`` is exactly 0.
+
+    The nonzero voxels' bounding box grown by one voxel (clamped to the volume): integrating over it gives
+    the same line integrals as over the whole volume, faster when the volume has empty (0) margins, e.g.
+    air of -1024 HU or padding. All-zero volumes keep the whole box. The scan reads the empty margins;
+    for read-only arrays (such as :func:`hu_to_mu` returns) its result is remembered while the array lives.
+    """
+    from . import drr_numba
+
+    cached = _box_cache.get(id(data))
+    if cached is not None and cached[0]() is data:
+        return cached[1]
+    shape = np.array(data.shape[::-1], dtype=np.int64)
+    i0, j0, k0, i1, j1, k1 = drr_numba.nonzero_box(data)
+    if i0 < 0:
+        box = (np.zeros(3, np.int64), shape - 1)
+    else:
+        lo = np.maximum(np.array([i0, j0, k0]) - 1, 0)
+        hi = np.minimum(np.array([i1, j1, k1]) + 1, shape - 1)
+        lo = np.where(hi - lo < 1, np.maximum(hi - 1, 0), lo)  # keep >= 2 voxels per axis
+        hi = np.where(hi - lo < 1, lo + 1, hi)
+        box = (lo.astype(np.int64), hi.astype(np.int64))
+    if _owns_readonly(data):
+        key = id(data)
+        _box_cache[key] = (weakref.ref(data, lambda _r, k=key: _box_cache.pop(k, None)), box)
+    return box
+
+
+_box_cache: dict = {}
+
+
+def _owns_readonly(data: np.ndarray) -> bool:
+    """True when neither ``data`` nor any array it views can be written (safe to cache derived data)."""
+    arr = data
+    while isinstance(arr, np.ndarray):
+        if arr.flags.writeable:
+            return False
+        arr = arr.base
+    return True
 
 
 def resolve_device(device) -> str:
@@ -231,7 +292,7 @@ def _resolve_method(method: str, step_mm: float | None) -> tuple[str, float]:
     return ("joseph" if method == "auto" else method), step
 
 
-def _integrate(volume, data, geometry, step_mm, method, device) -> np.ndarray:
+def _integrate(volume, data, geometry, step_mm, method, device, crop=True) -> np.ndarray:
     """Integrate ``data`` (voxels in ``volume``'s frame) along every ray of ``geometry``."""
     if not isinstance(volume, Volume):
         raise ValueError(_NOT_A_VOLUME.format(type(volume).__name__))
@@ -240,13 +301,14 @@ def _integrate(volume, data, geometry, step_mm, method, device) -> np.ndarray:
     volume_shape_ok(volume)
     method, step = _resolve_method(method, step_mm)
     dev = resolve_device(device)
-    rays = ray_setup(volume, geometry)
     if dev == "cpu":
+        data = _as_float32(data)
+        rays = ray_setup(volume, geometry, support_box(data) if crop else None)
         out, n_hit = _integrate_numba(data, rays, method, step)
     else:
         from . import drr_torch
 
-        out, n_hit = drr_torch.integrate(data, rays, method, step, "cpu" if dev == "torch-cpu" else dev)
+        out, n_hit = drr_torch.integrate(volume, data, geometry, method, step, dev, crop)
     if n_hit == 0:
         lo, hi = volume.corners_lps().min(axis=0), volume.corners_lps().max(axis=0)
         raise ValueError(
@@ -275,19 +337,19 @@ def volume_shape_ok(volume: Volume) -> None:
         raise ValueError("The volume's direction matrix must be orthonormal (|det| = 1).")
 
 
-def _flat_for_kernel(data: np.ndarray) -> np.ndarray:
-    if data.dtype != np.float32:
-        data = data.astype(np.float32)
-    return np.ascontiguousarray(data).reshape(-1)
+def _as_float32(data: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(data, dtype=np.float32)
 
 
 def _integrate_numba(data: np.ndarray, rays: RaySetup, method: str, step: float) -> tuple[np.ndarray, int]:
     from . import drr_numba
 
-    flat = _flat_for_kernel(data)
+    flat = data.reshape(-1)
+    strides = np.array([1, data.shape[2], data.shape[1] * data.shape[2]], dtype=np.int64)
+    base = int(rays.crop_lo @ strides)
     out = np.empty((rays.height, rays.width), dtype=np.float32)
     hit = np.empty((rays.height, rays.width), dtype=np.uint8)
-    args = (flat, rays.shape_ijk, rays.src, rays.q0, rays.qu, rays.qv, rays.p0, rays.pu, rays.pv)
+    args = (flat, base, rays.dims, strides, rays.box, rays.src, rays.q0, rays.qu, rays.qv, rays.p0, rays.pu, rays.pv)
     if method == "joseph":
         drr_numba.joseph(*args, out, hit)
     else:

@@ -1,15 +1,19 @@
-"""CPU ray casting kernels (numba, parallel over detector rows) behind :func:`drr.line_integrals`.
+"""CPU ray casting kernels (numba, parallel over detector tiles) behind :func:`drr.line_integrals`.
 
-All kernels work in *continuous voxel index space* (i, j, k): voxel centres sit at integers and the
-volume is the flat C-order array of ``data[k, j, i]`` with element strides ``(1, I, I*J)``. A ray of
-detector pixel (u, v) runs from the source ``src`` to ``q0 + u*qu + v*qv`` (index space); its physical
-length (mm) is ``|p0 + u*pu + v*pv|`` (the LPS source-to-pixel vector). Rays are clipped to the
-voxel-centre box ``[0, n-1]`` on every axis and to the source-detector segment; nothing outside
-contributes. Callers guarantee at least 2 voxels per axis.
+All kernels work in *continuous voxel index space* (i, j, k) of a sub-box ("crop") of the volume: voxel
+centres sit at integers, the crop's first voxel is index (0, 0, 0) and lies at element ``base`` of the
+flat C-order array of ``data[k, j, i]``; ``strides`` are the full array's element strides ``(1, I, I*J)``.
+A ray of detector pixel (u, v) runs from ``src`` to ``q0 + u*qu + v*qv`` (index space); its physical
+length (mm) is ``|p0 + u*pu + v*pv|`` (the LPS source-to-pixel vector).
+
+Rays are integrated over their part inside the crop's voxel-centre box ``[0, dims-1]`` and the
+source-detector segment. The crop is the whole volume, or a box outside which the trilinear interpolant is
+zero (see :func:`nonzero_box`), so the integral is the same. ``box`` (lo xyz, hi xyz, crop index space)
+is the whole volume's voxel-centre box: ``hit`` flags the rays that meet it. Crop sizes are >= 2 voxels.
 
 ``joseph``: one bilinear sample per voxel plane crossed along the ray's major index axis, combined by
 the trapezoid rule, with the two partial end segments closed by trilinear samples at the clip points.
-Exact for volumes that are linear in position (and for constants); per-ray cost ~ planes crossed.
+Exact for volumes that are linear in position (and for constants).
 ``trilinear``: the paper's sampler, trilinear samples at the midpoints of equal steps <= ``step_mm``.
 """
 from __future__ import annotations
@@ -25,23 +29,20 @@ TILE_V = 8  # detector rows per tile
 
 
 @numba.njit(inline="always", **_JIT)
-def _clip(sx, sy, sz, dx, dy, dz, nx, ny, nz):
-    """Parameter interval [t0, t1] of ``s + t d`` inside [0, n-1]^3 and t in [0, 1]; t1 <= t0: miss."""
+def _clip(s, d, lo, hi):
+    """Parameter interval [t0, t1] of ``s + t d`` (3-tuples) inside the box [lo, hi] and t in [0, 1].
+
+    ``t1 <= t0`` means the ray misses the box.
+    """
     t0 = 0.0
     t1 = 1.0
     for ax in range(3):
-        if ax == 0:
-            s, d, hi = sx, dx, nx - 1.0
-        elif ax == 1:
-            s, d, hi = sy, dy, ny - 1.0
-        else:
-            s, d, hi = sz, dz, nz - 1.0
-        if abs(d) < 1e-12:
-            if s < 0.0 or s > hi:
+        if abs(d[ax]) < 1e-12:
+            if s[ax] < lo[ax] or s[ax] > hi[ax]:
                 return 1.0, 0.0
         else:
-            ta = (0.0 - s) / d
-            tb = (hi - s) / d
+            ta = (lo[ax] - s[ax]) / d[ax]
+            tb = (hi[ax] - s[ax]) / d[ax]
             if ta > tb:
                 ta, tb = tb, ta
             t0 = max(t0, ta)
@@ -50,8 +51,10 @@ def _clip(sx, sy, sz, dx, dy, dz, nx, ny, nz):
 
 
 @numba.njit(inline="always", **_JIT)
-def _trilinear(vol, x, y, z, nx, ny, nz, sy_, sz_):
-    """Trilinear interpolation at continuous index (x, y, z), clamped to the voxel-centre box."""
+def _trilinear(vol, base, x, y, z, dims, strides):
+    """Trilinear interpolation at crop index (x, y, z), clamped to the crop's voxel-centre box."""
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    sy_, sz_ = strides[1], strides[2]
     x = min(max(x, 0.0), nx - 1.0)
     y = min(max(y, 0.0), ny - 1.0)
     z = min(max(z, 0.0), nz - 1.0)
@@ -61,7 +64,7 @@ def _trilinear(vol, x, y, z, nx, ny, nz, sy_, sz_):
     fx = x - ix
     fy = y - iy
     fz = z - iz
-    b = iz * sz_ + iy * sy_ + ix
+    b = base + iz * sz_ + iy * sy_ + ix
     c00 = vol[b] + fx * (vol[b + 1] - vol[b])
     c10 = vol[b + sy_] + fx * (vol[b + sy_ + 1] - vol[b + sy_])
     c01 = vol[b + sz_] + fx * (vol[b + sz_ + 1] - vol[b + sz_])
@@ -72,13 +75,14 @@ def _trilinear(vol, x, y, z, nx, ny, nz, sy_, sz_):
 
 
 @numba.njit(**_JIT)
-def _sweep(vol, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off, scratch, acc, f_first, f_last):
-    """Sum bilinear samples over planes m0..m1 for ``n`` rays at once (lanes of one tile).
+def _sweep(vol, base, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off, scratch, acc, f_first,
+           f_last):
+    """Sum bilinear samples over planes m0..m1 of the major axis for ``n`` rays at once (lanes).
 
     Lane l samples plane m at minor coordinates ``(b0 + (m - m0) sb, c0 + (m - m0) sc)`` and counts
     only planes ``mf[l] <= m <= ml[l]``; its samples on those two planes are also stored in
-    ``f_first``/``f_last``. Three passes per plane keep the arithmetic vectorisable (AVX2 has no
-    fast gather on every CPU): positions -> 4 scalar loads -> interpolate and accumulate.
+    ``f_first``/``f_last``. Three passes per plane keep the arithmetic vectorisable (no gathers needed):
+    positions -> 4 scalar loads per lane -> interpolate and accumulate.
     """
     fb = scratch[0]
     fc = scratch[1]
@@ -105,7 +109,7 @@ def _sweep(vol, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off
     ubc = np.uint64(st_b + st_c)
     for m in range(m0, m1 + 1):
         fm = np.float32(m - m0)
-        base = np.uint64(m * st_a)
+        plane = np.uint64(base + m * st_a)
         for l in range(n):
             bq = min(max(b0[l] + fm * sb[l], np.float32(0.0)), bhi)
             cq = min(max(c0[l] + fm * sc[l], np.float32(0.0)), chi)
@@ -113,9 +117,9 @@ def _sweep(vol, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off
             ic = min(np.int32(cq), ncm2)
             fb[l] = bq - np.float32(ib)
             fc[l] = cq - np.float32(ic)
-            off[l] = np.int32(ib * sb32 + ic * sc32)
+            off[l] = np.int32(ib * sb32 + ic * sc32)  # < 2**31: volumes up to 2 G voxels
         for l in range(n):
-            i0 = base + np.uint64(off[l])
+            i0 = plane + np.uint64(off[l])
             v00[l] = vol[i0]
             v01[l] = vol[i0 + ub]
             v10[l] = vol[i0 + uc]
@@ -137,6 +141,7 @@ def _sweep(vol, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off
                 if m == ml[l]:
                     f_last[l] = val
 
+
 @numba.njit(inline="always", **_JIT)
 def _ray(v, u, src, q0, qu, qv, p0, pu, pv):
     """Index-space direction (source -> pixel centre) and physical length (mm) of pixel (u, v)'s ray."""
@@ -150,25 +155,34 @@ def _ray(v, u, src, q0, qu, qv, p0, pu, pv):
 
 
 @numba.njit(inline="always", **_JIT)
-def _axis_layout(a, nx, ny, nz):
+def _axis_layout(a, dims, strides):
     """(n_a, n_b, n_c, stride_a, stride_b, stride_c) for major axis a (0 = i, 1 = j, 2 = k)."""
     if a == 0:
-        return nx, ny, nz, 1, nx, nx * ny
+        return dims[0], dims[1], dims[2], strides[0], strides[1], strides[2]
     if a == 1:
-        return ny, nx, nz, nx, 1, nx * ny
-    return nz, nx, ny, nx * ny, 1, nx
+        return dims[1], dims[0], dims[2], strides[1], strides[0], strides[2]
+    return dims[2], dims[0], dims[1], strides[2], strides[0], strides[1]
+
+
+@numba.njit(inline="always", **_JIT)
+def _hit_and_clip(src, d, dims, box):
+    """(hit, t0, t1): does the ray meet the whole volume's box; its interval inside the crop box."""
+    h0, h1 = _clip((src[0], src[1], src[2]), d, (box[0], box[1], box[2]), (box[3], box[4], box[5]))
+    if h1 - h0 <= 1e-12:
+        return False, 1.0, 0.0
+    t0, t1 = _clip((src[0], src[1], src[2]), d, (0.0, 0.0, 0.0), (dims[0] - 1.0, dims[1] - 1.0, dims[2] - 1.0))
+    return True, t0, t1
 
 
 @numba.njit(parallel=True, **_JIT)
-def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
+def joseph(vol, base, dims, strides, box, src, q0, qu, qv, p0, pu, pv, out, hit):
     """Joseph's method for every pixel: ``out[v, u]`` = integral of the volume along the ray (value * mm).
 
-    ``hit[v, u]`` is set to 1 where the ray meets the voxel-centre box, else 0. Work is split into tiles
-    of ``BLOCK`` x ``TILE_V`` pixels; in each detector row of a tile the rays sharing a major axis sweep the
-    voxel planes together (neighbouring rays read neighbouring voxels: cache friendly).
+    ``hit[v, u]`` = 1 where the ray meets the volume's box, else 0. Work is split into tiles of ``BLOCK``
+    x ``TILE_V`` pixels; in each detector row of a tile the rays sharing a major axis sweep the voxel
+    planes together (neighbouring rays read neighbouring voxels: cache friendly).
     """
     height, width = out.shape
-    nx, ny, nz = shape_ijk[0], shape_ijk[1], shape_ijk[2]
     nbu = (width + BLOCK - 1) // BLOCK
     nbv = (height + TILE_V - 1) // TILE_V
     for tile in numba.prange(nbu * nbv):
@@ -178,7 +192,7 @@ def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
         axis = np.empty(BLOCK, np.int64)
         mfirst = np.empty(BLOCK, np.int64)
         mlast = np.empty(BLOCK, np.int64)
-        ray = np.empty((10, BLOCK), np.float64)  # b, c at m_first; slopes; step; d0, d1; f_lo, f_hi; sum
+        ray = np.empty((10, BLOCK), np.float64)  # b, c on the first plane; slopes; step; d0, d1; f_lo, f_hi; sum
         lanes = np.empty(BLOCK, np.int64)
         b0 = np.empty(BLOCK, np.float32)
         sb = np.empty(BLOCK, np.float32)
@@ -198,12 +212,11 @@ def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
                 u = ub + l
                 axis[l] = -1
                 dx, dy, dz, length = _ray(v, u, src, q0, qu, qv, p0, pu, pv)
-                t0, t1 = _clip(src[0], src[1], src[2], dx, dy, dz, nx, ny, nz)
+                is_hit, t0, t1 = _hit_and_clip(src, (dx, dy, dz), dims, box)
+                hit[v, u] = 1 if is_hit else 0
+                out[v, u] = 0.0
                 if t1 - t0 <= 1e-12:
-                    out[v, u] = 0.0
-                    hit[v, u] = 0
                     continue
-                hit[v, u] = 1
                 ax, ay, az = abs(dx), abs(dy), abs(dz)
                 if ax >= ay and ax >= az:
                     a, da, db, dc, sa, s_b, s_c = 0, dx, dy, dz, src[0], src[1], src[2]
@@ -211,7 +224,7 @@ def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
                     a, da, db, dc, sa, s_b, s_c = 1, dy, dx, dz, src[1], src[0], src[2]
                 else:
                     a, da, db, dc, sa, s_b, s_c = 2, dz, dx, dy, src[2], src[0], src[1]
-                na, nb, nc, st_a, st_b, st_c = _axis_layout(a, nx, ny, nz)
+                na, nb, nc, st_a, st_b, st_c = _axis_layout(a, dims, strides)
                 a0 = sa + t0 * da
                 a1 = sa + t1 * da
                 lo = min(a0, a1)
@@ -226,11 +239,11 @@ def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
                 f_lo = 0.0
                 f_hi = 0.0
                 if d0 > 0.0 or m_first > m_last:
-                    f_lo = _trilinear(vol, src[0] + t_lo * dx, src[1] + t_lo * dy, src[2] + t_lo * dz,
-                                      nx, ny, nz, nx, nx * ny)
+                    f_lo = _trilinear(vol, base, src[0] + t_lo * dx, src[1] + t_lo * dy, src[2] + t_lo * dz,
+                                      dims, strides)
                 if d1 > 0.0 or m_first > m_last:
-                    f_hi = _trilinear(vol, src[0] + t_hi * dx, src[1] + t_hi * dy, src[2] + t_hi * dz,
-                                      nx, ny, nz, nx, nx * ny)
+                    f_hi = _trilinear(vol, base, src[0] + t_hi * dx, src[1] + t_hi * dy, src[2] + t_hi * dz,
+                                      dims, strides)
                 if m_first > m_last:  # the segment crosses no voxel plane: trapezoid over it
                     out[v, u] = 0.5 * (f_lo + f_hi) * (t1 - t0) * length
                     continue
@@ -268,8 +281,8 @@ def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
                     sc[k] = ray[3, l]
                     mf[k] = mfirst[l]
                     ml[k] = mlast[l]
-                na, nb, nc, st_a, st_b, st_c = _axis_layout(a, nx, ny, nz)
-                _sweep(vol, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off, scratch, acc,
+                na, nb, nc, st_a, st_b, st_c = _axis_layout(a, dims, strides)
+                _sweep(vol, base, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off, scratch, acc,
                        f_first, f_last)
                 for k in range(n):
                     l = lanes[k]
@@ -292,28 +305,86 @@ def joseph(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, out, hit):
                 )
 
 
-
 @numba.njit(parallel=True, **_JIT)
-def trilinear(vol, shape_ijk, src, q0, qu, qv, p0, pu, pv, step_mm, out, hit):
+def trilinear(vol, base, dims, strides, box, src, q0, qu, qv, p0, pu, pv, step_mm, out, hit):
     """The paper's sampler: trilinear samples at the midpoints of equal steps (<= step_mm) per ray."""
     height, width = out.shape
-    nx, ny, nz = shape_ijk[0], shape_ijk[1], shape_ijk[2]
-    sy_ = nx
-    sz_ = nx * ny
     for v in numba.prange(height):
         for u in range(width):
             dx, dy, dz, length = _ray(v, u, src, q0, qu, qv, p0, pu, pv)
-            t0, t1 = _clip(src[0], src[1], src[2], dx, dy, dz, nx, ny, nz)
+            is_hit, t0, t1 = _hit_and_clip(src, (dx, dy, dz), dims, box)
+            hit[v, u] = 1 if is_hit else 0
+            out[v, u] = 0.0
             if t1 - t0 <= 1e-12:
-                out[v, u] = 0.0
-                hit[v, u] = 0
                 continue
-            hit[v, u] = 1
             seg = (t1 - t0) * length
             n = max(int(math.ceil(seg / step_mm - 1e-9)), 1)
             h = (t1 - t0) / n
             acc = 0.0
             for q in range(n):
                 t = t0 + (q + 0.5) * h
-                acc += _trilinear(vol, src[0] + t * dx, src[1] + t * dy, src[2] + t * dz, nx, ny, nz, sy_, sz_)
+                acc += _trilinear(vol, base, src[0] + t * dx, src[1] + t * dy, src[2] + t * dz, dims, strides)
             out[v, u] = acc * (seg / n)
+
+
+@numba.njit(inline="always", **_JIT)
+def _row_empty(row):
+    """True when the 1-D array has no nonzero value (vectorised in chunks, early exit between chunks)."""
+    n = row.shape[0]
+    for start in range(0, n, 128):
+        biggest = abs(row[start])
+        for i in range(start + 1, min(start + 128, n)):
+            biggest = max(biggest, abs(row[i]))
+        if biggest != 0:
+            return False
+    return True
+
+
+@numba.njit(parallel=True, **_JIT)
+def nonzero_box(vol):
+    """Smallest index box (i0, j0, k0, i1, j1, k1), inclusive, holding every nonzero voxel of ``vol[k, j, i]``.
+
+    Scans each slice inwards from its edges and stops at the first nonzero voxel, so volumes without
+    empty margins cost almost nothing. Returns all -1 for an all-zero volume.
+    """
+    nk, nj, ni = vol.shape
+    per_slice = np.full((nk, 4), -1, np.int64)  # j0, j1, i0, i1
+    for k in numba.prange(nk):
+        j0 = 0
+        while j0 < nj and _row_empty(vol[k, j0]):
+            j0 += 1
+        if j0 == nj:
+            continue
+        j1 = nj - 1
+        while _row_empty(vol[k, j1]):
+            j1 -= 1
+        i0 = ni
+        i1 = -1
+        for j in range(j0, j1 + 1):
+            for i in range(0, i0):
+                if vol[k, j, i] != 0:
+                    i0 = i
+                    break
+            for i in range(ni - 1, i1, -1):
+                if vol[k, j, i] != 0:
+                    i1 = i
+                    break
+        per_slice[k, 0] = j0
+        per_slice[k, 1] = j1
+        per_slice[k, 2] = i0
+        per_slice[k, 3] = i1
+    k0, k1 = -1, -1
+    j0, j1, i0, i1 = nj, -1, ni, -1
+    for k in range(nk):
+        if per_slice[k, 0] < 0:
+            continue
+        if k0 < 0:
+            k0 = k
+        k1 = k
+        j0 = min(j0, per_slice[k, 0])
+        j1 = max(j1, per_slice[k, 1])
+        i0 = min(i0, per_slice[k, 2])
+        i1 = max(i1, per_slice[k, 3])
+    if k0 < 0:
+        return -1, -1, -1, -1, -1, -1
+    return i0, j0, k0, i1, j1, k1

@@ -20,11 +20,18 @@ _SAMPLES_PER_CHUNK = {"cpu": 1 << 21, "cuda": 1 << 25}
 _volume_cache: dict = {}  # id(array) -> (weakref to array, device, tensor)
 
 
-def integrate(data: np.ndarray, rays, method: str, step_mm: float, device: str) -> tuple[np.ndarray, int]:
-    """Line integrals (float32 (H, W), value * mm) of ``data`` along ``rays`` (drr.RaySetup) on ``device``."""
-    dev = torch.device(device)
-    vol = _volume_tensor(data, dev)
-    shape = torch.tensor(rays.shape_ijk, dtype=torch.float64, device=dev)  # (I, J, K)
+def integrate(volume, data: np.ndarray, geometry, method: str, step_mm: float, device: str,
+              crop: bool = True) -> tuple[np.ndarray, int]:
+    """Line integrals (float32 (H, W), value * mm) of ``data`` (voxels in ``volume``'s frame) on ``device``.
+
+    ``device`` is "torch-cpu" or a CUDA device. Returns the image and the number of rays meeting the volume.
+    """
+    from .drr import ray_setup
+
+    dev = torch.device("cpu" if device == "torch-cpu" else device)
+    vol, box = _volume_tensor(data, dev, crop)
+    rays = ray_setup(volume, geometry, box)
+    shape = torch.tensor(rays.dims, dtype=torch.float64, device=dev)  # crop (I, J, K)
     src = torch.as_tensor(rays.src, dtype=torch.float64, device=dev)
     vv, uu = torch.meshgrid(
         torch.arange(rays.height, dtype=torch.float64, device=dev),
@@ -38,13 +45,14 @@ def integrate(data: np.ndarray, rays, method: str, step_mm: float, device: str) 
 
     direction = vec(rays.q0) + uu * vec(rays.qu) + vv * vec(rays.qv) - src  # (R, 3) index space
     length = (vec(rays.p0) + uu * vec(rays.pu) + vv * vec(rays.pv)).norm(dim=1)  # (R,) mm
-    t0, t1 = _clip(src, direction, shape)
-    hit = t1 - t0 > 1e-12
+    h0, h1 = _clip(src, direction, vec(rays.box[:3]), vec(rays.box[3:]))
+    hit = h1 - h0 > 1e-12
+    t0, t1 = _clip(src, direction, torch.zeros_like(shape), shape - 1.0)
     out = torch.zeros(direction.shape[0], dtype=torch.float64, device=dev)
-    idx = torch.nonzero(hit).flatten()
+    idx = torch.nonzero(t1 - t0 > 1e-12).flatten()
     if idx.numel():
         budget = _SAMPLES_PER_CHUNK["cpu" if dev.type == "cpu" else "cuda"]
-        max_samples = _max_samples(method, step_mm, length[idx], t1[idx] - t0[idx], rays.shape_ijk)
+        max_samples = _max_samples(method, step_mm, length[idx], t1[idx] - t0[idx], rays.dims)
         chunk = max(1, budget // max_samples)
         for start in range(0, idx.numel(), chunk):
             sel = idx[start : start + chunk]
@@ -59,35 +67,39 @@ def clear_cache() -> None:
     _volume_cache.clear()
 
 
-def _volume_tensor(data: np.ndarray, dev: torch.device) -> torch.Tensor:
-    """(1, 1, K, J, I) float32 tensor on ``dev``; a device copy is cached while ``data`` lives."""
-    if dev.type == "cpu":
-        arr = np.ascontiguousarray(data, dtype=np.float32)
-        return torch.from_numpy(arr)[None, None]
-    key = (id(data), str(dev))
+def _volume_tensor(data: np.ndarray, dev: torch.device, crop: bool):
+    """((1, 1, K, J, I) float32 tensor of the integration box on ``dev``, (lo, hi) index bounds of that box).
+
+    On CUDA the uploaded box is cached while ``data`` (the same read-only array object) lives.
+    """
+    from .drr import _owns_readonly, support_box
+
+    key = (id(data), str(dev), crop)
     entry = _volume_cache.get(key)
     if entry is not None and entry[0]() is data:
-        return entry[1]
-    tensor = torch.as_tensor(np.ascontiguousarray(data, dtype=np.float32), device=dev)[None, None]
-    _volume_cache.clear()  # one volume at a time: GPU memory is precious
-    try:
-        ref = weakref.ref(data, lambda _r, k=key: _volume_cache.pop(k, None))
-    except TypeError:
-        return tensor
-    _volume_cache[key] = (ref, tensor)
-    return tensor
+        return entry[1], entry[2]
+    arr = np.ascontiguousarray(data, dtype=np.float32)
+    shape = np.array(arr.shape[::-1], dtype=np.int64)
+    lo, hi = support_box(arr) if crop else (np.zeros(3, np.int64), shape - 1)
+    sub = arr[lo[2] : hi[2] + 1, lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
+    if dev.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(sub))[None, None], (lo, hi)
+    tensor = torch.as_tensor(np.ascontiguousarray(sub), device=dev)[None, None]
+    if _owns_readonly(data):  # nobody can change it behind the cache's back
+        _volume_cache.clear()  # one volume at a time: GPU memory is precious
+        _volume_cache[key] = (weakref.ref(data, lambda _r, k=key: _volume_cache.pop(k, None)), tensor, (lo, hi))
+    return tensor, (lo, hi)
 
 
-def _clip(src: torch.Tensor, d: torch.Tensor, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ray parameters [t0, t1] inside the voxel-centre box [0, n-1]^3 and [0, 1]; t1 <= t0 means a miss."""
-    hi = shape - 1.0
+def _clip(src, d, lo, hi) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray parameters [t0, t1] inside the box [lo, hi] (index space) and [0, 1]; t1 <= t0 means a miss."""
     flat = d.abs() < 1e-12
     safe = torch.where(flat, torch.ones_like(d), d)
-    ta = (0.0 - src) / safe
+    ta = (lo - src) / safe
     tb = (hi - src) / safe
     lo_t = torch.minimum(ta, tb)
     hi_t = torch.maximum(ta, tb)
-    inside = (src >= 0) & (src <= hi)  # for axes the ray runs parallel to
+    inside = (src >= lo) & (src <= hi)  # for axes the ray runs parallel to
     lo_t = torch.where(flat, torch.where(inside, -math.inf, math.inf), lo_t)
     hi_t = torch.where(flat, torch.where(inside, math.inf, -math.inf), hi_t)
     t0 = lo_t.amax(dim=1).clamp(min=0.0)
@@ -95,9 +107,9 @@ def _clip(src: torch.Tensor, d: torch.Tensor, shape: torch.Tensor) -> tuple[torc
     return t0, t1
 
 
-def _max_samples(method, step_mm, length, dt, shape_ijk) -> int:
+def _max_samples(method, step_mm, length, dt, dims) -> int:
     if method == "joseph":
-        return int(max(shape_ijk)) + 2
+        return int(max(dims)) + 2
     return int(torch.ceil((dt * length).max() / step_mm).item()) + 1
 
 
