@@ -83,11 +83,11 @@ class FemurParams:
             head_radius=r_h,
             neck_shaft_deg=_clipped_normal(rng, 129.0, 4.5, 120.0, 140.0),
             anteversion_deg=_clipped_normal(rng, 13.0, 6.0, -2.0, 30.0),
-            neck_length=r_h * _clipped_normal(rng, 2.2, 0.15, 1.85, 2.6),
+            neck_length=r_h * _clipped_normal(rng, 2.35, 0.15, 2.0, 2.75),
             neck_radius=r_h * _clipped_normal(rng, 0.66, 0.04, 0.56, 0.76),
             neck_ap_ratio=_clipped_normal(rng, 0.82, 0.05, 0.7, 0.95),
-            neck_base_ratio=_clipped_normal(rng, 1.3, 0.08, 1.1, 1.5),
-            gt_tip_drop=_clipped_normal(rng, 4.0, 6.0, -10.0, 18.0),
+            neck_base_ratio=_clipped_normal(rng, 1.15, 0.06, 1.0, 1.3),
+            gt_tip_drop=_clipped_normal(rng, -3.0, 5.0, -14.0, 10.0),
             gt_lateral=_clipped_normal(rng, 8.0, 2.5, 3.0, 14.0),
             gt_posterior=_clipped_normal(rng, 6.0, 3.0, -2.0, 14.0),
             gt_radii=(
@@ -95,13 +95,13 @@ class FemurParams:
                 _clipped_normal(rng, 21.0, 2.2, 16.0, 26.0),
                 _clipped_normal(rng, 27.0, 3.0, 20.0, 34.0),
             ),
-            meta_radius=r_h * _clipped_normal(rng, 0.86, 0.05, 0.74, 0.98),
-            shaft_radius=r_h * _clipped_normal(rng, 0.58, 0.04, 0.48, 0.68),
+            meta_radius=r_h * _clipped_normal(rng, 0.80, 0.05, 0.70, 0.92),
+            shaft_radius=r_h * _clipped_normal(rng, 0.56, 0.04, 0.47, 0.66),
             lt_drop=_clipped_normal(rng, 30.0, 4.0, 20.0, 40.0),
-            lt_protrusion=_clipped_normal(rng, 10.0, 2.0, 6.0, 15.0),
-            lt_radius=_clipped_normal(rng, 7.5, 1.0, 5.5, 10.0),
+            lt_protrusion=_clipped_normal(rng, 8.0, 2.0, 4.0, 13.0),
+            lt_radius=_clipped_normal(rng, 8.5, 1.0, 6.5, 11.0),
             lt_angle_deg=_clipped_normal(rng, 50.0, 10.0, 25.0, 75.0),
-            adduction_deg=_clipped_normal(rng, 7.0, 2.5, 0.0, 14.0),
+            adduction_deg=_clipped_normal(rng, 3.0, 3.0, -3.0, 10.0),
             flexion_deg=_clipped_normal(rng, 0.0, 4.0, -10.0, 10.0),
             rotation_deg=_clipped_normal(rng, 0.0, 6.0, -15.0, 15.0),
             cortex_shaft=_clipped_normal(rng, 5.5, 0.8, 3.5, 7.5),
@@ -114,7 +114,7 @@ class FemurParams:
     def other_side(self, rng: np.random.Generator, side: str) -> "FemurParams":
         """The contralateral femur of the same person: same shape within ~2 % / 1.5 degrees, own pose."""
         angles = {"neck_shaft_deg": (120.0, 140.0), "anteversion_deg": (-2.0, 30.0), "lt_angle_deg": (25.0, 75.0)}
-        pose = {"adduction_deg": (7.0, 2.5, 0.0, 14.0), "flexion_deg": (0.0, 4.0, -10.0, 10.0),
+        pose = {"adduction_deg": (3.0, 3.0, -3.0, 10.0), "flexion_deg": (0.0, 4.0, -10.0, 10.0),
                 "rotation_deg": (0.0, 6.0, -15.0, 15.0)}
         hu = ("hu_cortex", "hu_cancellous", "hu_marrow", "cortex_shaft", "cortex_proximal")
         changes = {"side": side}
@@ -173,15 +173,15 @@ class FemurModel:
         self.gt_center = np.array(
             [qx - p.gt_lateral, qy + p.gt_posterior, -p.gt_tip_drop - p.gt_radii[2]]
         )
-        self.meta_a = np.array([qx - 3.0, qy + 2.0, qz + 8.0])
-        self.meta_b = np.array([qx, qy, qz - 60.0])
+        self.meta_a = np.array([qx - 6.0, qy + 2.0, qz - 2.0])
+        self.meta_b = np.array([qx, qy, qz - 45.0])
         self.shaft_b = np.array([qx, qy, -max(self.cut_mm + 130.0, 280.0)])
         lt_base = np.array([qx, qy, qz - p.lt_drop])
         la = np.deg2rad(p.lt_angle_deg)
         lt_dir = np.array([np.cos(la), np.sin(la), -0.3])
         self.lt_dir = lt_dir / np.linalg.norm(lt_dir)
-        frac = np.clip((p.lt_drop + 8.0) / 68.0, 0.0, 1.0)
-        r_local = (1 - frac) * p.meta_radius + frac * (p.shaft_radius + 2.5)
+        frac = np.clip((p.lt_drop + 8.0) / 53.0, 0.0, 1.0)
+        r_local = (1 - frac) * p.meta_radius + frac * (p.shaft_radius + 1.5)
         self.lt_base = lt_base
         self.lt_end = lt_base + (r_local + p.lt_protrusion - p.lt_radius) * self.lt_dir
         self.crest_a = self.gt_center + np.array([4.0, p.gt_radii[1] * 0.55, -p.gt_radii[2] * 0.45])
@@ -213,7 +213,7 @@ class FemurModel:
 
         def meta(pt):
             q = (pt[0], (pt[1] - np.float32(self.meta_a[1])) / np.float32(meta_ap) + np.float32(self.meta_a[1]), pt[2])
-            return sdf.round_cone(q, self.meta_a, self.meta_b, p.meta_radius, p.shaft_radius + 2.5) * np.float32(
+            return sdf.round_cone(q, self.meta_a, self.meta_b, p.meta_radius, p.shaft_radius + 1.5) * np.float32(
                 0.5 * (1 + meta_ap)
             )
 
@@ -223,10 +223,10 @@ class FemurModel:
         return [
             ("union", lambda pt: sdf.sphere(pt, (0, 0, 0), r_h), *sdf.sphere_box((0, 0, 0), r_h), 0.0),
             ("union", neck, nb_lo, nb_hi, 5.0),
-            ("union", meta, *sdf.segment_box(self.meta_a, self.meta_b, p.meta_radius), 12.0),
+            ("union", meta, *sdf.segment_box(self.meta_a, self.meta_b, p.meta_radius), 9.0),
             (
                 "union",
-                lambda pt: sdf.round_cone(pt, self.meta_b, self.shaft_b, p.shaft_radius + 2.5, p.shaft_radius - 0.5),
+                lambda pt: sdf.round_cone(pt, self.meta_b, self.shaft_b, p.shaft_radius + 1.5, p.shaft_radius - 0.5),
                 *sdf.segment_box(self.meta_b, self.shaft_b, p.shaft_radius + 3),
                 6.0,
             ),
@@ -241,7 +241,7 @@ class FemurModel:
                 "union",
                 lambda pt: sdf.capsule(pt, self.lt_base, self.lt_end, p.lt_radius),
                 *sdf.segment_box(self.lt_base, self.lt_end, p.lt_radius),
-                7.0,
+                9.0,
             ),
             (
                 "union",
