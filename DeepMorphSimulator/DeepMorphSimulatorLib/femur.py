@@ -102,6 +102,8 @@ def find_head_sphere(vertices: np.ndarray, normals: np.ndarray, search_mm: float
         raise ValueError("No femoral head found: no sphere of radius 15-35 mm fits the proximal end of the "
                          "mesh. Give head_center (and the radius) in a markups file.")
     for _ in range(3):  # refine on the inliers
+        if best.sum() < 30:
+            break
         c, r, _ = fit_sphere(P[best])
         d = P - c
         dist = np.linalg.norm(d, axis=1)
