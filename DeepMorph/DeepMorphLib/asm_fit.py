@@ -9,7 +9,8 @@
    maximum confidence (bilinear sampling with ``scipy.ndimage.map_coordinates``, parabolic sub-pixel peak);
    the found points, weighted by their confidence, are projected onto the PDM (``b`` clipped to
    +-``clip`` sqrt(lambda)); the search range shrinks by ``shrink`` per iteration down to ``min_search_px``;
-   stop when the mean point movement is below ``tol_px``.
+   stop when the mean point movement is below ``tol_px``. After CPD the first search range is
+   ``3 sigma`` of the CPD mixture, between ``min_search_px`` and ``search_px``.
 
 Points are (x, y) = (column, row) px. Points whose best confidence along the normal is below
 ``min_point_confidence`` (e.g. hidden by an implant or outside the map) get no weight: the shape model
@@ -128,12 +129,12 @@ def fit_pdm_to_confidence(
     try_reflection: bool = True,
     w: float = 0.1,
     max_fixed: int = 600,
-    search_px: float = 12.0,
+    search_px: float = 15.0,
     min_search_px: float = 3.0,
     shrink: float = 0.8,
     step_px: float = 0.5,
-    max_iterations: int = 40,
-    tol_px: float = 0.05,
+    max_iterations: int = 25,
+    tol_px: float = 0.1,
     clip: float = 3.0,
     min_point_confidence: float = 0.1,
     regularization: float = 1.0,
@@ -168,6 +169,7 @@ def fit_pdm_to_confidence(
             pdm.mean, xy, n_rotations=n_rotations, try_reflection=try_reflection, w=w, max_fixed=max_fixed, seed=seed
         )
         transform = cpd.transform
+        search_px = float(np.clip(3.0 * np.sqrt(cpd.sigma2), min_search_px, search_px))
         info["cpd"] = {
             "objective": cpd.objective,
             "sigma_px": float(np.sqrt(cpd.sigma2)),
@@ -198,7 +200,7 @@ def fit_pdm_to_confidence(
             info["stopped"] = "too few model points found confident pixels along their normals"
             break
         sp = model.fit_shape(
-            targets, weights=weights, clip=clip, init=transform, b0=b, regularization=regularization, max_iterations=3
+            targets, weights=weights, clip=clip, init=transform, b0=b, regularization=regularization, max_iterations=2
         )
         moved = float(np.mean(np.hypot(*(sp.points - points).T)))
         points, b, transform = sp.points, sp.b, sp.transform

@@ -91,9 +91,10 @@ if _HAVE_NUMBA:
         n_moving = ty0.shape[0]
         inv = np.float32(0.5 / sigma2)
         tcut = np.float32(cutoff2 * 0.5 / sigma2)
-        p1[:] = 0.0
-        px0[:] = 0.0
-        px1[:] = 0.0
+        for m in range(n_moving):
+            p1[m] = 0.0
+            px0[m] = 0.0
+            px1[m] = 0.0
         loglik = 0.0
         for n in range(n_fixed):
             xx0 = x0a[n]
@@ -124,12 +125,10 @@ if _HAVE_NUMBA:
             pt1[n] = tot
         return loglik
 
-    @numba.njit(cache=True, fastmath=True, nogil=True)
-    def _em_numba(x, y, scale, angle, t0, t1, sigma2, w, max_it, tol, allow_scale, cutoff_sigma):  # pragma: no cover
-        n = x.shape[0]
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def _em_numba(x0a, x1a, y, scale, angle, t0, t1, sigma2, w, max_it, tol, allow_scale, cutoff_sigma):  # pragma: no cover
+        n = x0a.shape[0]
         m = y.shape[0]
-        x0a = x[:, 0].copy()
-        x1a = x[:, 1].copy()
         p1 = np.zeros(m)
         pt1 = np.zeros(n)
         px0 = np.zeros(m)
@@ -215,9 +214,10 @@ if _HAVE_NUMBA:
         return scale, angle, t0, t1, sigma2, nll, it, converged, q
 
 
-def _em_numpy(x, y, scale, rot, trans, sigma2, w, max_iterations, tolerance, allow_scale, cutoff_sigma):
+def _em_numpy(x, y, scale, angle, t0, t1, sigma2, w, max_iterations, tolerance, allow_scale, cutoff_sigma):
     """EM loop of similarity CPD with full (M, N) posteriors (reference and fallback implementation)."""
     n, m = len(x), len(y)
+    rot, trans = rotation_matrix(math.degrees(angle)), np.array([t0, t1])
     q, converged, it = np.inf, False, 0
     for it in range(1, max_iterations + 1):
         ty = scale * (y @ rot.T) + trans
@@ -251,7 +251,38 @@ def _em_numpy(x, y, scale, rot, trans, sigma2, w, max_iterations, tolerance, all
     c = (2.0 * np.pi * sigma2) * w / (1.0 - w) * m / n
     loglik = _estep_numpy(x, ty, sigma2, c, cutoff_sigma**2 * sigma2)[3]
     nll = -(loglik + n * math.log((1.0 - w) / (m * 2.0 * math.pi * sigma2)))
-    return scale, rot, trans, sigma2, nll, it, converged, q
+    return scale, angle, trans[0], trans[1], sigma2, nll, it, converged, q
+
+
+def _initial_sigma2(x, ty) -> float:
+    """Mean squared distance over all pairs / D (as in Myronenko's code and pycpd)."""
+    mx, my = x.mean(0), ty.mean(0)
+    return float(np.mean(np.sum((x - mx) ** 2, 1)) + np.mean(np.sum((ty - my) ** 2, 1)) + np.sum((mx - my) ** 2)) / 2.0
+
+
+def _em(x, y, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend):
+    """Run EM from ``state = (scale, angle_rad, tx, ty, sigma2)`` (normalised frame, proper rotation).
+
+    Returns ``(state, nll, iterations, converged)``.
+    """
+    scale, angle, t0, t1, sigma2 = state
+    if sigma2 is None or not sigma2 > 0:
+        rot = rotation_matrix(math.degrees(angle))
+        sigma2 = _initial_sigma2(x, scale * (y @ rot.T) + np.array([t0, t1]))
+    if backend == "numba":
+        fn, args = _em_numba, (np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y))
+    else:
+        fn, args = _em_numpy, (x, y)
+    out = fn(*args, float(scale), float(angle), float(t0), float(t1), float(sigma2), float(w), int(max_iterations),
+             float(tolerance), bool(allow_scale), float(cutoff_sigma))
+    scale, angle, t0, t1, sigma2, nll, it, converged, _ = out
+    return (scale, angle, t0, t1, sigma2), float(nll), int(it), bool(converged)
+
+
+def _state_to_similarity(state, norm: Similarity, mirror: bool) -> Similarity:
+    scale, angle, t0, t1, _ = state
+    t = norm.inverse().compose(Similarity(scale, rotation_matrix(math.degrees(angle)), np.array([t0, t1])))
+    return t.compose(_MIRROR) if mirror else t
 
 
 def _resolve_backend(backend: str) -> str:
@@ -266,29 +297,41 @@ def _resolve_backend(backend: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- subsampling
 def subsample_points(xy, max_points: int = 800, seed: int = 0) -> np.ndarray:
-    """Thin a point cloud (N, 2) px to at most ``max_points`` by a voxel grid (one mean point per cell).
+    """Thin a point cloud (N, 2) px to at most ``max_points`` (and usually >= 85 % of it) by a voxel grid.
 
-    The grid keeps the spatial spread even (thick outline bands do not dominate); a seeded random pick
-    trims what the grid leaves above ``max_points``. Returns ``xy`` unchanged when small enough.
+    One point per occupied square cell (the mean of its points), so thick outline bands or dense blobs do
+    not dominate; the cell size is found by a few bisection steps on log(size). Falls back to a seeded
+    random pick if the grid search does not settle. Returns ``xy`` unchanged when small enough.
     """
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
     if max_points is None or n <= max_points:
         return xy
-    lo = xy.min(axis=0)
-    span = np.maximum(xy.max(axis=0) - lo, 1e-9)
-    h = max(float(np.sqrt(span[0] * span[1] / max_points)), float(span.max()) / max_points, 1e-9)
-    best = None
-    for _ in range(12):
-        cell = np.floor((xy - lo) / h).astype(np.int64)
+    if max_points < 1:
+        raise ValueError("max_points must be at least 1.")
+    lo_xy = xy.min(axis=0)
+    span = np.maximum(xy.max(axis=0) - lo_xy, 1e-9)
+
+    def grid(h):
+        cell = np.floor((xy - lo_xy) / h).astype(np.int64)
         key = cell[:, 0] * (int(cell[:, 1].max()) + 1) + cell[:, 1]
         uniq, inv = np.unique(key, return_inverse=True)
-        count = len(uniq)
+        return inv, len(uniq)
+
+    h_small, h_big = 0.0, None  # count(h_small) > max_points >= count(h_big)
+    h = max(float(np.sqrt(span[0] * span[1] / max_points)), float(span.max()) / max_points, 1e-9)
+    best = None
+    for _ in range(14):
+        inv, count = grid(h)
         if count <= max_points:
-            best = (inv, count)
-            break
-        h *= max(1.05, (count / max_points) ** 0.75)
-    if best is None:  # pragma: no cover - grid did not converge, fall back to random
+            best = (inv, count) if best is None or count > best[1] else best
+            if count >= 0.85 * max_points:
+                break
+            h_big = h
+        else:
+            h_small = h
+        h = np.sqrt(h_small * h_big) if (h_big is not None and h_small > 0) else (h * 2.0 if h_big is None else h * 0.7)
+    if best is None:  # pragma: no cover - grid search did not settle
         return xy[np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))]
     inv, count = best
     w = np.bincount(inv, minlength=count).astype(np.float64)
@@ -296,6 +339,22 @@ def subsample_points(xy, max_points: int = 800, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- CPD
+def _normaliser(x: np.ndarray) -> Similarity:
+    """Similarity mapping ``x`` to zero mean and unit RMS radius."""
+    centre = x.mean(axis=0)
+    rho = float(np.sqrt(np.mean(np.sum((x - centre) ** 2, axis=1))))
+    if not rho > 0:
+        raise ValueError("The fixed points all coincide; nothing to register to.")
+    return Similarity(1.0 / rho, np.eye(2), -centre / rho)
+
+
+def _check_common(w, max_iterations):
+    if not 0 <= w < 1:
+        raise ValueError(f"Outlier weight w must be in [0, 1), got {w}.")
+    if max_iterations < 1:
+        raise ValueError("max_iterations must be at least 1.")
+
+
 def cpd_similarity(
     moving,
     fixed,
@@ -313,69 +372,46 @@ def cpd_similarity(
     """Register ``moving`` (M, 2) onto ``fixed`` (N, 2) px by similarity CPD.
 
     ``w`` in [0, 1): outlier (uniform) weight. Computations run in the fixed cloud's normalised frame
-    (zero mean, unit RMS radius), so ``w`` and ``tolerance`` do not depend on the pixel size. Stops after
-    ``max_iterations`` or when the EM objective ``Q`` changes by less than ``tolerance`` (absolute; the
-    same criterion as pycpd). ``init`` is the starting
-    transform (default identity), ``sigma2`` the starting variance (default: mean squared distance between
-    the point sets). ``allow_scale=False`` gives rigid CPD. ``max_fixed`` thins the fixed cloud by a voxel
-    grid (None: keep all). The rotation found is proper; a mirrored ``init`` (det -1) keeps its mirror.
+    (zero mean, unit RMS radius), as in Myronenko's reference code, so ``w`` and ``tolerance`` do not
+    depend on the pixel size (the uniform term ``w / N`` is not unit-free). Stops after ``max_iterations``
+    or when the EM objective ``Q`` changes by less than ``tolerance`` (absolute; the same criterion as
+    pycpd). ``init`` is the starting transform (default identity), ``sigma2`` the starting variance in px^2
+    (default: mean squared pair distance / 2). ``allow_scale=False`` gives rigid CPD. ``max_fixed`` thins
+    the fixed cloud by a voxel grid (None: keep all). The rotation found is proper; a mirrored ``init``
+    (det -1) keeps its mirror.
     """
     y = as_points(moving, "moving points", min_points=3)
     x = as_points(fixed, "fixed points", min_points=3)
-    if not 0 <= w < 1:
-        raise ValueError(f"Outlier weight w must be in [0, 1), got {w}.")
-    if max_iterations < 1:
-        raise ValueError("max_iterations must be at least 1.")
+    _check_common(w, max_iterations)
     x = subsample_points(x, max_fixed, seed) if max_fixed else x
     backend = _resolve_backend(backend)
-    n, m = len(x), len(y)
-    # work in the fixed cloud's normalised frame (zero mean, unit RMS radius), as Myronenko's reference
-    # code does: the outlier term w/N is not unit-free, so px coordinates would swamp the mixture
-    centre = x.mean(axis=0)
-    rho = float(np.sqrt(np.mean(np.sum((x - centre) ** 2, axis=1))))
-    if not rho > 0:
-        raise ValueError("The fixed points all coincide; nothing to register to.")
-    norm = Similarity(1.0 / rho, np.eye(2), -centre / rho)
-    x = (x - centre) / rho
+    norm = _normaliser(x)
+    rho = 1.0 / norm.scale
+    xn = norm.apply(x)
     t0 = norm.compose(init or Similarity())
     mirror = t0.reflected
-    y_work = y
     if mirror:  # keep the mirror of a reflected start: register the mirrored moving points instead
         y_work = y * np.array([-1.0, 1.0])
         t0 = t0.compose(_MIRROR)
-    scale, rot, trans = t0.scale, t0.rotation.copy(), t0.translation.copy()
-    ty = scale * (y_work @ rot.T) + trans
-    if sigma2 is None:
-        sigma2 = float(np.mean(np.sum((x - x.mean(0)) ** 2, 1)) + np.mean(np.sum((ty - ty.mean(0)) ** 2, 1))
-                       + np.sum((x.mean(0) - ty.mean(0)) ** 2)) / 2.0
     else:
-        sigma2 = float(sigma2) / rho**2
-    if not sigma2 > 0:
-        raise ValueError("sigma2 must be positive.")
-    if backend == "numba":
-        angle0 = math.atan2(rot[1, 0], rot[0, 0])
-        scale, angle, t_0, t_1, sigma2, nll, it, converged, q = _em_numba(
-            x, y_work, scale, angle0, trans[0], trans[1], sigma2, float(w), int(max_iterations), float(tolerance),
-            bool(allow_scale), float(cutoff_sigma),
-        )
-        rot, trans = rotation_matrix(math.degrees(angle)), np.array([t_0, t_1])
-    else:
-        scale, rot, trans, sigma2, nll, it, converged, q = _em_numpy(
-            x, y_work, scale, rot, trans, sigma2, w, max_iterations, tolerance, allow_scale, cutoff_sigma
-        )
-    transform = norm.inverse().compose(Similarity(scale, rot, trans))
-    if mirror:
-        transform = transform.compose(_MIRROR)
+        y_work = y
+    if sigma2 is not None and not sigma2 > 0:
+        raise ValueError("sigma2 must be positive (px^2) or None.")
+    state = (t0.scale, math.atan2(t0.rotation[1, 0], t0.rotation[0, 0]), t0.translation[0], t0.translation[1],
+             None if sigma2 is None else float(sigma2) / rho**2)
+    state, nll, it, converged = _em(xn, y_work, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
+    transform = _state_to_similarity(state, norm, mirror)
+    n = len(x)
     return CPDResult(
         transform=transform,
         points=transform.apply(y),
-        sigma2=float(sigma2) * rho**2,
-        objective=float(nll) / n + 2.0 * math.log(rho),
+        sigma2=float(state[4]) * rho**2,
+        objective=nll / n + 2.0 * math.log(rho),
         iterations=it,
         converged=converged,
         w=w,
         n_fixed_used=n,
-        info={"Q": float(q), "backend": backend},
+        info={"backend": backend},
     )
 
 
@@ -385,14 +421,15 @@ def multistart_cpd(
     n_rotations: int = 8,
     try_reflection: bool = True,
     w: float = 0.1,
-    max_iterations: int = 100,
+    max_iterations: int = 20,
     tolerance: float = 1e-3,
-    coarse_moving: int = 64,
-    coarse_fixed: int = 300,
-    coarse_iterations: int = 40,
+    coarse_moving: int = 32,
+    coarse_fixed: int = 150,
+    coarse_iterations: int = 20,
     n_refine: int = 2,
-    max_fixed: int | None = 800,
+    max_fixed: int | None = 400,
     allow_scale: bool = True,
+    cutoff_sigma: float = 7.0,
     backend: str = "auto",
     seed: int = 0,
 ) -> CPDResult:
@@ -400,42 +437,57 @@ def multistart_cpd(
 
     Each start places the moving centroid on the fixed centroid with the RMS-radius scale ratio and one of
     the rotations ``360 k / n_rotations`` deg; it runs ``coarse_iterations`` on thinned sets
-    (``coarse_moving``, ``coarse_fixed`` points), and the ``n_refine`` best starts are refined on the full
-    moving set and ``max_fixed`` fixed points. The returned transform maps the (unmirrored) moving points
-    onto the fixed ones and includes the mirror when a reflected start won.
+    (``coarse_moving`` points taken evenly along the moving set, ``coarse_fixed`` fixed points by voxel
+    grid), and the ``n_refine`` best starts are refined (``max_iterations``) on the full moving set and
+    ``max_fixed`` fixed points. The winner has the lowest final negative log-likelihood. The returned
+    transform maps the (unmirrored) moving points onto the fixed ones and includes the mirror when a
+    reflected start won (``result.transform.reflected``).
     """
     y = as_points(moving, "moving points", min_points=3)
     x = as_points(fixed, "fixed points", min_points=3)
+    _check_common(w, max_iterations)
     if n_rotations < 1:
         raise ValueError("n_rotations must be at least 1.")
+    backend = _resolve_backend(backend)
     x_full = subsample_points(x, max_fixed, seed) if max_fixed else x
-    x_coarse = subsample_points(x_full, coarse_fixed, seed)
-    step = max(1, int(np.ceil(len(y) / coarse_moving)))
-    y_coarse = y[::step]
-    mu_y, mu_x = y.mean(0), x_full.mean(0)
-    rms_y = np.sqrt(np.mean(np.sum((y - mu_y) ** 2, 1)))
-    rms_x = np.sqrt(np.mean(np.sum((x_full - mu_x) ** 2, 1)))
-    s0 = float(rms_x / rms_y) if rms_y > 0 else 1.0
+    norm = _normaliser(x_full)
+    rho = 1.0 / norm.scale
+    xn = norm.apply(x_full)
+    xn_coarse = subsample_points(xn, coarse_fixed, seed)
+    pick = np.unique(np.linspace(0, len(y) - 1, min(coarse_moving, len(y))).round().astype(int))
+    mu_y = y.mean(0)
+    s0 = 1.0 / float(np.sqrt(np.mean(np.sum((y - mu_y) ** 2, 1))))  # normalised fixed cloud: RMS radius 1
     starts = []
-    for reflect in (False, True) if try_reflection else (False,):
+    for mirror in (False, True) if try_reflection else (False,):
+        yw = y * np.array([-1.0, 1.0]) if mirror else y
+        yw_coarse = np.ascontiguousarray(yw[pick])
+        mu = yw.mean(0)
         for k in range(n_rotations):
-            angle = 360.0 * k / n_rotations
-            rot = rotation_matrix(angle, reflect)
-            init = Similarity(s0, rot, mu_x - s0 * (rot @ mu_y))
-            res = cpd_similarity(
-                y_coarse, x_coarse, w=w, max_iterations=coarse_iterations, tolerance=tolerance,
-                init=init, allow_scale=allow_scale, max_fixed=None, backend=backend,
-            )
-            starts.append((res.objective, angle, reflect, res))
+            angle = 2.0 * math.pi * k / n_rotations
+            rot = rotation_matrix(math.degrees(angle))
+            t = -s0 * (rot @ mu)  # moving centroid onto the fixed centroid (0)
+            state, nll, _, _ = _em(xn_coarse, yw_coarse, (s0, angle, t[0], t[1], None), w, coarse_iterations,
+                                   tolerance, allow_scale, cutoff_sigma, backend)
+            starts.append((nll, k, mirror, state, yw))
     starts.sort(key=lambda s: s[0])
     best = None
-    for obj, angle, reflect, res in starts[: max(1, n_refine)]:
-        ref = cpd_similarity(
-            y, x_full, w=w, max_iterations=max_iterations, tolerance=tolerance, init=res.transform,
-            sigma2=max(res.sigma2, 1e-6), allow_scale=allow_scale, max_fixed=None, backend=backend,
-        )
-        if best is None or ref.objective < best.objective:
-            best = CPDResult(**{**ref.__dict__, "start_angle_deg": angle, "start_reflected": reflect,
-                                "n_fixed_used": len(x_full),
-                                "info": {**ref.info, "coarse_objectives": [float(s[0]) for s in starts]}})
-    return best
+    n = len(x_full)
+    for _, k, mirror, state, yw in starts[: max(1, n_refine)]:
+        state, nll, it, converged = _em(xn, yw, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
+        if best is None or nll < best[0]:
+            best = (nll, k, mirror, state, it, converged)
+    nll, k, mirror, state, it, converged = best
+    transform = _state_to_similarity(state, norm, mirror)
+    return CPDResult(
+        transform=transform,
+        points=transform.apply(y),
+        sigma2=float(state[4]) * rho**2,
+        objective=nll / n + 2.0 * math.log(rho),
+        iterations=it,
+        converged=converged,
+        w=w,
+        n_fixed_used=n,
+        start_angle_deg=360.0 * k / n_rotations,
+        start_reflected=mirror,
+        info={"backend": backend, "coarse_objectives": [s[0] / len(xn_coarse) + 2.0 * math.log(rho) for s in starts]},
+    )

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .similarity import Similarity, as_points, fit_similarity
+from .similarity import Similarity, as_points, fit_similarity, rotation_matrix
+
+try:  # the shape fit runs inside the ASM loop: compiled when numba is there, numpy otherwise
+    import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    numba = None
+    _HAVE_NUMBA = False
 
 FORMAT = "deepmorph-pdm"
 FORMAT_VERSION = 1
@@ -165,13 +173,15 @@ class PointDistributionModel:
         regularization: float = 0.0,
         max_iterations: int = 50,
         tol_px: float = 1e-6,
+        backend: str = "auto",
     ) -> ShapeParams:
         """Closest model instance ``T(mean + P b)`` to ``target`` (N, 2) px, with ``|b_i| <= clip sqrt(lambda_i)``.
 
         Minimises ``sum_n w_n |target_n - T(mean + P b)_n|^2 + regularization * sum_i b_i^2 / lambda_i``
         (model-frame px^2) by Gauss-Newton steps on (b, similarity) jointly, each a box-constrained linear
         least-squares solve, followed by an exact weighted similarity refit. ``clip=None`` disables the
-        clipping. Zero weights mark missing points.
+        clipping. Zero weights mark missing points. ``init`` (model -> image) and ``b0`` set the start.
+        ``backend``: "auto" (numba when available) or "numpy".
         """
         target = as_points(target, "target shape")
         if target.shape[0] != self.n_points:
@@ -181,20 +191,33 @@ class PointDistributionModel:
             raise ValueError("weights must be one finite, non-negative value per point.")
         if np.count_nonzero(w) < 2:
             raise ValueError("fit_shape needs at least 2 points with positive weight.")
+        lim = np.full(self.n_modes, np.inf) if clip is None else self.limits(clip)
+        b = np.zeros(self.n_modes) if b0 is None else self.clip_b(b0, clip)
+        if init is None:
+            init = fit_similarity(self.shape_from_b(b), target, w)
+        if _HAVE_NUMBA and not init.reflected and backend != "numpy":
+            a = init.rotation
+            points, b, scale, angle, t0, t1, it = _fit_shape_numba(
+                self.mean, self.modes, regularization / self.variances, target, w, lim, init.scale,
+                float(np.arctan2(a[1, 0], a[0, 0])), init.translation[0], init.translation[1], b,
+                int(max_iterations), float(tol_px),
+            )
+            transform = Similarity(scale, rotation_matrix(np.rad2deg(angle)), np.array([t0, t1]))
+        else:
+            points, b, transform, it = self._fit_shape_numpy(target, w, lim, init, b, regularization, max_iterations, tol_px)
+        res = np.sum((points - target) ** 2, axis=1)
+        rms = float(np.sqrt(np.sum(w * res) / np.sum(w)))
+        return ShapeParams(points, b, transform, int(it), rms)
+
+    def _fit_shape_numpy(self, target, w, lim_b, transform, b, regularization, max_iterations, tol_px):
         m = self.n_modes
         w2 = np.repeat(w, 2)
-        lim = np.full(m + 4, np.inf)
-        if clip is not None:
-            lim[:m] = self.limits(clip)
-        prior = np.zeros(m + 4)
-        prior[:m] = regularization / self.variances
+        lim = np.concatenate([lim_b, np.full(4, np.inf)])
         pw = self.modes * w2[:, None]
-        hess_pp = pw.T @ self.modes + np.diag(prior[:m])
+        hess_pp = pw.T @ self.modes + np.diag(regularization / self.variances)
         ex = np.tile([1.0, 0.0], self.n_points)
         ey = np.tile([0.0, 1.0], self.n_points)
-        b = np.zeros(m) if b0 is None else self.clip_b(b0, clip)
         x = self.shape_from_b(b)
-        transform = init if init is not None else fit_similarity(x, target, w)
         prev = transform.apply(x)
         it = 0
         for it in range(1, max_iterations + 1):
@@ -209,7 +232,7 @@ class PointDistributionModel:
             hess += np.diag(np.maximum(np.diag(hess), 1e-300)) * 1e-12
             r = w2 * (y - self.mean).reshape(-1)
             g = np.concatenate([self.modes.T @ r, extra.T @ r])
-            z = box_least_squares(hess, g, lim, np.concatenate([b, np.zeros(4)]))
+            z = box_least_squares(hess, g, lim)
             b = z[:m]
             x = self.shape_from_b(b)
             transform = fit_similarity(x, target, w)  # exact for this b (the linearised one is discarded)
@@ -218,9 +241,7 @@ class PointDistributionModel:
             prev = cur
             if moved < tol_px:
                 break
-        res = np.sum((prev - target) ** 2, axis=1)
-        rms = float(np.sqrt(np.sum(w * res) / np.sum(w)))
-        return ShapeParams(prev, b, transform, it, rms)
+        return prev, b, transform, it
 
     def project(self, shape, clip: float | None = 3.0, weights=None) -> np.ndarray:
         """Regularise an image-frame shape (N, 2) px: similarity to the model frame, ``b = P^T (x - mean)``
@@ -355,25 +376,261 @@ def generalized_procrustes(shapes: np.ndarray, max_iterations: int = 100, tol: f
     return aligned, aligned.mean(axis=0), it
 
 
-def box_least_squares(hess: np.ndarray, g: np.ndarray, lim: np.ndarray | None, b0=None, sweeps: int = 100) -> np.ndarray:
+def box_least_squares(hess: np.ndarray, g: np.ndarray, lim: np.ndarray | None, b0=None, max_rounds: int = 50) -> np.ndarray:
     """Minimise ``0.5 b^T H b - g^T b`` subject to ``|b_i| <= lim_i`` (H symmetric positive definite).
 
-    Unconstrained solve, then projected coordinate descent when a bound is active.
+    Active-set method: variables that leave their box are fixed at the bound, the others re-solved; bound
+    variables whose gradient points back inside are released, until the KKT conditions hold. ``b0`` is
+    accepted for API symmetry (the unconstrained solve is the start).
     """
     b = np.linalg.solve(hess, g)
     if lim is None or np.all(np.abs(b) <= lim):
         return b
-    b = np.clip(b, -lim, lim)
-    diag = np.diag(hess)
-    finite = lim[np.isfinite(lim)]
-    scale = 1.0 + (float(np.max(finite)) if finite.size else 0.0)
-    for _ in range(sweeps):
-        change = 0.0
-        for i in range(len(b)):
-            grad = hess[i] @ b - g[i]
-            new = min(max(b[i] - grad / diag[i], -lim[i]), lim[i])
-            change = max(change, abs(new - b[i]))
-            b[i] = new
-        if change < 1e-9 * scale:
-            break
-    return b
+    n = len(b)
+    at = np.zeros(n)  # -1 / +1 at the lower / upper bound, 0 free
+    lim_f = np.where(np.isfinite(lim), lim, 0.0)
+    for _ in range(max_rounds):
+        free = at == 0
+        viol = free & (np.abs(b) > lim)
+        if np.any(viol):
+            at[viol] = np.sign(b[viol])
+        else:
+            grad = hess @ b - g
+            release = ((at > 0) & (grad > 1e-12)) | ((at < 0) & (grad < -1e-12))
+            if not np.any(release):
+                return b
+            at[np.argmax(np.where(release, np.abs(grad), -1.0))] = 0.0
+        free = at == 0
+        b = at * lim_f
+        if np.any(free):
+            rhs = g[free] - hess[np.ix_(free, ~free)] @ b[~free]
+            b[free] = np.linalg.solve(hess[np.ix_(free, free)], rhs)
+    return np.clip(b, -lim, lim)
+
+
+if _HAVE_NUMBA:
+
+    @numba.njit(cache=True)
+    def _solve_spd(a, rhs):  # pragma: no cover - Cholesky solve of a small symmetric positive definite system
+        n = rhs.shape[0]
+        lo = np.zeros((n, n))
+        for i in range(n):
+            for j in range(i + 1):
+                acc = a[i, j]
+                for k in range(j):
+                    acc -= lo[i, k] * lo[j, k]
+                if i == j:
+                    lo[i, i] = np.sqrt(max(acc, 1e-300))
+                else:
+                    lo[i, j] = acc / lo[j, j]
+        z = np.empty(n)
+        for i in range(n):
+            acc = rhs[i]
+            for k in range(i):
+                acc -= lo[i, k] * z[k]
+            z[i] = acc / lo[i, i]
+        out = np.empty(n)
+        for i in range(n - 1, -1, -1):
+            acc = z[i]
+            for k in range(i + 1, n):
+                acc -= lo[k, i] * out[k]
+            out[i] = acc / lo[i, i]
+        return out
+
+    @numba.njit(cache=True)
+    def _box_qp_numba(hess, g, lim):  # pragma: no cover - compiled twin of box_least_squares
+        n = g.shape[0]
+        b = _solve_spd(hess, g)
+        inside = True
+        for i in range(n):
+            if abs(b[i]) > lim[i]:
+                inside = False
+        if inside:
+            return b
+        at = np.zeros(n)
+        for _ in range(50):
+            viol = False
+            for i in range(n):
+                if at[i] == 0.0 and abs(b[i]) > lim[i]:
+                    at[i] = 1.0 if b[i] > 0 else -1.0
+                    viol = True
+            if not viol:
+                grad = np.empty(n)
+                for i in range(n):
+                    acc = -g[i]
+                    for j in range(n):
+                        acc += hess[i, j] * b[j]
+                    grad[i] = acc
+                best = -1
+                best_v = 0.0
+                for i in range(n):
+                    if (at[i] > 0 and grad[i] > 1e-12) or (at[i] < 0 and grad[i] < -1e-12):
+                        if abs(grad[i]) > best_v:
+                            best = i
+                            best_v = abs(grad[i])
+                if best < 0:
+                    return b
+                at[best] = 0.0
+            free = np.zeros(n, dtype=np.int64)
+            nf = 0
+            for i in range(n):
+                if at[i] == 0.0:
+                    free[nf] = i
+                    nf += 1
+                else:
+                    b[i] = at[i] * lim[i]
+            if nf > 0:
+                hf = np.empty((nf, nf))
+                rhs = np.empty(nf)
+                for a in range(nf):
+                    i = free[a]
+                    acc = g[i]
+                    for j in range(n):
+                        if at[j] != 0.0:
+                            acc -= hess[i, j] * b[j]
+                    rhs[a] = acc
+                    for c in range(nf):
+                        hf[a, c] = hess[i, free[c]]
+                sol = _solve_spd(hf, rhs)
+                for a in range(nf):
+                    b[free[a]] = sol[a]
+        for i in range(n):
+            b[i] = min(max(b[i], -lim[i]), lim[i])
+        return b
+
+    @numba.njit(cache=True)
+    def _shape_numba(mean, modes, b, x):  # pragma: no cover
+        for k in range(mean.shape[0]):
+            a0 = mean[k, 0]
+            a1 = mean[k, 1]
+            for i in range(modes.shape[1]):
+                a0 += modes[2 * k, i] * b[i]
+                a1 += modes[2 * k + 1, i] * b[i]
+            x[k, 0] = a0
+            x[k, 1] = a1
+
+    @numba.njit(cache=True)
+    def _fit_shape_numba(mean, modes, prior, target, w, lim_b, scale, angle, t0, t1, b, max_it, tol):  # pragma: no cover
+        """Compiled twin of ``PointDistributionModel._fit_shape_numpy`` (proper similarity)."""
+        n = mean.shape[0]
+        m = modes.shape[1]
+        k4 = m + 4
+        lim = np.empty(k4)
+        for i in range(k4):
+            lim[i] = lim_b[i] if i < m else np.inf
+        hpp = np.zeros((m, m))
+        for r in range(2 * n):
+            wr = w[r // 2]
+            if wr == 0.0:
+                continue
+            for i in range(m):
+                pi = wr * modes[r, i]
+                for j in range(i, m):
+                    hpp[i, j] += pi * modes[r, j]
+        for i in range(m):
+            hpp[i, i] += prior[i]
+            for j in range(i):
+                hpp[i, j] = hpp[j, i]
+        bb = np.empty(m)
+        for i in range(m):
+            bb[i] = b[i]
+        b = bb
+        x = np.empty((n, 2))
+        y = np.empty((n, 2))
+        prev = np.empty((n, 2))
+        e0 = np.zeros(4)
+        e1 = np.zeros(4)
+        _shape_numba(mean, modes, b, x)
+        co = np.cos(angle)
+        si = np.sin(angle)
+        for k in range(n):
+            prev[k, 0] = scale * (co * x[k, 0] - si * x[k, 1]) + t0
+            prev[k, 1] = scale * (si * x[k, 0] + co * x[k, 1]) + t1
+        it = 0
+        for it in range(1, max_it + 1):
+            for k in range(n):  # target in the model frame
+                d0 = target[k, 0] - t0
+                d1 = target[k, 1] - t1
+                y[k, 0] = (co * d0 + si * d1) / scale
+                y[k, 1] = (-si * d0 + co * d1) / scale
+            hess = np.zeros((k4, k4))
+            for i in range(m):
+                for j in range(m):
+                    hess[i, j] = hpp[i, j]
+            g = np.zeros(k4)
+            for k in range(n):
+                wk = w[k]
+                if wk == 0.0:
+                    continue
+                r0 = wk * (y[k, 0] - mean[k, 0])
+                r1 = wk * (y[k, 1] - mean[k, 1])
+                e0[0] = x[k, 0]
+                e0[1] = -x[k, 1]
+                e0[2] = 1.0
+                e1[0] = x[k, 1]
+                e1[1] = x[k, 0]
+                e1[3] = 1.0
+                for i in range(m):
+                    p0 = modes[2 * k, i]
+                    p1 = modes[2 * k + 1, i]
+                    g[i] += p0 * r0 + p1 * r1
+                    for j in range(4):
+                        hess[i, m + j] += wk * (p0 * e0[j] + p1 * e1[j])
+                for i in range(4):
+                    g[m + i] += e0[i] * r0 + e1[i] * r1
+                    for j in range(4):
+                        hess[m + i, m + j] += wk * (e0[i] * e0[j] + e1[i] * e1[j])
+            for i in range(m):
+                for j in range(4):
+                    hess[m + j, i] = hess[i, m + j]
+            for i in range(k4):
+                hess[i, i] += max(hess[i, i], 1e-300) * 1e-12
+            z = _box_qp_numba(hess, g, lim)
+            for i in range(m):
+                b[i] = z[i]
+            _shape_numba(mean, modes, b, x)
+            # exact weighted similarity x -> target (2-D Umeyama, proper rotation)
+            ws = 0.0
+            ms0 = 0.0
+            ms1 = 0.0
+            md0 = 0.0
+            md1 = 0.0
+            for k in range(n):
+                ws += w[k]
+                ms0 += w[k] * x[k, 0]
+                ms1 += w[k] * x[k, 1]
+                md0 += w[k] * target[k, 0]
+                md1 += w[k] * target[k, 1]
+            ms0 /= ws
+            ms1 /= ws
+            md0 /= ws
+            md1 /= ws
+            sxx = 0.0
+            sxy = 0.0
+            var = 0.0
+            for k in range(n):
+                a0 = x[k, 0] - ms0
+                a1 = x[k, 1] - ms1
+                c0 = target[k, 0] - md0
+                c1 = target[k, 1] - md1
+                sxx += w[k] * (a0 * c0 + a1 * c1)
+                sxy += w[k] * (a0 * c1 - a1 * c0)
+                var += w[k] * (a0 * a0 + a1 * a1)
+            angle = np.arctan2(sxy, sxx)
+            corr = np.hypot(sxx, sxy)
+            if var > 0.0 and corr > 0.0:
+                scale = corr / var
+            co = np.cos(angle)
+            si = np.sin(angle)
+            t0 = md0 - scale * (co * ms0 - si * ms1)
+            t1 = md1 - scale * (si * ms0 + co * ms1)
+            moved = 0.0
+            for k in range(n):
+                c0 = scale * (co * x[k, 0] - si * x[k, 1]) + t0
+                c1 = scale * (si * x[k, 0] + co * x[k, 1]) + t1
+                moved = max(moved, abs(c0 - prev[k, 0]), abs(c1 - prev[k, 1]))
+                prev[k, 0] = c0
+                prev[k, 1] = c1
+            if moved < tol:
+                break
+        return prev, b, scale, angle, t0, t1, it

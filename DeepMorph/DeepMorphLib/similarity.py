@@ -108,37 +108,42 @@ class Similarity:
 
 
 def fit_similarity(src, dst, weights=None, allow_reflection: bool = False, allow_scale: bool = True) -> Similarity:
-    """Weighted least-squares similarity mapping ``src`` onto ``dst`` (Umeyama 1991).
+    """Weighted least-squares similarity mapping ``src`` onto ``dst`` (Umeyama 1991, 2-D closed form).
 
     Minimises ``sum_i w_i |s R src_i + t - dst_i|^2``; ``src``/``dst`` are matched ``(N, 2)`` arrays
-    (px), ``weights`` ``(N,)`` non-negative. ``allow_reflection`` lets ``R`` be a mirror (det -1).
+    (px), ``weights`` ``(N,)`` non-negative. ``allow_reflection`` lets ``R`` be a mirror (det -1) when that
+    fits better.
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2:
         raise ValueError(f"fit_similarity needs two matching (N, 2) arrays, got {src.shape} and {dst.shape}.")
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    if w.shape[0] != src.shape[0] or np.any(w < 0) or not np.all(np.isfinite(w)):
-        raise ValueError("weights must be one finite, non-negative value per point.")
-    wsum = w.sum()
+    if weights is None:
+        w = np.full(len(src), 1.0)
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape[0] != src.shape[0] or np.any(w < 0) or not np.all(np.isfinite(w)):
+            raise ValueError("weights must be one finite, non-negative value per point.")
+    wsum = float(w.sum())
     if wsum <= 0:
         raise ValueError("fit_similarity needs some positive weights.")
     mu_s = w @ src / wsum
     mu_d = w @ dst / wsum
     a = src - mu_s
     b = dst - mu_d
-    cov = (b * w[:, None]).T @ a  # sum w b a^T
-    u, sv, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if not allow_reflection and np.linalg.det(u @ vt) < 0:
-        d[1] = -1.0
-    rot = u @ np.diag(d) @ vt
-    var_s = float(w @ np.sum(a * a, axis=1))
-    if allow_scale and var_s > 0:
-        scale = float(np.sum(sv * d)) / var_s
-        if scale <= 0:
-            scale = 1e-12
-    else:
-        scale = 1.0
-    t = mu_d - scale * (rot @ mu_s)
-    return Similarity(scale, rot, t)
+    wa = a * w[:, None]
+    sxx, sxy = float(np.sum(wa * b)), float(np.sum(wa[:, 0] * b[:, 1] - wa[:, 1] * b[:, 0]))
+    var_s = float(np.sum(wa * a))
+    best = (np.hypot(sxx, sxy), np.arctan2(sxy, sxx), False)
+    if allow_reflection:  # mirror x of src first: (x, y) -> (-x, y)
+        mxx = float(np.sum(-wa[:, 0] * b[:, 0] + wa[:, 1] * b[:, 1]))
+        mxy = float(np.sum(-wa[:, 0] * b[:, 1] - wa[:, 1] * b[:, 0]))
+        if np.hypot(mxx, mxy) > best[0]:
+            best = (np.hypot(mxx, mxy), np.arctan2(mxy, mxx), True)
+    corr, angle, mirror = best
+    c, s_ = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s_], [s_, c]])
+    if mirror:
+        rot = rot @ np.diag([-1.0, 1.0])
+    scale = corr / var_s if (allow_scale and var_s > 0 and corr > 0) else 1.0
+    return Similarity(scale, rot, mu_d - scale * (rot @ mu_s))
