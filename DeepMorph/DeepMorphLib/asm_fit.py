@@ -14,7 +14,8 @@
 
 Points are (x, y) = (column, row) px. Points whose best confidence along the normal is below
 ``min_point_confidence`` (e.g. hidden by an implant or outside the map) get no weight: the shape model
-fills them in.
+fills them in. For open outlines (``pdm.closed`` False) the two end points also search along the tangent
+for the end of the ridge (``end_search``), so the ends do not slide freely along the shaft.
 """
 from __future__ import annotations
 
@@ -27,7 +28,16 @@ from .cpd import multistart_cpd
 from .pdm import PointDistributionModel
 from .similarity import Similarity, as_points
 
+try:  # the profile search runs every ASM iteration: compiled when numba is there
+    import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    numba = None
+    _HAVE_NUMBA = False
+
 _MIRROR = Similarity(1.0, np.diag([-1.0, 1.0]), np.zeros(2))
+END_WEIGHT = 5.0  # weight of an end point that found the end of the ridge (a normal point: <= 1)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,58 @@ class ShapeFit:
         return out
 
 
+def _end_targets(conf, points, targets, peak, search_px, step_px, min_conf, margin_px=2.0):
+    """Tangential search at the two ends of an open contour (in place).
+
+    From the outermost point well on the ridge (peak >= 0.7 x median peak), the confidence is sampled along
+    the outward tangent of the end, up to ``search_px`` beyond the model's end point. The ridge ends where
+    the confidence falls below half its ridge value; the end point's target moves there (less the half
+    width of the ridge across it, i.e. the size of the band's round cap). Ridges that go on beyond that
+    range or stop at the map border (no anatomical end) give no target. Without this, the ends of an open
+    outline slide freely along the ridge.
+    """
+    h, w = conf.shape
+    n = len(points)
+    good = peak >= min_conf
+    if not np.any(good):
+        return
+    solid = 0.7 * float(np.median(peak[good]))  # a point well on the ridge, not on its fading end cap
+    for end, step in ((0, 1), (n - 1, -1)):
+        j = end
+        while 0 <= j < n and peak[j] < solid and abs(j - end) < n // 4:
+            j += step
+        if not 0 <= j < n or peak[j] < solid:
+            continue
+        u = points[end] - points[end + 2 * step]
+        norm = np.hypot(*u)
+        if norm == 0:
+            continue
+        u = u / norm
+        base = targets[j]
+        reach = float(np.dot(points[end] - base, u)) + search_px
+        if reach <= step_px:
+            continue
+        offsets = np.arange(0.0, reach + 0.5 * step_px, step_px)
+        across = np.arange(-4.0, 4.0 + 0.5 * step_px, step_px)
+        prof_across = sample_bilinear(conf, base[None, :] + across[:, None] * np.array([-u[1], u[0]])[None, :])
+        ridge = float(prof_across.max())
+        half = 0.5 * ridge
+        hw = float(np.count_nonzero(prof_across >= half)) * step_px / 2.0  # half width of the ridge
+        prof = sample_bilinear(conf, base[None, :] + offsets[:, None] * u[None, :])
+        below = np.flatnonzero(prof < half)
+        if ridge < min_conf or len(below) == 0 or below[0] == 0:
+            continue  # no ridge here, or it goes on beyond the search range
+        k = below[0] - 1
+        a, b = prof[k], prof[k + 1]
+        cross = offsets[k] + step_px * (a - half) / max(a - b, 1e-12)
+        end_pt = base + max(cross - hw, 0.0) * u
+        lo = margin_px + hw
+        if end_pt[0] < lo or end_pt[1] < lo or end_pt[0] > w - 1 - lo or end_pt[1] > h - 1 - lo:
+            continue  # the ridge stops at the map border: no information about the end
+        targets[end] = end_pt
+        peak[end] = ridge * END_WEIGHT
+
+
 def contour_normals(points: np.ndarray, closed: bool = False) -> np.ndarray:
     """Unit normals (N, 2) of a polyline: tangent by central differences, rotated by 90 degrees.
 
@@ -96,13 +158,24 @@ def sample_bilinear(conf: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return vals.reshape(xy.shape[:-1])
 
 
-def search_profiles(conf: np.ndarray, points: np.ndarray, normals: np.ndarray, search_px: float, step_px: float = 0.5):
+def search_profiles(
+    conf: np.ndarray, points: np.ndarray, normals: np.ndarray, search_px: float, step_px: float = 0.5, backend: str = "auto"
+):
     """Best point along each normal within +-``search_px``; returns (targets (N, 2), peak confidence (N,)).
 
-    The peak is picked on the profile damped by ``1 - 0.25 |offset| / search_px`` (prefers the nearer of
-    two similar edges) and refined to sub-pixel precision by a parabola through the raw samples.
+    Profiles are sampled every ``step_px`` with bilinear interpolation (0 outside the map, as
+    ``scipy.ndimage.map_coordinates(order=1, mode="constant")``). The peak is picked on the profile damped
+    by ``1 - 0.25 |offset| / search_px`` (prefers the nearer of two similar edges) and refined to sub-pixel
+    precision by a parabola through the raw samples. ``backend``: "auto" (numba if available) or "numpy"
+    (map_coordinates).
     """
     offsets = np.arange(-search_px, search_px + 0.5 * step_px, step_px)
+    if _HAVE_NUMBA and backend != "numpy":
+        targets = np.empty_like(points)
+        peak = np.empty(len(points))
+        _search_numba(np.ascontiguousarray(conf, dtype=np.float64), np.ascontiguousarray(points),
+                      np.ascontiguousarray(normals), offsets, float(search_px), float(step_px), targets, peak)
+        return targets, peak
     samples = points[:, None, :] + offsets[None, :, None] * normals[:, None, :]
     prof = sample_bilinear(conf, samples)  # (N, K)
     damped = prof * (1.0 - 0.25 * np.abs(offsets) / max(search_px, 1e-9))[None, :]
@@ -119,6 +192,56 @@ def search_profiles(conf: np.ndarray, points: np.ndarray, normals: np.ndarray, s
     return points + best[:, None] * normals, peak
 
 
+if _HAVE_NUMBA:
+
+    @numba.njit(cache=True)
+    def _bilinear(conf, x, y):  # pragma: no cover - compiled; same values as map_coordinates(order=1, "constant")
+        h = conf.shape[0]
+        w = conf.shape[1]
+        if not (x >= 0.0 and y >= 0.0 and x <= w - 1 and y <= h - 1):
+            return 0.0
+        x0 = min(int(x), w - 2) if w > 1 else 0
+        y0 = min(int(y), h - 2) if h > 1 else 0
+        fx = x - x0
+        fy = y - y0
+        x1 = min(x0 + 1, w - 1)
+        y1 = min(y0 + 1, h - 1)
+        top = conf[y0, x0] * (1.0 - fx) + conf[y0, x1] * fx
+        bottom = conf[y1, x0] * (1.0 - fx) + conf[y1, x1] * fx
+        return top * (1.0 - fy) + bottom * fy
+
+    @numba.njit(cache=True)
+    def _search_numba(conf, points, normals, offsets, search_px, step_px, targets, peak):  # pragma: no cover
+        n_off = offsets.shape[0]
+        prof = np.empty(n_off)
+        for i in range(points.shape[0]):
+            px = points[i, 0]
+            py = points[i, 1]
+            nx = normals[i, 0]
+            ny = normals[i, 1]
+            best = 0
+            best_v = -1.0
+            for k in range(n_off):
+                v = _bilinear(conf, px + offsets[k] * nx, py + offsets[k] * ny)
+                prof[k] = v
+                d = v * (1.0 - 0.25 * abs(offsets[k]) / search_px)
+                if d > best_v:
+                    best_v = d
+                    best = k
+            off = offsets[best]
+            if 0 < best < n_off - 1:
+                a = prof[best - 1]
+                b = prof[best]
+                c = prof[best + 1]
+                den = a - 2.0 * b + c
+                if den < -1e-12:
+                    shift = 0.5 * (a - c) / den
+                    off += min(max(shift, -0.5), 0.5) * step_px
+            targets[i, 0] = px + off * nx
+            targets[i, 1] = py + off * ny
+            peak[i] = prof[best]
+
+
 def fit_pdm_to_confidence(
     conf_map,
     pdm: PointDistributionModel,
@@ -128,22 +251,28 @@ def fit_pdm_to_confidence(
     n_rotations: int = 8,
     try_reflection: bool = True,
     w: float = 0.1,
-    max_fixed: int = 600,
+    max_fixed: int = 400,
+    cpd_iterations: int = 40,
+    cpd_tolerance: float = 0.1,
     search_px: float = 15.0,
     min_search_px: float = 3.0,
     shrink: float = 0.8,
     step_px: float = 0.5,
-    max_iterations: int = 25,
+    max_iterations: int = 30,
     tol_px: float = 0.1,
     clip: float = 3.0,
     min_point_confidence: float = 0.1,
     regularization: float = 1.0,
     min_quality: float = 0.0,
+    end_search: bool = True,
+    rescue: bool = True,
     seed: int = 0,
 ) -> ShapeFit:
     """Fit ``pdm`` to a 2-D confidence map (H, W) in [0, 1]; see the module docstring for the steps.
 
-    ``init``: skip CPD and start from this model->image ``Similarity`` (a mirror selects the reflected
+    ``n_rotations``, ``try_reflection``, ``w``, ``max_fixed`` (foreground points kept), ``cpd_iterations``
+    and ``cpd_tolerance`` (|dQ|, loose: ASM refines) control the CPD initialisation. ``init``: skip CPD and
+    start from this model->image ``Similarity`` (a mirror selects the reflected
     PDM) or from an (N, 2) px start shape. ``regularization`` adds ``sum b_i^2 / lambda_i`` (in units of
     one fully confident point) to keep unsupported parts plausible. Returns ``ShapeFit``; ``detected`` is
     False (with ``reason``) when there are too few foreground pixels or the mean contour confidence is
@@ -166,7 +295,8 @@ def fit_pdm_to_confidence(
     b = np.zeros(pdm.n_modes)
     if init is None:
         cpd = multistart_cpd(
-            pdm.mean, xy, n_rotations=n_rotations, try_reflection=try_reflection, w=w, max_fixed=max_fixed, seed=seed
+            pdm.mean, xy, n_rotations=n_rotations, try_reflection=try_reflection, w=w, max_fixed=max_fixed,
+            max_iterations=cpd_iterations, tolerance=cpd_tolerance, seed=seed,
         )
         transform = cpd.transform
         search_px = float(np.clip(3.0 * np.sqrt(cpd.sigma2), min_search_px, search_px))
@@ -195,6 +325,12 @@ def fit_pdm_to_confidence(
     for it in range(1, max_iterations + 1):
         normals = contour_normals(points, model.closed)
         targets, peak = search_profiles(conf, points, normals, radius, step_px)
+        lost = peak < min_point_confidence
+        if rescue and radius < search_px and np.any(lost):  # points that lost the ridge look further
+            t2, p2 = search_profiles(conf, points[lost], normals[lost], search_px, step_px)
+            targets[lost], peak[lost] = t2, p2
+        if not model.closed and end_search:
+            _end_targets(conf, points, targets, peak, search_px, step_px, min_point_confidence)
         weights = np.where(peak >= min_point_confidence, peak, 0.0)
         if np.count_nonzero(weights) < max(3, pdm.n_points // 10):
             info["stopped"] = "too few model points found confident pixels along their normals"
@@ -205,6 +341,7 @@ def fit_pdm_to_confidence(
         moved = float(np.mean(np.hypot(*(sp.points - points).T)))
         points, b, transform = sp.points, sp.b, sp.transform
         at_min = radius <= min_search_px + 1e-9
+        # shrink the search range, but not below what the points still had to move
         radius = max(min_search_px, radius * shrink)
         if moved < tol_px and at_min:
             converged = True

@@ -92,10 +92,14 @@ def fit_circle(
 
     ``weighted`` uses the confidence of each foreground pixel as its weight. Fewer than ``min_pixels``
     foreground pixels gives ``detected=False`` with a reason. Extra keyword arguments go to
-    ``fit_circle_points`` (e.g. ``inlier_px``, ``radius_range`` for the robust fit).
+    ``fit_circle_points`` (e.g. ``inlier_px``, ``radius_range`` for the robust fit; for maps the robust
+    fit's default ``radius_range`` is 2 px to half the larger map side, so straight edges cannot pass as
+    huge circles).
     """
     _check_method(method)
     xy, conf = foreground_pixels(conf_map, threshold)
+    if method == "robust" and kwargs.get("radius_range") is None:
+        kwargs["radius_range"] = (2.0, 0.5 * max(np.shape(validate_map(conf_map))))
     n = len(xy)
     if n < min_pixels:
         return CircleFit(

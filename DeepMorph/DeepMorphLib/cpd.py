@@ -142,6 +142,24 @@ if _HAVE_NUMBA:
         co = math.cos(angle)
         si = math.sin(angle)
         cut2 = cutoff_sigma * cutoff_sigma
+        if not sigma2 > 0.0:  # mean squared pair distance / D, from moments
+            mx0 = 0.0
+            mx1 = 0.0
+            sxx = 0.0
+            for k in range(n):
+                mx0 += x0a[k]
+                mx1 += x1a[k]
+                sxx += x0a[k] * x0a[k] + x1a[k] * x1a[k]
+            my0 = 0.0
+            my1 = 0.0
+            syy = 0.0
+            for k in range(m):
+                a0 = scale * (co * y[k, 0] - si * y[k, 1]) + t0
+                a1 = scale * (si * y[k, 0] + co * y[k, 1]) + t1
+                my0 += a0
+                my1 += a1
+                syy += a0 * a0 + a1 * a1
+            sigma2 = (sxx / n + syy / m - 2.0 * (mx0 * my0 + mx1 * my1) / (n * m)) / 2.0
         for it in range(1, max_it + 1):
             for k in range(m):
                 ty0[k] = scale * (co * y[k, 0] - si * y[k, 1]) + t0
@@ -260,21 +278,28 @@ def _initial_sigma2(x, ty) -> float:
     return float(np.mean(np.sum((x - mx) ** 2, 1)) + np.mean(np.sum((ty - my) ** 2, 1)) + np.sum((mx - my) ** 2)) / 2.0
 
 
-def _em(x, y, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend):
-    """Run EM from ``state = (scale, angle_rad, tx, ty, sigma2)`` (normalised frame, proper rotation).
+def _split(x: np.ndarray):
+    """(x, x[:, 0], x[:, 1]) as contiguous float64 arrays, the fixed-cloud argument of ``_em``."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    return x, np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(x[:, 1])
+
+
+def _em(xs, y, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend):
+    """Run EM from ``state = (scale, angle_rad, tx, ty, sigma2)`` (normalised frame, proper rotation) on
+    the fixed cloud ``xs = _split(x)``; ``sigma2=None`` starts from the mean squared pair distance / 2.
 
     Returns ``(state, nll, iterations, converged)``.
     """
     scale, angle, t0, t1, sigma2 = state
-    if sigma2 is None or not sigma2 > 0:
-        rot = rotation_matrix(math.degrees(angle))
-        sigma2 = _initial_sigma2(x, scale * (y @ rot.T) + np.array([t0, t1]))
+    sigma2 = -1.0 if sigma2 is None else float(sigma2)
     if backend == "numba":
-        fn, args = _em_numba, (np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(x[:, 1]), np.ascontiguousarray(y))
+        out = _em_numba(xs[1], xs[2], y, float(scale), float(angle), float(t0), float(t1), sigma2, float(w),
+                        int(max_iterations), float(tolerance), bool(allow_scale), float(cutoff_sigma))
     else:
-        fn, args = _em_numpy, (x, y)
-    out = fn(*args, float(scale), float(angle), float(t0), float(t1), float(sigma2), float(w), int(max_iterations),
-             float(tolerance), bool(allow_scale), float(cutoff_sigma))
+        if not sigma2 > 0:
+            rot = rotation_matrix(math.degrees(angle))
+            sigma2 = _initial_sigma2(xs[0], scale * (y @ rot.T) + np.array([t0, t1]))
+        out = _em_numpy(xs[0], y, scale, angle, t0, t1, sigma2, w, max_iterations, tolerance, allow_scale, cutoff_sigma)
     scale, angle, t0, t1, sigma2, nll, it, converged, _ = out
     return (scale, angle, t0, t1, sigma2), float(nll), int(it), bool(converged)
 
@@ -339,6 +364,15 @@ def subsample_points(xy, max_points: int = 800, seed: int = 0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- CPD
+def _same_optimum(a, b) -> bool:
+    """Two coarse runs ``[nll, k, mirror, state, ...]`` ended at the same transform (normalised frame)."""
+    if a[2] != b[2]:
+        return False
+    sa, sb = a[3], b[3]
+    dang = abs((sa[1] - sb[1] + math.pi) % (2 * math.pi) - math.pi)
+    return dang < 0.1 and abs(sa[0] - sb[0]) < 0.05 * max(sa[0], sb[0]) and math.hypot(sa[2] - sb[2], sa[3] - sb[3]) < 0.05
+
+
 def _normaliser(x: np.ndarray) -> Similarity:
     """Similarity mapping ``x`` to zero mean and unit RMS radius."""
     centre = x.mean(axis=0)
@@ -399,7 +433,7 @@ def cpd_similarity(
         raise ValueError("sigma2 must be positive (px^2) or None.")
     state = (t0.scale, math.atan2(t0.rotation[1, 0], t0.rotation[0, 0]), t0.translation[0], t0.translation[1],
              None if sigma2 is None else float(sigma2) / rho**2)
-    state, nll, it, converged = _em(xn, y_work, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
+    state, nll, it, converged = _em(_split(xn), np.ascontiguousarray(y_work), state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
     transform = _state_to_similarity(state, norm, mirror)
     n = len(x)
     return CPDResult(
@@ -421,12 +455,15 @@ def multistart_cpd(
     n_rotations: int = 8,
     try_reflection: bool = True,
     w: float = 0.1,
-    max_iterations: int = 20,
+    max_iterations: int = 100,
     tolerance: float = 1e-3,
     coarse_moving: int = 32,
     coarse_fixed: int = 150,
     coarse_iterations: int = 20,
-    n_refine: int = 2,
+    prune_after: int = 8,
+    prune_keep: int = 4,
+    n_refine: int = 3,
+    refine_margin: float = 0.3,
     max_fixed: int | None = 400,
     allow_scale: bool = True,
     cutoff_sigma: float = 7.0,
@@ -438,7 +475,9 @@ def multistart_cpd(
     Each start places the moving centroid on the fixed centroid with the RMS-radius scale ratio and one of
     the rotations ``360 k / n_rotations`` deg; it runs ``coarse_iterations`` on thinned sets
     (``coarse_moving`` points taken evenly along the moving set, ``coarse_fixed`` fixed points by voxel
-    grid), and the ``n_refine`` best starts are refined (``max_iterations``) on the full moving set and
+    grid); after ``prune_after`` iterations only the ``prune_keep`` most likely starts continue (0: no
+    pruning). Then up to ``n_refine`` distinct optima whose coarse negative log-likelihood per point is
+    within ``refine_margin`` of the best are refined (``max_iterations``) on the full moving set and
     ``max_fixed`` fixed points. The winner has the lowest final negative log-likelihood. The returned
     transform maps the (unmirrored) moving points onto the fixed ones and includes the mirror when a
     reflected start won (``result.transform.reflected``).
@@ -454,26 +493,43 @@ def multistart_cpd(
     rho = 1.0 / norm.scale
     xn = norm.apply(x_full)
     xn_coarse = subsample_points(xn, coarse_fixed, seed)
+    xs, xs_coarse = _split(xn), _split(xn_coarse)
     pick = np.unique(np.linspace(0, len(y) - 1, min(coarse_moving, len(y))).round().astype(int))
     mu_y = y.mean(0)
     s0 = 1.0 / float(np.sqrt(np.mean(np.sum((y - mu_y) ** 2, 1))))  # normalised fixed cloud: RMS radius 1
     starts = []
+    first = min(prune_after, coarse_iterations) if prune_keep else coarse_iterations
     for mirror in (False, True) if try_reflection else (False,):
-        yw = y * np.array([-1.0, 1.0]) if mirror else y
+        yw = np.ascontiguousarray(y * np.array([-1.0, 1.0]) if mirror else y)
         yw_coarse = np.ascontiguousarray(yw[pick])
         mu = yw.mean(0)
         for k in range(n_rotations):
             angle = 2.0 * math.pi * k / n_rotations
             rot = rotation_matrix(math.degrees(angle))
             t = -s0 * (rot @ mu)  # moving centroid onto the fixed centroid (0)
-            state, nll, _, _ = _em(xn_coarse, yw_coarse, (s0, angle, t[0], t[1], None), w, coarse_iterations,
+            state, nll, _, _ = _em(xs_coarse, yw_coarse, (s0, angle, t[0], t[1], None), w, first,
                                    tolerance, allow_scale, cutoff_sigma, backend)
-            starts.append((nll, k, mirror, state, yw))
+            starts.append([nll, k, mirror, state, yw, yw_coarse])
     starts.sort(key=lambda s: s[0])
+    coarse_objectives = [s[0] / len(xn_coarse) + 2.0 * math.log(rho) for s in starts]
+    if prune_keep and coarse_iterations > first:  # successive halving: only the best starts go on
+        starts = starts[: max(prune_keep, n_refine)]
+        for s in starts:
+            s[3], s[0], _, _ = _em(xs_coarse, s[5], s[3], w, coarse_iterations - first, tolerance, allow_scale,
+                                   cutoff_sigma, backend)
+        starts.sort(key=lambda s: s[0])
+    # refine distinct candidates (adjacent starts often reach the same optimum) that are nearly as likely
+    n_c = len(xn_coarse)
+    candidates = []
+    for cand in starts:
+        if len(candidates) >= max(1, n_refine) or cand[0] > starts[0][0] + refine_margin * n_c:
+            break
+        if not any(_same_optimum(cand, other) for other in candidates):
+            candidates.append(cand)
     best = None
     n = len(x_full)
-    for _, k, mirror, state, yw in starts[: max(1, n_refine)]:
-        state, nll, it, converged = _em(xn, yw, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
+    for _, k, mirror, state, yw, _ in candidates:
+        state, nll, it, converged = _em(xs, yw, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
         if best is None or nll < best[0]:
             best = (nll, k, mirror, state, it, converged)
     nll, k, mirror, state, it, converged = best
@@ -489,5 +545,6 @@ def multistart_cpd(
         n_fixed_used=n,
         start_angle_deg=360.0 * k / n_rotations,
         start_reflected=mirror,
-        info={"backend": backend, "coarse_objectives": [s[0] / len(xn_coarse) + 2.0 * math.log(rho) for s in starts]},
+        info={"backend": backend, "coarse_objectives": coarse_objectives,
+              "refined": len(candidates)},
     )
