@@ -22,15 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .similarity import Similarity, as_points, fit_similarity, rotation_matrix
-
-try:  # the shape fit runs inside the ASM loop: compiled when numba is there, numpy otherwise
-    import numba
-
-    _HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    numba = None
-    _HAVE_NUMBA = False
+from .similarity import Similarity, as_points, fit_similarity
 
 FORMAT = "deepmorph-pdm"
 FORMAT_VERSION = 1
@@ -173,15 +165,14 @@ class PointDistributionModel:
         regularization: float = 0.0,
         max_iterations: int = 50,
         tol_px: float = 1e-6,
-        backend: str = "auto",
     ) -> ShapeParams:
         """Closest model instance ``T(mean + P b)`` to ``target`` (N, 2) px, with ``|b_i| <= clip sqrt(lambda_i)``.
 
         Minimises ``sum_n w_n |target_n - T(mean + P b)_n|^2 + regularization * sum_i b_i^2 / lambda_i``
         (model-frame px^2) by Gauss-Newton steps on (b, similarity) jointly, each a box-constrained linear
         least-squares solve, followed by an exact weighted similarity refit. ``clip=None`` disables the
-        clipping. Zero weights mark missing points. ``init`` (model -> image) and ``b0`` set the start.
-        ``backend``: "auto" (numba when available) or "numpy".
+        clipping. Zero weights mark missing points. ``init`` (model -> image, proper rotation) and ``b0``
+        set the start.
         """
         target = as_points(target, "target shape")
         if target.shape[0] != self.n_points:
@@ -191,57 +182,64 @@ class PointDistributionModel:
             raise ValueError("weights must be one finite, non-negative value per point.")
         if np.count_nonzero(w) < 2:
             raise ValueError("fit_shape needs at least 2 points with positive weight.")
-        lim = np.full(self.n_modes, np.inf) if clip is None else self.limits(clip)
+        lim = None if clip is None else self.limits(clip)
         b = np.zeros(self.n_modes) if b0 is None else self.clip_b(b0, clip)
         if init is None:
             init = fit_similarity(self.shape_from_b(b), target, w)
-        if _HAVE_NUMBA and not init.reflected and backend != "numpy":
-            a = init.rotation
-            points, b, scale, angle, t0, t1, it = _fit_shape_numba(
-                self.mean, self.modes, regularization / self.variances, target, w, lim, init.scale,
-                float(np.arctan2(a[1, 0], a[0, 0])), init.translation[0], init.translation[1], b,
-                int(max_iterations), float(tol_px),
-            )
-            transform = Similarity(scale, rotation_matrix(np.rad2deg(angle)), np.array([t0, t1]))
-        else:
-            points, b, transform, it = self._fit_shape_numpy(target, w, lim, init, b, regularization, max_iterations, tol_px)
+        points, b, transform, it = self._gauss_newton(target, w, lim, init, b, regularization, max_iterations, tol_px)
         res = np.sum((points - target) ** 2, axis=1)
         rms = float(np.sqrt(np.sum(w * res) / np.sum(w)))
         return ShapeParams(points, b, transform, int(it), rms)
 
-    def _fit_shape_numpy(self, target, w, lim_b, transform, b, regularization, max_iterations, tol_px):
-        m = self.n_modes
-        w2 = np.repeat(w, 2)
-        lim = np.concatenate([lim_b, np.full(4, np.inf)])
-        pw = self.modes * w2[:, None]
-        hess_pp = pw.T @ self.modes + np.diag(regularization / self.variances)
-        ex = np.tile([1.0, 0.0], self.n_points)
-        ey = np.tile([0.0, 1.0], self.n_points)
+    def _gauss_newton(self, target, w, lim_b, transform, b, regularization, max_iterations, tol_px):
+        """The fit loop of ``fit_shape`` (lean numpy: it runs in every ASM iteration)."""
+        m, n = self.n_modes, self.n_points
+        w2 = np.repeat(w, 2)[:, None]
+        lim = None if lim_b is None else np.concatenate([lim_b, np.full(4, np.inf)])
+        design = np.empty((2 * n, m + 4))  # [P, x, x_perp, e_x, e_y]
+        design[:, :m] = self.modes
+        design[0::2, m + 2], design[1::2, m + 2] = 1.0, 0.0
+        design[0::2, m + 3], design[1::2, m + 3] = 0.0, 1.0
+        prior = np.zeros(m + 4)
+        prior[:m] = regularization / self.variances
+        mean_flat = self.mean.reshape(-1)
+        wsum = w.sum()
         x = self.shape_from_b(b)
-        prev = transform.apply(x)
+        scale, rot, trans = transform.scale, transform.rotation, transform.translation
+        prev = scale * (x @ rot.T) + trans
         it = 0
         for it in range(1, max_iterations + 1):
-            y = transform.inverse().apply(target)
-            # y ~ mean + P b' + a x + c x_perp + t  (linearised similarity around the current transform)
-            extra = np.column_stack([x.reshape(-1), np.column_stack([-x[:, 1], x[:, 0]]).reshape(-1), ex, ey])
-            hess = np.empty((m + 4, m + 4))
-            hess[:m, :m] = hess_pp
-            hess[:m, m:] = pw.T @ extra
-            hess[m:, :m] = hess[:m, m:].T
-            hess[m:, m:] = (extra * w2[:, None]).T @ extra
-            hess += np.diag(np.maximum(np.diag(hess), 1e-300)) * 1e-12
-            r = w2 * (y - self.mean).reshape(-1)
-            g = np.concatenate([self.modes.T @ r, extra.T @ r])
-            z = box_least_squares(hess, g, lim)
-            b = z[:m]
-            x = self.shape_from_b(b)
-            transform = fit_similarity(x, target, w)  # exact for this b (the linearised one is discarded)
-            cur = transform.apply(x)
+            # target in the model frame ~ mean + P b' + a x + c x_perp + t (similarity linearised at T)
+            r = ((target - trans) @ rot).reshape(-1) / scale - mean_flat
+            design[:, m] = x.reshape(-1)
+            design[0::2, m + 1] = -x[:, 1]
+            design[1::2, m + 1] = x[:, 0]
+            wd = design * w2
+            hess = wd.T @ design
+            hess[np.diag_indices(m + 4)] *= 1.0 + 1e-12
+            hess[np.diag_indices(m + 4)] += prior
+            b = box_least_squares(hess, wd.T @ r, lim)[:m]
+            x = self.mean + (self.modes @ b).reshape(n, 2)
+            # exact weighted 2-D similarity x -> target for this b (closed-form Umeyama, proper rotation)
+            mu_s = w @ x / wsum
+            mu_d = w @ target / wsum
+            a = (x - mu_s) * w[:, None]
+            d = target - mu_d
+            sxx = float(np.vdot(a, d))
+            sxy = float(a[:, 0] @ d[:, 1] - a[:, 1] @ d[:, 0])
+            var = float(np.vdot(a, x - mu_s))
+            corr = float(np.hypot(sxx, sxy))
+            c, s_ = sxx / corr if corr > 0 else 1.0, sxy / corr if corr > 0 else 0.0
+            rot = np.array([[c, -s_], [s_, c]])
+            if var > 0 and corr > 0:
+                scale = corr / var
+            trans = mu_d - scale * (rot @ mu_s)
+            cur = scale * (x @ rot.T) + trans
             moved = float(np.max(np.abs(cur - prev)))
             prev = cur
             if moved < tol_px:
                 break
-        return prev, b, transform, it
+        return prev, b, Similarity(scale, rot, trans), it
 
     def project(self, shape, clip: float | None = 3.0, weights=None) -> np.ndarray:
         """Regularise an image-frame shape (N, 2) px: similarity to the model frame, ``b = P^T (x - mean)``
@@ -384,7 +382,7 @@ def box_least_squares(hess: np.ndarray, g: np.ndarray, lim: np.ndarray | None, b
     accepted for API symmetry (the unconstrained solve is the start).
     """
     b = np.linalg.solve(hess, g)
-    if lim is None or np.all(np.abs(b) <= lim):
+    if lim is None or (np.abs(b) <= lim).all():
         return b
     n = len(b)
     at = np.zeros(n)  # -1 / +1 at the lower / upper bound, 0 free
@@ -407,230 +405,3 @@ def box_least_squares(hess: np.ndarray, g: np.ndarray, lim: np.ndarray | None, b
             b[free] = np.linalg.solve(hess[np.ix_(free, free)], rhs)
     return np.clip(b, -lim, lim)
 
-
-if _HAVE_NUMBA:
-
-    @numba.njit(cache=True)
-    def _solve_spd(a, rhs):  # pragma: no cover - Cholesky solve of a small symmetric positive definite system
-        n = rhs.shape[0]
-        lo = np.zeros((n, n))
-        for i in range(n):
-            for j in range(i + 1):
-                acc = a[i, j]
-                for k in range(j):
-                    acc -= lo[i, k] * lo[j, k]
-                if i == j:
-                    lo[i, i] = np.sqrt(max(acc, 1e-300))
-                else:
-                    lo[i, j] = acc / lo[j, j]
-        z = np.empty(n)
-        for i in range(n):
-            acc = rhs[i]
-            for k in range(i):
-                acc -= lo[i, k] * z[k]
-            z[i] = acc / lo[i, i]
-        out = np.empty(n)
-        for i in range(n - 1, -1, -1):
-            acc = z[i]
-            for k in range(i + 1, n):
-                acc -= lo[k, i] * out[k]
-            out[i] = acc / lo[i, i]
-        return out
-
-    @numba.njit(cache=True)
-    def _box_qp_numba(hess, g, lim):  # pragma: no cover - compiled twin of box_least_squares
-        n = g.shape[0]
-        b = _solve_spd(hess, g)
-        inside = True
-        for i in range(n):
-            if abs(b[i]) > lim[i]:
-                inside = False
-        if inside:
-            return b
-        at = np.zeros(n)
-        for _ in range(50):
-            viol = False
-            for i in range(n):
-                if at[i] == 0.0 and abs(b[i]) > lim[i]:
-                    at[i] = 1.0 if b[i] > 0 else -1.0
-                    viol = True
-            if not viol:
-                grad = np.empty(n)
-                for i in range(n):
-                    acc = -g[i]
-                    for j in range(n):
-                        acc += hess[i, j] * b[j]
-                    grad[i] = acc
-                best = -1
-                best_v = 0.0
-                for i in range(n):
-                    if (at[i] > 0 and grad[i] > 1e-12) or (at[i] < 0 and grad[i] < -1e-12):
-                        if abs(grad[i]) > best_v:
-                            best = i
-                            best_v = abs(grad[i])
-                if best < 0:
-                    return b
-                at[best] = 0.0
-            free = np.zeros(n, dtype=np.int64)
-            nf = 0
-            for i in range(n):
-                if at[i] == 0.0:
-                    free[nf] = i
-                    nf += 1
-                else:
-                    b[i] = at[i] * lim[i]
-            if nf > 0:
-                hf = np.empty((nf, nf))
-                rhs = np.empty(nf)
-                for a in range(nf):
-                    i = free[a]
-                    acc = g[i]
-                    for j in range(n):
-                        if at[j] != 0.0:
-                            acc -= hess[i, j] * b[j]
-                    rhs[a] = acc
-                    for c in range(nf):
-                        hf[a, c] = hess[i, free[c]]
-                sol = _solve_spd(hf, rhs)
-                for a in range(nf):
-                    b[free[a]] = sol[a]
-        for i in range(n):
-            b[i] = min(max(b[i], -lim[i]), lim[i])
-        return b
-
-    @numba.njit(cache=True)
-    def _shape_numba(mean, modes, b, x):  # pragma: no cover
-        for k in range(mean.shape[0]):
-            a0 = mean[k, 0]
-            a1 = mean[k, 1]
-            for i in range(modes.shape[1]):
-                a0 += modes[2 * k, i] * b[i]
-                a1 += modes[2 * k + 1, i] * b[i]
-            x[k, 0] = a0
-            x[k, 1] = a1
-
-    @numba.njit(cache=True)
-    def _fit_shape_numba(mean, modes, prior, target, w, lim_b, scale, angle, t0, t1, b, max_it, tol):  # pragma: no cover
-        """Compiled twin of ``PointDistributionModel._fit_shape_numpy`` (proper similarity)."""
-        n = mean.shape[0]
-        m = modes.shape[1]
-        k4 = m + 4
-        lim = np.empty(k4)
-        for i in range(k4):
-            lim[i] = lim_b[i] if i < m else np.inf
-        hpp = np.zeros((m, m))
-        for r in range(2 * n):
-            wr = w[r // 2]
-            if wr == 0.0:
-                continue
-            for i in range(m):
-                pi = wr * modes[r, i]
-                for j in range(i, m):
-                    hpp[i, j] += pi * modes[r, j]
-        for i in range(m):
-            hpp[i, i] += prior[i]
-            for j in range(i):
-                hpp[i, j] = hpp[j, i]
-        bb = np.empty(m)
-        for i in range(m):
-            bb[i] = b[i]
-        b = bb
-        x = np.empty((n, 2))
-        y = np.empty((n, 2))
-        prev = np.empty((n, 2))
-        e0 = np.zeros(4)
-        e1 = np.zeros(4)
-        _shape_numba(mean, modes, b, x)
-        co = np.cos(angle)
-        si = np.sin(angle)
-        for k in range(n):
-            prev[k, 0] = scale * (co * x[k, 0] - si * x[k, 1]) + t0
-            prev[k, 1] = scale * (si * x[k, 0] + co * x[k, 1]) + t1
-        it = 0
-        for it in range(1, max_it + 1):
-            for k in range(n):  # target in the model frame
-                d0 = target[k, 0] - t0
-                d1 = target[k, 1] - t1
-                y[k, 0] = (co * d0 + si * d1) / scale
-                y[k, 1] = (-si * d0 + co * d1) / scale
-            hess = np.zeros((k4, k4))
-            for i in range(m):
-                for j in range(m):
-                    hess[i, j] = hpp[i, j]
-            g = np.zeros(k4)
-            for k in range(n):
-                wk = w[k]
-                if wk == 0.0:
-                    continue
-                r0 = wk * (y[k, 0] - mean[k, 0])
-                r1 = wk * (y[k, 1] - mean[k, 1])
-                e0[0] = x[k, 0]
-                e0[1] = -x[k, 1]
-                e0[2] = 1.0
-                e1[0] = x[k, 1]
-                e1[1] = x[k, 0]
-                e1[3] = 1.0
-                for i in range(m):
-                    p0 = modes[2 * k, i]
-                    p1 = modes[2 * k + 1, i]
-                    g[i] += p0 * r0 + p1 * r1
-                    for j in range(4):
-                        hess[i, m + j] += wk * (p0 * e0[j] + p1 * e1[j])
-                for i in range(4):
-                    g[m + i] += e0[i] * r0 + e1[i] * r1
-                    for j in range(4):
-                        hess[m + i, m + j] += wk * (e0[i] * e0[j] + e1[i] * e1[j])
-            for i in range(m):
-                for j in range(4):
-                    hess[m + j, i] = hess[i, m + j]
-            for i in range(k4):
-                hess[i, i] += max(hess[i, i], 1e-300) * 1e-12
-            z = _box_qp_numba(hess, g, lim)
-            for i in range(m):
-                b[i] = z[i]
-            _shape_numba(mean, modes, b, x)
-            # exact weighted similarity x -> target (2-D Umeyama, proper rotation)
-            ws = 0.0
-            ms0 = 0.0
-            ms1 = 0.0
-            md0 = 0.0
-            md1 = 0.0
-            for k in range(n):
-                ws += w[k]
-                ms0 += w[k] * x[k, 0]
-                ms1 += w[k] * x[k, 1]
-                md0 += w[k] * target[k, 0]
-                md1 += w[k] * target[k, 1]
-            ms0 /= ws
-            ms1 /= ws
-            md0 /= ws
-            md1 /= ws
-            sxx = 0.0
-            sxy = 0.0
-            var = 0.0
-            for k in range(n):
-                a0 = x[k, 0] - ms0
-                a1 = x[k, 1] - ms1
-                c0 = target[k, 0] - md0
-                c1 = target[k, 1] - md1
-                sxx += w[k] * (a0 * c0 + a1 * c1)
-                sxy += w[k] * (a0 * c1 - a1 * c0)
-                var += w[k] * (a0 * a0 + a1 * a1)
-            angle = np.arctan2(sxy, sxx)
-            corr = np.hypot(sxx, sxy)
-            if var > 0.0 and corr > 0.0:
-                scale = corr / var
-            co = np.cos(angle)
-            si = np.sin(angle)
-            t0 = md0 - scale * (co * ms0 - si * ms1)
-            t1 = md1 - scale * (si * ms0 + co * ms1)
-            moved = 0.0
-            for k in range(n):
-                c0 = scale * (co * x[k, 0] - si * x[k, 1]) + t0
-                c1 = scale * (si * x[k, 0] + co * x[k, 1]) + t1
-                moved = max(moved, abs(c0 - prev[k, 0]), abs(c1 - prev[k, 1]))
-                prev[k, 0] = c0
-                prev[k, 1] = c1
-            if moved < tol:
-                break
-        return prev, b, scale, angle, t0, t1, it
