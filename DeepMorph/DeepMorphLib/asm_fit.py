@@ -242,6 +242,37 @@ if _HAVE_NUMBA:
             peak[i] = prof[best]
 
 
+def _asm(conf, model, transform, b, radius, wide_px, min_search_px, shrink, step_px, max_iterations, tol_px, clip,
+         min_point_confidence, regularization, end_search, rescue):
+    """ASM iterations from ``transform``/``b``; returns (points, b, transform, iterations, converged, stopped)."""
+    points = model.instance(b, transform)
+    it, converged, stopped = 0, False, ""
+    for it in range(1, max_iterations + 1):
+        normals = contour_normals(points, model.closed)
+        targets, peak = search_profiles(conf, points, normals, radius, step_px)
+        lost = peak < min_point_confidence
+        if rescue and radius < wide_px and np.any(lost):  # points that lost the ridge look further
+            t2, p2 = search_profiles(conf, points[lost], normals[lost], wide_px, step_px)
+            targets[lost], peak[lost] = t2, p2
+        if end_search and not model.closed:
+            _end_targets(conf, points, targets, peak, wide_px, step_px, min_point_confidence)
+        weights = np.where(peak >= min_point_confidence, peak, 0.0)
+        if np.count_nonzero(weights) < max(3, model.n_points // 10):
+            stopped = "too few model points found confident pixels along their normals"
+            break
+        sp = model.fit_shape(
+            targets, weights=weights, clip=clip, init=transform, b0=b, regularization=regularization, max_iterations=2
+        )
+        moved = float(np.mean(np.hypot(*(sp.points - points).T)))
+        points, b, transform = sp.points, sp.b, sp.transform
+        at_min = radius <= min_search_px + 1e-9
+        radius = max(min_search_px, radius * shrink)
+        if moved < tol_px and at_min:
+            converged = True
+            break
+    return points, b, transform, it, converged, stopped
+
+
 def fit_pdm_to_confidence(
     conf_map,
     pdm: PointDistributionModel,
@@ -266,17 +297,21 @@ def fit_pdm_to_confidence(
     min_quality: float = 0.0,
     end_search: bool = True,
     rescue: bool = True,
+    verify_support: float = 0.6,
     seed: int = 0,
 ) -> ShapeFit:
     """Fit ``pdm`` to a 2-D confidence map (H, W) in [0, 1]; see the module docstring for the steps.
 
     ``n_rotations``, ``try_reflection``, ``w``, ``max_fixed`` (foreground points kept), ``cpd_iterations``
-    and ``cpd_tolerance`` (|dQ|, loose: ASM refines) control the CPD initialisation. ``init``: skip CPD and
-    start from this model->image ``Similarity`` (a mirror selects the reflected
-    PDM) or from an (N, 2) px start shape. ``regularization`` adds ``sum b_i^2 / lambda_i`` (in units of
-    one fully confident point) to keep unsupported parts plausible. Returns ``ShapeFit``; ``detected`` is
-    False (with ``reason``) when there are too few foreground pixels or the mean contour confidence is
-    below ``min_quality``.
+    and ``cpd_tolerance`` (|dQ|, loose: ASM refines) control the CPD initialisation. If the fit from the
+    most likely CPD optimum has fewer than ``verify_support`` of its points on the foreground, the other
+    refined CPD optima are tried too and the fit with the most support is kept. ``init``: skip CPD and
+    start from this model->image ``Similarity`` (a mirror selects the reflected PDM) or from an (N, 2) px
+    start shape. ``search_px`` is the widest normal search (also used to re-find lost points and the ends
+    of the ridge); ``regularization`` adds ``sum b_i^2 / lambda_i`` (in units of one fully confident
+    point) to keep unsupported parts plausible. Returns ``ShapeFit``; ``detected`` is False (with
+    ``reason``) when there are too few foreground pixels or the mean contour confidence is below
+    ``min_quality``.
     """
     if not isinstance(pdm, PointDistributionModel):
         raise ValueError("pdm must be a PointDistributionModel (load one with PointDistributionModel.load).")
@@ -291,61 +326,53 @@ def fit_pdm_to_confidence(
             "femur not detected",
         )
     info: dict = {}
-    model = pdm
     b = np.zeros(pdm.n_modes)
+    starts = []
     if init is None:
         cpd = multistart_cpd(
             pdm.mean, xy, n_rotations=n_rotations, try_reflection=try_reflection, w=w, max_fixed=max_fixed,
             max_iterations=cpd_iterations, tolerance=cpd_tolerance, seed=seed,
         )
-        transform = cpd.transform
-        search_px = float(np.clip(3.0 * np.sqrt(cpd.sigma2), min_search_px, search_px))
+        starts.append((cpd.transform, b, float(np.clip(3.0 * np.sqrt(cpd.sigma2), min_search_px, search_px))))
+        for alt in cpd.info.get("alternatives", []):
+            starts.append((alt["transform"], b, float(np.clip(3.0 * np.sqrt(alt["sigma2"]), min_search_px, search_px))))
         info["cpd"] = {
             "objective": cpd.objective,
             "sigma_px": float(np.sqrt(cpd.sigma2)),
             "iterations": cpd.iterations,
             "start_angle_deg": cpd.start_angle_deg,
             "reflected": cpd.transform.reflected,
+            "alternatives": len(starts) - 1,
         }
     elif isinstance(init, Similarity):
-        transform = init
+        starts.append((init, b, search_px))
     else:
         start = as_points(init, "init shape")
         if start.shape[0] != pdm.n_points:
             raise ValueError(f"The init shape has {start.shape[0]} points but the PDM has {pdm.n_points}.")
         sp = pdm.fit_shape(start, clip=clip)
-        transform, b = sp.transform, sp.b
-    reflected = transform.reflected
-    if reflected:
-        model = pdm.reflect()
-        transform = transform.compose(_MIRROR)
-    points = model.instance(b, transform)
-    radius = search_px
-    it, converged = 0, False
-    for it in range(1, max_iterations + 1):
-        normals = contour_normals(points, model.closed)
-        targets, peak = search_profiles(conf, points, normals, radius, step_px)
-        lost = peak < min_point_confidence
-        if rescue and radius < search_px and np.any(lost):  # points that lost the ridge look further
-            t2, p2 = search_profiles(conf, points[lost], normals[lost], search_px, step_px)
-            targets[lost], peak[lost] = t2, p2
-        if not model.closed and end_search:
-            _end_targets(conf, points, targets, peak, search_px, step_px, min_point_confidence)
-        weights = np.where(peak >= min_point_confidence, peak, 0.0)
-        if np.count_nonzero(weights) < max(3, pdm.n_points // 10):
-            info["stopped"] = "too few model points found confident pixels along their normals"
-            break
-        sp = model.fit_shape(
-            targets, weights=weights, clip=clip, init=transform, b0=b, regularization=regularization, max_iterations=2
-        )
-        moved = float(np.mean(np.hypot(*(sp.points - points).T)))
-        points, b, transform = sp.points, sp.b, sp.transform
-        at_min = radius <= min_search_px + 1e-9
-        # shrink the search range, but not below what the points still had to move
-        radius = max(min_search_px, radius * shrink)
-        if moved < tol_px and at_min:
-            converged = True
-            break
+        starts.append((sp.transform, sp.b, search_px))
+    opts = dict(
+        wide_px=search_px, min_search_px=min_search_px, shrink=shrink, step_px=step_px, max_iterations=max_iterations, tol_px=tol_px,
+        clip=clip, min_point_confidence=min_point_confidence, regularization=regularization,
+        end_search=end_search, rescue=rescue,
+    )
+    best = None
+    for k, (transform, b0, radius) in enumerate(starts):
+        reflected = transform.reflected
+        model = pdm.reflect() if reflected else pdm
+        if reflected:
+            transform = transform.compose(_MIRROR)
+        points, b, transform, it, converged, stopped = _asm(conf, model, transform, b0, radius, **opts)
+        support = float(np.mean(sample_bilinear(conf, points) > threshold))
+        if best is None or support > best[-1]:
+            best = (points, b, transform, it, converged, stopped, reflected, k, support)
+        if support >= verify_support:
+            break  # good enough: the other CPD optima are only tried when this fit looks wrong
+    points, b, transform, it, converged, stopped, reflected, k, _ = best
+    info["start_used"] = k
+    if stopped:
+        info["stopped"] = stopped
     point_conf = sample_bilinear(conf, points)
     quality = float(point_conf.mean())
     fit = ShapeFit(

@@ -461,9 +461,9 @@ def multistart_cpd(
     coarse_fixed: int = 150,
     coarse_iterations: int = 20,
     prune_after: int = 8,
-    prune_keep: int = 4,
-    n_refine: int = 3,
-    refine_margin: float = 0.3,
+    prune_keep: int = 8,
+    n_refine: int = 4,
+    refine_margin: float = 1.0,
     max_fixed: int | None = 400,
     allow_scale: bool = True,
     cutoff_sigma: float = 7.0,
@@ -526,14 +526,19 @@ def multistart_cpd(
             break
         if not any(_same_optimum(cand, other) for other in candidates):
             candidates.append(cand)
-    best = None
     n = len(x_full)
+    refined = []
     for _, k, mirror, state, yw, _ in candidates:
         state, nll, it, converged = _em(xs, yw, state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
-        if best is None or nll < best[0]:
-            best = (nll, k, mirror, state, it, converged)
-    nll, k, mirror, state, it, converged = best
+        refined.append((nll, k, mirror, state, it, converged))
+    refined.sort(key=lambda r: r[0])
+    nll, k, mirror, state, it, converged = refined[0]
     transform = _state_to_similarity(state, norm, mirror)
+    alternatives = [  # the other refined optima, most likely first (for callers that verify the fit)
+        {"transform": _state_to_similarity(r[3], norm, r[2]), "objective": r[0] / n + 2.0 * math.log(rho),
+         "sigma2": float(r[3][4]) * rho**2}
+        for r in refined[1:]
+    ]
     return CPDResult(
         transform=transform,
         points=transform.apply(y),
@@ -545,6 +550,6 @@ def multistart_cpd(
         n_fixed_used=n,
         start_angle_deg=360.0 * k / n_rotations,
         start_reflected=mirror,
-        info={"backend": backend, "coarse_objectives": coarse_objectives,
-              "refined": len(candidates)},
+        info={"backend": backend, "coarse_objectives": coarse_objectives, "refined": len(candidates),
+              "alternatives": alternatives},
     )
