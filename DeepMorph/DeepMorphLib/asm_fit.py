@@ -95,7 +95,8 @@ def _end_targets(conf, points, targets, peak, search_px, step_px, min_conf, marg
     good = peak >= min_conf
     if not np.any(good):
         return
-    solid = 0.7 * float(np.median(peak[good]))  # a point well on the ridge, not on its fading end cap
+    on = peak[good]
+    solid = 0.7 * float(np.partition(on, len(on) // 2)[len(on) // 2])  # well on the ridge, not on its end cap
     for end, step in ((0, 1), (n - 1, -1)):
         j = end
         while 0 <= j < n and peak[j] < solid and abs(j - end) < n // 4:
@@ -149,11 +150,15 @@ def contour_normals(points: np.ndarray, closed: bool = False) -> np.ndarray:
     return np.column_stack([-tangent[:, 1], tangent[:, 0]]) / norm[:, None]
 
 
-def sample_bilinear(conf: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Bilinear confidence at points ``xy`` (..., 2) px; 0 outside the map."""
+def sample_bilinear(conf: np.ndarray, xy: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """Bilinear confidence at points ``xy`` (..., 2) px; 0 outside the map (map_coordinates, order=1)."""
     from scipy.ndimage import map_coordinates
 
     flat = xy.reshape(-1, 2)
+    if _HAVE_NUMBA and backend != "numpy" and conf.dtype == np.float64 and conf.flags.c_contiguous:
+        out = np.empty(len(flat))
+        _sample_numba(conf, np.ascontiguousarray(flat, dtype=np.float64), out)
+        return out.reshape(xy.shape[:-1])
     vals = map_coordinates(conf, [flat[:, 1], flat[:, 0]], order=1, mode="constant", cval=0.0, prefilter=False)
     return vals.reshape(xy.shape[:-1])
 
@@ -209,6 +214,11 @@ if _HAVE_NUMBA:
         top = conf[y0, x0] * (1.0 - fx) + conf[y0, x1] * fx
         bottom = conf[y1, x0] * (1.0 - fx) + conf[y1, x1] * fx
         return top * (1.0 - fy) + bottom * fy
+
+    @numba.njit(cache=True)
+    def _sample_numba(conf, xy, out):  # pragma: no cover - compiled
+        for i in range(xy.shape[0]):
+            out[i] = _bilinear(conf, xy[i, 0], xy[i, 1])
 
     @numba.njit(cache=True)
     def _search_numba(conf, points, normals, offsets, search_px, step_px, targets, peak):  # pragma: no cover
