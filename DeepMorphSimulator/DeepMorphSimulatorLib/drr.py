@@ -228,7 +228,7 @@ def support_box(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if cached is not None and cached[0]() is data:
         return cached[1]
     shape = np.array(data.shape[::-1], dtype=np.int64)
-    i0, j0, k0, i1, j1, k1 = drr_numba.nonzero_box(data)
+    i0, j0, k0, i1, j1, k1 = drr_numba.nonzero_box(_read_only(data))
     if i0 < 0:
         box = (np.zeros(3, np.int64), shape - 1)
     else:
@@ -337,6 +337,14 @@ def volume_shape_ok(volume: Volume) -> None:
         raise ValueError("The volume's direction matrix must be orthonormal (|det| = 1).")
 
 
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """A read-only view, so numba compiles (and caches) one specialisation per kernel, not two."""
+    if arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
 def _as_float32(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
@@ -344,7 +352,7 @@ def _as_float32(data: np.ndarray) -> np.ndarray:
 def _integrate_numba(data: np.ndarray, rays: RaySetup, method: str, step: float) -> tuple[np.ndarray, int]:
     from . import drr_numba
 
-    flat = data.reshape(-1)
+    flat = _read_only(data.reshape(-1))
     strides = np.array([1, data.shape[2], data.shape[1] * data.shape[2]], dtype=np.int64)
     base = int(rays.crop_lo @ strides)
     out = np.empty((rays.height, rays.width), dtype=np.float32)
