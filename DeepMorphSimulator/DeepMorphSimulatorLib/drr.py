@@ -18,7 +18,7 @@ Line integral methods (``method=``): ``"trilinear"`` is the paper's sampler (tri
 voxel plane crossed along the ray's major index axis, combined with the trapezoid rule and exact partial end
 segments. Both are exact for volumes linear in position; Joseph is the fast default (``"auto"``).
 
-Devices (``device=``): ``"cpu"`` = numba kernels, parallel over detector rows; ``"cuda"`` / ``"cuda:N"``
+Devices (``device=``): ``"cpu"`` = numba kernels, parallel over detector tiles; ``"cuda"`` / ``"cuda:N"``
 = torch on the GPU; ``"torch-cpu"`` = the torch path on the CPU (tests, machines without numba);
 ``"auto"`` = CUDA when present, else ``"cpu"``.
 
@@ -118,16 +118,14 @@ def render_drr(
     return DRR(image=to_display(A), line_integrals=A, geometry=geometry)
 
 
-def to_display(
-    line_integrals_: np.ndarray, saturate_fraction: float = 0.025, low: int = 20, high: int = 255
-) -> np.ndarray:
+def to_display(A: np.ndarray, saturate_fraction: float = 0.025, low: int = 20, high: int = 255) -> np.ndarray:
     """Eq. 10 and the paper's display mapping: uint8 (H, W), bone dark.
 
     ``I = exp(-A)``; the ``saturate_fraction`` brightest pixels (lowest A; more only where values tie)
     become ``high``; the rest scale linearly in I from ``low`` (largest A) towards ``high``. Monotonic
     (non-increasing) in A.
     """
-    A = np.asarray(line_integrals_, dtype=np.float64)
+    A = np.asarray(A, dtype=np.float64)
     if A.ndim != 2 or A.size == 0:
         raise ValueError(f"Line integrals must be a non-empty 2-D array (H, W), got shape {A.shape}.")
     if not np.all(np.isfinite(A)):
@@ -160,7 +158,9 @@ _NOT_A_VOLUME = (
 
 def _check_mu_water(mu_water: float) -> None:
     if not (np.isfinite(mu_water) and mu_water > 0):
-        raise ValueError(f"mu_water must be a positive attenuation in 1/mm (default {MU_WATER_PER_MM}), got {mu_water}.")
+        raise ValueError(
+            f"mu_water must be a positive attenuation in 1/mm (default {MU_WATER_PER_MM}), got {mu_water}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
