@@ -57,6 +57,26 @@ def test_linear_volume_matches_analytic_truth(method, seed, rotated):
         assert np.all(A[length == 0] == 0)
 
 
+@pytest.mark.parametrize("device", ["cpu", "torch-cpu"])
+def test_awkward_geometries_match_analytic_truth(device):
+    rng = np.random.default_rng(11)
+    gradient = [0.003, -0.002, 0.001]
+    vol = linear_volume((70, 80, 90), (2.0, 1.7, 2.3), (-100, -80, -90), random_rotation(rng), gradient, 1.0)
+    c = vol.center_lps()
+    for g in (
+        # source (and detector) inside the volume: rays start and end inside the box
+        CArmGeometry(sid_mm=200, sod_mm=100, width_px=32, height_px=32, pixel_mm=8, isocenter_lps=tuple(c)),
+        # about 45 degrees: neighbouring rays have different major axes
+        CArmGeometry(width_px=32, height_px=32, pixel_mm=8, orbital_deg=45, angular_deg=44.9, isocenter_lps=tuple(c)),
+        CArmGeometry(width_px=32, height_px=32, pixel_mm=8, orbital_deg=135, inplane_deg=45,
+                     isocenter_lps=tuple(c + 20)),
+    ):
+        truth, length = linear_truth(vol, gradient, 1.0, g)
+        for method in ("joseph", "trilinear"):
+            A = drr.line_integrals(vol, g, method=method, device=device)
+            assert _max_rel_err(A, truth, length) <= 1e-4
+
+
 def test_constant_box_gives_path_length():
     rng = np.random.default_rng(5)
     vol = Volume(np.ones((40, 50, 60), np.float32), spacing=(1.7, 0.9, 2.2), origin=(10, -20, 30),
