@@ -363,7 +363,8 @@ def fit_pdm_to_confidence(
         sp = pdm.fit_shape(start, clip=clip)
         starts.append((sp.transform, sp.b, search_px))
     opts = dict(
-        wide_px=search_px, min_search_px=min_search_px, shrink=shrink, step_px=step_px, max_iterations=max_iterations, tol_px=tol_px,
+        wide_px=search_px, min_search_px=min_search_px, shrink=shrink, step_px=step_px,
+        max_iterations=max_iterations, tol_px=tol_px,
         clip=clip, min_point_confidence=min_point_confidence, regularization=regularization,
         end_search=end_search, rescue=rescue,
     )
