@@ -119,3 +119,23 @@ def test_bad_input():
         cpd_similarity(MOVING, MOVING + 1, backend="cuda")
     with pytest.raises(ValueError, match="n_rotations"):
         multistart_cpd(MOVING, MOVING + 1, n_rotations=0)
+
+
+def test_bench_fit_prints_one_json_line(capsys):
+    import argparse
+    import json
+
+    pytest.importorskip("pycpd")
+    from DeepMorphLib.commands import bench_fit
+
+    parser = argparse.ArgumentParser()
+    bench_fit.add_arguments(parser)
+    args = parser.parse_args(["--json", "--sizes", "200", "--repeats", "1", "--pycpd-repeats", "1", "--maps", "1"])
+    assert bench_fit.run(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    for key in ("cpd_ms", "pycpd_ms", "cpd_err_ours", "cpd_err_pycpd", "morph_ms", "speedup"):
+        assert key in out
+    assert out["cpd_err_ours"] < 1.0 and out["cpd_err_ours"] == pytest.approx(out["cpd_err_pycpd"], abs=1e-3)
+    assert out["morph_all_detected"] and out["morph_err_px"] < 1.0

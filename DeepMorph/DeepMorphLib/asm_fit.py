@@ -6,7 +6,8 @@
 2. Initialisation: multi-start CPD (``cpd.multistart_cpd``) of the PDM mean shape onto the foreground,
    over rotations and the mirrored shape (the mirror selects ``pdm.reflect()``, i.e. the other side).
 3. ASM iterations: every model point searches along its contour normal, within +-``search_px``, for the
-   maximum confidence (bilinear sampling with ``scipy.ndimage.map_coordinates``, parabolic sub-pixel peak);
+   maximum confidence (bilinear sampling as ``scipy.ndimage.map_coordinates(order=1)``, compiled with numba
+   when available; parabolic sub-pixel peak);
    the found points, weighted by their confidence, are projected onto the PDM (``b`` clipped to
    +-``clip`` sqrt(lambda)); the search range shrinks by ``shrink`` per iteration down to ``min_search_px``;
    stop when the mean point movement is below ``tol_px``. After CPD the first search range is
@@ -363,7 +364,8 @@ def fit_pdm_to_confidence(
         sp = pdm.fit_shape(start, clip=clip)
         starts.append((sp.transform, sp.b, search_px))
     opts = dict(
-        wide_px=search_px, min_search_px=min_search_px, shrink=shrink, step_px=step_px, max_iterations=max_iterations, tol_px=tol_px,
+        wide_px=search_px, min_search_px=min_search_px, shrink=shrink, step_px=step_px,
+        max_iterations=max_iterations, tol_px=tol_px,
         clip=clip, min_point_confidence=min_point_confidence, regularization=regularization,
         end_search=end_search, rescue=rescue,
     )
@@ -382,7 +384,8 @@ def fit_pdm_to_confidence(
     points, b, transform, it, converged, stopped, reflected, k, _ = best
     info["start_used"] = k
     if stopped:
-        info["stopped"] = stopped
+        return ShapeFit(detected=False, n_pixels=n_px, reflected=reflected, iterations=it, info=info,
+                        reason=f"the shape fit failed: {stopped}")
     point_conf = sample_bilinear(conf, points)
     quality = float(point_conf.mean())
     fit = ShapeFit(

@@ -73,6 +73,8 @@ def validate_map(conf_map) -> np.ndarray:
         raise ValueError(f"The confidence map must be 2-D (H, W), got shape {conf.shape}; pass one channel.")
     if conf.size == 0:
         raise ValueError(f"The confidence map is empty (shape {conf.shape}).")
+    if conf.dtype == bool:
+        conf = conf.astype(np.float32)
     if not np.issubdtype(conf.dtype, np.number) or np.issubdtype(conf.dtype, np.complexfloating):
         raise ValueError(f"The confidence map must be real numbers, got dtype {conf.dtype}.")
     if np.issubdtype(conf.dtype, np.floating) and not np.all(np.isfinite(conf)):

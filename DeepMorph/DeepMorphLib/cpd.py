@@ -370,7 +370,8 @@ def _same_optimum(a, b) -> bool:
         return False
     sa, sb = a[3], b[3]
     dang = abs((sa[1] - sb[1] + math.pi) % (2 * math.pi) - math.pi)
-    return dang < 0.1 and abs(sa[0] - sb[0]) < 0.05 * max(sa[0], sb[0]) and math.hypot(sa[2] - sb[2], sa[3] - sb[3]) < 0.05
+    same_scale = abs(sa[0] - sb[0]) < 0.05 * max(sa[0], sb[0])
+    return dang < 0.1 and same_scale and math.hypot(sa[2] - sb[2], sa[3] - sb[3]) < 0.05
 
 
 def _normaliser(x: np.ndarray) -> Similarity:
@@ -433,7 +434,9 @@ def cpd_similarity(
         raise ValueError("sigma2 must be positive (px^2) or None.")
     state = (t0.scale, math.atan2(t0.rotation[1, 0], t0.rotation[0, 0]), t0.translation[0], t0.translation[1],
              None if sigma2 is None else float(sigma2) / rho**2)
-    state, nll, it, converged = _em(_split(xn), np.ascontiguousarray(y_work), state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend)
+    state, nll, it, converged = _em(
+        _split(xn), np.ascontiguousarray(y_work), state, w, max_iterations, tolerance, allow_scale, cutoff_sigma, backend
+    )
     transform = _state_to_similarity(state, norm, mirror)
     n = len(x)
     return CPDResult(

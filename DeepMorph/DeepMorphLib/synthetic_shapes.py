@@ -96,7 +96,8 @@ def _catmull_rom(ctrl: np.ndarray, per_seg: int = 40) -> np.ndarray:
     out = []
     for i in range(1, len(p) - 2):
         p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
-        out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3))
+        a2, a3 = 2 * p0 - 5 * p1 + 4 * p2 - p3, -p0 + 3 * p1 - 3 * p2 + p3
+        out.append(0.5 * ((2 * p1) + (-p0 + p2) * t + a2 * t**2 + a3 * t**3))
     out.append(ctrl[-1:])
     return np.vstack(out)
 

@@ -124,7 +124,10 @@ def _morph_cases(n_maps, repeats, seed=0):
 
 
 def run(args) -> int:
-    sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated point counts such as 200,500,1000, not {args.sizes!r}.")
     repeats, py_repeats, n_maps = args.repeats, args.pycpd_repeats, args.maps
     if args.quick:
         sizes, repeats, py_repeats, n_maps = [200, 500], 3, 1, 2
