@@ -4,7 +4,8 @@ Each sample's JSON holds ``points`` (N, 2) px: corresponding contour points whos
 anatomical meaning in every image (``anchor_indices``: shaft_cut_lateral, greater_trochanter, neck_superior,
 head_apex, neck_inferior, lesser_trochanter, shaft_cut_medial). The points are projected whether or not they
 fall on the detector (``visible`` only says what the image shows), so every sample whose anchors come in
-contour order is used. Left femurs are mirrored (x -> -x) so the model describes a right femur; fitting
+contour order is used. The points on the artificial shaft cut (after ``shaft_cut_medial``) are dropped: the
+model is the open outline from the lateral to the medial shaft, as the bone shows it in an image. Left femurs are mirrored (x -> -x) so the model describes a right femur; fitting
 tries the reflected model for left femurs (see ``PointDistributionModel.reflect``).
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ def collect_shapes(data_dirs, max_shapes: int | None = None) -> tuple[np.ndarray
                 continue
             if anchors is None:
                 anchors = dict(meta.get("anchor_indices") or {})
+            if "shaft_cut_medial" in anchors:
+                points = points[: anchors["shaft_cut_medial"] + 1]
             elif len(points) != len(shapes[0]):
                 raise ValueError(f"{path}: {len(points)} points, other samples have {len(shapes[0])}.")
             if meta.get("side") == "left":
@@ -61,7 +64,7 @@ def build_pdm(data_dirs, variance_kept: float = 0.98, max_shapes: int | None = N
         shapes,
         variance_kept=variance_kept,
         landmarks=landmarks,
-        closed=True,
+        closed=False,
         metadata={
             "source": "deepmorph dataset ground truth (projected phantom femur meshes)",
             "data": [str(d) for d in data_dirs],
