@@ -43,7 +43,7 @@ def collect_shapes(data_dirs, max_shapes: int | None = None) -> tuple[np.ndarray
                 anchors = dict(meta.get("anchor_indices") or {})
             if "shaft_cut_medial" in anchors:
                 points = points[: anchors["shaft_cut_medial"] + 1]
-            elif len(points) != len(shapes[0]):
+            if shapes and len(points) != len(shapes[0]):
                 raise ValueError(f"{path}: {len(points)} points, other samples have {len(shapes[0])}.")
             if meta.get("side") == "left":
                 points = points * np.array([-1.0, 1.0])
