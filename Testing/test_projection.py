@@ -275,7 +275,8 @@ def test_drr_command_writes_the_ground_truth(phantom, saved, tmp_path, capsys):
     assert main(args) == 0
     doc = json.loads((tmp_path / "drr.json").read_text())
     assert doc["side"] == "left" and len(doc["points"]) == 64 and len(doc["visible"]) == 64
-    assert len(doc["head_circle"]) == 3 and len(doc["contour"]) > 100
+    assert len(doc["head_circle"]) == 3 and len(doc["contour"]) > 100 and doc["anchors_in_order"]
+    assert doc["anchor_indices"]["shaft_cut_medial"] == anchor_indices(64)["shaft_cut_medial"]
     g = CArmGeometry.from_dict(doc["geometry"])
     gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
     assert np.allclose(doc["head_circle"], gt.head_circle, atol=0.02)  # radius stored to 1 um

@@ -353,15 +353,11 @@ def write_ground_truth_masks(gt: GroundTruth, image_path) -> dict:
 
 
 def ground_truth_record(gt: GroundTruth, femur, band_px: float) -> dict:
-    """JSON fields for a sample (the dataset format's keys plus the femur's 3-D description)."""
-    d = gt.to_dict()
-    record = {k: d[k] for k in ("head_circle", "contour", "points", "visible")}
+    """JSON fields for a sample: the dataset format's keys (GroundTruth.to_dict() and ``side``) plus, under
+    ``ground_truth``, the femur's 3-D description (landmarks in LPS mm, head radius, band width)."""
+    record = gt.to_dict()  # head_circle, contour, points, visible, landmarks_uv, anchor_indices, ...
     record["side"] = femur.side
     record["ground_truth"] = {
-        "landmarks_uv": d["landmarks_uv"],
-        "anchor_indices": d["anchor_indices"],
-        "anchors_in_order": d["anchors_in_order"],
-        "contour_orientation": d["contour_orientation"],
         "band_px": float(band_px),
         "head_radius_mm": float(femur.head_radius_mm),
         "landmarks_lps": {k: [float(x) for x in v] for k, v in femur.landmarks.items()},
