@@ -1,0 +1,638 @@
+"""Training-set generation: DRR + implants + detector effects + projected ground truth, per sample.
+
+Sample ``i`` is a pure function of (settings, i): its random numbers come from
+``np.random.SeedSequence([seed, i])`` (split into independent streams for side, pose, implants and
+detector, so switching implants off leaves the pose and the ground truth unchanged), and with
+``--phantom`` its anatomy from phantom number ``i // group`` (seed derived from (seed, i // group)).
+So the output never depends on the number of workers, the order of work or interruptions.
+
+Directory format (read by the network trainer)::
+
+    DIR/manifest.json               {"generator_version", "settings", "n", "format", ...}
+    DIR/samples/000123.png          uint8 image (H, W)
+    DIR/samples/000123_head.png     uint8 femoral-head outline target, 0 or 255
+    DIR/samples/000123_femur.png    uint8 proximal-femur outline target, 0 or 255
+    DIR/samples/000123.json         geometry, head_circle, contour, points, visible, side, implants,
+                                    polarity, detector, seed (written LAST: the completion marker)
+
+Crash safety: every file is written to a temporary name and renamed; the JSON goes last, so a sample
+is complete iff its JSON exists. A re-run with the same arguments skips complete samples and
+re-renders the rest, byte-identical to an uninterrupted run (deterministic rendering and PNG encoding).
+
+Scaling out: because a sample is a pure function of (settings, i), a distributed engine only has to map
+:func:`generate_range` (or :func:`render_and_write`) over index ranges, e.g. ``dask.bag.from_sequence(
+chunks).map(...)`` or ``ray.remote(generate_range)``, all writing into one shared directory (or object
+store prefix); no coordination is needed beyond the manifest written once up front.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import files
+
+GENERATOR_VERSION = "deepmorph-dataset/1"
+FORMAT = {
+    "image": "samples/{i:06d}.png",
+    "head_mask": "samples/{i:06d}_head.png",
+    "femur_mask": "samples/{i:06d}_femur.png",
+    "annotation": "samples/{i:06d}.json",
+    "frames": "geometry in LPS mm; image points (u, v) = (column, row) px, pixel centres at integers",
+}
+SIDES = ("right", "left")
+
+
+@dataclasses.dataclass
+class DatasetSettings:
+    """Everything that determines the samples' content (not ``n``, not ``workers``)."""
+
+    source: str = "phantom"  # "phantom" | "ct"
+    ct: str | None = None  # user CT (NRRD/NIfTI/MHA/DICOM folder)
+    mesh: str | None = None  # femur surface mesh (LPS mm) or label map
+    landmarks: str | None = None  # Slicer markups JSON with the femur's named landmarks
+    side: str | None = None  # femur side of a user CT; None = inferred
+    size: int = 256  # detector width = height (px)
+    implants: float = 0.5  # probability of an implant construct per sample (tools: half of it)
+    seed: int = 0
+    group: int = 32  # samples per phantom (--phantom)
+    phantom_spacing_mm: float = 1.5  # voxel size of generated phantoms
+    detector: str = "realistic"  # "realistic" | "plain" (the paper's display, no noise)
+    p_bone_bright: float = 0.25  # share of bone-bright (radiograph-like) images
+    n_points: int = 64  # corresponding contour points
+    band_px: float = 2.0  # outline target band width (px)
+    input_digest: str | None = None  # sha256 over the user input files (filled in by prepare)
+
+    def validate(self) -> None:
+        if self.source not in ("phantom", "ct"):
+            raise ValueError(f"source must be 'phantom' or 'ct', got {self.source!r}.")
+        if self.source == "ct" and not (self.ct and self.mesh):
+            raise ValueError("A CT dataset needs both --ct CT and --mesh MESH (the femur surface or label map).")
+        if not 32 <= int(self.size) <= 2048:
+            raise ValueError(f"--size must lie in 32-2048 px, got {self.size}.")
+        if not 0.0 <= float(self.implants) <= 1.0:
+            raise ValueError(f"--implants is a probability in [0, 1], got {self.implants}.")
+        if int(self.group) < 1:
+            raise ValueError(f"--group must be >= 1, got {self.group}.")
+        if self.detector not in ("realistic", "plain"):
+            raise ValueError(f"--detector must be 'realistic' or 'plain', got {self.detector!r}.")
+        if self.side not in (None, "right", "left"):
+            raise ValueError(f"--side must be 'right' or 'left', got {self.side!r}.")
+        if not 0.5 <= float(self.phantom_spacing_mm) <= 3.0:
+            raise ValueError(f"--phantom-spacing must lie in 0.5-3 mm, got {self.phantom_spacing_mm}.")
+        if int(self.seed) < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}.")
+
+    def identity(self) -> dict:
+        """The settings that define sample content, as stored in the manifest (paths made absolute)."""
+        d = dataclasses.asdict(self)
+        for k in ("ct", "mesh", "landmarks"):
+            if d[k] is not None:
+                d[k] = str(Path(d[k]).resolve())
+        return d
+
+
+# --- scenes: what a sample is rendered from ---------------------------------------------------------
+@dataclasses.dataclass
+class FemurScene:
+    side: str
+    mesh: object  # vtkPolyData, LPS mm
+    landmarks: dict  # name -> (3,) LPS mm
+    head_radius_mm: float
+    shaft_radius_mm: float | None
+
+
+@dataclasses.dataclass
+class Scene:
+    mu: object  # Volume of attenuation (1/mm)
+    femurs: dict  # side -> FemurScene
+    phantom_seed: int | None = None
+
+
+def phantom_seed(seed: int, group: int) -> int:
+    """Seed of phantom number ``group`` of a dataset with master seed ``seed`` (uint32)."""
+    return int(np.random.SeedSequence([int(seed), int(group), 0x50484E54]).generate_state(1)[0])
+
+
+def _mesh_points(mesh) -> np.ndarray:
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    return vtk_to_numpy(mesh.GetPoints().GetData()).astype(float)
+
+
+def _femur_scene(side, mesh, landmarks, head_radius_mm) -> FemurScene:
+    from .implants import estimate_shaft_radius
+
+    lm = {k: np.asarray(v, float).reshape(3) for k, v in landmarks.items()}
+    shaft_r = estimate_shaft_radius(_mesh_points(mesh), lm, default=None)
+    return FemurScene(side, mesh, lm, float(head_radius_mm), shaft_r)
+
+
+def make_phantom_scene(settings: DatasetSettings, group: int) -> Scene:
+    from . import drr, phantom
+
+    ps = phantom_seed(settings.seed, group)
+    ph = phantom.make_phantom(ps, sides=SIDES, spacing_mm=float(settings.phantom_spacing_mm))
+    mu = ph.ct.with_data(drr.hu_to_mu(ph.ct.data).astype(np.float32))
+    femurs = {s: _femur_scene(s, f.mesh, f.landmarks, f.head_radius_mm) for s, f in ph.femurs.items()}
+    return Scene(mu, femurs, ps)
+
+
+def load_ct_scene(settings: DatasetSettings) -> Scene:
+    """Read and check a user's CT, femur mesh/label and landmarks (ValueError naming the problem)."""
+    from . import drr
+    from .volume import read_volume
+
+    ct = read_volume(settings.ct)
+    mesh = read_femur_mesh(settings.mesh, ct)
+    landmarks = read_landmarks(settings.landmarks) if settings.landmarks else {}
+    points = _mesh_points(mesh)
+    lo, hi = ct.corners_lps().min(axis=0), ct.corners_lps().max(axis=0)
+    inside = np.all((points >= lo - 1.0) & (points <= hi + 1.0), axis=1).mean()
+    if inside < 0.9:
+        raise ValueError(
+            f"The femur mesh {settings.mesh} lies mostly outside the CT {settings.ct} ({100 * inside:.0f} % of its "
+            "vertices inside the CT box). Both must be in the same physical frame (LPS mm); meshes exported from "
+            "Slicer in RAS need their x and y negated."
+        )
+    head_center, head_radius = _head_sphere(landmarks, points, settings.mesh)
+    landmarks["head_center"] = head_center
+    side = settings.side or _infer_side(points, ct)
+    mu = ct.with_data(drr.hu_to_mu(ct.data).astype(np.float32))
+    return Scene(mu, {side: _femur_scene(side, mesh, landmarks, head_radius)}, None)
+
+
+def read_femur_mesh(path, ct=None):
+    """A femur surface (vtkPolyData, LPS mm) from .vtp/.vtk/.stl/.obj/.ply, or from a label map (.nrrd...)."""
+    import vtk
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Femur mesh not found: {path}")
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+    readers = {".vtp": vtk.vtkXMLPolyDataReader, ".vtk": vtk.vtkPolyDataReader, ".stl": vtk.vtkSTLReader,
+               ".obj": vtk.vtkOBJReader, ".ply": vtk.vtkPLYReader}
+    if suffix in readers:
+        reader = readers[suffix]()
+        reader.SetFileName(str(path))
+        reader.Update()
+        mesh = reader.GetOutput()
+    elif suffix in (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd"):
+        mesh = _mesh_from_label(path)
+    else:
+        raise ValueError(f"Unsupported femur mesh format {path.name}: use .vtp, .vtk, .stl, .obj, .ply or a label map (.nrrd).")
+    if mesh is None or mesh.GetNumberOfPoints() < 10 or mesh.GetNumberOfCells() < 10:
+        raise ValueError(f"The femur mesh {path} is empty or unreadable (fewer than 10 points/faces).")
+    return mesh
+
+
+def _mesh_from_label(path):
+    try:
+        from . import projection
+
+        if hasattr(projection, "mesh_from_label"):
+            return projection.mesh_from_label(path)
+    except ImportError:
+        pass
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    from .volume import read_volume
+
+    lab = read_volume(path)
+    data = (np.asarray(lab.data) > 0).astype(np.uint8)
+    if not data.any():
+        raise ValueError(f"The femur label map {path} is empty (no voxel > 0).")
+    img = vtk.vtkImageData()
+    k, j, i = data.shape
+    img.SetDimensions(i, j, k)
+    img.GetPointData().SetScalars(numpy_to_vtk(data.ravel(), deep=True))
+    mc = vtk.vtkDiscreteFlyingEdges3D() if hasattr(vtk, "vtkDiscreteFlyingEdges3D") else vtk.vtkDiscreteMarchingCubes()
+    mc.SetInputData(img)
+    mc.SetValue(0, 1)
+    mc.Update()
+    mesh = mc.GetOutput()
+    m = lab.ijk_to_lps()
+    tf = vtk.vtkTransform()
+    tf.SetMatrix(m.ravel().tolist())
+    f = vtk.vtkTransformPolyDataFilter()
+    f.SetInputData(mesh)
+    f.SetTransform(tf)
+    f.Update()
+    return f.GetOutput()
+
+
+def read_landmarks(path) -> dict:
+    """Named control points (LPS mm) of a Slicer markups JSON (``.mrk.json``), RAS files converted."""
+    from .geometry import lps_from_ras
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Landmarks file not found: {path}")
+    try:
+        doc = json.loads(path.read_text())
+        markups = doc["markups"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a Slicer markups JSON file (no 'markups' list).") from None
+    out = {}
+    for mk in markups:
+        system = str(mk.get("coordinateSystem", "LPS")).upper()
+        for cp in mk.get("controlPoints", []):
+            label = str(cp.get("label", "")).strip()
+            pos = np.asarray(cp.get("position", []), float)
+            if not label or pos.shape != (3,):
+                continue
+            out[label] = lps_from_ras(pos) if system == "RAS" else pos
+    if not out:
+        raise ValueError(f"The landmarks file {path} has no labelled control points.")
+    return out
+
+
+def _head_sphere(landmarks: dict, points: np.ndarray, mesh_path) -> tuple[np.ndarray, float]:
+    """Head centre and radius: from landmarks ('head_center' + 'head_radius' or a surface point) or a fit."""
+    try:
+        from . import projection
+
+        fit = getattr(projection, "fit_head_sphere", None)
+    except ImportError:
+        fit = None
+    if "head_center" in landmarks:
+        c = np.asarray(landmarks["head_center"], float)
+        for key in ("head_surface", "head_surface_point"):
+            if key in landmarks:
+                return c, float(np.linalg.norm(np.asarray(landmarks[key], float) - c))
+        d = np.linalg.norm(points - c, axis=1)
+        near = d[d < np.percentile(d, 5)]
+        return c, float(np.median(near)) if len(near) else 22.0
+    if fit is not None:
+        c, r = fit(points)
+        return np.asarray(c, float), float(r)
+    raise ValueError(
+        f"No femoral-head centre: give --landmarks with a 'head_center' point for {mesh_path} (Slicer markups JSON)."
+    )
+
+
+def _infer_side(points: np.ndarray, ct) -> str:
+    """Patient side of a femur from its position relative to the CT's centre (LPS: +x = left)."""
+    return "left" if points[:, 0].mean() > ct.center_lps()[0] else "right"
+
+
+# --- one sample -----------------------------------------------------------------------------------------
+def sample_streams(seed: int, index: int) -> dict:
+    """Independent random generators of sample ``index``: side, pose, implants, detector."""
+    streams = np.random.SeedSequence([int(seed), int(index)]).spawn(4)
+    return {k: np.random.default_rng(s) for k, s in zip(("side", "pose", "implants", "detector"), streams)}
+
+
+def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_arrays: bool = False) -> dict:
+    """Render sample ``index`` from ``scene``: image, masks (uint8 0/255) and its JSON annotation."""
+    from . import drr, projection
+    from .detector import apply_detector, field_mask, plain_params, sample_detector
+    from .implants import metal_line_integrals, sample_implants
+    from .poses import sample_pose
+
+    rng = sample_streams(settings.seed, index)
+    sides = sorted(scene.femurs)
+    side = sides[int(rng["side"].integers(len(sides)))]
+    femur = scene.femurs[side]
+    geometry = sample_pose(rng["pose"], femur.landmarks, int(settings.size))
+    a_body = np.asarray(drr.line_integrals(scene.mu, geometry), dtype=np.float32)
+    implants = sample_implants(rng["implants"], femur.landmarks, femur.head_radius_mm, float(settings.implants), femur.shaft_radius_mm)
+    a = a_body + metal_line_integrals(implants, geometry) if implants else a_body
+    gt = projection.project_ground_truth(
+        femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=int(settings.n_points), band_px=float(settings.band_px)
+    )
+    if settings.detector == "plain":
+        params = plain_params()
+        image = np.asarray(drr.to_display(a), dtype=np.uint8)
+    else:
+        params = sample_detector(rng["detector"], float(settings.p_bone_bright), geometry)
+        image = apply_detector(a, params, rng["detector"])
+    exposed = field_mask(image.shape, params) > 0.5
+    head_mask = (np.asarray(gt.head_target) > 0) & exposed
+    femur_mask = (np.asarray(gt.femur_target) > 0) & exposed
+    points = np.asarray(gt.points, float)
+    visible = np.asarray(gt.visible, bool).copy()
+    if len(points):
+        iu = np.clip(np.rint(points[:, 0]).astype(int), 0, image.shape[1] - 1)
+        iv = np.clip(np.rint(points[:, 1]).astype(int), 0, image.shape[0] - 1)
+        visible &= exposed[iv, iu]
+    annotation = {
+        "index": int(index),
+        "seed": [int(settings.seed), int(index)],
+        "generator_version": GENERATOR_VERSION,
+        "geometry": geometry.to_dict(),
+        "side": side,
+        "head_circle": None if gt.head_circle is None else [round(float(x), 3) for x in gt.head_circle],
+        "contour": _r(np.asarray(gt.contour, float)),
+        "points": _r(points),
+        "visible": [bool(x) for x in visible],
+        "landmarks_uv": {k: _r(np.asarray(v, float)) for k, v in sorted(getattr(gt, "landmarks_uv", {}).items())},
+        "implants": [imp.to_dict() for imp in implants],
+        "polarity": params.polarity,
+        "detector": params.to_dict(),
+        "source": {"kind": settings.source, "phantom_seed": scene.phantom_seed},
+    }
+    out = {
+        "image": image,
+        "head_mask": (head_mask * 255).astype(np.uint8),
+        "femur_mask": (femur_mask * 255).astype(np.uint8),
+        "annotation": annotation,
+    }
+    if return_arrays:
+        out.update(line_integrals=a, body_line_integrals=a_body, ground_truth=gt, geometry=geometry, implants=implants)
+    return out
+
+
+def _r(arr: np.ndarray):
+    return np.round(np.asarray(arr, float), 3).tolist()
+
+
+def sample_paths(out_dir, index: int) -> dict:
+    base = Path(out_dir) / "samples"
+    return {k: base / v.split("/")[1].format(i=index) for k, v in FORMAT.items() if k != "frames"}
+
+
+def is_complete(out_dir, index: int) -> bool:
+    """A sample is complete iff its JSON exists (it is written after the PNGs)."""
+    return sample_paths(out_dir, index)["annotation"].is_file()
+
+
+def write_sample(out_dir, index: int, sample: dict) -> None:
+    """Atomically write the PNGs, then the JSON (the completion marker)."""
+    paths = sample_paths(out_dir, index)
+    for key in ("image", "head_mask", "femur_mask"):
+        files.write_png(paths[key], sample[key])
+    files.atomic_write_json(paths["annotation"], sample["annotation"])
+
+
+# --- workers --------------------------------------------------------------------------------------------
+class SceneCache:
+    """Per-process scenes: the user's CT once, or the last few phantoms (LRU, by group)."""
+
+    def __init__(self, settings: DatasetSettings, max_phantoms: int = 2):
+        self.settings = settings
+        self.max_phantoms = max_phantoms
+        self._phantoms: collections.OrderedDict = collections.OrderedDict()
+        self._ct_scene = None
+
+    def scene_for(self, index: int) -> Scene:
+        if self.settings.source == "ct":
+            if self._ct_scene is None:
+                self._ct_scene = load_ct_scene(self.settings)
+            return self._ct_scene
+        group = int(index) // int(self.settings.group)
+        if group in self._phantoms:
+            self._phantoms.move_to_end(group)
+            return self._phantoms[group]
+        scene = make_phantom_scene(self.settings, group)
+        self._phantoms[group] = scene
+        while len(self._phantoms) > self.max_phantoms:
+            self._phantoms.popitem(last=False)
+        return scene
+
+
+def generate_range(settings: DatasetSettings, out_dir, indices, cache: SceneCache | None = None) -> list[int]:
+    """Render and write the incomplete samples among ``indices``; returns the indices written."""
+    cache = cache or SceneCache(settings)
+    written = []
+    for i in indices:
+        if is_complete(out_dir, i):
+            continue
+        write_sample(out_dir, i, render_sample(cache.scene_for(i), settings, i))
+        written.append(int(i))
+    return written
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(settings_dict: dict, out_dir: str, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts workers down
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    settings = DatasetSettings(**settings_dict)
+    _WORKER.update(settings=settings, out=out_dir, cache=SceneCache(settings))
+
+
+def _work(indices: list[int]) -> list[int]:
+    return generate_range(_WORKER["settings"], _WORKER["out"], indices, _WORKER["cache"])
+
+
+# --- orchestration --------------------------------------------------------------------------------------
+def file_digest(paths) -> str:
+    """sha256 over the bytes of the given files (folders: all files inside, sorted)."""
+    h = hashlib.sha256()
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p)
+        items = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in items:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def prepare(settings: DatasetSettings, out_dir, n: int) -> list[int]:
+    """Check inputs and the output folder, write/verify the manifest; return the indices still to do.
+
+    Raises ValueError (before any rendering) for bad inputs, a folder that is not a dataset, or a
+    dataset made with other settings.
+    """
+    settings.validate()
+    if int(n) < 1:
+        raise ValueError(f"--n must be >= 1, got {n}.")
+    if settings.source == "ct":
+        for label, p in (("CT", settings.ct), ("mesh", settings.mesh), ("landmarks", settings.landmarks)):
+            if p is not None and not Path(p).exists():
+                raise FileNotFoundError(f"{label} not found: {p}")
+        settings.input_digest = file_digest([settings.ct, settings.mesh, settings.landmarks])
+        load_ct_scene(settings)  # full check of the inputs before any work
+    out = Path(out_dir)
+    manifest_path = out / "manifest.json"
+    identity = settings.identity()
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except ValueError:
+            raise ValueError(f"{manifest_path} is not valid JSON; this folder was not written by 'deepmorph dataset'.") from None
+        diffs = []
+        if old.get("generator_version") != GENERATOR_VERSION:
+            diffs.append(f"generator_version: {old.get('generator_version')} -> {GENERATOR_VERSION}")
+        old_settings = old.get("settings", {})
+        for k in sorted(set(old_settings) | set(identity)):
+            if old_settings.get(k) != identity.get(k):
+                diffs.append(f"{k}: {old_settings.get(k)!r} -> {identity.get(k)!r}")
+        if diffs:
+            raise ValueError(
+                f"{out} already holds a dataset made with other settings ({'; '.join(diffs)}). Re-run with the "
+                "original arguments to resume it, or choose a new --out folder."
+            )
+        if int(n) < int(old.get("n", 0)):
+            raise ValueError(
+                f"{out} was started with --n {old.get('n')}; --n {n} would leave extra samples. Use --n >= {old.get('n')}."
+            )
+    elif out.exists() and any(p.name != ".DS_Store" for p in out.iterdir()):
+        raise ValueError(f"{out} exists, is not empty and has no manifest.json: choose an empty or new --out folder.")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    for tmp in (out / "samples").glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)  # leftovers of a killed run (never renamed, so never complete)
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "settings": identity,
+        "n": int(n),
+        "format": FORMAT,
+        "pose_sampler": _pose_defaults(),
+        "description": "DeepMorph training set: simulated fluoroscopy of the proximal femur with outline targets.",
+    }
+    if not manifest_path.exists() or json.loads(manifest_path.read_text()) != json.loads(json.dumps(manifest, default=str)):
+        files.atomic_write_json(manifest_path, manifest)
+    return [i for i in range(int(n)) if not is_complete(out, i)]
+
+
+def _pose_defaults() -> dict:
+    from .poses import PoseSampler
+
+    return PoseSampler().to_dict()
+
+
+def plan_chunks(todo: list[int], group: int, workers: int, chunk: int = 4) -> list[list[int]]:
+    """Split indices into small chunks ordered so that concurrent workers tend to work on different
+    phantom groups (each worker then generates each phantom once) while Ctrl-C stays responsive."""
+    by_group: dict[int, list[int]] = collections.OrderedDict()
+    for i in todo:
+        by_group.setdefault(i // group, []).append(i)
+    groups = list(by_group.values())
+    if len(groups) < workers:  # few groups: let workers share them
+        chunk = max(1, min(chunk, -(-len(todo) // (2 * workers))))
+    out = []
+    for start in range(0, len(groups), max(workers, 1)):
+        window = [[g[k : k + chunk] for k in range(0, len(g), chunk)] for g in groups[start : start + workers]]
+        for step in range(max(len(w) for w in window)):
+            for w in window:
+                if step < len(w):
+                    out.append(w[step])
+    return out
+
+
+def generate(settings: DatasetSettings, out_dir, n: int, workers: int = 1, progress: bool = True) -> dict:
+    """Generate (or resume) a dataset of ``n`` samples in ``out_dir`` with ``workers`` processes.
+
+    Returns {"written", "skipped", "seconds", "samples_per_s"}. Ctrl-C stops cleanly: finished samples
+    are kept, in-flight ones are discarded, and a re-run resumes.
+    """
+    t0 = time.perf_counter()
+    todo = prepare(settings, out_dir, n)
+    skipped = int(n) - len(todo)
+    workers = max(1, int(workers))
+    bar = _progress(total=int(n), initial=skipped, enabled=progress)
+    written = 0
+    try:
+        if not todo:
+            pass
+        elif workers == 1:
+            cache = SceneCache(settings)
+            for chunk in plan_chunks(todo, int(settings.group), 1):
+                written += len(generate_range(settings, out_dir, chunk, cache))
+                bar.update(len(chunk))
+        else:
+            written = _generate_parallel(settings, out_dir, todo, workers, bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return {"written": written, "skipped": skipped, "seconds": seconds, "samples_per_s": written / seconds if seconds > 0 else 0.0}
+
+
+def _generate_parallel(settings, out_dir, todo, workers, bar) -> int:
+    chunks = plan_chunks(todo, int(settings.group), workers)
+    ctx = multiprocessing.get_context("spawn")
+    ex = cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(dataclasses.asdict(settings), str(out_dir), 1)
+    )
+    written = 0
+    pending = collections.deque(chunks)
+    running = {}
+    try:
+        while pending or running:
+            while pending and len(running) < 2 * workers:
+                c = pending.popleft()
+                running[ex.submit(_work, c)] = c
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                chunk = running.pop(fut)
+                written += len(fut.result())
+                bar.update(len(chunk))
+    except BaseException:
+        for fut in running:
+            fut.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
+    return written
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="sample", desc="dataset", dynamic_ncols=True)
+
+
+# --- preview -------------------------------------------------------------------------------------------
+def contact_sheet(out_dir, indices=None, cols: int = 6, tile_px: int = 256) -> np.ndarray:
+    """RGB (H, W, 3) uint8 grid of samples with their ground truth drawn on top: head circle (green),
+    contour (red), corresponding points (yellow = visible, blue = hidden), outline masks (cyan tint)."""
+    from PIL import Image, ImageDraw
+
+    out_dir = Path(out_dir)
+    if indices is None:
+        indices = sorted(int(p.stem) for p in (out_dir / "samples").glob("[0-9]*.json"))
+    indices = list(indices)
+    rows = max(1, -(-len(indices) // cols))
+    sheet = Image.new("RGB", (cols * tile_px, rows * tile_px), (40, 40, 40))
+    for k, i in enumerate(indices):
+        paths = sample_paths(out_dir, i)
+        ann = json.loads(paths["annotation"].read_text())
+        img = np.asarray(Image.open(paths["image"]).convert("L"))
+        rgb = np.repeat(img[..., None], 3, axis=2).astype(np.float32)
+        for key, colour in (("femur_mask", (0, 255, 255)), ("head_mask", (0, 255, 0))):
+            m = np.asarray(Image.open(paths[key])) > 0
+            rgb[m] = 0.6 * rgb[m] + 0.4 * np.asarray(colour, np.float32)
+        tile = Image.fromarray(rgb.astype(np.uint8))
+        scale = tile_px / img.shape[1]
+        tile = tile.resize((tile_px, int(round(img.shape[0] * scale))))
+        draw = ImageDraw.Draw(tile)
+        contour = [(x * scale, y * scale) for x, y in ann["contour"]]
+        if len(contour) > 2:
+            draw.line(contour + contour[:1], fill=(255, 60, 60), width=1)
+        if ann["head_circle"]:
+            cx, cy, r = (v * scale for v in ann["head_circle"])
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(60, 255, 60))
+        for (x, y), vis in zip(ann["points"], ann["visible"]):
+            c = (255, 255, 0) if vis else (80, 80, 255)
+            draw.ellipse([x * scale - 1.5, y * scale - 1.5, x * scale + 1.5, y * scale + 1.5], fill=c)
+        label = f"{i} {ann['side'][0]} {','.join(x['type'][:4] for x in ann['implants'])}"
+        draw.text((3, 3), label, fill=(255, 128, 0))
+        sheet.paste(tile, ((k % cols) * tile_px, (k // cols) * tile_px))
+    return np.asarray(sheet)
