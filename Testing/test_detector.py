@@ -25,6 +25,10 @@ def test_poisson_variance_scales_with_dose():
         assert var[n0] == pytest.approx(intensity[0, 0] / n0, rel=0.05)
     assert var[1e3] / var[1e4] == pytest.approx(10.0, rel=0.08)
     assert var[1e4] / var[1e5] == pytest.approx(10.0, rel=0.08)
+    # low counts are drawn exactly: integer photon numbers, Poisson variance = mean
+    low = quantum_noise(np.full((300, 300), 0.005), 1e3, rng) * 1e3
+    assert np.allclose(low, np.round(low)) and low.min() >= 0
+    assert low.var() == pytest.approx(5.0, rel=0.05) and low.mean() == pytest.approx(5.0, rel=0.02)
     with pytest.raises(ValueError, match="n0"):
         quantum_noise(intensity, 0.0, rng)
 

@@ -20,6 +20,7 @@ Everything is a deterministic function of (A, params, rng).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from scipy import ndimage
@@ -116,27 +117,43 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
 
 
 # --- building blocks ----------------------------------------------------------------------------
-def quantum_noise(intensity: np.ndarray, n0: float, rng: np.random.Generator) -> np.ndarray:
-    """Poisson counts ``N ~ Poisson(n0 * I)`` returned as ``N / n0`` (same mean as ``I``, variance ``I / n0``)."""
+def quantum_noise(intensity: np.ndarray, n0: float, rng: np.random.Generator, exact_below: float = 50.0) -> np.ndarray:
+    """Photon counts ``N ~ Poisson(n0 * I)`` returned as ``N / n0`` (mean ``I``, variance ``I / n0``).
+
+    Pixels expecting more than ``exact_below`` photons use the normal approximation N(lam, lam) (the
+    same mean and variance, much faster); the rest are drawn exactly from the Poisson distribution.
+    """
     if not n0 > 0:
         raise ValueError(f"Photon count scale n0 must be > 0, got {n0}.")
     lam = np.clip(np.asarray(intensity, dtype=np.float64) * n0, 0.0, 1e12)
-    return rng.poisson(lam).astype(np.float64) / n0
+    counts = lam + np.sqrt(lam) * rng.standard_normal(lam.shape)
+    low = lam < exact_below
+    if low.any():
+        counts[low] = rng.poisson(lam[low])
+    return np.maximum(counts, 0.0) / n0
 
 
 def coloured_noise(shape: tuple[int, int], rng: np.random.Generator, beta: float = 1.0) -> np.ndarray:
     """Zero-mean, unit-std Gaussian noise with power spectrum ~ 1/f^beta (f in cycles/px)."""
     h, w = shape
-    white = rng.standard_normal((h, w))
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
+    from scipy import fft
+
+    white = rng.standard_normal((h, w), dtype=np.float32)
+    fy = fft.fftfreq(h).astype(np.float32)[:, None]
+    fx = fft.rfftfreq(w).astype(np.float32)[None, :]
     f = np.sqrt(fx * fx + fy * fy)
     f[0, 0] = 1.0
-    amp = f ** (-beta / 2.0)
+    amp = f ** np.float32(-beta / 2.0)
     amp[0, 0] = 0.0
-    out = np.fft.irfft2(np.fft.rfft2(white) * amp, s=(h, w))
+    out = fft.irfft2(fft.rfft2(white) * amp, s=(h, w))
     std = out.std()
     return out / std if std > 0 else out
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates (px) as float32 arrays of shape (h, 1) and (1, w)."""
+    return np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
 
 
 def field_mask(shape: tuple[int, int], params: DetectorParams, soft_px: float = 1.0) -> np.ndarray:
@@ -146,7 +163,7 @@ def field_mask(shape: tuple[int, int], params: DetectorParams, soft_px: float = 
         return np.ones(shape)
     cx = params.collimation_center[0] * (w - 1)
     cy = params.collimation_center[1] * (h - 1)
-    v, u = np.mgrid[0:h, 0:w].astype(float)
+    v, u = _grid(h, w)
     if params.collimation == "circle":
         r = params.collimation_radius * w
         dist = r - np.hypot(u - cx, v - cy)
@@ -161,10 +178,10 @@ def field_mask(shape: tuple[int, int], params: DetectorParams, soft_px: float = 
 def central_region(shape: tuple[int, int], params: DetectorParams) -> np.ndarray:
     """Disk around the field centre used for dose and brightness control (bool (H, W))."""
     h, w = shape
-    v, u = np.mgrid[0:h, 0:w].astype(float)
+    v, u = _grid(h, w)
     cx = params.collimation_center[0] * (w - 1)
     cy = params.collimation_center[1] * (h - 1)
-    return np.hypot(u - cx, v - cy) <= params.central_fraction * w
+    return (u - cx) ** 2 + (v - cy) ** 2 <= (params.central_fraction * w) ** 2
 
 
 def _control_pixels(a: np.ndarray, inside: np.ndarray, params: DetectorParams) -> np.ndarray:
@@ -176,11 +193,13 @@ def _control_pixels(a: np.ndarray, inside: np.ndarray, params: DetectorParams) -
     return centre if centre.sum() >= 16 else inside
 
 
-def _equalize(s: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    vals = np.sort(s[inside])
-    if len(vals) < 2:
+def _equalize(s: np.ndarray, inside: np.ndarray, bins: int = 1024) -> np.ndarray:
+    """Histogram equalisation of ``s`` in [0, 1] with the histogram of the exposed field."""
+    hist, edges = np.histogram(s[inside], bins=bins, range=(0.0, 1.0))
+    if hist.sum() < 2:
         return s
-    return np.searchsorted(vals, s, side="right") / len(vals)
+    cdf = np.concatenate([[0.0], np.cumsum(hist) / hist.sum()])
+    return np.interp(s, edges, cdf)
 
 
 def _wide_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -193,14 +212,14 @@ def _wide_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
     pad = np.pad(img, ((0, hs * f - h), (0, ws * f - w)), mode="edge")
     small = pad.reshape(hs, f, ws, f).mean(axis=(1, 3))
     small = ndimage.gaussian_filter(small, sigma_px / f, mode="nearest")
-    big = ndimage.zoom(small, f, order=1, mode="nearest", grid_mode=True)
-    return big[:h, :w]
+    big = np.repeat(np.repeat(small, f, axis=0), f, axis=1)[:h, :w]
+    return ndimage.uniform_filter(big, f, mode="nearest")  # removes the blocks of the nearest upsampling
 
 
 # --- main entry -----------------------------------------------------------------------------------
 def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.random.Generator) -> np.ndarray:
     """Turn line integrals A (H, W, dimensionless) into a uint8 image with the given effects."""
-    a = np.asarray(line_integrals, dtype=np.float64)
+    a = np.asarray(line_integrals, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError(f"Line integrals must be a 2-D array (H, W), got shape {a.shape}.")
     if not np.all(np.isfinite(a)):
@@ -219,17 +238,17 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
     if params.counts:
         ref = float(np.median(i[_control_pixels(a, inside, params)]))
         n0 = params.counts / max(ref, 1e-30)
-        i = quantum_noise(i, n0, rng)
-        i = np.maximum(i, 0.5 / n0)  # a pixel never reads below half a photon (log stays finite)
+        i = quantum_noise(i, n0, rng).astype(np.float32)
+        i = np.maximum(i, np.float32(0.5 / n0))  # a pixel never reads below half a photon (log stays finite)
     # 4-5: detector PSF, vignetting
     if params.detector_blur_px > 0.05:
         i = ndimage.gaussian_filter(i, params.detector_blur_px, mode="nearest")
     if params.vignetting > 0:
         h, w = a.shape
-        v, u = np.mgrid[0:h, 0:w].astype(float)
+        v, u = _grid(h, w)
         r = np.hypot(u - (w - 1) / 2, v - (h - 1) / 2) / (0.5 * np.hypot(w, h) / np.sqrt(2))
         i = i * (1.0 - params.vignetting * np.clip(r, 0, 1.5) ** 2)
-    i = np.maximum(i, 1e-30)
+    i = np.maximum(i, np.float32(1e-30))
     # 6: display transform; s in [0, 1], bone dark (large attenuation -> small s). Like a C-arm's
     # automatic brightness control, the window follows the anatomy in the central region (direct
     # beam beside the body saturates), not the whole field.
