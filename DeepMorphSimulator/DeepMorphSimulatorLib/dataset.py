@@ -575,12 +575,25 @@ def _generate_parallel(settings, out_dir, todo, workers, bar) -> int:
                 written += len(fut.result())
                 bar.update(len(chunk))
     except BaseException:
+        # Ctrl-C or a failed sample: stop at once. Workers are terminated mid-sample; that is safe
+        # because files only appear by atomic rename and a sample counts as done only with its JSON.
         for fut in running:
             fut.cancel()
+        _terminate_workers(ex)
         ex.shutdown(wait=True, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
     return written
+
+
+def _terminate_workers(ex: cf.ProcessPoolExecutor) -> None:
+    terminate = getattr(ex, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for proc in list((getattr(ex, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
 
 
 class _NoBar:
