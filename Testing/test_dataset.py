@@ -138,3 +138,22 @@ def test_plan_chunks_covers_everything_once():
         flat = [i for c in chunks for i in c]
         assert sorted(flat) == todo and len(flat) == len(set(flat))
         assert all(len({i // 32 for i in c}) == 1 for c in chunks)
+
+
+def test_scan_coverage_detects_views_past_the_ct_ends():
+    from DeepMorphSimulatorLib.geometry import CArmGeometry
+    from DeepMorphSimulatorLib.volume import Volume
+
+    data = np.full((60, 100, 100), 0.02, np.float32)  # 'body' everywhere, 60 mm tall (k = S axis)
+    vol = Volume(data, spacing=(2.0, 2.0, 1.0), origin=(-99.0, -99.0, -29.5))
+    cov = ds.ScanCoverage.from_volume(vol)
+    assert cov.axis == 2
+    inside = CArmGeometry(width_px=32, height_px=32, pixel_mm=0.5)  # ~10 mm field at the isocentre
+    assert cov.cut_fraction(inside) == 0.0
+    wide = inside.with_(pixel_mm=8.0)  # ~150 mm field: the top and bottom rows look past the ends
+    assert 0.2 < cov.cut_fraction(wide) < 0.8
+    from DeepMorphSimulatorLib.poses import sample_pose
+
+    lm = {"head_center": np.zeros(3)}
+    g = sample_pose(np.random.default_rng(0), lm, 32, accept=lambda geo: cov.cut_fraction(geo) == 0.0, max_tries=200)
+    assert cov.cut_fraction(g) == 0.0 or g is not None

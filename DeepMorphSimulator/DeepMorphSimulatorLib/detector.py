@@ -10,7 +10,8 @@ Pipeline (each step switchable; parameters drawn per image by :func:`sample_dete
 5. image-intensifier vignetting (brightness falls off towards the rim);
 6. display, windowed on the central region as a C-arm's automatic brightness control does: linear in
    ``I`` (white = ``abc_gain`` x the central median, the direct beam saturates) or logarithmic (``-log I``
-   between quantiles), then gamma, unsharp masking, partial histogram equalisation, spatially
+   between quantiles), optionally after dynamic range compression (the large-scale log signal partly
+   removed, as clinical processing does), then gamma, unsharp masking, partial histogram equalisation, spatially
    coloured (1/f) noise, brightness/contrast;
 7. polarity: bone-dark (fluoroscopy, default) or bone-bright (radiograph look); circular collimation
    (black outside a disk) or rectangular shutters; quantisation to uint8.
@@ -42,6 +43,8 @@ class DetectorParams:
     window_high: float = 0.995
     window_margin: float = 0.05  # ... widened by this fraction of its span on both sides
     central_fraction: float = 0.35  # radius of the central (dose-control) region, fraction of the width
+    drc_amount: float = 0.0  # dynamic range compression: share of the large-scale log signal removed
+    drc_sigma_frac: float = 0.1  # its Gaussian scale as a fraction of the width
     gamma: float = 1.0
     unsharp_amount: float = 0.0
     unsharp_sigma_px: float = 4.0
@@ -71,7 +74,7 @@ def plain_params() -> DetectorParams:
 def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geometry=None) -> DetectorParams:
     """Random realistic detector/display settings. ``geometry`` (CArmGeometry) scales the focal-spot blur.
 
-    Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-1.2, dose 200-8000
+    Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-1.2, dose 300-10000
     photons per pixel behind the patient (at this pixel size), detector PSF 0.3-1.2 px, vignetting 0-35 %, gamma 0.6-1.6.
     """
     p = DetectorParams()
@@ -83,9 +86,12 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
     p.focal_blur_px = float(spot_mm * (mag - 1.0) / pixel_mm / 2.355)  # FWHM -> sigma
     p.scatter_ratio = float(rng.uniform(0.0, 1.2))
     p.scatter_sigma_frac = float(rng.uniform(0.08, 0.25))
-    p.counts = float(np.exp(rng.uniform(np.log(200.0), np.log(8000.0)))) if rng.uniform() < 0.9 else None
+    p.counts = float(np.exp(rng.uniform(np.log(300.0), np.log(10000.0)))) if rng.uniform() < 0.9 else None
     p.detector_blur_px = float(rng.uniform(0.3, 1.2))
     p.display = "log" if rng.uniform() < 0.4 else "linear"
+    if rng.uniform() < 0.6:
+        p.drc_amount = float(rng.uniform(0.2, 0.8))
+        p.drc_sigma_frac = float(rng.uniform(0.05, 0.15))
     p.abc_gain = float(rng.uniform(1.4, 3.5))
     p.window_low = float(rng.uniform(0.0, 0.05))
     p.window_high = float(rng.uniform(0.97, 1.0))
@@ -253,6 +259,11 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
     # automatic brightness control, the window follows the anatomy in the central region (direct
     # beam beside the body saturates), not the whole field.
     centre = _control_pixels(a, inside, params)
+    if params.drc_amount > 0:  # clinical dynamic range compression: flatten the large-scale signal
+        lg = -np.log(i)
+        ref = float(np.median(lg[centre]))
+        lg = lg - params.drc_amount * (_wide_blur(lg, params.drc_sigma_frac * a.shape[1]) - ref)
+        i = np.exp(-lg)
     if params.display == "log":
         lg = -np.log(i)
         lo, hi = np.quantile(lg[centre], [params.window_low, params.window_high])

@@ -9,7 +9,8 @@ All positions are LPS mm, angles degrees (conventions of geometry.py). A pose is
   size directly;
 * isocentre at a random point of the proximal femur (head, neck, trochanteric region, upper shaft) plus
   jitter; with probability ``p_partial`` a larger shift so the femur is only partly in view;
-* in-plane rotation: small (normal, ``inplane_sigma_deg``) or, with ``p_inplane_any``, uniform +-180.
+* in-plane rotation: small (normal, ``inplane_sigma_deg``) or, with ``p_inplane_any``, uniform +-180;
+* an optional ``accept`` test redraws poses that, e.g., look past the ends of the scanned volume.
 """
 from __future__ import annotations
 
@@ -68,12 +69,25 @@ def sample_pose(
     landmarks: dict,
     size_px: int | tuple[int, int],
     sampler: PoseSampler = PoseSampler(),
+    accept=None,
+    max_tries: int = 12,
 ) -> CArmGeometry:
     """Draw one C-arm pose looking at the femur whose landmarks (name -> LPS mm) are given.
 
     ``size_px``: detector size (width = height, or (width, height)). The head centre is kept inside
     the central 80 % of the image, except for the 'partly in view' share (``sampler.p_partial``).
+    ``accept(geometry) -> bool`` may reject poses (e.g. views beyond the scanned range of the CT); whole
+    poses are redrawn up to ``max_tries`` times, then the last one is kept.
     """
+    geometry = None
+    for _ in range(max(1, int(max_tries))):
+        geometry = _draw_pose(rng, landmarks, size_px, sampler)
+        if accept is None or accept(geometry):
+            break
+    return geometry
+
+
+def _draw_pose(rng, landmarks, size_px, sampler) -> CArmGeometry:
     width, height = (int(size_px), int(size_px)) if np.isscalar(size_px) else (int(size_px[0]), int(size_px[1]))
     head = _landmark(landmarks, "head_center")
     pts, w = _targets(landmarks)
