@@ -67,7 +67,7 @@ def test_ground_truth_lies_on_the_projected_femur(scene):
         dist_in = ndimage.distance_transform_edt(proj)
         edge_dist = np.where(proj, dist_in, dist_out)
         h, w = proj.shape
-        pts = np.asarray(ann["contour"])
+        pts = np.asarray(ann["contour"], float).reshape(-1, 2)
         inside = (pts[:, 0] >= 1) & (pts[:, 0] < w - 2) & (pts[:, 1] >= 1) & (pts[:, 1] < h - 2)
         if inside.sum() >= 10:
             d = edge_dist[np.rint(pts[inside, 1]).astype(int), np.rint(pts[inside, 0]).astype(int)]
