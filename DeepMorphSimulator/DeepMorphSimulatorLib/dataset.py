@@ -398,6 +398,8 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
         "points": _r(points),
         "visible": [bool(x) for x in visible],
         "landmarks_uv": {k: _r(np.asarray(v, float)) for k, v in sorted(getattr(gt, "landmarks_uv", {}).items())},
+        "anchor_indices": {k: int(v) for k, v in sorted(getattr(gt, "anchor_indices", {}).items())},
+        "anchors_in_order": bool(getattr(gt, "anchors_in_order", True)),
         "implants": [imp.to_dict() for imp in implants],
         "polarity": params.polarity,
         "detector": params.to_dict(),

@@ -26,6 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--p-bone-bright", type=float, default=0.25, help="share of bone-bright (radiograph-like) images")
     parser.add_argument("--n-points", type=int, default=64, help="corresponding contour points per sample (default 64)")
     parser.add_argument("--band-px", type=float, default=2.0, help="outline target band width in px (default 2)")
+    parser.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG grid of the first 24 samples with their ground truth")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,5 +57,10 @@ def run(args) -> int:
     from ..dataset import generate
 
     stats = generate(settings_from_args(args), args.out, args.n, workers=args.workers, progress=not args.quiet)
+    if args.contact_sheet:
+        from ..dataset import contact_sheet
+        from ..files import write_png
+
+        write_png(args.contact_sheet, contact_sheet(args.out, range(min(24, args.n))))
     print(json.dumps({"out": str(args.out), **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}}))
     return 0
