@@ -368,7 +368,8 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     geometry = sample_pose(rng["pose"], femur.landmarks, int(settings.size), accept=lambda g: scene.coverage.cut_fraction(g) <= MAX_CUT_FRACTION)
     a_body = np.asarray(drr.line_integrals(scene.mu, geometry), dtype=np.float32)
     implants = sample_implants(rng["implants"], femur.landmarks, femur.head_radius_mm, float(settings.implants), femur.shaft_radius_mm)
-    a = a_body + metal_line_integrals(implants, geometry) if implants else a_body
+    a_metal = metal_line_integrals(implants, geometry) if implants else None
+    a = a_body + a_metal if implants else a_body
     gt = projection.project_ground_truth(
         femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=int(settings.n_points), band_px=float(settings.band_px)
     )
@@ -377,7 +378,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
         image = np.asarray(drr.to_display(a), dtype=np.uint8)
     else:
         params = sample_detector(rng["detector"], float(settings.p_bone_bright), geometry)
-        image = apply_detector(a, params, rng["detector"])
+        image = apply_detector(a, params, rng["detector"], metal=None if a_metal is None else a_metal > 0.5)
     exposed = field_mask(image.shape, params) > 0.5
     head_mask = (np.asarray(gt.head_target) > 0) & exposed
     femur_mask = (np.asarray(gt.femur_target) > 0) & exposed

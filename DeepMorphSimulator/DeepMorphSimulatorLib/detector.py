@@ -41,6 +41,7 @@ class DetectorParams:
     abc_gain: float = 2.0  # linear display: white = abc_gain x median intensity of the central region
     window_low: float = 0.01  # log display: window from these quantiles of -log I in the central region
     window_high: float = 0.995
+    control_ignores_metal: bool = True  # dose/brightness control and windowing look past metal (if known)
     window_margin: float = 0.05  # ... widened by this fraction of its span on both sides
     central_fraction: float = 0.35  # radius of the central (dose-control) region, fraction of the width
     drc_amount: float = 0.0  # dynamic range compression: share of the large-scale log signal removed
@@ -93,8 +94,9 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
         p.drc_amount = float(rng.uniform(0.2, 0.8))
         p.drc_sigma_frac = float(rng.uniform(0.05, 0.15))
     p.abc_gain = float(rng.uniform(1.4, 3.5))
-    p.window_low = float(rng.uniform(0.0, 0.05))
-    p.window_high = float(rng.uniform(0.97, 1.0))
+    p.window_low = float(rng.uniform(0.0, 0.12))
+    p.window_high = float(rng.uniform(0.9, 1.0))
+    p.control_ignores_metal = bool(rng.uniform() < 0.75)
     p.window_margin = float(rng.uniform(-0.05, 0.25))
     p.central_fraction = float(rng.uniform(0.2, 0.45))
     p.gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
@@ -190,9 +192,14 @@ def central_region(shape: tuple[int, int], params: DetectorParams) -> np.ndarray
     return (u - cx) ** 2 + (v - cy) ** 2 <= (params.central_fraction * w) ** 2
 
 
-def _control_pixels(a: np.ndarray, inside: np.ndarray, params: DetectorParams) -> np.ndarray:
-    """Pixels that drive dose and brightness control: central region, direct beam (A < 0.3) excluded."""
+def _control_pixels(a: np.ndarray, inside: np.ndarray, params: DetectorParams, metal=None) -> np.ndarray:
+    """Pixels that drive dose and brightness control: central region, direct beam (A < 0.3) excluded,
+    metal (a bool mask, when given and ``params.control_ignores_metal``) excluded."""
     centre = inside & central_region(a.shape, params)
+    if metal is not None and params.control_ignores_metal:
+        no_metal = centre & ~metal
+        if no_metal.sum() >= max(16, 0.2 * centre.sum()):
+            centre = no_metal
     body = centre & (a > 0.3)
     if body.sum() >= max(16, 0.05 * centre.sum()):
         return body
@@ -223,8 +230,12 @@ def _wide_blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 # --- main entry -----------------------------------------------------------------------------------
-def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.random.Generator) -> np.ndarray:
-    """Turn line integrals A (H, W, dimensionless) into a uint8 image with the given effects."""
+def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.random.Generator, metal=None) -> np.ndarray:
+    """Turn line integrals A (H, W, dimensionless) into a uint8 image with the given effects.
+
+    ``metal``: optional bool (H, W) mask of pixels behind metal; systems with metal-aware dose and
+    brightness control (``params.control_ignores_metal``) leave them out of their statistics.
+    """
     a = np.asarray(line_integrals, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError(f"Line integrals must be a 2-D array (H, W), got shape {a.shape}.")
@@ -242,7 +253,7 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
         i = i + params.scatter_ratio * _wide_blur(i * (1.0 - i), params.scatter_sigma_frac * a.shape[1])
     # 3: quantum noise at a dose level
     if params.counts:
-        ref = float(np.median(i[_control_pixels(a, inside, params)]))
+        ref = float(np.median(i[_control_pixels(a, inside, params, metal)]))
         n0 = params.counts / max(ref, 1e-30)
         i = quantum_noise(i, n0, rng).astype(np.float32)
         i = np.maximum(i, np.float32(0.5 / n0))  # a pixel never reads below half a photon (log stays finite)
@@ -258,15 +269,17 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
     # 6: display transform; s in [0, 1], bone dark (large attenuation -> small s). Like a C-arm's
     # automatic brightness control, the window follows the anatomy in the central region (direct
     # beam beside the body saturates), not the whole field.
-    centre = _control_pixels(a, inside, params)
+    centre = _control_pixels(a, inside, params, metal)
     if params.drc_amount > 0:  # clinical dynamic range compression: flatten the large-scale signal
         lg = -np.log(i)
-        ref = float(np.median(lg[centre]))
-        lg = lg - params.drc_amount * (_wide_blur(lg, params.drc_sigma_frac * a.shape[1]) - ref)
+        ref, top = (float(x) for x in np.quantile(lg[centre], [0.5, 0.99]))
+        smooth = _wide_blur(np.minimum(lg, top), params.drc_sigma_frac * a.shape[1])  # metal clipped: small halos
+        lg = lg - params.drc_amount * (smooth - ref)
         i = np.exp(-lg)
     if params.display == "log":
         lg = -np.log(i)
-        lo, hi = np.quantile(lg[centre], [params.window_low, params.window_high])
+        lo, hi, q10, q90 = np.quantile(lg[centre], [params.window_low, params.window_high, 0.1, 0.9])
+        hi = min(hi, q90 + 1.5 * (q90 - q10))  # metal is an outlier: it saturates instead of squashing the window
         span = max(hi - lo, 1e-6)
         lo, hi = lo - params.window_margin * span, hi + params.window_margin * span
         s = 1.0 - (lg - lo) / (hi - lo)
