@@ -71,6 +71,7 @@ class DatasetSettings:
     p_bone_bright: float = 0.25  # share of bone-bright (radiograph-like) images
     n_points: int = 64  # corresponding contour points
     band_px: float = 2.0  # outline target band width (px)
+    device: str = "auto"  # DRR device: "auto" | "cpu" | "cuda" (results agree to float tolerance, not bytes)
     input_digest: str | None = None  # sha256 over the user input files (filled in by prepare)
 
     def validate(self) -> None:
@@ -366,7 +367,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     side = sides[int(rng["side"].integers(len(sides)))]
     femur = scene.femurs[side]
     geometry = sample_pose(rng["pose"], femur.landmarks, int(settings.size), accept=lambda g: scene.coverage.cut_fraction(g) <= MAX_CUT_FRACTION)
-    a_body = np.asarray(drr.line_integrals(scene.mu, geometry), dtype=np.float32)
+    a_body = np.asarray(drr.line_integrals(scene.mu, geometry, device=settings.device), dtype=np.float32)
     implants = sample_implants(rng["implants"], femur.landmarks, femur.head_radius_mm, float(settings.implants), femur.shaft_radius_mm)
     a_metal = metal_line_integrals(implants, geometry) if implants else None
     a = a_body + a_metal if implants else a_body

@@ -26,6 +26,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--p-bone-bright", type=float, default=0.25, help="share of bone-bright (radiograph-like) images")
     parser.add_argument("--n-points", type=int, default=64, help="corresponding contour points per sample (default 64)")
     parser.add_argument("--band-px", type=float, default=2.0, help="outline target band width in px (default 2)")
+    parser.add_argument("--device", default="auto", help="DRR device: auto (CUDA when present), cpu, cuda (default auto)")
     parser.add_argument("--contact-sheet", metavar="PNG", help="also write a PNG grid of the first 24 samples with their ground truth")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -50,6 +51,7 @@ def settings_from_args(args):
         p_bone_bright=args.p_bone_bright,
         n_points=args.n_points,
         band_px=args.band_px,
+        device=args.device,
     )
 
 
