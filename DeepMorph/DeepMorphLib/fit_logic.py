@@ -1,0 +1,361 @@
+"""The DeepMorph module's logic: X-ray node -> confidence map -> circle / femur contour, without Qt.
+
+``fit_image`` works on arrays (CLI, tests); ``fit_xray_node`` / ``show_result`` put the result into
+the scene (confidence overlay, circle + centre, contour + named landmarks); ``refit_after_edit`` keeps
+a user-edited contour plausible under the PDM. Network, circle and PDM code are imported when used.
+
+Pixel coordinates: u = column, v = row of the X-ray (px); ``pixel_mm`` converts to mm when known.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("head", "femur")
+POLARITIES = ("auto", "bone-dark", "bone-bright")
+MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+# Names of the contour landmarks, as the clinician reads them (keys of the PDM's landmark indices).
+LANDMARK_TITLES = {
+    "head": "femoral head",
+    "neck": "neck",
+    "greater_trochanter": "greater trochanter",
+    "lesser_trochanter": "lesser trochanter",
+    "shaft": "shaft",
+}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Outcome of one fit. ``detected`` False is a result ("not detected"), with a ``reason``."""
+
+    task: str
+    detected: bool
+    reason: str = ""
+    circle: tuple[float, float, float] | None = None  # (cx, cy, r) px
+    contour: np.ndarray | None = None  # (N, 2) px
+    landmarks: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> contour index
+    quality: dict[str, float] = dataclasses.field(default_factory=dict)
+    polarity: str = "bone-dark"  # polarity the image was fitted with
+    image_shape: tuple[int, int] = (0, 0)
+    pixel_mm: float | None = None
+    model: str = ""
+    confidence: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    def landmarks_uv(self) -> dict[str, np.ndarray]:
+        if self.contour is None:
+            return {}
+        return {name: np.asarray(self.contour[index], dtype=float) for name, index in self.landmarks.items()}
+
+    def to_dict(self) -> dict:
+        d = {
+            "task": self.task, "detected": bool(self.detected), "reason": self.reason, "polarity": self.polarity,
+            "image_size_px": [int(self.image_shape[1]), int(self.image_shape[0])], "pixel_mm": self.pixel_mm,
+            "model": self.model, "quality": {k: float(v) for k, v in self.quality.items()},
+            "frame": "image pixels: u = column, v = row, pixel centres at integers",
+        }
+        if self.circle is not None:
+            cx, cy, r = (float(x) for x in self.circle)
+            d["head_circle"] = {"cx_px": cx, "cy_px": cy, "r_px": r}
+            if self.pixel_mm:
+                d["head_circle"]["r_mm"] = r * self.pixel_mm
+        if self.contour is not None:
+            d["contour_px"] = np.asarray(self.contour, dtype=float).round(3).tolist()
+            d["landmarks_px"] = {k: v.round(3).tolist() for k, v in self.landmarks_uv().items()}
+        return d
+
+    def summary(self) -> str:
+        """One or two plain sentences for the GUI and logs."""
+        if not self.detected:
+            return f"NOT DETECTED ({self.reason or 'no confident outline'})."
+        quality = ", ".join(_format_quality(k, v) for k, v in self.quality.items())
+        if self.circle is not None:
+            cx, cy, r = self.circle
+            mm = f" = {r * self.pixel_mm:.1f} mm" if self.pixel_mm else ""
+            return f"Femoral head: radius {r:.1f} px{mm}, centre ({cx:.1f}, {cy:.1f}) px. {quality}".strip()
+        return f"Femur contour: {len(self.contour)} points. {quality}".strip()
+
+
+def _format_quality(key: str, value: float) -> str:
+    """"residual_px" 1.234 -> "residual 1.23 px"; "arc_coverage_deg" -> degrees; others plain."""
+    for suffix, unit, fmt in (("_px", " px", ".2f"), ("_deg", " deg", ".0f")):
+        if key.endswith(suffix):
+            return f"{key[: -len(suffix)].replace('_', ' ')} {value:{fmt}}{unit}"
+    if key == "n_pixels":
+        return f"{value:.0f} outline pixels"
+    return f"{key.replace('_', ' ')} {value:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+def shipped_model_path(task: str) -> Path:
+    """The model shipped with the extension for a task (``Resources/Models/<task>.safetensors``)."""
+    _check_task(task)
+    return MODELS_DIR / f"{task}.safetensors"
+
+
+_MODEL_CACHE: dict = {}
+
+
+def load_task_model(task: str, path: str | os.PathLike | None = None):
+    """(model, metadata) for a task: the shipped one, or a ``.safetensors`` file (cached per file)."""
+    path = Path(path) if path else shipped_model_path(task)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: {path}. Choose a .safetensors model or reinstall DeepMorph.")
+    from .model_io import load_model
+
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_model(path)
+    model, metadata = _MODEL_CACHE[key]
+    model_task = (metadata or {}).get("task")
+    if model_task and model_task != task:
+        raise ValueError(f"{path.name} is a '{model_task}' model, but the task is '{task}'.")
+    return model, metadata
+
+
+def load_shape_model(path: str | os.PathLike | None = None):
+    """The point distribution model (shipped ``pdm.npz`` unless ``path``)."""
+    from .pdm import PointDistributionModel
+
+    path = Path(path) if path else MODELS_DIR / "pdm.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"Shape model not found: {path}.")
+    return PointDistributionModel.load(path)
+
+
+def contour_landmarks(pdm) -> dict[str, int]:
+    """Landmark name -> contour point index, as stored with the PDM (empty if it names none)."""
+    for source in (getattr(pdm, "landmarks", None), (getattr(pdm, "metadata", None) or {}).get("landmarks")):
+        if isinstance(source, dict) and source:
+            return {str(k): int(v) for k, v in source.items()}
+    return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting on arrays
+# --------------------------------------------------------------------------------------------
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"Task must be one of {TASKS}, not {task!r}.")
+
+
+def with_polarity(image: np.ndarray, polarity: str) -> np.ndarray:
+    """The image as the networks expect it (bone dark, as a fluoroscope shows it).
+
+    "bone-bright" images (radiographs) are inverted within their own intensity range.
+    """
+    if polarity not in ("bone-dark", "bone-bright"):
+        raise ValueError(f"Polarity must be 'bone-dark' or 'bone-bright' here, not {polarity!r}.")
+    image = np.asarray(image, dtype=np.float32)
+    if polarity == "bone-bright":
+        return (float(image.max()) + float(image.min()) - image).astype(np.float32)
+    return image
+
+
+def _check_image(image) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2 or min(image.shape) < 16:
+        raise ValueError(f"Expected a 2-D X-ray of at least 16 x 16 pixels, got shape {image.shape}.")
+    if not np.all(np.isfinite(image)):
+        raise ValueError("The X-ray contains NaN/infinite pixels.")
+    return image
+
+
+def _fit_head(conf: np.ndarray) -> FitResult:
+    from .circle_fit import fit_circle
+
+    fit = fit_circle(conf, method="robust")
+    quality = {"residual_px": fit.residual_px, "arc_coverage_deg": fit.arc_coverage_deg, "n_pixels": fit.n_pixels}
+    quality = {k: float(v) for k, v in quality.items() if v is not None and np.isfinite(v)}
+    circle = (float(fit.cx), float(fit.cy), float(fit.r)) if fit.detected else None
+    return FitResult("head", bool(fit.detected), fit.reason or "", circle=circle, quality=quality)
+
+
+def _fit_femur(conf: np.ndarray, pdm) -> FitResult:
+    from .asm_fit import fit_pdm_to_confidence
+
+    fit = fit_pdm_to_confidence(conf, pdm)
+    if isinstance(fit.quality, dict):  # several named measures
+        quality = {str(k): float(v) for k, v in fit.quality.items() if np.isscalar(v) and np.isfinite(v)}
+    else:
+        quality = {"quality": float(fit.quality)} if fit.quality is not None else {}
+    if fit.point_confidence is not None:
+        quality["mean_point_confidence"] = float(np.mean(fit.point_confidence))
+    contour = np.asarray(fit.points, dtype=float) if fit.detected else None
+    landmarks = contour_landmarks(pdm) if fit.detected else {}
+    return FitResult("femur", bool(fit.detected), fit.reason or "", contour=contour, landmarks=landmarks,
+                     quality=quality)
+
+
+def _score(result: FitResult) -> float:
+    """Higher is better; used to choose the polarity in "auto" mode."""
+    if not result.detected:
+        return -1.0
+    q = result.quality
+    if result.task == "head":
+        return q.get("arc_coverage_deg", 0.0) / 360.0 - 0.1 * q.get("residual_px", 0.0)
+    return q.get("quality", q.get("mean_point_confidence", 0.0))
+
+
+def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
+              predict=None, pixel_mm: float | None = None, model_name: str = "") -> FitResult:
+    """Network confidence map + morphing fit on one X-ray (H, W).
+
+    ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
+    replaces the network (tests); otherwise ``inference.predict_confidence(model, metadata, image)``.
+    """
+    _check_task(task)
+    if polarity not in POLARITIES:
+        raise ValueError(f"Polarity must be one of {POLARITIES}, not {polarity!r}.")
+    image = _check_image(image)
+    if predict is None:
+        from .inference import predict_confidence
+
+        def predict(x):
+            return predict_confidence(model, metadata, x)
+
+    if task == "femur" and pdm is None:
+        pdm = load_shape_model()
+    results = []
+    for pol in (("bone-dark", "bone-bright") if polarity == "auto" else (polarity,)):
+        conf = np.asarray(predict(with_polarity(image, pol)), dtype=np.float32)
+        if conf.shape != image.shape:
+            raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image.shape}.")
+        result = _fit_head(conf) if task == "head" else _fit_femur(conf, pdm)
+        result.polarity, result.confidence = pol, conf
+        results.append(result)
+    best = max(results, key=_score)
+    best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# MRML
+# --------------------------------------------------------------------------------------------
+def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = "auto", nodes: dict | None = None,
+                  predict=None, pdm=None, editable: bool = True) -> tuple[FitResult, dict]:
+    """Fit the X-ray volume node and show the result in the scene; returns (result, nodes)."""
+    from . import mrml_glue as glue
+
+    if xray_node is None:
+        raise ValueError("Select an X-ray image (a single-slice volume) first.")
+    image = glue.node_to_image(xray_node)
+    model = metadata = None
+    if predict is None:
+        model, metadata = load_task_model(task, model_path)
+    name = Path(model_path).name if model_path else f"shipped {task} model"
+    result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
+                       pixel_mm=image_pixel_mm(xray_node), model_name=name)
+    return result, show_result(scene, xray_node, result, nodes, editable=editable)
+
+
+def image_pixel_mm(xray_node) -> float | None:
+    """The image's pixel spacing (mm), or None when unknown (PNG/JPEG load with 1 mm, taken as unknown).
+
+    For a radiograph this is the spacing at the detector, not at the patient (divide by magnification).
+    """
+    from . import mrml_glue as glue
+
+    spacing = float(np.linalg.norm(glue.volume_ijk_to_ras(xray_node)[:3, :2], axis=0).mean())
+    return None if abs(spacing - 1.0) < 1e-9 else spacing
+
+
+MARKUP_KEYS = ("head_circle", "head_centre", "contour", "landmarks")
+
+
+def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, editable: bool = True) -> dict:
+    """Confidence overlay + markups of a result; nodes from an earlier call are reused, stale ones hidden."""
+    from . import mrml_glue as glue
+
+    nodes = dict(nodes or {})
+    if result.confidence is not None:
+        nodes["confidence"] = glue.confidence_to_node(
+            scene, result.confidence, xray_node, node=nodes.get("confidence"), name=f"{xray_node.GetName()} confidence"
+        )
+    show_circle = result.detected and result.circle is not None
+    show_contour = result.detected and result.contour is not None
+    if show_circle:
+        nodes["head_circle"], nodes["head_centre"] = glue.circle_to_markups(
+            scene, xray_node, result.circle, name="Femoral head", curve_node=nodes.get("head_circle"),
+            centre_node=nodes.get("head_centre"),
+        )
+    if show_contour:
+        named = {LANDMARK_TITLES.get(k, k): i for k, i in result.landmarks.items()}
+        nodes["contour"], nodes["landmarks"] = glue.contour_to_markups(
+            scene, xray_node, result.contour, named, name="Femur contour", curve_node=nodes.get("contour"),
+            landmarks_node=nodes.get("landmarks"), editable=editable,
+        )
+    visible = {"head_circle": show_circle, "head_centre": show_circle, "contour": show_contour,
+               "landmarks": show_contour and bool(result.landmarks)}
+    for key in MARKUP_KEYS:
+        if nodes.get(key) is not None:
+            nodes[key].GetDisplayNode().SetVisibility(visible[key])
+    return nodes
+
+
+def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=None) -> np.ndarray:
+    """Re-fit an edited contour under the PDM: the points the user moved stay, the rest follow.
+
+    Returns the new contour (N, 2) px, also written back into ``curve_node`` (labels kept).
+    """
+    from . import mrml_glue as glue
+
+    if constrained_fit is None:
+        from .shape_edit import constrained_fit
+    uv = glue.markups_to_uv(curve_node, xray_node)
+    fixed = sorted({int(i) for i in fixed_indices if 0 <= int(i) < len(uv)})
+    if not fixed:
+        return uv
+    shape = np.asarray(constrained_fit(pdm, uv, fixed, uv[fixed]), dtype=float)
+    if shape.shape != uv.shape:
+        raise ValueError(f"The constrained fit returned shape {shape.shape}, expected {uv.shape}.")
+    labels = glue.control_point_labels(curve_node)
+    glue.set_control_points(curve_node, glue.uv_to_ras(xray_node, shape), labels, locked=curve_node.GetLocked())
+    return shape
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+def result_csv(result: FitResult) -> str:
+    """CSV text: one row per quantity (name, value, unit), then contour points if any."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["quantity", "value", "unit"])
+    w.writerow(["task", result.task, ""])
+    w.writerow(["detected", int(result.detected), ""])
+    if not result.detected:
+        w.writerow(["reason", result.reason, ""])
+    w.writerow(["polarity", result.polarity, ""])
+    if result.circle is not None:
+        for key, value in zip(("centre_u", "centre_v", "radius"), result.circle):
+            w.writerow([key, f"{value:.3f}", "px"])
+        if result.pixel_mm:
+            w.writerow(["radius", f"{result.circle[2] * result.pixel_mm:.3f}", "mm"])
+    for key, value in result.quality.items():
+        w.writerow([key, f"{value:.4g}", "px" if key.endswith("_px") else ("deg" if key.endswith("_deg") else "")])
+    if result.contour is not None:
+        names = {i: n for n, i in result.landmarks.items()}
+        w.writerow([])
+        w.writerow(["point", "u_px", "v_px", "landmark"])
+        for i, (u, v) in enumerate(np.asarray(result.contour, dtype=float)):
+            w.writerow([i, f"{u:.3f}", f"{v:.3f}", names.get(i, "")])
+    return buf.getvalue()
+
+
+def export_result(result: FitResult, path_without_ext: str | os.PathLike) -> dict[str, Path]:
+    """Write ``<path>.json`` and ``<path>.csv`` (atomic); returns the paths."""
+    from DeepMorphSimulatorLib.files import atomic_write_json, atomic_write_text
+
+    base = Path(path_without_ext)
+    paths = {"json": base.with_name(base.name + ".json"), "csv": base.with_name(base.name + ".csv")}
+    atomic_write_json(paths["json"], result.to_dict())
+    atomic_write_text(paths["csv"], result_csv(result))
+    return paths

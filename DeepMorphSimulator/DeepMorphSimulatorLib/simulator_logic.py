@@ -1,0 +1,282 @@
+"""The DeepMorphSimulator module's logic on MRML nodes, without Qt (usable headless and from the console).
+
+CT node + C-arm parameters -> DRR volume node on the detector plane, projected femur outline, head
+circle and landmarks as markups on the DRR, and the C-arm (source, detector, central beam) as locked
+markups in 3D. Also writes the inputs of ``deepmorph dataset`` and builds its command line.
+The numerics are in ``drr.py`` / ``projection.py`` (imported when used).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import mrml_glue as glue
+from .geometry import CArmGeometry, lps_from_ras, ras_from_lps
+
+GEOMETRY_ATTRIBUTE = "DeepMorph.geometry"
+HEAD_CENTER = "head_center"
+
+
+def geometry_from_parameters(
+    sid_mm: float, sod_mm: float, width_px: int, height_px: int, pixel_mm: float, orbital_deg: float = 0.0,
+    angular_deg: float = 0.0, inplane_deg: float = 0.0, isocenter_ras=(0.0, 0.0, 0.0),
+) -> CArmGeometry:
+    """A :class:`CArmGeometry` from GUI values; the isocentre is given in RAS (as Slicer shows it)."""
+    return CArmGeometry(
+        sid_mm=float(sid_mm), sod_mm=float(sod_mm), width_px=int(width_px), height_px=int(height_px),
+        pixel_mm=float(pixel_mm), orbital_deg=float(orbital_deg), angular_deg=float(angular_deg),
+        inplane_deg=float(inplane_deg), isocenter_lps=tuple(float(x) for x in lps_from_ras(isocenter_ras)),
+    )
+
+
+def isocenter_ras(ct_node, isocenter_node=None, index: int = 0) -> np.ndarray:
+    """The isocentre (RAS mm): a markups control point if given, else the CT's centre."""
+    if isocenter_node is not None and isocenter_node.GetNumberOfControlPoints() > index:
+        return glue.control_points_ras(isocenter_node)[index]
+    return ras_from_lps(glue.node_to_volume(ct_node).center_lps())
+
+
+def geometry_of(node) -> CArmGeometry:
+    """The C-arm geometry stored on a DRR volume node by :func:`render_drr_node`."""
+    text = node.GetAttribute(GEOMETRY_ATTRIBUTE) if node is not None else None
+    if not text:
+        raise ValueError("This volume has no DeepMorph C-arm geometry; render it with the simulator first.")
+    return CArmGeometry.from_dict(json.loads(text))
+
+
+def render_drr_node(scene, ct_node, geometry: CArmGeometry, drr_node=None, name: str = "DRR",
+                    step_mm: float = 0.5, method: str = "auto", device: str = "auto"):
+    """Render the CT node's DRR into a single-slice volume node placed on the detector plane.
+
+    The node stores the geometry (JSON attribute) and the raw line integrals are not kept (use the CLI).
+    """
+    from .drr import render_drr
+
+    if ct_node is None:
+        raise ValueError("Select a CT volume first.")
+    drr = render_drr(glue.node_to_volume(ct_node), geometry, step_mm=step_mm, method=method, device=device)
+    node = glue.image_to_node(
+        np.asarray(drr.image), scene, name, glue.detector_ijk_to_ras(geometry), node=drr_node, window_level=(0, 255)
+    )
+    node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry.to_dict()))
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Femur ground truth as markups
+# --------------------------------------------------------------------------------------------
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere (centre (3,), radius) through points (N, 3); N >= 4."""
+    points = np.asarray(points, dtype=float)
+    if len(points) < 4:
+        raise ValueError(f"A sphere fit needs at least 4 points, got {len(points)}.")
+    a = np.hstack([2.0 * points, np.ones((len(points), 1))])
+    b = (points**2).sum(axis=1)
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    centre = sol[:3]
+    return centre, float(np.sqrt(sol[3] + centre @ centre))
+
+
+def head_sphere(mesh_points_lps: np.ndarray, landmarks_lps: dict, search_mm: float = 35.0) -> tuple[np.ndarray, float]:
+    """Femoral head centre (LPS) and radius (mm): sphere fitted to the mesh around ``head_center``.
+
+    Iterates twice, keeping the vertices within 15 % of the radius, so neck vertices drop out.
+    """
+    if HEAD_CENTER not in landmarks_lps:
+        raise ValueError(
+            f"The landmarks need a control point labelled '{HEAD_CENTER}' (femoral head centre); "
+            f"got {sorted(landmarks_lps) or 'none'}."
+        )
+    centre = np.asarray(landmarks_lps[HEAD_CENTER], dtype=float)
+    pts = np.asarray(mesh_points_lps, dtype=float)
+    near = pts[np.linalg.norm(pts - centre, axis=1) < search_mm]
+    if len(near) < 20:
+        raise ValueError(f"Fewer than 20 femur vertices within {search_mm} mm of '{HEAD_CENTER}': wrong landmark or mesh?")
+    centre, radius = fit_sphere(near)
+    for _ in range(2):
+        d = np.linalg.norm(pts - centre, axis=1)
+        shell = pts[np.abs(d - radius) < 0.15 * radius]
+        if len(shell) >= 20:
+            centre, radius = fit_sphere(shell)
+    return centre, radius
+
+
+def _polydata_points(polydata) -> np.ndarray:
+    from vtk.util import numpy_support
+
+    return numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(float)
+
+
+def ground_truth_to_markups(scene, drr_node, femur_node, landmarks_node=None, geometry: CArmGeometry | None = None,
+                            nodes: dict | None = None, n_points: int = 64) -> dict:
+    """Project the femur onto the DRR: outline (closed curve), head circle + centre, named landmarks.
+
+    ``nodes`` (from a previous call) are updated in place; returns the dict of nodes
+    ``{"outline", "head_circle", "head_centre", "landmarks"}`` and ``"ground_truth"`` (the arrays).
+    """
+    from .projection import project_ground_truth
+
+    geometry = geometry or geometry_of(drr_node)
+    nodes = dict(nodes or {})
+    mesh = glue.femur_polydata_lps(femur_node)
+    landmarks = glue.named_points_lps(landmarks_node) if landmarks_node is not None else {}
+    centre, radius = head_sphere(_polydata_points(mesh), landmarks) if HEAD_CENTER in landmarks else (None, None)
+    if centre is None:
+        raise ValueError(f"Give landmarks with a '{HEAD_CENTER}' point to place the femoral head.")
+    landmarks = {**landmarks, HEAD_CENTER: centre}
+    gt = project_ground_truth(mesh, landmarks, radius, geometry, n_points=n_points)
+    nodes["outline"] = glue.uv_curve_to_markups(
+        scene, drr_node, np.asarray(gt.contour), closed=True, name="Femur outline", node=nodes.get("outline")
+    )
+    if gt.head_circle is not None:
+        nodes["head_circle"], nodes["head_centre"] = glue.circle_to_markups(
+            scene, drr_node, gt.head_circle, name="Femoral head", curve_node=nodes.get("head_circle"),
+            centre_node=nodes.get("head_centre"),
+        )
+    if gt.landmarks_uv:
+        names = [k for k in gt.landmarks_uv if k != HEAD_CENTER]
+        uv = np.array([gt.landmarks_uv[k] for k in names], dtype=float).reshape(-1, 2)
+        nodes["landmarks"] = glue.uv_points_to_markups(
+            scene, drr_node, uv, names, name="Projected landmarks", node=nodes.get("landmarks")
+        )
+    nodes["ground_truth"] = gt
+    return nodes
+
+
+# --------------------------------------------------------------------------------------------
+# The C-arm in 3D
+# --------------------------------------------------------------------------------------------
+def detector_corners_uv(geometry: CArmGeometry) -> np.ndarray:
+    """The detector's outer corners (4, 2) px (pixel edges, half a pixel outside the centres)."""
+    w, h = geometry.width_px, geometry.height_px
+    return np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+
+
+def draw_carm(scene, geometry: CArmGeometry, nodes: dict | None = None, visible_2d: bool = False) -> dict:
+    """The C-arm in 3D: locked, labelled markups for the source/isocentre/detector centre, the detector
+    outline (closed curve) and the central beam (line), and a translucent beam pyramid (model).
+    Hidden in slice views unless ``visible_2d``. Returns the nodes dict (pass it back to update)."""
+    nodes = dict(nodes or {})
+    points_lps = {
+        "X-ray source": geometry.source_lps,
+        "isocentre": np.asarray(geometry.isocenter_lps, dtype=float),
+        "detector centre": geometry.detector_center_lps,
+    }
+    nodes["carm_points"] = glue.landmarks_to_fiducials(
+        scene, points_lps, name="C-arm", node=nodes.get("carm_points"), color=glue.COLORS["carm"]
+    )
+    corners = geometry.pixel_positions_lps(*detector_corners_uv(geometry).T)
+    nodes["detector"] = glue.curve_to_node(
+        scene, ras_from_lps(corners), closed=True, name="Detector", node=nodes.get("detector"),
+        color=glue.COLORS["carm"], line_diameter_mm=4.0,
+    )
+    beam = ras_from_lps(np.stack([geometry.source_lps, geometry.detector_center_lps]))
+    if nodes.get("beam") is None:
+        nodes["beam"] = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "Central beam")
+        nodes["beam"].CreateDefaultDisplayNodes()
+    glue.set_control_points(nodes["beam"], beam)
+    glue.style_markups(nodes["beam"], glue.COLORS["carm"], point_labels=False, glyph_scale=0.0, line_diameter_mm=3.0)
+    nodes["cone"] = glue.polydata_to_model_node(
+        scene, beam_cone_polydata(geometry), "X-ray beam", node=nodes.get("cone"), color=glue.COLORS["carm"],
+        opacity=0.12,
+    )
+    for node in (nodes["carm_points"], nodes["detector"], nodes["beam"], nodes["cone"]):
+        node.GetDisplayNode().SetVisibility2D(visible_2d)
+        node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry.to_dict()))
+    return nodes
+
+
+def beam_cone_polydata(geometry: CArmGeometry):
+    """The X-ray beam as a pyramid (LPS mm): apex at the source, base = the detector's outline."""
+    import vtk
+
+    corners = geometry.pixel_positions_lps(*detector_corners_uv(geometry).T)
+    points = vtk.vtkPoints()
+    points.InsertNextPoint(*geometry.source_lps)
+    for corner in corners:
+        points.InsertNextPoint(*corner)
+    polys = vtk.vtkCellArray()
+    for a in range(4):
+        polys.InsertNextCell(3, [0, 1 + a, 1 + (a + 1) % 4])
+    polydata = vtk.vtkPolyData()
+    polydata.SetPoints(points)
+    polydata.SetPolys(polys)
+    return polydata
+
+
+# --------------------------------------------------------------------------------------------
+# Training data generation (deepmorph dataset)
+# --------------------------------------------------------------------------------------------
+def write_mesh_vtp(polydata, path: str | os.PathLike) -> Path:
+    """Write a polydata (LPS mm) as VTK XML ``.vtp`` (atomic: temporary file + rename)."""
+    import vtk
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.vtp")
+    writer = vtk.vtkXMLPolyDataWriter()
+    writer.SetFileName(str(tmp))
+    writer.SetInputData(polydata)
+    if not writer.Write():
+        raise ValueError(f"Could not write the femur mesh to {path}.")
+    os.replace(tmp, path)
+    return path
+
+
+def write_markups_json(node, path: str | os.PathLike) -> Path:
+    """Write a markups node to ``.mrk.json`` without attaching a storage node to it (LPS file)."""
+    import slicer
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    storage.SetFileName(str(path))
+    if not storage.WriteData(node):
+        raise ValueError(f"Could not write markups '{node.GetName()}' to {path}.")
+    return path
+
+
+def export_dataset_inputs(ct_node, femur_node, landmarks_node, folder: str | os.PathLike) -> dict[str, Path]:
+    """Write the CT (``ct.nrrd``), femur mesh (``femur.vtp``, LPS) and landmarks for ``deepmorph dataset``."""
+    from .volume import write_volume
+
+    folder = Path(folder)
+    if ct_node is None or femur_node is None:
+        raise ValueError("Select a CT volume and the femur (segmentation, label map or model) first.")
+    paths = {"ct": folder / "ct.nrrd", "mesh": folder / "femur.vtp"}
+    write_volume(glue.node_to_volume(ct_node), paths["ct"])
+    write_mesh_vtp(glue.femur_polydata_lps(femur_node), paths["mesh"])
+    if landmarks_node is not None:
+        paths["landmarks"] = write_markups_json(landmarks_node, folder / "landmarks.mrk.json")
+    return paths
+
+
+def dataset_arguments(out_dir, n: int, size: int, inputs: dict | None = None, implants: float | None = None,
+                      workers: int = 1, seed: int = 0) -> list[str]:
+    """Arguments of ``deepmorph dataset`` (after the command name); ``inputs`` None = built-in phantoms."""
+    args = ["dataset", "--out", str(out_dir), "--n", str(int(n)), "--size", str(int(size))]
+    if inputs is None:
+        args.append("--phantom")
+    else:
+        args += ["--ct", str(inputs["ct"]), "--mesh", str(inputs["mesh"])]
+        if inputs.get("landmarks"):
+            args += ["--landmarks", str(inputs["landmarks"])]
+    if implants is not None:
+        args += ["--implants", f"{float(implants):g}"]
+    return args + ["--workers", str(int(workers)), "--seed", str(int(seed))]
+
+
+def lib_environment(extra_paths: list[str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a child Python that must import both Lib packages (PYTHONPATH prepended).
+
+    ``base`` is the environment to start from (inside Slicer: ``slicer.util.startupEnvironment()``,
+    as TotalSegmentator and MONAIAuto3DSeg launch their processes); default: this process's.
+    """
+    here = Path(__file__).resolve().parent.parent  # the folder holding DeepMorphSimulatorLib
+    paths = [str(here), str(here.parent / "DeepMorph"), *(extra_paths or [])]
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [*paths, env.get("PYTHONPATH", "")] if p)
+    return env

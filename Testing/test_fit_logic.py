@@ -1,0 +1,230 @@
+"""DeepMorph fit logic, headless: X-ray node -> fit -> markups, polarity, "not detected", editing, export.
+
+The network and the morphing fits are stand-ins here (monkeypatched modules with the agreed
+interfaces), so these tests cover the MRML side and the result handling; the real pieces are
+exercised by ``test_fit_logic_with_real_pieces`` once merged.
+"""
+import json
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+
+from DeepMorphLib import fit_logic as logic  # noqa: E402
+from DeepMorphLib import mrml_glue as g  # noqa: E402
+
+H, W = 120, 160
+CIRCLE = (70.0, 55.0, 22.0)
+
+
+@pytest.fixture(scope="module")
+def app():
+    return g.create_headless_slicer()
+
+
+def ring(cx, cy, r, width=2.0):
+    v, u = np.mgrid[:H, :W]
+    return np.exp(-((np.hypot(u - cx, v - cy) - r) ** 2) / (2 * width**2)).astype(np.float32)
+
+
+def xray_image():
+    """Bone-dark image: a dark disc (the head) on a bright background."""
+    v, u = np.mgrid[:H, :W]
+    return np.where(np.hypot(u - CIRCLE[0], v - CIRCLE[1]) < CIRCLE[2], 40, 200).astype(np.uint8)
+
+
+def predict_ring_if_bone_dark(image):
+    """Stand-in network: sees the head outline only when the disc is dark (the trained polarity)."""
+    inside = image[int(CIRCLE[1]), int(CIRCLE[0])]
+    return ring(*CIRCLE) if inside < image.mean() else np.zeros_like(image, dtype=np.float32)
+
+
+@pytest.fixture
+def fake_circle_fit(monkeypatch):
+    module = types.ModuleType("DeepMorphLib.circle_fit")
+
+    def fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
+        v, u = np.nonzero(conf >= threshold)
+        if len(u) < min_pixels:
+            return types.SimpleNamespace(detected=False, cx=np.nan, cy=np.nan, r=np.nan, n_pixels=len(u),
+                                         residual_px=np.nan, arc_coverage_deg=0.0,
+                                         reason=f"only {len(u)} foreground pixels (< {min_pixels})")
+        a = np.c_[2 * u, 2 * v, np.ones(len(u))]
+        (cx, cy, c), *_ = np.linalg.lstsq(a, u**2 + v**2, rcond=None)
+        r = np.sqrt(c + cx * cx + cy * cy)
+        res = float(np.sqrt(np.mean((np.hypot(u - cx, v - cy) - r) ** 2)))
+        return types.SimpleNamespace(detected=True, cx=cx, cy=cy, r=r, n_pixels=len(u), residual_px=res,
+                                     arc_coverage_deg=360.0, reason="")
+
+    module.fit_circle = fit_circle
+    monkeypatch.setitem(sys.modules, "DeepMorphLib.circle_fit", module)
+
+
+def test_head_fit_picks_the_polarity_that_detects(fake_circle_fit):
+    dark = xray_image()
+    result = logic.fit_image(dark, "head", polarity="auto", predict=predict_ring_if_bone_dark)
+    assert result.detected and result.polarity == "bone-dark"
+    assert np.allclose(result.circle, CIRCLE, atol=0.5)
+    bright = 255 - dark  # a radiograph: bone bright
+    result = logic.fit_image(bright, "head", polarity="auto", predict=predict_ring_if_bone_dark)
+    assert result.detected and result.polarity == "bone-bright"
+    forced = logic.fit_image(bright, "head", polarity="bone-dark", predict=predict_ring_if_bone_dark)
+    assert not forced.detected and "NOT DETECTED" in forced.summary() and "foreground pixels" in forced.summary()
+
+
+def test_fit_xray_node_shows_overlay_circle_and_hides_it_when_not_detected(app, fake_circle_fit):
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray", g.image_ijk_to_ras(0.2))
+    result, nodes = logic.fit_xray_node(app.scene, xray, "head", predict=predict_ring_if_bone_dark)
+    assert result.detected and result.pixel_mm == pytest.approx(0.2)
+    assert re.search(r"radius 22\.\d px = 4\.4 mm, centre \(70\.0, 55\.0\) px\. residual \d\.\d\d px, arc coverage 360 deg",
+                     result.summary()), result.summary()
+    assert np.allclose(g.volume_ijk_to_ras(nodes["confidence"]), g.volume_ijk_to_ras(xray))
+    assert np.allclose(g.node_to_image(nodes["confidence"]), result.confidence)
+    assert np.allclose(g.circle_from_markups(nodes["head_circle"], xray), CIRCLE, atol=0.5)
+    assert nodes["head_circle"].GetDisplayNode().GetVisibility()
+    # a blank image: same nodes, circle hidden, "not detected" stated
+    blank = g.image_to_node(np.full((H, W), 200, np.uint8), app.scene, "blank", node=xray)
+    result2, nodes2 = logic.fit_xray_node(app.scene, blank, "head", polarity="bone-dark",
+                                          predict=predict_ring_if_bone_dark, nodes=nodes)
+    assert not result2.detected and nodes2["head_circle"] is nodes["head_circle"]
+    assert not nodes2["head_circle"].GetDisplayNode().GetVisibility()
+    assert not nodes2["head_centre"].GetDisplayNode().GetVisibility()
+
+
+class LinearPDM:
+    """Minimal PDM in image coordinates: shape = mean + modes.T @ b, |b_i| <= 3 sqrt(lambda_i)."""
+
+    def __init__(self, mean, modes, variances, landmarks):
+        self.mean, self.modes, self.variances, self.landmarks = mean, modes, variances, landmarks
+
+    def coefficients(self, shape):
+        return self.modes @ (np.asarray(shape).ravel() - self.mean.ravel())
+
+    def shape(self, b):
+        return (self.mean.ravel() + self.modes.T @ b).reshape(-1, 2)
+
+
+def make_pdm():
+    t = np.linspace(0, np.pi, 20)
+    mean = np.stack([80 + 40 * np.cos(t), 60 - 30 * np.sin(t)], axis=1)
+    m1 = np.zeros_like(mean)
+    m1[:, 1] = 1.0  # shift up/down
+    m2 = np.zeros_like(mean)
+    m2[:, 0] = np.cos(t)  # widen
+    modes = np.stack([m1.ravel() / np.linalg.norm(m1), m2.ravel() / np.linalg.norm(m2)])
+    return LinearPDM(mean, modes, np.array([2000.0, 400.0]), {"head": 10, "greater_trochanter": 0, "shaft": 19})
+
+
+def constrained_fit(pdm, shape, fixed_indices, fixed_xy):
+    """Least-squares b matching the fixed points, clipped to +-3 sqrt(lambda) (the agreed semantics)."""
+    rows = np.ravel([[2 * i, 2 * i + 1] for i in fixed_indices])
+    a = pdm.modes.T[rows]
+    target = np.asarray(fixed_xy).ravel() - pdm.mean.ravel()[rows]
+    b, *_ = np.linalg.lstsq(a, target, rcond=None)
+    limit = 3 * np.sqrt(pdm.variances)
+    return pdm.shape(np.clip(b, -limit, limit))
+
+
+@pytest.fixture
+def fake_femur_fit(monkeypatch):
+    module = types.ModuleType("DeepMorphLib.asm_fit")
+
+    def fit_pdm_to_confidence(conf, pdm, **kwargs):
+        shape = pdm.shape(np.array([3.0, -2.0]))
+        return types.SimpleNamespace(points=shape, b=np.array([3.0, -2.0]), transform=None,
+                                     point_confidence=np.full(len(shape), 0.9), quality=0.87, detected=True,
+                                     reason="")
+
+    module.fit_pdm_to_confidence = fit_pdm_to_confidence
+    monkeypatch.setitem(sys.modules, "DeepMorphLib.asm_fit", module)
+
+
+def test_femur_contour_with_named_landmarks_and_constrained_editing(app, fake_femur_fit):
+    pdm = make_pdm()
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray femur")
+    result, nodes = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
+                                        predict=lambda image: ring(*CIRCLE))
+    assert result.detected and result.quality["quality"] == pytest.approx(0.87) and result.pixel_mm is None
+    contour = nodes["contour"]
+    assert contour.IsA("vtkMRMLMarkupsCurveNode") and not contour.GetLocked()  # editable by the user
+    assert contour.GetFixedNumberOfControlPoints()  # ... by dragging only: correspondence is kept
+    contour.RemoveNthControlPoint(3)
+    assert contour.GetNumberOfControlPoints() == len(result.contour)
+    assert np.allclose(g.markups_to_uv(contour, xray), result.contour, atol=1e-4)
+    assert g.control_point_labels(nodes["landmarks"]) == ["femoral head", "greater trochanter", "shaft"]
+    assert np.allclose(g.markups_to_uv(nodes["landmarks"], xray)[0], result.contour[10], atol=1e-4)
+
+    # the user drags the head point 60 px down: the refit keeps the shape plausible
+    uv = g.markups_to_uv(contour, xray)
+    moved = uv[10] + [0.0, 60.0]
+    contour.SetNthControlPointPositionWorld(10, *g.uv_to_ras(xray, [moved])[0])
+    new = logic.refit_after_edit(contour, xray, pdm, [10], constrained_fit=constrained_fit)
+    b = pdm.coefficients(new)
+    assert np.all(np.abs(b) <= 3 * np.sqrt(pdm.variances) + 1e-6)  # inside +-3 sqrt(lambda)
+    assert np.allclose(g.markups_to_uv(contour, xray), new, atol=1e-4)
+    assert new[10, 1] > uv[10, 1] + 10  # followed the drag as far as plausible
+    assert np.allclose(np.diff(new[:, 1]), np.diff(uv[:, 1]), atol=1e-3)  # rigidly, as mode 1 allows
+    g_nodes = nodes["landmarks"]
+    g.update_landmarks_from_contour(contour, g_nodes, xray, {"femoral head": 10})
+    assert np.allclose(g.markups_to_uv(g_nodes, xray)[0], new[10], atol=1e-4)
+
+
+def test_export_json_and_csv(tmp_path, fake_circle_fit):
+    result = logic.fit_image(xray_image(), "head", polarity="bone-dark", predict=predict_ring_if_bone_dark,
+                             pixel_mm=0.5)
+    paths = logic.export_result(result, tmp_path / "case1")
+    data = json.loads(paths["json"].read_text())
+    assert data["detected"] and data["head_circle"]["r_px"] == pytest.approx(CIRCLE[2], abs=0.5)
+    assert data["head_circle"]["r_mm"] == pytest.approx(CIRCLE[2] / 2, abs=0.3)
+    csv_text = paths["csv"].read_text()
+    assert csv_text.startswith("quantity,value,unit\n") and "radius," in csv_text and ",mm" in csv_text
+    femur = logic.FitResult("femur", True, contour=np.array([[1.0, 2.0], [3.0, 4.0]]), landmarks={"head": 1})
+    assert "1,3.000,4.000,head" in logic.result_csv(femur)
+    assert logic.FitResult("head", False, "too few pixels").to_dict()["detected"] is False
+
+
+def test_bad_input_is_a_clear_error(app):
+    with pytest.raises(ValueError, match="Task must be one of"):
+        logic.fit_image(xray_image(), "knee", predict=lambda x: x)
+    with pytest.raises(ValueError, match="Polarity"):
+        logic.fit_image(xray_image(), "head", polarity="dark", predict=lambda x: x)
+    with pytest.raises(ValueError, match="2-D X-ray"):
+        logic.fit_image(np.zeros((3, 40, 40)), "head", predict=lambda x: x)
+    with pytest.raises(ValueError, match="Select an X-ray"):
+        logic.fit_xray_node(app.scene, None, "head")
+    with pytest.raises(FileNotFoundError, match="Model file not found"):
+        logic.load_task_model("head", "/nonexistent/model.safetensors")
+
+
+def test_fit_logic_with_real_pieces(app, tmp_path):
+    """Shipped models + real morphing on a simulated image (runs once those pieces are merged)."""
+    pytest.importorskip("DeepMorphLib.inference")
+    pytest.importorskip("DeepMorphLib.circle_fit")
+    if not logic.shipped_model_path("head").is_file():
+        pytest.skip("no shipped head model yet")
+    phantom = pytest.importorskip("DeepMorphSimulatorLib.phantom")
+    drr = pytest.importorskip("DeepMorphSimulatorLib.drr")
+    projection = pytest.importorskip("DeepMorphSimulatorLib.projection")
+    from DeepMorphSimulatorLib.geometry import CArmGeometry
+
+    ph = phantom.make_phantom(3, sides=("right",))
+    femur = ph.femurs["right"]
+    geometry = CArmGeometry(isocenter_lps=tuple(femur.landmarks["head_center"]))
+    image = drr.render_drr(ph.ct, geometry).image
+    truth = projection.project_ground_truth(femur.mesh, femur.landmarks, femur.head_radius_mm, geometry).head_circle
+    xray = g.image_to_node(image, app.scene, "simulated X-ray")
+    result, nodes = logic.fit_xray_node(app.scene, xray, "head")
+    assert result.detected
+    assert np.hypot(result.circle[0] - truth[0], result.circle[1] - truth[1]) < 5.0
+
+
+def test_refitting_a_fixed_contour_with_another_point_count(app):
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray refit")
+    curve, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(12.0), np.zeros(12)], editable=True)
+    curve2, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(10.0), np.ones(10)], curve_node=curve)
+    assert curve2 is curve and curve.GetNumberOfControlPoints() == 10 and curve.GetFixedNumberOfControlPoints()
+    assert np.allclose(g.markups_to_uv(curve, xray)[:, 1], 1.0, atol=1e-5)

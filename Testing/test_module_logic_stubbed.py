@@ -1,0 +1,272 @@
+"""Run the modules' Logic classes and self-tests headless: slicer-core for MRML, small stand-ins for
+what only the Slicer application has (qt, ScriptedLoadableModule, parameterNodeWrapper, layout manager).
+
+This catches wrong calls in the thin module files, which otherwise only run inside Slicer.
+"""
+import importlib.util
+import sys
+import types
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+
+from DeepMorphSimulatorLib import mrml_glue as g  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Signal:
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, slot):
+        self.slots.append(slot)
+
+
+class _QTimer:
+    def __init__(self):
+        self.timeout = _Signal()
+
+    def setInterval(self, ms):
+        pass
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+class _SliceWidget:
+    def __init__(self, slicer_app, name):
+        import slicer
+
+        self.logic = slicer.vtkMRMLSliceLogic()
+        self.logic.SetMRMLApplicationLogic(slicer_app.app_logic)
+        self.logic.SetMRMLScene(slicer_app.scene)
+        self.node = self.logic.AddSliceNode(name)
+
+    def mrmlSliceNode(self):
+        return self.node
+
+    def sliceLogic(self):
+        return self.logic
+
+
+def _stub_modules(slicer_app):
+    """qt, slicer.ScriptedLoadableModule, slicer.i18n, slicer.parameterNodeWrapper and slicer.app stand-ins."""
+    import slicer
+
+    qt = types.ModuleType("qt")
+    qt.QTimer = _QTimer
+
+    slm = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class ScriptedLoadableModule:
+        def __init__(self, parent):
+            self.parent = parent
+
+    class ScriptedLoadableModuleWidget:
+        def __init__(self, parent=None):
+            self.parent = parent
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self):
+            pass
+
+        def getParameterNode(self):
+            return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def delayDisplay(self, message, msec=None):
+            pass
+
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        setattr(slm, cls.__name__, cls)
+
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda context, text: text
+
+    pnw = types.ModuleType("slicer.parameterNodeWrapper")
+
+    def parameterNodeWrapper(cls):
+        defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
+
+        class Wrapped:
+            def __init__(self, node):
+                self.__dict__.update(defaults)
+                self.parameterNode = node
+
+        Wrapped.__name__ = cls.__name__
+        Wrapped.fields = defaults
+        return Wrapped
+
+    pnw.parameterNodeWrapper = parameterNodeWrapper
+    pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
+
+    widgets = {"Red": _SliceWidget(slicer_app, "Red")}  # the application has its slice views already
+    layout = types.SimpleNamespace(sliceWidget=lambda name: widgets.setdefault(name, _SliceWidget(slicer_app, name)))
+    app = types.SimpleNamespace(layoutManager=lambda: layout, processEvents=lambda: None,
+                                testingEnabled=lambda: True)
+    return {"qt": qt, "slicer.ScriptedLoadableModule": slm, "slicer.i18n": i18n,
+            "slicer.parameterNodeWrapper": pnw}, app
+
+
+@pytest.fixture
+def modules(monkeypatch):
+    import slicer
+
+    slicer_app = g.create_headless_slicer()
+    stubs, app = _stub_modules(slicer_app)
+    for name, module in stubs.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(slicer, "mrmlScene", slicer_app.scene, raising=False)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: dict(__import__("os").environ))
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda background="keep-current", foreground="keep-current",
+                        foregroundOpacity=None, **kw: g.show_in_slice_views(
+                            slicer_app.scene, background if background != "keep-current" else None,
+                            foreground if foreground not in ("keep-current", None) else None, foregroundOpacity))
+    loaded = {}
+    for name in ("DeepMorphSimulator", "DeepMorph"):
+        spec = importlib.util.spec_from_file_location(name, ROOT / name / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        loaded[name] = module
+    loaded["app"] = slicer_app
+    return loaded
+
+
+def fake(monkeypatch, name, **functions):
+    module = types.ModuleType(name)
+    for key, value in functions.items():
+        setattr(module, key, value)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_parameter_node_defaults_are_valid(modules):
+    sim = modules["DeepMorphSimulator"]
+    p = sim.DeepMorphSimulatorLogic().getParameterNode()
+    assert (p.sidMm, p.sodMm, p.detectorWidthPx, p.pixelMm) == (1000.0, 600.0, 448, 0.6)
+    dm = modules["DeepMorph"]
+    q = dm.DeepMorphLogic().getParameterNode()
+    assert q.task is dm.Task.HEAD and q.polarity is dm.Polarity.AUTO
+    assert [t.label() for t in dm.Task] == ["Femoral head circle", "Proximal femur contour"]
+
+
+def test_simulator_logic_renders_through_the_lib(modules, monkeypatch):
+    import slicer
+
+    from DeepMorphSimulatorLib.volume import Volume
+
+    def render_drr(ct_hu, geometry, step_mm=0.5, method="auto", device="auto"):
+        return types.SimpleNamespace(image=np.full((geometry.height_px, geometry.width_px), 128, np.uint8))
+
+    fake(monkeypatch, "DeepMorphSimulatorLib.drr", render_drr=render_drr)
+    sim = modules["DeepMorphSimulator"]
+    logic = sim.DeepMorphSimulatorLogic()
+    p = logic.getParameterNode()
+    p.ctVolume = g.volume_to_node(Volume(np.zeros((20, 20, 20), np.int16)), slicer.mrmlScene, "CT")
+    p.detectorWidthPx, p.detectorHeightPx = 64, 48
+    nodes = logic.process(p)
+    assert p.drrVolume is nodes["drr"] and g.node_to_image(nodes["drr"]).shape == (48, 64)
+    assert nodes["carm_points"].GetNumberOfControlPoints() == 3
+    logic.showInViews(nodes["drr"])
+    red = slicer.app.layoutManager().sliceWidget("Red")
+    assert red.sliceLogic().GetSliceCompositeNode().GetBackgroundVolumeID() == nodes["drr"].GetID()
+    p.showCArm = False
+    logic.process(p)
+    assert not nodes["carm_points"].GetDisplayNode().GetVisibility()
+
+
+def test_simulator_starts_the_dataset_command_in_the_background(modules, tmp_path):
+    import slicer
+
+    from DeepMorphSimulatorLib.volume import Volume
+
+    sim = modules["DeepMorphSimulator"]
+    logic = sim.DeepMorphSimulatorLogic()
+    p = logic.getParameterNode()
+    p.ctVolume = g.volume_to_node(Volume(np.zeros((8, 8, 8), np.int16)), slicer.mrmlScene, "CT")
+    import vtk
+
+    sphere = vtk.vtkSphereSource()
+    sphere.Update()
+    p.femur = g.polydata_to_model_node(slicer.mrmlScene, sphere.GetOutput(), "femur")
+    p.outputDirectory = tmp_path / "data"
+    p.numberOfSamples = 3
+    job = logic.startDatasetGeneration(p)
+    assert (tmp_path / "data" / "inputs" / "ct.nrrd").is_file() and (tmp_path / "data" / "inputs" / "femur.vtp").is_file()
+    assert job.args[1:4] == ["-m", "DeepMorphLib.cli", "dataset"] and "--mesh" in job.args
+    job.wait(timeout=60)
+    # The CLI ran and understood the command (it finishes, or this version lacks 'dataset' / rejects the toy CT).
+    assert job.state in ("finished", "failed")
+    assert not any("ModuleNotFoundError" in line for line in job.lines), job.lines
+
+
+def test_deepmorph_logic_fit_export_and_edit(modules, monkeypatch, tmp_path):
+    import slicer
+
+    def fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
+        return types.SimpleNamespace(detected=True, cx=30.0, cy=20.0, r=10.0, n_pixels=500, residual_px=0.3,
+                                     arc_coverage_deg=300.0, reason="")
+
+    fake(monkeypatch, "DeepMorphLib.circle_fit", fit_circle=fit_circle)
+    dm = modules["DeepMorph"]
+    logic = dm.DeepMorphLogic()
+    p = logic.getParameterNode()
+    p.inputVolume = g.image_to_node(np.zeros((40, 60), np.uint8), slicer.mrmlScene, "X-ray 1")
+    p.exportDirectory = tmp_path
+    result, nodes = logic.process(p, predict=lambda image: np.zeros(image.shape, np.float32))
+    assert result.detected and "Detected" in p.resultText and "radius 10.0 px" in p.resultText
+    assert p.confidenceVolume is nodes["confidence"]
+    logic.showInViews(p)
+    paths = logic.exportResults(p)
+    assert paths["json"].name == "X-ray_1-head.json" and paths["csv"].is_file()
+
+    # femur: contour + landmarks, then an edit re-fitted through shape_edit.constrained_fit
+    contour = np.stack([np.linspace(5, 50, 12), np.full(12, 20.0)], axis=1)
+    pdm = types.SimpleNamespace(landmarks={"head": 0, "shaft": 11})
+
+    def fit_pdm_to_confidence(conf, model, **kw):
+        return types.SimpleNamespace(points=contour, b=None, transform=None, point_confidence=None, quality=0.9,
+                                     detected=True, reason="")
+
+    fake(monkeypatch, "DeepMorphLib.asm_fit", fit_pdm_to_confidence=fit_pdm_to_confidence)
+    fake(monkeypatch, "DeepMorphLib.shape_edit",
+         constrained_fit=lambda pdm, shape, fixed, xy: contour + [0.0, xy[0][1] - contour[fixed[0]][1]])
+    logic._pdm = pdm
+    p.task = dm.Task.FEMUR
+    result, nodes = logic.process(p, predict=lambda image: np.zeros(image.shape, np.float32))
+    assert g.control_point_labels(nodes["landmarks"]) == ["femoral head", "shaft"]
+    assert not nodes["head_circle"].GetDisplayNode().GetVisibility()  # the old circle is hidden
+    curve = nodes["contour"]
+    curve.SetNthControlPointPositionWorld(5, *g.uv_to_ras(p.inputVolume, [[contour[5, 0], 27.0]])[0])
+    logic.refitAfterEdit(p, [5])
+    assert np.allclose(g.markups_to_uv(curve, p.inputVolume)[:, 1], 27.0, atol=1e-4)
+    assert np.allclose(g.markups_to_uv(nodes["landmarks"], p.inputVolume)[:, 1], 27.0, atol=1e-4)
+    assert "1 point(s) fixed by you" in p.resultText
+
+
+def test_module_self_tests_run_headless(modules, monkeypatch):
+    """The NameTest classes that run inside Slicer, run here on the same stand-ins."""
+    sim_test = modules["DeepMorphSimulator"].DeepMorphSimulatorTest("test_DeepMorphSimulator_background_job")
+    sim_test.test_DeepMorphSimulator_background_job()
+
+    def fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
+        return types.SimpleNamespace(detected=False, cx=np.nan, cy=np.nan, r=np.nan, n_pixels=0,
+                                     residual_px=np.nan, arc_coverage_deg=0.0, reason="0 foreground pixels")
+
+    if importlib.util.find_spec("DeepMorphLib.circle_fit") is None:
+        fake(monkeypatch, "DeepMorphLib.circle_fit", fit_circle=fit_circle)
+    dm_test = modules["DeepMorph"].DeepMorphTest("test_DeepMorph_not_detected")
+    dm_test.test_DeepMorph_not_detected()
+    if importlib.util.find_spec("DeepMorphSimulatorLib.phantom") and importlib.util.find_spec("DeepMorphSimulatorLib.drr"):
+        modules["DeepMorphSimulator"].DeepMorphSimulatorTest("test_DeepMorphSimulator_render").test_DeepMorphSimulator_render()
