@@ -20,13 +20,26 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..dataset import DatasetSettings, generate
 
+    import os
+    import resource
+
     settings = DatasetSettings(source="phantom", size=args.size, implants=1.0, seed=args.seed, group=args.group)
+    load_before = os.getloadavg()[0]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self0 = resource.getrusage(resource.RUSAGE_SELF)
     with tempfile.TemporaryDirectory(prefix="deepmorph-bench-dataset-") as tmp:
         t0 = time.perf_counter()
-        stats = generate(settings, tmp, args.n, workers=args.workers, progress=False)
+        generate(settings, tmp, args.n, workers=args.workers, progress=False)
         wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    self1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) + (
+        self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime)
     print(json.dumps({
         "samples_per_s": round(args.n / wall, 3),
+        "cpu_s_per_sample": round(cpu / args.n, 4),
+        "samples_per_s_if_cores_free": round(min(args.workers, os.cpu_count() or 1) * args.n / cpu, 3) if cpu > 0 else None,
+        "load_average_before": round(load_before, 2),
         "n": args.n,
         "size": args.size,
         "workers": args.workers,
