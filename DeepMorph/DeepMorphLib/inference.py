@@ -1,0 +1,133 @@
+"""Network inference: any 2-D X-ray -> confidence map of the image's own size.
+
+The pipeline is shared with training so both see the same input statistics:
+
+1. ``letterbox``: scale the image (any size, any bit depth) so that its longer side is the network's
+   ``input_size`` (antialiased bilinear), keeping the aspect ratio;
+2. ``normalize_images``: per-image robust percentile normalisation (``low``/``high`` percentiles -> the
+   ends of ``out_range``, then clipped to ``clip``), computed on the resized image;
+3. pad to a square with the normalised low value, run the net, sigmoid, crop the padding, resize the
+   confidence map bilinearly back to (H, W).
+
+The nets are trained on bone-dark images (fluoroscopy display, low = high attenuation) with some polarity
+inversion; ``polarity="invert"`` flips a bone-bright radiograph before step 2.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.0, "out_range": [-1.0, 1.0],
+                         "clip": [-1.5, 1.5]}
+POLARITIES = ("as-is", "invert")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; otherwise ``torch.device(device)`` (clear error if absent)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} requested but CUDA is not available here; use 'cpu' or 'auto'.")
+    return dev
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Temporarily set torch's intra-op CPU threads (None = leave as is)."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def check_normalization(norm: dict) -> dict:
+    if not isinstance(norm, dict) or norm.get("method") != "percentile":
+        raise ValueError(f"Unknown normalisation {norm!r}; this version supports {{'method': 'percentile', ...}}.")
+    lo, hi = float(norm.get("low", 1.0)), float(norm.get("high", 99.0))
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"Percentile normalisation needs 0 <= low < high <= 100, got low={lo}, high={hi}.")
+    return norm
+
+
+def normalize_images(x: torch.Tensor, norm: dict = DEFAULT_NORMALIZATION) -> torch.Tensor:
+    """Per-image percentile normalisation of (B, C, H, W) float: the ``low``/``high`` percentiles of each
+    image map to ``out_range``; values are clipped to ``clip``. A flat image becomes the range's middle."""
+    check_normalization(norm)
+    b = x.shape[0]
+    flat = x.reshape(b, -1).float()
+    q = torch.tensor([norm.get("low", 1.0) / 100.0, norm.get("high", 99.0) / 100.0], device=x.device)
+    if flat.shape[1] > 1 << 24:  # torch.quantile's input limit; subsample regularly
+        flat = flat[:, :: flat.shape[1] // (1 << 23) + 1]
+    p = torch.quantile(flat, q, dim=1)  # (2, B)
+    lo, hi = p[0].view(b, 1, 1, 1), p[1].view(b, 1, 1, 1)
+    r0, r1 = norm.get("out_range", [-1.0, 1.0])
+    span = hi - lo
+    unit = torch.where(span > 1e-12, (x.float() - lo) / span.clamp_min(1e-12), torch.full_like(x, 0.5, dtype=torch.float32))
+    out = r0 + (r1 - r0) * unit
+    c0, c1 = norm.get("clip", [r0, r1])
+    return out.clamp(c0, c1)
+
+
+def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left): the image scaled so its longer side is ``size``, centred in a square."""
+    scale = size / max(h, w)
+    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    return nh, nw, (size - nh) // 2, (size - nw) // 2
+
+
+def resize_image(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, H, W) float to ``hw``; antialiased when shrinking."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    shrink = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
+    return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def prepare_input(image: np.ndarray | torch.Tensor, metadata: dict, polarity: str = "as-is",
+                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """(H, W) image -> normalised (1, 1, S, S) network input and its letterbox (nh, nw, top, left)."""
+    size = int(metadata["input_size"])
+    norm = check_normalization(metadata.get("normalization", DEFAULT_NORMALIZATION))
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}.")
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not torch.is_tensor(image) else image)
+    if x.ndim != 2 or min(x.shape) < 2:
+        raise ValueError(f"predict_confidence expects one grey (H, W) image, got shape {tuple(x.shape)}.")
+    x = x.float().to(device)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("The image contains NaN or infinite pixels; clean or re-export it first.")
+    if polarity == "invert":
+        x = -x
+    nh, nw, top, left = letterbox_shape(x.shape[0], x.shape[1], size)
+    x = normalize_images(resize_image(x[None, None], (nh, nw)), norm)
+    r0 = norm.get("out_range", [-1.0, 1.0])[0]
+    x = F.pad(x, (left, size - nw - left, top, size - nh - top), value=float(r0))
+    return x, (nh, nw, top, left)
+
+
+def predict_confidence(model: torch.nn.Module, metadata: dict, image, device: str = "auto",
+                       polarity: str = "as-is", threads: int | None = None) -> np.ndarray:
+    """Confidence map float32 (H, W) in [0, 1] of ``image`` (float/int (H, W), any size and range).
+
+    ``metadata`` is the model's sidecar (needs ``input_size`` and ``normalization``). The model is moved to
+    the device ("auto": CUDA when available, else CPU with ``threads`` threads, None = torch's setting).
+    """
+    dev = resolve_device(device)
+    h, w = np.shape(image)[:2] if not torch.is_tensor(image) else tuple(image.shape[:2])
+    model.to(dev).eval()
+    with torch_threads(threads if dev.type == "cpu" else None), torch.inference_mode():
+        x, (nh, nw, top, left) = prepare_input(image, metadata, polarity, dev)
+        conf = torch.sigmoid(model(x))[:, :1, top:top + nh, left:left + nw]
+        conf = resize_image(conf, (h, w)).clamp(0.0, 1.0)
+    return conf[0, 0].float().cpu().numpy().astype(np.float32, copy=False)

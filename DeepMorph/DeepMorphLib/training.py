@@ -1,0 +1,435 @@
+"""Training of the FusionNet outline segmenters (``deepmorph train``), resumable and deterministic.
+
+Recipe (paper, section 4, plus what helps on thin outlines): BCE-with-logits loss with a positive-class
+weight + a soft-Dice term; Adam; learning rate x0.1 from 75 % of the epochs on; augmentation of
+``augment.py`` on random crops of ``crop`` px taken at the inference scale (images resized so their longer
+side is ``size`` px, exactly like ``inference.prepare_input``), then the same percentile normalisation.
+
+Determinism and resuming: the model is initialised from ``seed``; the sample order of epoch e and the
+augmentation of step s are drawn from generators seeded by (seed, e) and (seed, e, s), so no RNG state has to
+be carried: a checkpoint (model + Adam state + progress, one safetensors file written atomically) taken
+after any step resumes to bit-identical final weights on the same device and thread count. Checkpoints are
+written every ``checkpoint_minutes`` and at the end of each epoch, so a ``kill -9`` loses at most that much
+work. Validation (no augmentation, full images) runs at each epoch end; its loss and Dice of the map
+thresholded at 0.5 go to ``metrics.jsonl`` and to the final model's sidecar.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from DeepMorphLib.augment import AugmentConfig, augment_batch
+from DeepMorphLib.fusionnet import FusionNet, count_parameters
+from DeepMorphLib.inference import (DEFAULT_NORMALIZATION, letterbox_shape, normalize_images, resize_image,
+                                    resolve_device, torch_threads)
+
+TASKS = ("head", "femur")
+CHECKPOINT_NAME = "checkpoint.safetensors"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_FORMAT = "deepmorph-train-checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Fields marked (run) do not change the result."""
+
+    task: str
+    data: list                      # dataset directories (``deepmorph dataset`` format)
+    out: str                        # model path without extension -> out.safetensors + out.json (run)
+    work_dir: str = ""              # checkpoint + metrics.jsonl; default runs/train-<out name> (run)
+    epochs: int = 20
+    batch: int = 8
+    size: int = 256                 # network input side (px): longer image side at inference
+    crop: int = 192                 # training crop side (px) at that scale (<= size)
+    base_channels: int = 8
+    depth: int = 4
+    lr: float = 1e-3
+    lr_decay_at: float = 0.75       # fraction of the epochs after which the LR is multiplied by 0.1
+    pos_weight: float = 3.0         # BCE weight of outline pixels
+    dice_weight: float = 1.0        # weight of the soft-Dice term
+    seed: int = 0
+    val_fraction: float = 0.1
+    max_samples: int = 0            # 0 = all samples of all directories
+    augment: dict = field(default_factory=lambda: AugmentConfig(invert_prob=0.25).to_dict())
+    max_minutes: float = 0.0        # stop (resumable) after this wall time; 0 = no limit (run)
+    checkpoint_minutes: float = 5.0  # (run)
+    threads: int = 0                # torch CPU threads; 0 = torch's default (run)
+    device: str = "auto"            # (run)
+    command: str = ""               # the command line, recorded in the sidecar (run)
+
+    RUN_ONLY = ("out", "work_dir", "max_minutes", "checkpoint_minutes", "threads", "device", "command")
+
+    def validate(self) -> "TrainConfig":
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}.")
+        if not self.data:
+            raise ValueError("Give at least one dataset directory with --data DIR (made by 'deepmorph dataset').")
+        checks = [("epochs", self.epochs >= 1), ("batch", self.batch >= 1), ("size", self.size >= 16),
+                  ("crop", 16 <= self.crop <= self.size), ("base-channels", self.base_channels >= 1),
+                  ("depth", 1 <= self.depth <= 6), ("lr", self.lr > 0), ("pos-weight", self.pos_weight > 0),
+                  ("dice-weight", self.dice_weight >= 0), ("val-fraction", 0 <= self.val_fraction < 1),
+                  ("lr-decay-at", 0 < self.lr_decay_at <= 1)]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ValueError(f"Invalid training settings: {', '.join('--' + b for b in bad)} "
+                             f"(crop must be in [16, size], depth in [1, 6], val-fraction in [0, 1)).")
+        m = 2 ** self.depth
+        if self.size % m or self.crop % m:
+            raise ValueError(f"--size and --crop must be multiples of 2^depth = {m} (got {self.size}, {self.crop}).")
+        AugmentConfig.from_dict(self.augment)
+        return self
+
+    def fingerprint(self) -> dict:
+        """The fields that determine the trained weights (compared when resuming)."""
+        d = {k: v for k, v in asdict(self).items() if k not in self.RUN_ONLY}
+        d["data"] = [str(Path(p).resolve()) for p in self.data]
+        return d
+
+    def resolved_work_dir(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else Path("runs") / f"train-{Path(self.out).name}"
+
+
+# ----------------------------------------------------------------------------------------------- data
+def list_samples(data_dir: str | Path, task: str) -> list[tuple[Path, Path]]:
+    """(image, target mask) paths of a dataset directory: ``samples/NNNNNN.png`` + ``NNNNNN_<task>.png``."""
+    root = Path(data_dir)
+    samples = root / "samples"
+    if not samples.is_dir():
+        raise FileNotFoundError(f"{root} is not a DeepMorph dataset (no samples/ folder); make one with "
+                                f"'deepmorph dataset --out {root}'.")
+    images = sorted(p for p in samples.glob("*.png") if p.stem.isdigit())
+    if not images:
+        raise ValueError(f"{samples} holds no sample images (NNNNNN.png).")
+    pairs, missing = [], []
+    for img in images:
+        mask = img.with_name(f"{img.stem}_{task}.png")
+        (pairs if mask.is_file() else missing).append((img, mask))
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(images)} samples in {samples} lack their '{task}' target, e.g. "
+                         f"{missing[0][1].name}; regenerate the dataset or choose the other --task.")
+    return pairs
+
+
+def dataset_info(data_dir: str | Path) -> dict:
+    """What the sidecar records about a dataset directory (manifest essentials)."""
+    root = Path(data_dir)
+    info = {"dir": str(root)}
+    manifest = root / "manifest.json"
+    if manifest.is_file():
+        try:
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            info.update({k: m[k] for k in ("generator_version", "n", "seed", "command") if k in m})
+            info["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            info["manifest"] = "unreadable"
+    return info
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L") if im.mode not in ("L", "I;16", "I") else im, dtype=np.float32)
+    except OSError as exc:
+        raise ValueError(f"Cannot read {path} ({exc}); the dataset is damaged, regenerate that sample.") from None
+    return arr
+
+
+def _load_pair(pair: tuple[Path, Path], size: int) -> tuple[np.ndarray, np.ndarray]:
+    img, mask = _read_gray(pair[0]), _read_gray(pair[1])
+    if img.shape != mask.shape:
+        raise ValueError(f"{pair[1].name} has shape {mask.shape}, its image {img.shape}; they must match.")
+    scale = 255.0 / max(float(img.max()), 1.0) if img.max() > 255 else 1.0
+    x = torch.from_numpy(np.stack([img * scale, (mask > 127) * 255.0]).astype(np.float32))[:, None]
+    nh, nw, top, left = letterbox_shape(img.shape[0], img.shape[1], size)
+    x = resize_image(x, (nh, nw))
+    out = torch.zeros(2, 1, size, size)
+    out[0] = float(torch.quantile(x[0].flatten(), 0.01)) if (nh, nw) != (size, size) else 0.0
+    out[:, :, top:top + nh, left:left + nw] = x
+    out = out[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+    return out[0], out[1]
+
+
+def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progress: bool = True):
+    """Decode and resize every sample once: (images uint8 (N, S, S), masks uint8 (N, S, S), per-dir info)."""
+    from tqdm import tqdm
+
+    pairs, infos = [], []
+    for d in dirs:
+        p = list_samples(d, task)
+        info = dataset_info(d)
+        info["n_used"] = len(p)
+        pairs += p
+        infos.append(info)
+    if max_samples and max_samples < len(pairs):
+        pairs = pairs[:max_samples]
+    images = np.empty((len(pairs), size, size), np.uint8)
+    masks = np.empty_like(images)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        it = pool.map(lambda pr: _load_pair(pr, size), pairs)
+        for i, (im, mk) in enumerate(tqdm(it, total=len(pairs), desc="loading", unit="img", disable=not progress,
+                                          leave=False)):
+            images[i], masks[i] = im, mk
+    return torch.from_numpy(images), torch.from_numpy(masks), infos
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) index split."""
+    perm = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(n)
+    n_val = int(round(n * val_fraction)) if n > 1 else 0
+    n_val = min(n_val, n - 1)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def outline_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 3.0,
+                 dice_weight: float = 1.0) -> torch.Tensor:
+    """BCE-with-logits (outline pixels weighted by ``pos_weight``) + ``dice_weight`` * (1 - soft Dice)."""
+    pw = torch.tensor(pos_weight, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
+    if dice_weight <= 0:
+        return bce
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice = (2 * (p * t).sum(1) + 1.0) / (p.sum(1) + t.sum(1) + 1.0)
+    return bce + dice_weight * (1.0 - dice.mean())
+
+
+def _generator(*key: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_batch(images, masks, idx, cfg: TrainConfig, aug: AugmentConfig, g: torch.Generator, device):
+    """uint8 cache rows -> augmented, normalised (B, 1, crop, crop) inputs and soft targets on ``device``."""
+    idx_t = torch.as_tensor(idx, dtype=torch.long, device=images.device)
+    x = images[idx_t].to(device, torch.float32)[:, None] / 255.0
+    y = masks[idx_t].to(device, torch.float32)[:, None] / 255.0
+    x, y = augment_batch(x, y, g, aug, out_size=cfg.crop)
+    return normalize_images(x, DEFAULT_NORMALIZATION), y
+
+
+@torch.no_grad()
+def evaluate(model, images, masks, idx, cfg: TrainConfig, device, batch: int = 16) -> dict:
+    """Validation on full (un-augmented) images: mean loss and Dice of the map thresholded at 0.5."""
+    if len(idx) == 0:
+        return {}
+    model.eval()
+    loss_sum, inter, total = 0.0, 0.0, 0.0
+    for i in range(0, len(idx), batch):
+        j = torch.as_tensor(idx[i:i + batch], dtype=torch.long, device=images.device)
+        x = normalize_images(images[j].to(device, torch.float32)[:, None] / 255.0, DEFAULT_NORMALIZATION)
+        y = masks[j].to(device, torch.float32)[:, None] / 255.0
+        logits = model(x)
+        loss_sum += float(outline_loss(logits, y, cfg.pos_weight, cfg.dice_weight)) * len(j)
+        pred, tgt = logits > 0, y > 0.5
+        inter += float((pred & tgt).sum())
+        total += float(pred.sum() + tgt.sum())
+    model.train()
+    return {"val_loss": loss_sum / len(idx), "val_dice": 2 * inter / total if total else 1.0}
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
+    """Model + Adam state + progress in one safetensors file (atomic: a kill leaves the old or the new)."""
+    from safetensors.torch import save
+
+    from DeepMorphSimulatorLib.files import atomic_write_bytes
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    meta = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state), "param_groups": json.dumps(groups)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore model and optimizer from ``save_checkpoint``'s file; returns the progress state."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"Training checkpoint {path} is unreadable ({exc}); delete it or pass --restart.") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a DeepMorph training checkpoint; delete it or pass --restart.")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    opt_state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = v
+    groups = json.loads(meta["param_groups"])
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+    return json.loads(meta["state"])
+
+
+def write_metrics(work_dir: Path, history: list) -> None:
+    from DeepMorphSimulatorLib.files import atomic_write_text
+
+    atomic_write_text(work_dir / METRICS_NAME, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+
+
+# ----------------------------------------------------------------------------------------------- training
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """Step decay: ``lr`` until epoch floor(lr_decay_at * epochs), then ``lr * 0.1``."""
+    milestone = int(math.floor(cfg.lr_decay_at * cfg.epochs))
+    return cfg.lr * (0.1 if epoch >= milestone and cfg.lr_decay_at < 1 else 1.0)
+
+
+def build_network(cfg: TrainConfig) -> FusionNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return FusionNet(base_channels=cfg.base_channels, depth=cfg.depth)
+
+
+def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, stop_after_steps: int = 0,
+          log=print) -> dict:
+    """Run (or resume) training; returns {"status": "finished"|"stopped", "model": path|None, "history": [...]}.
+
+    ``stop_after_steps`` > 0 stops (with a checkpoint) after that many optimisation steps of this call
+    (tests use it to simulate an interruption).
+    """
+    cfg.validate()
+    work = cfg.resolved_work_dir()
+    ckpt_path = work / CHECKPOINT_NAME
+    if restart and ckpt_path.exists():
+        ckpt_path.unlink()
+    with torch_threads(cfg.threads or None):
+        return _train(cfg, work, ckpt_path, progress, stop_after_steps, log)
+
+
+def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
+    from tqdm import tqdm
+
+    from DeepMorphLib.model_io import save_model
+
+    device = resolve_device(cfg.device)
+    t_start = time.monotonic()
+    images, masks, infos = load_dataset(cfg.data, cfg.task, cfg.size, cfg.max_samples, progress)
+    if device.type == "cuda":  # keep the uint8 cache on the GPU; cuDNN autotuning (not bit-reproducible)
+        images, masks = images.to(device), masks.to(device)
+        torch.backends.cudnn.benchmark = True
+    work.mkdir(parents=True, exist_ok=True)
+    train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
+    steps_per_epoch = max(1, len(train_idx) // cfg.batch)
+    aug = AugmentConfig.from_dict(cfg.augment)
+    model = build_network(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    fingerprint = {**cfg.fingerprint(), "data_content": [[i.get("n_used"), i.get("manifest_sha256")] for i in infos]}
+    state = {"fingerprint": fingerprint, "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0,
+             "history": [], "train_seconds": 0.0}
+    if ckpt_path.exists():
+        saved = load_checkpoint(ckpt_path, model, optimizer)
+        if saved.get("fingerprint") != state["fingerprint"]:
+            diff = sorted(k for k in set(saved.get("fingerprint", {})) | set(state["fingerprint"])
+                          if saved.get("fingerprint", {}).get(k) != state["fingerprint"].get(k))
+            raise ValueError(f"{ckpt_path} belongs to a different training run (differs in: {', '.join(diff)}); "
+                             f"pass --restart to discard it or use another --work-dir.")
+        state = saved
+        log(f"resuming from {ckpt_path}: epoch {state['epoch'] + 1}/{cfg.epochs}, step {state['step']}/{steps_per_epoch}")
+    log(f"{cfg.task}: {len(train_idx)} training / {len(val_idx)} validation images at {cfg.size} px "
+        f"(crops {cfg.crop}), FusionNet base {cfg.base_channels} depth {cfg.depth} "
+        f"({count_parameters(model) / 1e6:.2f} M parameters) on {device}")
+    model.train()
+    last_ckpt = time.monotonic()
+    steps_done = 0
+    session_start = time.monotonic()
+    train_seconds0 = state["train_seconds"]
+
+    def checkpoint():
+        state["train_seconds"] = train_seconds0 + time.monotonic() - session_start
+        save_checkpoint(ckpt_path, model, optimizer, state)
+
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, epoch)
+        perm = train_idx[torch.randperm(len(train_idx), generator=_generator(cfg.seed, 1, epoch)).numpy()]
+        t_epoch = time.monotonic()
+        first_step = state["step"]
+        bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not progress, leave=False, initial=first_step, total=steps_per_epoch)
+        for step in bar:
+            idx = perm[step * cfg.batch:(step + 1) * cfg.batch]
+            x, y = make_batch(images, masks, idx, cfg, aug, _generator(cfg.seed, 2, epoch, step), device)
+            loss = outline_loss(model(x), y, cfg.pos_weight, cfg.dice_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state["loss_sum"] += float(loss.detach()) * len(idx)
+            state["loss_n"] += len(idx)
+            state["step"] = step + 1
+            steps_done += 1
+            bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.4f}")
+            now = time.monotonic()
+            out_of_time = cfg.max_minutes and now - t_start > 60 * cfg.max_minutes
+            if (stop_after_steps and steps_done >= stop_after_steps) or out_of_time:
+                checkpoint()
+                bar.close()
+                log(f"stopped at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; checkpoint {ckpt_path} "
+                    f"(re-run the same command to continue)")
+                return {"status": "stopped", "model": None, "history": state["history"], "work_dir": str(work)}
+            if now - last_ckpt > 60 * cfg.checkpoint_minutes:
+                checkpoint()
+                last_ckpt = now
+        bar.close()
+        seconds = time.monotonic() - t_epoch
+        n_imgs = (steps_per_epoch - first_step) * cfg.batch
+        record = {"epoch": epoch + 1, "lr": learning_rate(cfg, epoch),
+                  "train_loss": state["loss_sum"] / max(state["loss_n"], 1),
+                  **evaluate(model, images, masks, val_idx, cfg, device),
+                  "epoch_seconds": round(seconds, 2), "train_img_per_s": round(n_imgs / max(seconds, 1e-9), 3)}
+        state["history"].append(record)
+        state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_n=0)
+        checkpoint()
+        last_ckpt = time.monotonic()
+        write_metrics(work, state["history"])
+        log("epoch {epoch}/{n}: train_loss {train_loss:.4f}".format(n=cfg.epochs, **record)
+            + (" val_loss {val_loss:.4f} val_dice {val_dice:.3f}".format(**record) if "val_loss" in record else "")
+            + f" ({seconds:.0f} s, {record['train_img_per_s']:.1f} img/s)")
+    metadata = model_metadata(cfg, infos, len(train_idx), len(val_idx), state, device)
+    weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
+    log(f"saved {weights} and {sidecar}")
+    return {"status": "finished", "model": str(weights), "history": state["history"], "work_dir": str(work)}
+
+
+def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> dict:
+    """The sidecar content written next to the final weights."""
+    last = state["history"][-1] if state["history"] else {}
+    return {
+        "task": cfg.task,
+        "description": f"FusionNet outline segmenter for the {cfg.task} (sigmoid of the logits = confidence)",
+        "input_size": cfg.size,
+        "normalization": dict(DEFAULT_NORMALIZATION),
+        "polarity": "bone-dark",
+        "output": "logits (1 channel); confidence = sigmoid",
+        "training": {
+            "data": infos, "n_train": n_train, "n_val": n_val, "command": cfg.command,
+            "config": {k: v for k, v in asdict(cfg).items() if k not in ("command", "max_minutes", "work_dir")},
+            "device": str(device), "train_seconds": round(state["train_seconds"], 1),
+            "python": sys.version.split()[0], "host_cpus": os.cpu_count(),
+        },
+        "metrics": {"final": {k: last[k] for k in ("train_loss", "val_loss", "val_dice") if k in last},
+                    "history": state["history"]},
+    }

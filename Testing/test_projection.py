@@ -1,0 +1,275 @@
+"""Projected ground truth: silhouette vs DRR of the label map, head circle, correspondence, user femurs."""
+import json
+
+import numpy as np
+import pytest
+
+from DeepMorphSimulatorLib.femur import load_femur
+from DeepMorphSimulatorLib.geometry import CArmGeometry
+from DeepMorphSimulatorLib.mesh import mesh_arrays, polydata_from_arrays, read_mesh, write_mesh
+from DeepMorphSimulatorLib.phantom import make_phantom, save_phantom
+from DeepMorphSimulatorLib.projection import (ANCHORS, anchor_indices, fit_circle_algebraic, project_ground_truth,
+                                              project_sphere, sphere_outline)
+from DeepMorphSimulatorLib.raster import closest_on_polygon, iso_contours, polygon_area, rasterize
+from DeepMorphSimulatorLib.volume import Volume
+
+POSES = [
+    dict(),
+    dict(orbital_deg=25, angular_deg=-10),
+    dict(orbital_deg=-20, angular_deg=15, inplane_deg=40),
+    dict(orbital_deg=10, angular_deg=5, inplane_deg=-120),
+]
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(21, spacing_mm=2.0)
+
+
+def _geometry(femur, size=256, pixel=0.9, **pose):
+    hc = femur.landmarks["head_center"]
+    lateral = -20.0 if femur.side == "right" else 20.0
+    return CArmGeometry(width_px=size, height_px=size, pixel_mm=pixel,
+                        isocenter_lps=tuple(hc + [lateral, 0.0, -45.0]), **pose)
+
+
+def _label_line_integrals(label: Volume, geometry: CArmGeometry) -> np.ndarray:
+    """Line integrals (mm) of the binary label, trilinear samples every 0.5 mm (test reference)."""
+    from scipy import ndimage
+
+    data = (label.data > 0).astype(np.float32)
+    det = geometry.pixel_positions_lps().reshape(-1, 3)
+    src = geometry.source_lps
+    d = geometry.depth(label.corners_lps())
+    ts = np.arange(d.min() / geometry.sid_mm - 0.01, d.max() / geometry.sid_mm + 0.01, 0.5 / geometry.sid_mm)
+    m = label.lps_to_ijk()
+    out = np.zeros(len(det), np.float32)
+    for chunk in np.array_split(np.arange(len(det)), 8):
+        dirs = det[chunk] - src
+        pts = (src + ts[None, :, None] * dirs[:, None, :]).reshape(-1, 3)
+        ijk = pts @ m[:3, :3].T + m[:3, 3]
+        vals = ndimage.map_coordinates(data, [ijk[:, 2], ijk[:, 1], ijk[:, 0]], order=1, cval=0.0)
+        out[chunk] = vals.reshape(len(chunk), -1).sum(axis=1) * np.linalg.norm(dirs, axis=1) * (ts[1] - ts[0])
+    return out.reshape(geometry.height_px, geometry.width_px)
+
+
+def _crop_label(label: Volume, value: int) -> Volume:
+    k, j, i = np.nonzero(label.data == value)
+    lo = np.array([k.min(), j.min(), i.min()]) - 2
+    hi = np.array([k.max(), j.max(), i.max()]) + 3
+    sub = (label.data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == value).astype(np.uint8)
+    return Volume(sub, label.spacing, label.index_to_lps(lo[::-1].astype(float))[0], label.direction)
+
+
+# --- head sphere -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sid, sod, pixel", [(1000.0, 600.0, 0.6), (1200.0, 800.0, 0.3), (950.0, 450.0, 1.2)])
+def test_sphere_on_the_central_ray_projects_to_the_analytic_circle(sid, sod, pixel):
+    g = CArmGeometry(sid_mm=sid, sod_mm=sod, pixel_mm=pixel, orbital_deg=12, angular_deg=-7,
+                     isocenter_lps=(10.0, -5.0, 30.0))
+    R = 24.0
+    (cx, cy, r), _ = project_sphere(g.isocenter_lps, R, g)
+    expected = sid / pixel * R / np.sqrt(sod**2 - R**2)  # tangent cone: tan(half angle) = R / sqrt(d^2 - R^2)
+    assert np.hypot(cx - g.principal_point_px[0], cy - g.principal_point_px[1]) < 1e-6
+    assert abs(r - expected) < 1e-6
+
+
+def test_off_axis_sphere_outline_is_tangent_and_matches_the_rasterised_mesh():
+    import vtk
+
+    g = CArmGeometry(width_px=448, height_px=448, pixel_mm=0.6, orbital_deg=15, angular_deg=10)
+    centre, R = np.array([55.0, 20.0, -50.0]), 23.0
+    outline = sphere_outline(centre, R, g)
+    # every outline point's ray grazes the sphere
+    rays = g.pixel_positions_lps(outline[:, 0], outline[:, 1]) - g.source_lps
+    rays /= np.linalg.norm(rays, axis=1)[:, None]
+    w = centre - g.source_lps
+    dist = np.linalg.norm(w - (rays @ w)[:, None] * rays, axis=1)
+    assert np.allclose(dist, R, atol=1e-6)
+    # the circle agrees with the silhouette of a fine sphere mesh within 0.5 px
+    src = vtk.vtkSphereSource()
+    src.SetCenter(*centre)
+    src.SetRadius(R)
+    src.SetThetaResolution(200)
+    src.SetPhiResolution(200)
+    src.Update()
+    v, f = mesh_arrays(src.GetOutput())
+    uv = g.project(v)
+    lo = np.floor(uv.min(axis=0)).astype(int) - 3
+    hi = np.ceil(uv.max(axis=0)).astype(int) + 3
+    cov, _ = rasterize(uv[f], tuple(lo), (hi[1] - lo[1] + 1, hi[0] - lo[0] + 1))
+    contour = max(iso_contours(cov, 0.5, origin_uv=tuple(lo.astype(float))), key=lambda p: abs(polygon_area(p)))
+    (cx, cy, r), _ = project_sphere(centre, R, g)
+    ccx, ccy, cr = fit_circle_algebraic(contour)
+    assert np.hypot(cx - ccx, cy - ccy) < 0.5 and abs(r - cr) < 0.5
+
+
+# --- silhouette vs the DRR of the label map ------------------------------------------------------------------
+def test_silhouette_matches_thresholded_drr_of_the_label_map():
+    ph = make_phantom(3, spacing_mm=1.0, sides=("right",))
+    fem = ph.femurs["right"]
+    label = _crop_label(ph.femur_label, 1)
+    for pose in POSES[:3]:
+        g = _geometry(fem, size=200, pixel=1.2, **pose)
+        gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
+        drr_mask = _label_line_integrals(label, g) > 1.0  # > 1 mm of bone along the ray
+        iou = np.sum(drr_mask & gt.silhouette) / np.sum(drr_mask | gt.silhouette)
+        assert iou >= 0.97, (pose, iou)
+
+
+# --- correspondence --------------------------------------------------------------------------------------
+def test_points_are_anchored_and_ordered(phantom):
+    for side, fem in phantom.femurs.items():
+        for pose in POSES:
+            g = _geometry(fem, **pose)
+            gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g, n_points=80)
+            assert gt.points.shape == (80, 2) and gt.visible.shape == (80,) and gt.anchors_in_order
+            idx = anchor_indices(80)
+            assert gt.anchor_indices == idx and list(idx) == list(ANCHORS)
+            # the point at each landmark's index is the contour point closest to the projected landmark
+            for name in ("greater_trochanter", "neck_superior", "head_apex", "neck_inferior", "lesser_trochanter"):
+                target = gt.landmarks_uv[name]
+                _, d_best = closest_on_polygon(gt.contour, target[None])
+                assert np.linalg.norm(gt.points[idx[name]] - target) <= d_best[0] + 1e-2
+            # the head apex is on the projected head circle; the contour starts at the lateral cut corner
+            cx, cy, r = gt.head_circle
+            assert abs(np.hypot(*(gt.points[idx["head_apex"]] - [cx, cy])) - r) < 1.5
+            assert np.allclose(gt.points[0], gt.contour[0], atol=1e-6)
+            # closed, densely sampled polygon
+            steps = np.linalg.norm(np.diff(np.vstack([gt.contour, gt.contour[:1]]), axis=0), axis=1)
+            assert steps.max() < 2.0
+            # orientation: right femurs clockwise as displayed in these (roughly PA) views, left mirrored
+            area = polygon_area(gt.contour)
+            if abs(pose.get("inplane_deg", 0)) < 90:
+                assert (area > 0) == (side == "right")
+            mirrored = gt.contour * [-1, 1]
+            assert (polygon_area(mirrored) > 0) == (side == "left") or abs(pose.get("inplane_deg", 0)) >= 90
+
+
+def test_visibility_flags(phantom):
+    fem = phantom.femurs["right"]
+    g = _geometry(fem, size=256, pixel=0.9)
+    gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
+    idx = gt.anchor_indices
+    inside = (gt.points[:, 0] >= -0.5) & (gt.points[:, 0] <= 255.5) & (gt.points[:, 1] >= -0.5) & (gt.points[:, 1] <= 255.5)
+    assert not np.any(gt.visible & ~inside)
+    cut = np.arange(idx["shaft_cut_medial"] + 1, len(gt.points))
+    assert not gt.visible[cut].any()
+    # a detector that holds the whole femur: everything but the cut is visible
+    big = g.with_(width_px=700, height_px=700, pixel_mm=0.9)
+    gt2 = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, big)
+    assert gt2.visible.sum() == idx["shaft_cut_medial"] + 1
+
+
+def test_targets_follow_the_outline_and_the_head(phantom):
+    fem = phantom.femurs["left"]
+    g = _geometry(fem, size=256, pixel=0.9, orbital_deg=-10)
+    gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g, band_px=3.0)
+    assert gt.femur_target.dtype == np.uint8 and set(np.unique(gt.femur_target)) <= {0, 1}
+    vv, uu = np.nonzero(gt.femur_target)
+    _, d = closest_on_polygon(gt.contour, np.stack([uu, vv], axis=1)[::7])
+    assert d.max() <= 1.5 + 1e-6
+    # the silhouette's boundary pixels lie in the band (except along the artificial cut)
+    edge = gt.silhouette & ~np.roll(gt.silhouette, 1, axis=0)
+    edge[-5:, :] = False
+    assert np.mean(gt.femur_target[edge] == 1) > 0.97
+    hv, hu = np.nonzero(gt.head_target)
+    cx, cy, r = fit_circle_algebraic(np.stack([hu, hv], axis=1).astype(float))
+    assert np.hypot(cx - gt.head_circle[0], cy - gt.head_circle[1]) < 1.0 and abs(r - gt.head_circle[2]) < 1.0
+    # the head band covers the dome: more than half of the circle
+    assert len(hu) > 0.5 * 2 * np.pi * gt.head_circle[2] * 3.0 * 0.8
+    doc = json.loads(json.dumps(gt.to_dict()))
+    assert len(doc["points"]) == 64 and len(doc["head_circle"]) == 3
+
+
+def test_head_outside_the_detector_gives_no_circle(phantom):
+    fem = phantom.femurs["right"]
+    hc = fem.landmarks["head_center"]
+    g = CArmGeometry(width_px=128, height_px=128, pixel_mm=0.6, isocenter_lps=tuple(hc + [0.0, 0.0, -140.0]))
+    gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
+    assert gt.head_circle is None
+    assert gt.head_target.sum() == 0
+
+
+# --- a researcher's own femur ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(phantom, tmp_path_factory):
+    return save_phantom(phantom, tmp_path_factory.mktemp("p21"))
+
+
+def test_user_mesh_without_landmarks(phantom, saved):
+    true = phantom.femurs["right"]
+    fem = load_femur(saved["femur_right"], ct=phantom.ct)
+    assert fem.side == "right"
+    assert np.linalg.norm(fem.landmarks["head_center"] - true.landmarks["head_center"]) < 0.5
+    assert abs(fem.head_radius_mm - true.head_radius_mm) < 0.5
+    for name in ("greater_trochanter", "lesser_trochanter", "shaft_axis_distal"):
+        assert np.linalg.norm(fem.landmarks[name] - true.landmarks[name]) < 12.0, name
+    g = _geometry(true)
+    a = project_ground_truth(true.mesh, true.landmarks, true.head_radius_mm, g)
+    b = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
+    assert np.array_equal(a.silhouette, b.silhouette)
+    assert np.allclose(a.head_circle, b.head_circle, atol=0.5)
+
+
+def test_user_label_map_and_markups(phantom, saved):
+    fem = load_femur(saved["femur_label"], landmarks=saved["landmarks"], side="left", ct=phantom.ct)
+    true = phantom.femurs["left"]
+    assert fem.side == "left" and fem.head_radius_mm == pytest.approx(true.head_radius_mm, abs=1e-3)
+    assert np.allclose(fem.landmarks["greater_trochanter"], true.landmarks["greater_trochanter"])
+    g = _geometry(true)
+    a = project_ground_truth(true.mesh, true.landmarks, true.head_radius_mm, g)
+    b = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
+    iou = np.sum(a.silhouette & b.silhouette) / np.sum(a.silhouette | b.silhouette)
+    assert iou > 0.95  # label-map surface (2 mm voxels) vs the SDF surface
+
+
+def test_user_femur_errors(phantom, saved, tmp_path):
+    with pytest.raises(ValueError, match="left femur"):
+        load_femur(saved["femur_left"], side="right")
+    with pytest.raises(ValueError, match="give the side"):
+        load_femur(saved["femur_label"])
+    empty = phantom.femur_label.with_data(np.zeros_like(phantom.femur_label.data))
+    with pytest.raises(ValueError, match="empty"):
+        load_femur(empty)
+    moved = read_mesh(saved["femur_right"])
+    v, f = mesh_arrays(moved)
+    write_mesh(polydata_from_arrays(v + [0.0, 0.0, 400.0], f), tmp_path / "moved.vtp")
+    with pytest.raises(ValueError, match="outside the CT"):
+        load_femur(tmp_path / "moved.vtp", ct=phantom.ct)
+    import vtk
+
+    box = vtk.vtkCubeSource()
+    box.SetXLength(30)
+    box.SetYLength(30)
+    box.SetZLength(200)
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputConnection(box.GetOutputPort())
+    sub = vtk.vtkLinearSubdivisionFilter()
+    sub.SetInputConnection(tri.GetOutputPort())
+    sub.SetNumberOfSubdivisions(4)
+    sub.Update()
+    with pytest.raises(ValueError, match="femoral head"):
+        load_femur(sub.GetOutput())
+    with pytest.raises(FileNotFoundError):
+        load_femur(tmp_path / "missing.vtp")
+    fem = phantom.femurs["right"]
+    g = _geometry(fem)
+    partial = {k: v for k, v in fem.landmarks.items() if k != "greater_trochanter"}
+    with pytest.raises(ValueError, match="greater_trochanter"):
+        project_ground_truth(fem.mesh, partial, fem.head_radius_mm, g)
+    behind = g.with_(sod_mm=10.0, sid_mm=1000.0)
+    with pytest.raises(ValueError, match="source"):
+        project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, behind)
+
+
+@pytest.mark.parametrize("suffix", [".vtp", ".vtk", ".stl", ".ply"])
+def test_mesh_round_trip(phantom, tmp_path, suffix):
+    mesh = phantom.femurs["right"].mesh
+    write_mesh(mesh, tmp_path / f"m{suffix}")
+    back = read_mesh(tmp_path / f"m{suffix}")
+    v0, f0 = mesh_arrays(mesh)
+    v1, f1 = mesh_arrays(back)
+    assert len(f1) == len(f0)
+    assert np.allclose(np.sort(v0, axis=0), np.sort(v1, axis=0), atol=1e-3)
+    ras = read_mesh(tmp_path / f"m{suffix}", coordinate_system="RAS")
+    assert np.allclose(mesh_arrays(ras)[0], v1 * [-1, -1, 1])

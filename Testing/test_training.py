@@ -1,0 +1,121 @@
+"""Training: loss goes down, deterministic, resumable after an interruption or kill -9, dataset errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from DeepMorphLib.inference import normalize_images
+from DeepMorphLib.model_io import load_model
+from DeepMorphLib.training import (TrainConfig, learning_rate, list_samples, load_dataset, outline_loss,
+                                   split_indices, train)
+from toy_data import write_toy_dataset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=40, size=48, seed=1)
+
+
+def tiny_config(toy, tmp_path, name, **kw):
+    base = dict(task="head", data=[str(toy)], out=str(tmp_path / name), work_dir=str(tmp_path / f"work-{name}"),
+                epochs=2, batch=4, size=32, crop=32, base_channels=4, depth=2, lr=1e-2, seed=3,
+                val_fraction=0.1, threads=1, device="cpu", checkpoint_minutes=60.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_dataset_reading_and_split(toy, tmp_path):
+    pairs = list_samples(toy, "femur")
+    assert len(pairs) == 40 and pairs[0][1].name == "000000_femur.png"
+    images, masks, infos = load_dataset([toy], "head", 32, progress=False)
+    assert images.shape == (40, 32, 32) and images.dtype == torch.uint8 and masks.max() > 100
+    assert infos[0]["generator_version"] == "toy-1" and infos[0]["n_used"] == 40
+    tr, va = split_indices(40, 0.1, 0)
+    assert len(va) == 4 and not set(tr) & set(va)
+    assert np.array_equal(split_indices(40, 0.1, 0)[1], va)
+    with pytest.raises(FileNotFoundError, match="samples"):
+        list_samples(tmp_path, "head")
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "000000.png").write_bytes((toy / "samples" / "000000.png").read_bytes())
+    with pytest.raises(ValueError, match="lack their 'head' target"):
+        list_samples(tmp_path, "head")
+
+
+def test_few_steps_reduce_the_loss(toy):
+    images, masks, _ = load_dataset([toy], "head", 32, progress=False)
+    x = normalize_images(images[:8, None].float() / 255)
+    y = masks[:8, None].float() / 255
+    torch.manual_seed(0)
+    from DeepMorphLib.fusionnet import FusionNet
+
+    net = FusionNet(base_channels=4, depth=2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        loss = outline_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_learning_rate_step_decay():
+    cfg = TrainConfig(task="head", data=["x"], out="m", epochs=8, lr=0.01)
+    assert [learning_rate(cfg, e) for e in range(8)] == [0.01] * 6 + [pytest.approx(0.001)] * 2
+
+
+def test_train_writes_model_metrics_and_resumes_identically(toy, tmp_path):
+    full = train(tiny_config(toy, tmp_path, "full"), progress=False, log=lambda m: None)
+    assert full["status"] == "finished" and len(full["history"]) == 2
+    metrics = [json.loads(line) for line in (tmp_path / "work-full" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and {"train_loss", "val_loss", "val_dice", "lr"} <= set(metrics[0])
+    model, meta = load_model(tmp_path / "full", task="head")
+    assert meta["input_size"] == 32 and meta["training"]["n_train"] == 36 and meta["metrics"]["history"] == metrics
+    # interrupted twice (mid-epoch, then at another step), resumed: bit-identical final weights
+    cfg = tiny_config(toy, tmp_path, "resumed")
+    assert train(cfg, progress=False, stop_after_steps=5, log=lambda m: None)["status"] == "stopped"
+    assert not (tmp_path / "resumed.safetensors").exists()
+    assert train(cfg, progress=False, stop_after_steps=4, log=lambda m: None)["status"] == "stopped"
+    assert train(cfg, progress=False, log=lambda m: None)["status"] == "finished"
+    a, b = load_file(tmp_path / "full.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    resumed_metrics = (tmp_path / "work-resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["val_loss"] for m in resumed_metrics] == [m["val_loss"] for m in metrics]
+
+
+def test_changed_settings_are_not_resumed_silently(toy, tmp_path):
+    cfg = tiny_config(toy, tmp_path, "m", epochs=1)
+    train(cfg, progress=False, stop_after_steps=2, log=lambda m: None)
+    other = tiny_config(toy, tmp_path, "m", epochs=1, lr=5e-3)
+    with pytest.raises(ValueError, match="different training run.*lr"):
+        train(other, progress=False, log=lambda m: None)
+    assert train(other, restart=True, progress=False, log=lambda m: None)["status"] == "finished"
+    with pytest.raises(ValueError, match="multiples"):
+        tiny_config(toy, tmp_path, "m", size=34, crop=34).validate()
+    with pytest.raises(ValueError, match="--task"):
+        tiny_config(toy, tmp_path, "m", task="knee").validate()
+
+
+def test_max_minutes_stop_is_reported_with_exit_code_3(toy, tmp_path):
+    from DeepMorphLib.cli import main
+
+    args = ["train", "--task", "femur", "--data", str(toy), "--out", str(tmp_path / "f"), "--work-dir",
+            str(tmp_path / "w"), "--epochs", "1", "--size", "32", "--crop", "32", "--base-channels", "2",
+            "--depth", "1", "--threads", "1", "--max-minutes", "0.00001", "--no-progress"]
+    assert main(args) == 3
+    assert (tmp_path / "w" / "checkpoint.safetensors").exists() and not (tmp_path / "f.json").exists()
+    assert main(args[:-3] + ["--no-progress"]) == 0
+    assert load_model(tmp_path / "f", task="femur")[1]["task"] == "femur"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_training_runs_on_cuda(toy, tmp_path):
+    result = train(tiny_config(toy, tmp_path, "gpu", device="cuda", epochs=1), progress=False, log=lambda m: None)
+    assert result["status"] == "finished"
+    assert load_model(tmp_path / "gpu")[1]["training"]["device"].startswith("cuda")
