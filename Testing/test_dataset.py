@@ -26,10 +26,11 @@ def test_sample_is_pure_function_of_index(scene):
 
 
 def test_implants_darken_image_but_leave_ground_truth(scene):
-    with_metal = ds.DatasetSettings(implants=1.0, p_bone_bright=0.0, **SMALL)
-    without = ds.DatasetSettings(implants=0.0, p_bone_bright=0.0, **SMALL)
+    bigger = {**SMALL, "size": 128}
+    with_metal = ds.DatasetSettings(implants=1.0, p_bone_bright=0.0, **bigger)
+    without = ds.DatasetSettings(implants=0.0, p_bone_bright=0.0, **bigger)
     checked = 0
-    for i in range(4):
+    for i in range(5):
         m = ds.render_sample(scene, with_metal, i, return_arrays=True)
         b = ds.render_sample(scene, without, i, return_arrays=True)
         assert m["annotation"]["implants"] and not b["annotation"]["implants"]
@@ -37,16 +38,18 @@ def test_implants_darken_image_but_leave_ground_truth(scene):
             assert m["annotation"][key] == b["annotation"][key], key
         assert np.array_equal(m["head_mask"], b["head_mask"]) and np.array_equal(m["femur_mask"], b["femur_mask"])
         assert set(np.unique(m["femur_mask"])) <= {0, 255}
+        from scipy import ndimage
+
         metal = (m["line_integrals"] - m["body_line_integrals"]) > 4.0
         exposed = m["image"] > 0  # outside a circular collimator the image is black anyway
-        sel = metal & exposed
+        sel = ndimage.binary_erosion(metal, iterations=1) & exposed  # inside the metal, away from blurred edges
         if sel.sum() >= 5:
             # bone-dark polarity: metal pixels are darker than the same pixels without metal, and
             # among the darkest in the image
             assert np.median(m["image"][sel]) < np.median(b["image"][sel])
             assert np.median(m["image"][sel]) <= np.percentile(m["image"][exposed], 25)
             checked += 1
-    assert checked >= 2
+    assert checked >= 3
 
 
 def test_ground_truth_lies_on_the_projected_femur(scene):

@@ -210,142 +210,19 @@ def make_phantom_scene(settings: DatasetSettings, group: int) -> Scene:
 
 
 def load_ct_scene(settings: DatasetSettings) -> Scene:
-    """Read and check a user's CT, femur mesh/label and landmarks (ValueError naming the problem)."""
+    """Read and check a user's CT, femur (mesh or label map) and landmarks (ValueError naming the problem).
+
+    The femur is loaded with :func:`femur.load_femur`: missing landmarks are estimated from the mesh,
+    the side is checked against the anatomy, and a mesh outside the CT is refused.
+    """
     from . import drr
+    from .femur import load_femur
     from .volume import read_volume
 
     ct = read_volume(settings.ct)
-    mesh = read_femur_mesh(settings.mesh, ct)
-    landmarks = read_landmarks(settings.landmarks) if settings.landmarks else {}
-    points = _mesh_points(mesh)
-    lo, hi = ct.corners_lps().min(axis=0), ct.corners_lps().max(axis=0)
-    inside = np.all((points >= lo - 1.0) & (points <= hi + 1.0), axis=1).mean()
-    if inside < 0.9:
-        raise ValueError(
-            f"The femur mesh {settings.mesh} lies mostly outside the CT {settings.ct} ({100 * inside:.0f} % of its "
-            "vertices inside the CT box). Both must be in the same physical frame (LPS mm); meshes exported from "
-            "Slicer in RAS need their x and y negated."
-        )
-    head_center, head_radius = _head_sphere(landmarks, points, settings.mesh)
-    landmarks["head_center"] = head_center
-    side = settings.side or _infer_side(points, ct)
+    femur = load_femur(settings.mesh, landmarks=settings.landmarks, side=settings.side, ct=ct)
     mu = ct.with_data(drr.hu_to_mu(ct.data).astype(np.float32))
-    return Scene(mu, {side: _femur_scene(side, mesh, landmarks, head_radius)}, None)
-
-
-def read_femur_mesh(path, ct=None):
-    """A femur surface (vtkPolyData, LPS mm) from .vtp/.vtk/.stl/.obj/.ply, or from a label map (.nrrd...)."""
-    import vtk
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Femur mesh not found: {path}")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
-    readers = {".vtp": vtk.vtkXMLPolyDataReader, ".vtk": vtk.vtkPolyDataReader, ".stl": vtk.vtkSTLReader,
-               ".obj": vtk.vtkOBJReader, ".ply": vtk.vtkPLYReader}
-    if suffix in readers:
-        reader = readers[suffix]()
-        reader.SetFileName(str(path))
-        reader.Update()
-        mesh = reader.GetOutput()
-    elif suffix in (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd"):
-        mesh = _mesh_from_label(path)
-    else:
-        raise ValueError(f"Unsupported femur mesh format {path.name}: use .vtp, .vtk, .stl, .obj, .ply or a label map (.nrrd).")
-    if mesh is None or mesh.GetNumberOfPoints() < 10 or mesh.GetNumberOfCells() < 10:
-        raise ValueError(f"The femur mesh {path} is empty or unreadable (fewer than 10 points/faces).")
-    return mesh
-
-
-def _mesh_from_label(path):
-    try:
-        from . import projection
-
-        if hasattr(projection, "mesh_from_label"):
-            return projection.mesh_from_label(path)
-    except ImportError:
-        pass
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
-
-    from .volume import read_volume
-
-    lab = read_volume(path)
-    data = (np.asarray(lab.data) > 0).astype(np.uint8)
-    if not data.any():
-        raise ValueError(f"The femur label map {path} is empty (no voxel > 0).")
-    img = vtk.vtkImageData()
-    k, j, i = data.shape
-    img.SetDimensions(i, j, k)
-    img.GetPointData().SetScalars(numpy_to_vtk(data.ravel(), deep=True))
-    mc = vtk.vtkDiscreteFlyingEdges3D() if hasattr(vtk, "vtkDiscreteFlyingEdges3D") else vtk.vtkDiscreteMarchingCubes()
-    mc.SetInputData(img)
-    mc.SetValue(0, 1)
-    mc.Update()
-    mesh = mc.GetOutput()
-    m = lab.ijk_to_lps()
-    tf = vtk.vtkTransform()
-    tf.SetMatrix(m.ravel().tolist())
-    f = vtk.vtkTransformPolyDataFilter()
-    f.SetInputData(mesh)
-    f.SetTransform(tf)
-    f.Update()
-    return f.GetOutput()
-
-
-def read_landmarks(path) -> dict:
-    """Named control points (LPS mm) of a Slicer markups JSON (``.mrk.json``), RAS files converted."""
-    from .geometry import lps_from_ras
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Landmarks file not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-        markups = doc["markups"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{path} is not a Slicer markups JSON file (no 'markups' list).") from None
-    out = {}
-    for mk in markups:
-        system = str(mk.get("coordinateSystem", "LPS")).upper()
-        for cp in mk.get("controlPoints", []):
-            label = str(cp.get("label", "")).strip()
-            pos = np.asarray(cp.get("position", []), float)
-            if not label or pos.shape != (3,):
-                continue
-            out[label] = lps_from_ras(pos) if system == "RAS" else pos
-    if not out:
-        raise ValueError(f"The landmarks file {path} has no labelled control points.")
-    return out
-
-
-def _head_sphere(landmarks: dict, points: np.ndarray, mesh_path) -> tuple[np.ndarray, float]:
-    """Head centre and radius: from landmarks ('head_center' + 'head_radius' or a surface point) or a fit."""
-    try:
-        from . import projection
-
-        fit = getattr(projection, "fit_head_sphere", None)
-    except ImportError:
-        fit = None
-    if "head_center" in landmarks:
-        c = np.asarray(landmarks["head_center"], float)
-        for key in ("head_surface", "head_surface_point"):
-            if key in landmarks:
-                return c, float(np.linalg.norm(np.asarray(landmarks[key], float) - c))
-        d = np.linalg.norm(points - c, axis=1)
-        near = d[d < np.percentile(d, 5)]
-        return c, float(np.median(near)) if len(near) else 22.0
-    if fit is not None:
-        c, r = fit(points)
-        return np.asarray(c, float), float(r)
-    raise ValueError(
-        f"No femoral-head centre: give --landmarks with a 'head_center' point for {mesh_path} (Slicer markups JSON)."
-    )
-
-
-def _infer_side(points: np.ndarray, ct) -> str:
-    """Patient side of a femur from its position relative to the CT's centre (LPS: +x = left)."""
-    return "left" if points[:, 0].mean() > ct.center_lps()[0] else "right"
+    return Scene(mu, {femur.side: _femur_scene(femur.side, femur.mesh, femur.landmarks, femur.head_radius_mm)}, None)
 
 
 # --- one sample -----------------------------------------------------------------------------------------
@@ -433,9 +310,9 @@ def is_complete(out_dir, index: int) -> bool:
 
 
 def write_sample(out_dir, index: int, sample: dict) -> None:
-    """Atomically write the PNGs, then the JSON (the completion marker)."""
+    """Atomically write the target PNGs, the image PNG, then the JSON (the completion marker)."""
     paths = sample_paths(out_dir, index)
-    for key in ("image", "head_mask", "femur_mask"):
+    for key in ("head_mask", "femur_mask", "image"):  # an image file implies its targets exist
         files.write_png(paths[key], sample[key])
     files.atomic_write_json(paths["annotation"], sample["annotation"])
 

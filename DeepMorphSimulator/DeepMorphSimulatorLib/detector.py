@@ -75,7 +75,7 @@ def plain_params() -> DetectorParams:
 def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geometry=None) -> DetectorParams:
     """Random realistic detector/display settings. ``geometry`` (CArmGeometry) scales the focal-spot blur.
 
-    Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-1.2, dose 300-10000
+    Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-0.5 (anti-scatter grid), dose 300-10000
     photons per pixel behind the patient (at this pixel size), detector PSF 0.3-1.2 px, vignetting 0-35 %, gamma 0.6-1.6.
     """
     p = DetectorParams()
@@ -85,7 +85,7 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
         pixel_mm, mag = float(geometry.pixel_mm), float(geometry.magnification)
     spot_mm = rng.uniform(0.3, 1.0)
     p.focal_blur_px = float(spot_mm * (mag - 1.0) / pixel_mm / 2.355)  # FWHM -> sigma
-    p.scatter_ratio = float(rng.uniform(0.0, 1.2))
+    p.scatter_ratio = float(rng.uniform(0.0, 0.5))  # with an anti-scatter grid
     p.scatter_sigma_frac = float(rng.uniform(0.08, 0.25))
     p.counts = float(np.exp(rng.uniform(np.log(300.0), np.log(10000.0)))) if rng.uniform() < 0.9 else None
     p.detector_blur_px = float(rng.uniform(0.3, 1.2))
