@@ -150,11 +150,16 @@ def test_scan_coverage_detects_views_past_the_ct_ends():
     data = np.full((60, 100, 100), 0.02, np.float32)  # 'body' everywhere, 60 mm tall (k = S axis)
     vol = Volume(data, spacing=(2.0, 2.0, 1.0), origin=(-99.0, -99.0, -29.5))
     cov = ds.ScanCoverage.from_volume(vol)
-    assert cov.axis == 2
     inside = CArmGeometry(width_px=32, height_px=32, pixel_mm=0.5)  # ~10 mm field at the isocentre
     assert cov.cut_fraction(inside) == 0.0
     wide = inside.with_(pixel_mm=8.0)  # ~150 mm field: the top and bottom rows look past the ends
     assert 0.2 < cov.cut_fraction(wide) < 0.8
+    flank = inside.with_(pixel_mm=2.0, isocenter_lps=(90.0, 0.0, 0.0))  # ~38 mm field across the x = +100 mm cut
+    assert cov.cut_fraction(flank) > 0.1
+    slim = Volume(np.where(np.abs(np.arange(100) * 2.0 - 99.0) < 80, data, 0.0).astype(np.float32), vol.spacing, vol.origin)
+    assert ds.ScanCoverage.from_volume(slim).cut_fraction(flank) == 0.0  # air at the flanks: nothing is cut
+    lateral = wide.with_(orbital_deg=90.0)  # beam along x: the x faces face the beam and do not count
+    assert cov.cut_fraction(lateral) == pytest.approx(cov.cut_fraction(wide), abs=0.1)
     from DeepMorphSimulatorLib.poses import sample_pose
 
     lm = {"head_center": np.zeros(3)}

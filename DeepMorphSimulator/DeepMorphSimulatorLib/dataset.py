@@ -126,60 +126,72 @@ class Scene:
 
 
 class ScanCoverage:
-    """The CT's axial end faces (scan range limits) where they cut through the body.
+    """Where the CT's box cuts through the body (scan range ends, a body wider than the field of view).
 
-    A ray that crosses an end face inside the body shows the cut (the body or thigh ends abruptly in
-    the image). :meth:`cut_fraction` estimates the share of such rays for a pose on a coarse pixel grid.
+    A ray that runs past a face of the box where the body continues shows the cut as an edge in the
+    image (the thigh or the flank ends abruptly). :meth:`cut_fraction` estimates the share of such rays
+    for a pose on a coarse pixel grid, looking at the faces roughly parallel to the beam (crossing the
+    faces that face the beam only shortens every ray alike).
     """
 
-    def __init__(self, lps_to_ijk: np.ndarray, axis: int, size: int, faces: tuple):
+    def __init__(self, lps_to_ijk: np.ndarray, direction: np.ndarray, shape_ijk: tuple, faces: dict):
         self.m = lps_to_ijk
-        self.axis = axis  # index axis (0 = i, 1 = j, 2 = k) most aligned with the patient's S axis
-        self.size = size
-        self.faces = faces  # body masks (bool 2-D, remaining index axes in order) at index 0 and size - 1
+        self.direction = np.asarray(direction, float)  # columns: LPS directions of the index axes
+        self.shape = tuple(int(x) for x in shape_ijk)
+        self.faces = faces  # axis -> (mask at index 0, mask at index n - 1), bool over the other axes in order
 
     @classmethod
     def from_volume(cls, mu, body_mu: float | None = None) -> "ScanCoverage":
         from .implants import default_mu_water
 
-        data = np.asarray(mu.data)
         if body_mu is None:
             body_mu = 0.5 * default_mu_water()  # fat and muscle (~water) count as body, air does not
-        axis = int(np.argmax(np.abs(np.asarray(mu.direction)[2])))
-        vol = data.transpose(2, 1, 0)  # [i, j, k]
-        n = vol.shape[axis]
-        faces = (np.take(vol, 0, axis=axis) > body_mu, np.take(vol, n - 1, axis=axis) > body_mu)
-        return cls(mu.lps_to_ijk(), axis, n, faces)
+        vol = np.asarray(mu.data).transpose(2, 1, 0)  # [i, j, k]
+        faces = {a: (np.take(vol, 0, axis=a) > body_mu, np.take(vol, vol.shape[a] - 1, axis=a) > body_mu) for a in range(3)}
+        return cls(mu.lps_to_ijk(), mu.direction, vol.shape, faces)
 
     def cut_fraction(self, geometry, grid: int = 24, samples: int = 32) -> float:
-        """Share of detector rays (a grid x grid lattice) that pass beyond an end face where the body
-        continues (the face's body mask extruded outwards): they show the scan's cut edge."""
+        """Share of detector rays (a grid x grid lattice) that pass beyond a box face where the body
+        continues (the face's body mask extruded outwards): they show the cut edge."""
         w, h = geometry.width_px, geometry.height_px
         uu, vv = np.meshgrid(np.linspace(0, w - 1, grid), np.linspace(0, h - 1, grid))
         pix = geometry.pixel_positions_lps(uu.ravel(), vv.ravel())
         m = self.m
         s = m[:3, :3] @ geometry.source_lps + m[:3, 3]
         d = pix @ m[:3, :3].T + m[:3, 3] - s  # ray p(t) = s + t d, t in [0, 1] (index space)
-        a = self.axis
+        beam = geometry.axes()[2]
+        along_beam = int(np.argmax(np.abs(beam @ self.direction)))
+        cut = np.zeros(len(d), bool)
+        for a in range(3):
+            if a == along_beam:
+                continue
+            cut |= self._cut_rays(s, d, a, samples)
+        return float(cut.mean())
+
+    def _cut_rays(self, s, d, a, samples):
         o0, o1 = [x for x in range(3) if x != a]
         lo = np.zeros(len(d))
         hi = np.ones(len(d))
-        for ax, n_ax in ((o0, self.faces[0].shape[0]), (o1, self.faces[0].shape[1])):
+        for ax in (o0, o1):  # the part of each ray inside the box's extent across the other two axes
+            n_ax = self.shape[ax]
             with np.errstate(divide="ignore", invalid="ignore"):
                 t0 = (-0.5 - s[ax]) / d[:, ax]
                 t1 = (n_ax - 0.5 - s[ax]) / d[:, ax]
             flat = np.abs(d[:, ax]) < 1e-12
-            inside = (-0.5 <= s[ax]) & (s[ax] <= n_ax - 0.5)
+            inside = bool(-0.5 <= s[ax] <= n_ax - 0.5)
             lo = np.maximum(lo, np.where(flat, 0.0 if inside else 2.0, np.minimum(t0, t1)))
             hi = np.minimum(hi, np.where(flat, 1.0 if inside else -1.0, np.maximum(t0, t1)))
         t = lo[:, None] + (hi - lo)[:, None] * ((np.arange(samples) + 0.5) / samples)[None, :]
         p = s[None, None, :] + t[..., None] * d[:, None, :]
-        i0 = np.clip(np.rint(p[..., o0]).astype(np.int64), 0, self.faces[0].shape[0] - 1)
-        i1 = np.clip(np.rint(p[..., o1]).astype(np.int64), 0, self.faces[0].shape[1] - 1)
+        first, last = self.faces[a]
+        i0 = np.clip(np.rint(p[..., o0]).astype(np.int64), 0, first.shape[0] - 1)
+        i1 = np.clip(np.rint(p[..., o1]).astype(np.int64), 0, first.shape[1] - 1)
         below = p[..., a] < -0.5
-        above = p[..., a] > self.size - 0.5
-        hit = (below & self.faces[0][i0, i1]) | (above & self.faces[1][i0, i1])
-        return float((np.any(hit, axis=1) & (hi > lo)).mean())
+        above = p[..., a] > self.shape[a] - 0.5
+        hit = (below & first[i0, i1]) | (above & last[i0, i1])
+        return np.any(hit, axis=1) & (hi > lo)
+
+
 def phantom_seed(seed: int, group: int) -> int:
     """Seed of phantom number ``group`` of a dataset with master seed ``seed`` (uint32)."""
     return int(np.random.SeedSequence([int(seed), int(group), 0x50484E54]).generate_state(1)[0])
