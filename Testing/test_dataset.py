@@ -165,3 +165,27 @@ def test_scan_coverage_detects_views_past_the_ct_ends():
     lm = {"head_center": np.zeros(3)}
     g = sample_pose(np.random.default_rng(0), lm, 32, accept=lambda geo: cov.cut_fraction(geo) == 0.0, max_tries=200)
     assert cov.cut_fraction(g) == 0.0 or g is not None
+
+
+def test_user_ct_with_mesh_landmarks_and_label_map(tmp_path):
+    """A researcher's CT + femur (mesh or label map) + markups: many poses of one CT, side checked."""
+    from DeepMorphSimulatorLib import phantom
+
+    files = phantom.save_phantom(phantom.make_phantom(7, spacing_mm=3.0), tmp_path / "in")
+    s = ds.DatasetSettings(source="ct", ct=files["ct"], mesh=files["femur_left"], landmarks=files["landmarks"],
+                           side="left", size=64, implants=1.0)
+    stats = ds.generate(s, tmp_path / "out", 3, progress=False)
+    assert stats["written"] == 3
+    anns = [json.loads((tmp_path / "out" / "samples" / f"{i:06d}.json").read_text()) for i in range(3)]
+    assert {a["side"] for a in anns} == {"left"} and all(a["head_circle"] for a in anns)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["source"] == "ct" and len(manifest["settings"]["input_digest"]) == 64
+    # label map instead of a mesh, side inferred from the anatomy
+    s2 = ds.DatasetSettings(source="ct", ct=files["ct"], mesh=files["femur_label"], side="right", size=64, implants=0.0)
+    ds.generate(s2, tmp_path / "out2", 1, progress=False)
+    assert json.loads((tmp_path / "out2" / "samples" / "000000.json").read_text())["side"] == "right"
+    # the wrong side for the mesh: a clear error before any work
+    bad = ds.DatasetSettings(source="ct", ct=files["ct"], mesh=files["femur_left"], side="right", size=64)
+    with pytest.raises(ValueError, match="left femur"):
+        ds.generate(bad, tmp_path / "out3", 1, progress=False)
+    assert not (tmp_path / "out3").exists()

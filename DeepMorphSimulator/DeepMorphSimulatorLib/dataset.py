@@ -307,8 +307,8 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     return out
 
 
-def _r(arr: np.ndarray):
-    return np.round(np.asarray(arr, float), 3).tolist()
+def _r(arr: np.ndarray, decimals: int = 2):
+    return np.round(np.asarray(arr, float), decimals).tolist()
 
 
 def sample_paths(out_dir, index: int) -> dict:
@@ -326,7 +326,8 @@ def write_sample(out_dir, index: int, sample: dict) -> None:
     paths = sample_paths(out_dir, index)
     for key in ("head_mask", "femur_mask", "image"):  # an image file implies its targets exist
         files.write_png(paths[key], sample[key])
-    files.atomic_write_json(paths["annotation"], sample["annotation"])
+    text = json.dumps(sample["annotation"], sort_keys=True, separators=(",", ":"))
+    files.atomic_write_text(paths["annotation"], text + "\n")  # compact: contours are long
 
 
 # --- workers --------------------------------------------------------------------------------------------
