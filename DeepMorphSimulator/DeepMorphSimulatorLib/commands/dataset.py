@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--implants", type=float, default=0.5, help="probability of an implant per sample, 0-1 (default 0.5; tools at half of it)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1); never changes the output")
     parser.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
-    parser.add_argument("--group", type=int, default=32, help="samples per phantom with --phantom (default 32)")
+    parser.add_argument("--group", type=int, default=48, help="samples per phantom with --phantom (default 48)")
     parser.add_argument("--phantom-spacing", type=float, default=1.5, help="phantom voxel size in mm (default 1.5)")
     parser.add_argument("--detector", choices=("realistic", "plain"), default="realistic",
                         help="realistic: noise, blur, collimation, display variety; plain: the paper's display")
