@@ -47,7 +47,7 @@ def test_implants_darken_image_but_leave_ground_truth(scene):
             # bone-dark polarity: metal pixels are much darker than the same pixels without metal and
             # darker than most of the image (thin screws less so: blur and scatter fill them in)
             assert np.median(m["image"][sel]) < np.median(b["image"][sel]) - 60
-            assert np.median(m["image"][sel]) <= np.percentile(m["image"][exposed], 40)
+            assert np.median(m["image"][sel]) <= np.percentile(m["image"][exposed], 50)
             checked += 1
     assert checked >= 4
 
