@@ -18,7 +18,7 @@ Line integral methods (``method=``): ``"trilinear"`` is the paper's sampler (tri
 voxel plane crossed along the ray's major index axis, combined with the trapezoid rule and exact partial end
 segments. Both are exact for volumes linear in position; Joseph is the fast default (``"auto"``).
 
-Devices (``device=``): ``"cpu"`` = numba kernels, parallel over detector rows; ``"cuda"`` / ``"cuda:N"``
+Devices (``device=``): ``"cpu"`` = numba kernels, parallel over detector tiles; ``"cuda"`` / ``"cuda:N"``
 = torch on the GPU; ``"torch-cpu"`` = the torch path on the CPU (tests, machines without numba);
 ``"auto"`` = CUDA when present, else ``"cpu"``.
 
@@ -118,16 +118,14 @@ def render_drr(
     return DRR(image=to_display(A), line_integrals=A, geometry=geometry)
 
 
-def to_display(
-    line_integrals_: np.ndarray, saturate_fraction: float = 0.025, low: int = 20, high: int = 255
-) -> np.ndarray:
+def to_display(A: np.ndarray, saturate_fraction: float = 0.025, low: int = 20, high: int = 255) -> np.ndarray:
     """Eq. 10 and the paper's display mapping: uint8 (H, W), bone dark.
 
     ``I = exp(-A)``; the ``saturate_fraction`` brightest pixels (lowest A; more only where values tie)
     become ``high``; the rest scale linearly in I from ``low`` (largest A) towards ``high``. Monotonic
     (non-increasing) in A.
     """
-    A = np.asarray(line_integrals_, dtype=np.float64)
+    A = np.asarray(A, dtype=np.float64)
     if A.ndim != 2 or A.size == 0:
         raise ValueError(f"Line integrals must be a non-empty 2-D array (H, W), got shape {A.shape}.")
     if not np.all(np.isfinite(A)):
@@ -160,7 +158,9 @@ _NOT_A_VOLUME = (
 
 def _check_mu_water(mu_water: float) -> None:
     if not (np.isfinite(mu_water) and mu_water > 0):
-        raise ValueError(f"mu_water must be a positive attenuation in 1/mm (default {MU_WATER_PER_MM}), got {mu_water}.")
+        raise ValueError(
+            f"mu_water must be a positive attenuation in 1/mm (default {MU_WATER_PER_MM}), got {mu_water}."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +228,7 @@ def support_box(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if cached is not None and cached[0]() is data:
         return cached[1]
     shape = np.array(data.shape[::-1], dtype=np.int64)
-    i0, j0, k0, i1, j1, k1 = drr_numba.nonzero_box(data)
+    i0, j0, k0, i1, j1, k1 = drr_numba.nonzero_box(_read_only(data))
     if i0 < 0:
         box = (np.zeros(3, np.int64), shape - 1)
     else:
@@ -337,6 +337,14 @@ def volume_shape_ok(volume: Volume) -> None:
         raise ValueError("The volume's direction matrix must be orthonormal (|det| = 1).")
 
 
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """A read-only view, so numba compiles (and caches) one specialisation per kernel, not two."""
+    if arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
 def _as_float32(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
@@ -344,7 +352,7 @@ def _as_float32(data: np.ndarray) -> np.ndarray:
 def _integrate_numba(data: np.ndarray, rays: RaySetup, method: str, step: float) -> tuple[np.ndarray, int]:
     from . import drr_numba
 
-    flat = data.reshape(-1)
+    flat = _read_only(data.reshape(-1))
     strides = np.array([1, data.shape[2], data.shape[1] * data.shape[2]], dtype=np.int64)
     base = int(rays.crop_lo @ strides)
     out = np.empty((rays.height, rays.width), dtype=np.float32)

@@ -28,7 +28,7 @@ BLOCK = 64  # rays per tile row: the lanes of one plane sweep
 TILE_V = 8  # detector rows per tile
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _clip(s, d, lo, hi):
     """Parameter interval [t0, t1] of ``s + t d`` (3-tuples) inside the box [lo, hi] and t in [0, 1].
 
@@ -50,7 +50,7 @@ def _clip(s, d, lo, hi):
     return t0, t1
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _trilinear(vol, base, x, y, z, dims, strides):
     """Trilinear interpolation at crop index (x, y, z), clamped to the crop's voxel-centre box."""
     nx, ny, nz = dims[0], dims[1], dims[2]
@@ -142,7 +142,7 @@ def _sweep(vol, base, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, n
                     f_last[l] = val
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _ray(v, u, src, q0, qu, qv, p0, pu, pv):
     """Index-space direction (source -> pixel centre) and physical length (mm) of pixel (u, v)'s ray."""
     dx = q0[0] + u * qu[0] + v * qv[0] - src[0]
@@ -154,7 +154,7 @@ def _ray(v, u, src, q0, qu, qv, p0, pu, pv):
     return dx, dy, dz, math.sqrt(ex * ex + ey * ey + ez * ez)
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _axis_layout(a, dims, strides):
     """(n_a, n_b, n_c, stride_a, stride_b, stride_c) for major axis a (0 = i, 1 = j, 2 = k)."""
     if a == 0:
@@ -164,7 +164,7 @@ def _axis_layout(a, dims, strides):
     return dims[2], dims[0], dims[1], strides[2], strides[0], strides[1]
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _hit_and_clip(src, d, dims, box):
     """(hit, t0, t1): does the ray meet the whole volume's box; its interval inside the crop box."""
     h0, h1 = _clip((src[0], src[1], src[2]), d, (box[0], box[1], box[2]), (box[3], box[4], box[5]))
@@ -186,123 +186,129 @@ def joseph(vol, base, dims, strides, box, src, q0, qu, qv, p0, pu, pv, out, hit)
     nbu = (width + BLOCK - 1) // BLOCK
     nbv = (height + TILE_V - 1) // TILE_V
     for tile in numba.prange(nbu * nbv):
-        ub = (tile % nbu) * BLOCK
-        vb = (tile // nbu) * TILE_V
-        n_u = min(BLOCK, width - ub)
-        axis = np.empty(BLOCK, np.int64)
-        mfirst = np.empty(BLOCK, np.int64)
-        mlast = np.empty(BLOCK, np.int64)
-        ray = np.empty((10, BLOCK), np.float64)  # b, c on the first plane; slopes; step; d0, d1; f_lo, f_hi; sum
-        lanes = np.empty(BLOCK, np.int64)
-        b0 = np.empty(BLOCK, np.float32)
-        sb = np.empty(BLOCK, np.float32)
-        c0 = np.empty(BLOCK, np.float32)
-        sc = np.empty(BLOCK, np.float32)
-        mf = np.empty(BLOCK, np.int64)
-        ml = np.empty(BLOCK, np.int64)
-        acc = np.empty(BLOCK, np.float32)
-        f_first = np.empty(BLOCK, np.float32)
-        f_last = np.empty(BLOCK, np.float32)
-        v_first = np.empty(BLOCK, np.float64)
-        v_last = np.empty(BLOCK, np.float64)
-        off = np.empty(BLOCK, np.int32)
-        scratch = np.empty((6, BLOCK), np.float32)
-        for v in range(vb, min(vb + TILE_V, height)):
+        _joseph_tile(vol, base, dims, strides, box, src, q0, qu, qv, p0, pu, pv, out, hit,
+                     (tile % nbu) * BLOCK, (tile // nbu) * TILE_V)
+
+
+@numba.njit(**_JIT)
+def _joseph_tile(vol, base, dims, strides, box, src, q0, qu, qv, p0, pu, pv, out, hit, ub, vb):
+    """One tile of :func:`joseph`: pixels u in [ub, ub + BLOCK), v in [vb, vb + TILE_V)."""
+    height, width = out.shape
+    n_u = min(BLOCK, width - ub)
+    axis = np.empty(BLOCK, np.int64)
+    mfirst = np.empty(BLOCK, np.int64)
+    mlast = np.empty(BLOCK, np.int64)
+    ray = np.empty((10, BLOCK), np.float64)  # b, c on the first plane; slopes; step; d0, d1; f_lo, f_hi; sum
+    lanes = np.empty(BLOCK, np.int64)
+    b0 = np.empty(BLOCK, np.float32)
+    sb = np.empty(BLOCK, np.float32)
+    c0 = np.empty(BLOCK, np.float32)
+    sc = np.empty(BLOCK, np.float32)
+    mf = np.empty(BLOCK, np.int64)
+    ml = np.empty(BLOCK, np.int64)
+    acc = np.empty(BLOCK, np.float32)
+    f_first = np.empty(BLOCK, np.float32)
+    f_last = np.empty(BLOCK, np.float32)
+    v_first = np.empty(BLOCK, np.float64)
+    v_last = np.empty(BLOCK, np.float64)
+    off = np.empty(BLOCK, np.int32)
+    scratch = np.empty((6, BLOCK), np.float32)
+    for v in range(vb, min(vb + TILE_V, height)):
+        for l in range(n_u):
+            u = ub + l
+            axis[l] = -1
+            dx, dy, dz, length = _ray(v, u, src, q0, qu, qv, p0, pu, pv)
+            is_hit, t0, t1 = _hit_and_clip(src, (dx, dy, dz), dims, box)
+            hit[v, u] = 1 if is_hit else 0
+            out[v, u] = 0.0
+            if t1 - t0 <= 1e-12:
+                continue
+            ax, ay, az = abs(dx), abs(dy), abs(dz)
+            if ax >= ay and ax >= az:
+                a, da, db, dc, sa, s_b, s_c = 0, dx, dy, dz, src[0], src[1], src[2]
+            elif ay >= az:
+                a, da, db, dc, sa, s_b, s_c = 1, dy, dx, dz, src[1], src[0], src[2]
+            else:
+                a, da, db, dc, sa, s_b, s_c = 2, dz, dx, dy, src[2], src[0], src[1]
+            na, nb, nc, st_a, st_b, st_c = _axis_layout(a, dims, strides)
+            a0 = sa + t0 * da
+            a1 = sa + t1 * da
+            lo = min(a0, a1)
+            hi = max(a0, a1)
+            step = length / abs(da)  # mm between consecutive planes
+            m_first = max(int(math.ceil(lo - 1e-9)), 0)
+            m_last = min(int(math.floor(hi + 1e-9)), na - 1)
+            d0 = min(max(m_first - lo, 0.0), 1.0) * step
+            d1 = min(max(hi - m_last, 0.0), 1.0) * step
+            t_lo = t0 if a0 <= a1 else t1
+            t_hi = t1 if a0 <= a1 else t0
+            f_lo = 0.0
+            f_hi = 0.0
+            if d0 > 0.0 or m_first > m_last:
+                f_lo = _trilinear(vol, base, src[0] + t_lo * dx, src[1] + t_lo * dy, src[2] + t_lo * dz,
+                                  dims, strides)
+            if d1 > 0.0 or m_first > m_last:
+                f_hi = _trilinear(vol, base, src[0] + t_hi * dx, src[1] + t_hi * dy, src[2] + t_hi * dz,
+                                  dims, strides)
+            if m_first > m_last:  # the segment crosses no voxel plane: trapezoid over it
+                out[v, u] = 0.5 * (f_lo + f_hi) * (t1 - t0) * length
+                continue
+            axis[l] = a
+            mfirst[l] = m_first
+            mlast[l] = m_last
+            t_m = (m_first - sa) / da  # ray parameter on the first plane
+            ray[0, l] = s_b + t_m * db
+            ray[1, l] = s_c + t_m * dc
+            ray[2, l] = db / da
+            ray[3, l] = dc / da
+            ray[4, l] = step
+            ray[5, l] = d0
+            ray[6, l] = d1
+            ray[7, l] = f_lo
+            ray[8, l] = f_hi
+        for a in range(3):
+            n = 0
             for l in range(n_u):
-                u = ub + l
-                axis[l] = -1
-                dx, dy, dz, length = _ray(v, u, src, q0, qu, qv, p0, pu, pv)
-                is_hit, t0, t1 = _hit_and_clip(src, (dx, dy, dz), dims, box)
-                hit[v, u] = 1 if is_hit else 0
-                out[v, u] = 0.0
-                if t1 - t0 <= 1e-12:
-                    continue
-                ax, ay, az = abs(dx), abs(dy), abs(dz)
-                if ax >= ay and ax >= az:
-                    a, da, db, dc, sa, s_b, s_c = 0, dx, dy, dz, src[0], src[1], src[2]
-                elif ay >= az:
-                    a, da, db, dc, sa, s_b, s_c = 1, dy, dx, dz, src[1], src[0], src[2]
-                else:
-                    a, da, db, dc, sa, s_b, s_c = 2, dz, dx, dy, src[2], src[0], src[1]
-                na, nb, nc, st_a, st_b, st_c = _axis_layout(a, dims, strides)
-                a0 = sa + t0 * da
-                a1 = sa + t1 * da
-                lo = min(a0, a1)
-                hi = max(a0, a1)
-                step = length / abs(da)  # mm between consecutive planes
-                m_first = max(int(math.ceil(lo - 1e-9)), 0)
-                m_last = min(int(math.floor(hi + 1e-9)), na - 1)
-                d0 = min(max(m_first - lo, 0.0), 1.0) * step
-                d1 = min(max(hi - m_last, 0.0), 1.0) * step
-                t_lo = t0 if a0 <= a1 else t1
-                t_hi = t1 if a0 <= a1 else t0
-                f_lo = 0.0
-                f_hi = 0.0
-                if d0 > 0.0 or m_first > m_last:
-                    f_lo = _trilinear(vol, base, src[0] + t_lo * dx, src[1] + t_lo * dy, src[2] + t_lo * dz,
-                                      dims, strides)
-                if d1 > 0.0 or m_first > m_last:
-                    f_hi = _trilinear(vol, base, src[0] + t_hi * dx, src[1] + t_hi * dy, src[2] + t_hi * dz,
-                                      dims, strides)
-                if m_first > m_last:  # the segment crosses no voxel plane: trapezoid over it
-                    out[v, u] = 0.5 * (f_lo + f_hi) * (t1 - t0) * length
-                    continue
-                axis[l] = a
-                mfirst[l] = m_first
-                mlast[l] = m_last
-                t_m = (m_first - sa) / da  # ray parameter on the first plane
-                ray[0, l] = s_b + t_m * db
-                ray[1, l] = s_c + t_m * dc
-                ray[2, l] = db / da
-                ray[3, l] = dc / da
-                ray[4, l] = step
-                ray[5, l] = d0
-                ray[6, l] = d1
-                ray[7, l] = f_lo
-                ray[8, l] = f_hi
-            for a in range(3):
-                n = 0
-                for l in range(n_u):
-                    if axis[l] == a:
-                        lanes[n] = l
-                        n += 1
-                if n == 0:
-                    continue
-                m0 = mfirst[lanes[0]]
-                m1 = mlast[lanes[0]]
-                for k in range(n):
-                    m0 = min(m0, mfirst[lanes[k]])
-                    m1 = max(m1, mlast[lanes[k]])
-                for k in range(n):
-                    l = lanes[k]
-                    b0[k] = ray[0, l] + (m0 - mfirst[l]) * ray[2, l]
-                    c0[k] = ray[1, l] + (m0 - mfirst[l]) * ray[3, l]
-                    sb[k] = ray[2, l]
-                    sc[k] = ray[3, l]
-                    mf[k] = mfirst[l]
-                    ml[k] = mlast[l]
-                na, nb, nc, st_a, st_b, st_c = _axis_layout(a, dims, strides)
-                _sweep(vol, base, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off, scratch, acc,
-                       f_first, f_last)
-                for k in range(n):
-                    l = lanes[k]
-                    ray[9, l] = acc[k]
-                    v_first[l] = f_first[k]
-                    v_last[l] = f_last[k]
-            for l in range(n_u):
-                if axis[l] < 0:
-                    continue
-                step = ray[4, l]
-                d0 = ray[5, l]
-                d1 = ray[6, l]
-                # trapezoid rule between planes + the two partial end segments
-                out[v, ub + l] = (
-                    step * ray[9, l]
-                    - 0.5 * (step - d0) * v_first[l]
-                    - 0.5 * (step - d1) * v_last[l]
-                    + 0.5 * d0 * ray[7, l]
-                    + 0.5 * d1 * ray[8, l]
-                )
+                if axis[l] == a:
+                    lanes[n] = l
+                    n += 1
+            if n == 0:
+                continue
+            m0 = mfirst[lanes[0]]
+            m1 = mlast[lanes[0]]
+            for k in range(n):
+                m0 = min(m0, mfirst[lanes[k]])
+                m1 = max(m1, mlast[lanes[k]])
+            for k in range(n):
+                l = lanes[k]
+                b0[k] = ray[0, l] + (m0 - mfirst[l]) * ray[2, l]
+                c0[k] = ray[1, l] + (m0 - mfirst[l]) * ray[3, l]
+                sb[k] = ray[2, l]
+                sc[k] = ray[3, l]
+                mf[k] = mfirst[l]
+                ml[k] = mlast[l]
+            na, nb, nc, st_a, st_b, st_c = _axis_layout(a, dims, strides)
+            _sweep(vol, base, n, m0, m1, b0, sb, c0, sc, mf, ml, st_a, st_b, st_c, nb, nc, off, scratch, acc,
+                   f_first, f_last)
+            for k in range(n):
+                l = lanes[k]
+                ray[9, l] = acc[k]
+                v_first[l] = f_first[k]
+                v_last[l] = f_last[k]
+        for l in range(n_u):
+            if axis[l] < 0:
+                continue
+            step = ray[4, l]
+            d0 = ray[5, l]
+            d1 = ray[6, l]
+            # trapezoid rule between planes + the two partial end segments
+            out[v, ub + l] = (
+                step * ray[9, l]
+                - 0.5 * (step - d0) * v_first[l]
+                - 0.5 * (step - d1) * v_last[l]
+                + 0.5 * d0 * ray[7, l]
+                + 0.5 * d1 * ray[8, l]
+            )
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -327,7 +333,7 @@ def trilinear(vol, base, dims, strides, box, src, q0, qu, qv, p0, pu, pv, step_m
             out[v, u] = acc * (seg / n)
 
 
-@numba.njit(inline="always", **_JIT)
+@numba.njit(**_JIT)
 def _row_empty(row):
     """True when the 1-D array has no nonzero value (vectorised in chunks, early exit between chunks)."""
     n = row.shape[0]

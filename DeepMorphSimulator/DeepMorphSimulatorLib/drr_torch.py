@@ -9,6 +9,7 @@ volume, where zero padding makes them contribute nothing. Rays are processed in 
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import numpy as np
@@ -82,9 +83,11 @@ def _volume_tensor(data: np.ndarray, dev: torch.device, crop: bool):
     shape = np.array(arr.shape[::-1], dtype=np.int64)
     lo, hi = support_box(arr) if crop else (np.zeros(3, np.int64), shape - 1)
     sub = arr[lo[2] : hi[2] + 1, lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
+    with warnings.catch_warnings():  # read-only arrays are fine: the tensor is only read
+        warnings.simplefilter("ignore", UserWarning)
+        tensor = torch.as_tensor(np.ascontiguousarray(sub), device=dev)[None, None]
     if dev.type == "cpu":
-        return torch.from_numpy(np.ascontiguousarray(sub))[None, None], (lo, hi)
-    tensor = torch.as_tensor(np.ascontiguousarray(sub), device=dev)[None, None]
+        return tensor, (lo, hi)
     if _owns_readonly(data):  # nobody can change it behind the cache's back
         _volume_cache.clear()  # one volume at a time: GPU memory is precious
         _volume_cache[key] = (weakref.ref(data, lambda _r, k=key: _volume_cache.pop(k, None)), tensor, (lo, hi))
@@ -113,9 +116,15 @@ def _max_samples(method, step_mm, length, dt, dims) -> int:
     return int(torch.ceil((dt * length).max() / step_mm).item()) + 1
 
 
-def _sample(vol: torch.Tensor, points: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    """Trilinear values at index-space points (R, S, 3) (i, j, k); zero outside the volume."""
-    grid = (points * (2.0 / (shape - 1.0)) - 1.0).to(torch.float32)
+def _sample(vol: torch.Tensor, src, d, t: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Trilinear values at the points ``src + t d`` (t: (R, S), d: (R, 3), index space); zero outside.
+
+    The normalised grid is built in float32 in one fused step (errors ~1e-4 voxel), then interpolated.
+    """
+    scale = 2.0 / (shape - 1.0)
+    origin = (src * scale - 1.0).to(torch.float32)  # (3,)
+    step = (d * scale).to(torch.float32)  # (R, 3)
+    grid = torch.addcmul(origin, t.to(torch.float32)[..., None], step[:, None, :])  # (R, S, 3)
     values = F.grid_sample(vol, grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
     return values[0, 0, 0].to(torch.float64)
 
@@ -140,13 +149,12 @@ def _joseph(vol, src, d, length, t0, t1, shape) -> torch.Tensor:
     d1 = (hi - m_last).clamp(0.0, 1.0) * step
     t_lo = torch.where(a0 <= a1, t0, t1)
     t_hi = torch.where(a0 <= a1, t1, t0)
-    ends = src + torch.stack([t_lo, t_hi], dim=1)[..., None] * d[:, None, :]  # (R, 2, 3)
-    f_ends = _sample(vol, ends, shape)
+    f_ends = _sample(vol, src, d, torch.stack([t_lo, t_hi], dim=1), shape)  # (R, 2)
     n_samples = max(int(count.max().item()), 1)
     q = torch.arange(n_samples, dtype=torch.float64, device=d.device)
     t = ((m_first - sa) / da)[:, None] + q[None, :] / da[:, None]
     t = torch.where(q[None, :] < count[:, None], t, torch.full_like(t, _FAR))
-    f = _sample(vol, src + t[..., None] * d[:, None, :], shape)  # (R, S); unused samples are 0
+    f = _sample(vol, src, d, t, shape)  # (R, S); unused samples are 0
     last = (count - 1.0).clamp(min=0.0).long()
     f_first = f[:, 0]
     f_last = f[rows, last]
@@ -170,5 +178,5 @@ def _trilinear(vol, src, d, length, t0, t1, shape, step_mm) -> torch.Tensor:
     h = (t1 - t0) / n
     t = t0[:, None] + (q[None, :] + 0.5) * h[:, None]
     t = torch.where(q[None, :] < n[:, None], t, torch.full_like(t, _FAR))
-    f = _sample(vol, src + t[..., None] * d[:, None, :], shape)
+    f = _sample(vol, src, d, t, shape)
     return f.sum(dim=1) * (seg / n)

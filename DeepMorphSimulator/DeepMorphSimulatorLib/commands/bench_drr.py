@@ -153,8 +153,9 @@ def plastimatch_args(geometry, volume_path, out_prefix) -> list[str]:
     return [
         "plastimatch", "drr", "-i", "exact", "-P", "none", "-t", "pfm",
         "--sad", f"{geometry.sod_mm:.10g}", "--sid", f"{geometry.sid_mm:.10g}",
-        "-r", f"{geometry.height_px} {geometry.width_px}",
-        "-z", f"{geometry.height_px * geometry.pixel_mm:.10g} {geometry.width_px * geometry.pixel_mm:.10g}",
+        # despite its help text ("row col"), plastimatch 1.9 reads -r and -z as columns first (checked)
+        "-r", f"{geometry.width_px} {geometry.height_px}",
+        "-z", f"{geometry.width_px * geometry.pixel_mm:.10g} {geometry.height_px * geometry.pixel_mm:.10g}",
         "-n", fmt(-beam), "--vup", fmt(-e_v), "-o", fmt(geometry.isocenter_lps),
         "-O", str(out_prefix), str(volume_path),
     ]

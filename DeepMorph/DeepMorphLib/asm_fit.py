@@ -1,0 +1,408 @@
+"""Fit a point distribution model to a confidence map (paper sections 3.1-3.2).
+
+``fit_pdm_to_confidence(conf_map, pdm)``:
+
+1. Foreground pixels ``conf_map > threshold`` (eq. 2); fewer than ``min_pixels`` -> not detected.
+2. Initialisation: multi-start CPD (``cpd.multistart_cpd``) of the PDM mean shape onto the foreground,
+   over rotations and the mirrored shape (the mirror selects ``pdm.reflect()``, i.e. the other side).
+3. ASM iterations: every model point searches along its contour normal, within +-``search_px``, for the
+   maximum confidence (bilinear sampling as ``scipy.ndimage.map_coordinates(order=1)``, compiled with numba
+   when available; parabolic sub-pixel peak);
+   the found points, weighted by their confidence, are projected onto the PDM (``b`` clipped to
+   +-``clip`` sqrt(lambda)); the search range shrinks by ``shrink`` per iteration down to ``min_search_px``;
+   stop when the mean point movement is below ``tol_px``. After CPD the first search range is
+   ``3 sigma`` of the CPD mixture, between ``min_search_px`` and ``search_px``.
+
+Points are (x, y) = (column, row) px. Points whose best confidence along the normal is below
+``min_point_confidence`` (e.g. hidden by an implant or outside the map) get no weight: the shape model
+fills them in. For open outlines (``pdm.closed`` False) the two end points also search along the tangent
+for the end of the ridge (``end_search``), so the ends do not slide freely along the shaft.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .circle_fit import foreground_pixels, validate_map
+from .cpd import multistart_cpd
+from .pdm import PointDistributionModel
+from .similarity import Similarity, as_points
+
+try:  # the profile search runs every ASM iteration: compiled when numba is there
+    import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    numba = None
+    _HAVE_NUMBA = False
+
+_MIRROR = Similarity(1.0, np.diag([-1.0, 1.0]), np.zeros(2))
+END_WEIGHT = 5.0  # weight of an end point that found the end of the ridge (a normal point: <= 1)
+
+
+@dataclass(frozen=True)
+class ShapeFit:
+    """Result of ``fit_pdm_to_confidence``; arrays are None when not detected."""
+
+    detected: bool
+    points: np.ndarray | None = None  # (N, 2) fitted contour points, px
+    b: np.ndarray | None = None  # (M,) mode weights of the (possibly mirrored) PDM
+    transform: Similarity | None = None  # model frame -> image px (of ``pdm.reflect()`` when ``reflected``)
+    point_confidence: np.ndarray | None = None  # (N,) bilinear confidence at the fitted points, 0-1
+    quality: float = 0.0  # mean of point_confidence
+    reason: str = ""
+    reflected: bool = False  # True: the mirrored PDM (other side) fitted best
+    n_pixels: int = 0  # foreground pixels
+    iterations: int = 0
+    converged: bool = False
+    support: float = 0.0  # fraction of points whose confidence exceeds the threshold
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {
+            "detected": self.detected,
+            "reason": self.reason,
+            "quality": self.quality,
+            "support": self.support,
+            "reflected": self.reflected,
+            "n_pixels": self.n_pixels,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "info": self.info,
+        }
+        if self.detected:
+            out.update(
+                points=self.points.tolist(),
+                b=self.b.tolist(),
+                transform=self.transform.to_dict(),
+                point_confidence=self.point_confidence.tolist(),
+            )
+        return out
+
+
+def _end_targets(conf, points, targets, peak, search_px, step_px, min_conf, margin_px=2.0):
+    """Tangential search at the two ends of an open contour (in place).
+
+    From the outermost point well on the ridge (peak >= 0.7 x median peak), the confidence is sampled along
+    the outward tangent of the end, up to ``search_px`` beyond the model's end point. The ridge ends where
+    the confidence falls below half its ridge value; the end point's target moves there (less the half
+    width of the ridge across it, i.e. the size of the band's round cap). Ridges that go on beyond that
+    range or stop at the map border (no anatomical end) give no target. Without this, the ends of an open
+    outline slide freely along the ridge.
+    """
+    h, w = conf.shape
+    n = len(points)
+    good = peak >= min_conf
+    if not np.any(good):
+        return
+    on = peak[good]
+    solid = 0.7 * float(np.partition(on, len(on) // 2)[len(on) // 2])  # well on the ridge, not on its end cap
+    for end, step in ((0, 1), (n - 1, -1)):
+        j = end
+        while 0 <= j < n and peak[j] < solid and abs(j - end) < n // 4:
+            j += step
+        if not 0 <= j < n or peak[j] < solid:
+            continue
+        u = points[end] - points[end + 2 * step]
+        norm = np.hypot(*u)
+        if norm == 0:
+            continue
+        u = u / norm
+        base = targets[j]
+        reach = float(np.dot(points[end] - base, u)) + search_px
+        if reach <= step_px:
+            continue
+        offsets = np.arange(0.0, reach + 0.5 * step_px, step_px)
+        across = np.arange(-4.0, 4.0 + 0.5 * step_px, step_px)
+        prof_across = sample_bilinear(conf, base[None, :] + across[:, None] * np.array([-u[1], u[0]])[None, :])
+        ridge = float(prof_across.max())
+        half = 0.5 * ridge
+        hw = float(np.count_nonzero(prof_across >= half)) * step_px / 2.0  # half width of the ridge
+        prof = sample_bilinear(conf, base[None, :] + offsets[:, None] * u[None, :])
+        below = np.flatnonzero(prof < half)
+        if ridge < min_conf or len(below) == 0 or below[0] == 0:
+            continue  # no ridge here, or it goes on beyond the search range
+        k = below[0] - 1
+        a, b = prof[k], prof[k + 1]
+        cross = offsets[k] + step_px * (a - half) / max(a - b, 1e-12)
+        end_pt = base + max(cross - hw, 0.0) * u
+        lo = margin_px + hw
+        if end_pt[0] < lo or end_pt[1] < lo or end_pt[0] > w - 1 - lo or end_pt[1] > h - 1 - lo:
+            continue  # the ridge stops at the map border: no information about the end
+        targets[end] = end_pt
+        peak[end] = ridge * END_WEIGHT
+
+
+def contour_normals(points: np.ndarray, closed: bool = False) -> np.ndarray:
+    """Unit normals (N, 2) of a polyline: tangent by central differences, rotated by 90 degrees.
+
+    The sign follows the point order (it flips for a mirrored model); the profile search is symmetric.
+    """
+    if closed:
+        tangent = np.roll(points, -1, axis=0) - np.roll(points, 1, axis=0)
+    else:
+        tangent = np.empty_like(points)
+        tangent[1:-1] = points[2:] - points[:-2]
+        tangent[0] = points[1] - points[0]
+        tangent[-1] = points[-1] - points[-2]
+    norm = np.hypot(tangent[:, 0], tangent[:, 1])
+    norm[norm == 0] = 1.0
+    return np.column_stack([-tangent[:, 1], tangent[:, 0]]) / norm[:, None]
+
+
+def sample_bilinear(conf: np.ndarray, xy: np.ndarray, backend: str = "auto") -> np.ndarray:
+    """Bilinear confidence at points ``xy`` (..., 2) px; 0 outside the map (map_coordinates, order=1)."""
+    from scipy.ndimage import map_coordinates
+
+    flat = xy.reshape(-1, 2)
+    if _HAVE_NUMBA and backend != "numpy" and conf.dtype == np.float64 and conf.flags.c_contiguous:
+        out = np.empty(len(flat))
+        _sample_numba(conf, np.ascontiguousarray(flat, dtype=np.float64), out)
+        return out.reshape(xy.shape[:-1])
+    vals = map_coordinates(conf, [flat[:, 1], flat[:, 0]], order=1, mode="constant", cval=0.0, prefilter=False)
+    return vals.reshape(xy.shape[:-1])
+
+
+def search_profiles(
+    conf: np.ndarray, points: np.ndarray, normals: np.ndarray, search_px: float, step_px: float = 0.5, backend: str = "auto"
+):
+    """Best point along each normal within +-``search_px``; returns (targets (N, 2), peak confidence (N,)).
+
+    Profiles are sampled every ``step_px`` with bilinear interpolation (0 outside the map, as
+    ``scipy.ndimage.map_coordinates(order=1, mode="constant")``). The peak is picked on the profile damped
+    by ``1 - 0.25 |offset| / search_px`` (prefers the nearer of two similar edges) and refined to sub-pixel
+    precision by a parabola through the raw samples. ``backend``: "auto" (numba if available) or "numpy"
+    (map_coordinates).
+    """
+    offsets = np.arange(-search_px, search_px + 0.5 * step_px, step_px)
+    if _HAVE_NUMBA and backend != "numpy":
+        targets = np.empty_like(points)
+        peak = np.empty(len(points))
+        _search_numba(np.ascontiguousarray(conf, dtype=np.float64), np.ascontiguousarray(points),
+                      np.ascontiguousarray(normals), offsets, float(search_px), float(step_px), targets, peak)
+        return targets, peak
+    samples = points[:, None, :] + offsets[None, :, None] * normals[:, None, :]
+    prof = sample_bilinear(conf, samples)  # (N, K)
+    damped = prof * (1.0 - 0.25 * np.abs(offsets) / max(search_px, 1e-9))[None, :]
+    k = np.argmax(damped, axis=1)
+    rows = np.arange(len(points))
+    kk = np.clip(k, 1, len(offsets) - 2)
+    a, b, c = prof[rows, kk - 1], prof[rows, kk], prof[rows, kk + 1]
+    den = a - 2.0 * b + c
+    shift = np.where(den < -1e-12, 0.5 * (a - c) / np.where(den < -1e-12, den, -1.0), 0.0)
+    shift = np.clip(shift, -0.5, 0.5)
+    best = offsets[kk] + shift * step_px
+    best = np.where((k == kk), best, offsets[k])  # peak at the end of the range: no refinement
+    peak = prof[rows, k]
+    return points + best[:, None] * normals, peak
+
+
+if _HAVE_NUMBA:
+
+    @numba.njit(cache=True)
+    def _bilinear(conf, x, y):  # pragma: no cover - compiled; same values as map_coordinates(order=1, "constant")
+        h = conf.shape[0]
+        w = conf.shape[1]
+        if not (x >= 0.0 and y >= 0.0 and x <= w - 1 and y <= h - 1):
+            return 0.0
+        x0 = min(int(x), w - 2) if w > 1 else 0
+        y0 = min(int(y), h - 2) if h > 1 else 0
+        fx = x - x0
+        fy = y - y0
+        x1 = min(x0 + 1, w - 1)
+        y1 = min(y0 + 1, h - 1)
+        top = conf[y0, x0] * (1.0 - fx) + conf[y0, x1] * fx
+        bottom = conf[y1, x0] * (1.0 - fx) + conf[y1, x1] * fx
+        return top * (1.0 - fy) + bottom * fy
+
+    @numba.njit(cache=True)
+    def _sample_numba(conf, xy, out):  # pragma: no cover - compiled
+        for i in range(xy.shape[0]):
+            out[i] = _bilinear(conf, xy[i, 0], xy[i, 1])
+
+    @numba.njit(cache=True)
+    def _search_numba(conf, points, normals, offsets, search_px, step_px, targets, peak):  # pragma: no cover
+        n_off = offsets.shape[0]
+        prof = np.empty(n_off)
+        for i in range(points.shape[0]):
+            px = points[i, 0]
+            py = points[i, 1]
+            nx = normals[i, 0]
+            ny = normals[i, 1]
+            best = 0
+            best_v = -1.0
+            for k in range(n_off):
+                v = _bilinear(conf, px + offsets[k] * nx, py + offsets[k] * ny)
+                prof[k] = v
+                d = v * (1.0 - 0.25 * abs(offsets[k]) / search_px)
+                if d > best_v:
+                    best_v = d
+                    best = k
+            off = offsets[best]
+            if 0 < best < n_off - 1:
+                a = prof[best - 1]
+                b = prof[best]
+                c = prof[best + 1]
+                den = a - 2.0 * b + c
+                if den < -1e-12:
+                    shift = 0.5 * (a - c) / den
+                    off += min(max(shift, -0.5), 0.5) * step_px
+            targets[i, 0] = px + off * nx
+            targets[i, 1] = py + off * ny
+            peak[i] = prof[best]
+
+
+def _asm(conf, model, transform, b, radius, wide_px, min_search_px, shrink, step_px, max_iterations, tol_px, clip,
+         min_point_confidence, regularization, end_search, rescue):
+    """ASM iterations from ``transform``/``b``; returns (points, b, transform, iterations, converged, stopped)."""
+    points = model.instance(b, transform)
+    it, converged, stopped = 0, False, ""
+    for it in range(1, max_iterations + 1):
+        normals = contour_normals(points, model.closed)
+        targets, peak = search_profiles(conf, points, normals, radius, step_px)
+        lost = peak < min_point_confidence
+        if rescue and radius < wide_px and np.any(lost):  # points that lost the ridge look further
+            t2, p2 = search_profiles(conf, points[lost], normals[lost], wide_px, step_px)
+            targets[lost], peak[lost] = t2, p2
+        if end_search and not model.closed:
+            _end_targets(conf, points, targets, peak, wide_px, step_px, min_point_confidence)
+        weights = np.where(peak >= min_point_confidence, peak, 0.0)
+        if np.count_nonzero(weights) < max(3, model.n_points // 10):
+            stopped = "too few model points found confident pixels along their normals"
+            break
+        sp = model.fit_shape(
+            targets, weights=weights, clip=clip, init=transform, b0=b, regularization=regularization, max_iterations=2
+        )
+        moved = float(np.mean(np.hypot(*(sp.points - points).T)))
+        points, b, transform = sp.points, sp.b, sp.transform
+        at_min = radius <= min_search_px + 1e-9
+        radius = max(min_search_px, radius * shrink)
+        if moved < tol_px and at_min:
+            converged = True
+            break
+    return points, b, transform, it, converged, stopped
+
+
+def fit_pdm_to_confidence(
+    conf_map,
+    pdm: PointDistributionModel,
+    threshold: float = 0.5,
+    min_pixels: int = 100,
+    init: Similarity | np.ndarray | None = None,
+    n_rotations: int = 8,
+    try_reflection: bool = True,
+    w: float = 0.1,
+    max_fixed: int = 400,
+    cpd_iterations: int = 40,
+    cpd_tolerance: float = 0.1,
+    search_px: float = 15.0,
+    min_search_px: float = 3.0,
+    shrink: float = 0.8,
+    step_px: float = 0.5,
+    max_iterations: int = 30,
+    tol_px: float = 0.1,
+    clip: float = 3.0,
+    min_point_confidence: float = 0.1,
+    regularization: float = 1.0,
+    min_quality: float = 0.0,
+    end_search: bool = True,
+    rescue: bool = True,
+    verify_support: float = 0.6,
+    seed: int = 0,
+) -> ShapeFit:
+    """Fit ``pdm`` to a 2-D confidence map (H, W) in [0, 1]; see the module docstring for the steps.
+
+    ``n_rotations``, ``try_reflection``, ``w``, ``max_fixed`` (foreground points kept), ``cpd_iterations``
+    and ``cpd_tolerance`` (|dQ|, loose: ASM refines) control the CPD initialisation. If the fit from the
+    most likely CPD optimum has fewer than ``verify_support`` of its points on the foreground, the other
+    refined CPD optima are tried too and the fit with the most support is kept. ``init``: skip CPD and
+    start from this model->image ``Similarity`` (a mirror selects the reflected PDM) or from an (N, 2) px
+    start shape. ``search_px`` is the widest normal search (also used to re-find lost points and the ends
+    of the ridge); ``regularization`` adds ``sum b_i^2 / lambda_i`` (in units of one fully confident
+    point) to keep unsupported parts plausible. Returns ``ShapeFit``; ``detected`` is False (with
+    ``reason``) when there are too few foreground pixels or the mean contour confidence is below
+    ``min_quality``.
+    """
+    if not isinstance(pdm, PointDistributionModel):
+        raise ValueError("pdm must be a PointDistributionModel (load one with PointDistributionModel.load).")
+    conf = validate_map(conf_map).astype(np.float64)
+    xy, _ = foreground_pixels(conf, threshold)
+    n_px = len(xy)
+    if n_px < min_pixels:
+        return ShapeFit(
+            detected=False,
+            n_pixels=n_px,
+            reason=f"only {n_px} foreground pixels above threshold {threshold:g} (fewer than min_pixels={min_pixels}); "
+            "femur not detected",
+        )
+    info: dict = {}
+    b = np.zeros(pdm.n_modes)
+    starts = []
+    if init is None:
+        cpd = multistart_cpd(
+            pdm.mean, xy, n_rotations=n_rotations, try_reflection=try_reflection, w=w, max_fixed=max_fixed,
+            max_iterations=cpd_iterations, tolerance=cpd_tolerance, seed=seed,
+        )
+        starts.append((cpd.transform, b, float(np.clip(3.0 * np.sqrt(cpd.sigma2), min_search_px, search_px))))
+        for alt in cpd.info.get("alternatives", []):
+            starts.append((alt["transform"], b, float(np.clip(3.0 * np.sqrt(alt["sigma2"]), min_search_px, search_px))))
+        info["cpd"] = {
+            "objective": cpd.objective,
+            "sigma_px": float(np.sqrt(cpd.sigma2)),
+            "iterations": cpd.iterations,
+            "start_angle_deg": cpd.start_angle_deg,
+            "reflected": cpd.transform.reflected,
+            "alternatives": len(starts) - 1,
+        }
+    elif isinstance(init, Similarity):
+        starts.append((init, b, search_px))
+    else:
+        start = as_points(init, "init shape")
+        if start.shape[0] != pdm.n_points:
+            raise ValueError(f"The init shape has {start.shape[0]} points but the PDM has {pdm.n_points}.")
+        sp = pdm.fit_shape(start, clip=clip)
+        starts.append((sp.transform, sp.b, search_px))
+    opts = dict(
+        wide_px=search_px, min_search_px=min_search_px, shrink=shrink, step_px=step_px,
+        max_iterations=max_iterations, tol_px=tol_px,
+        clip=clip, min_point_confidence=min_point_confidence, regularization=regularization,
+        end_search=end_search, rescue=rescue,
+    )
+    best = None
+    for k, (transform, b0, radius) in enumerate(starts):
+        reflected = transform.reflected
+        model = pdm.reflect() if reflected else pdm
+        if reflected:
+            transform = transform.compose(_MIRROR)
+        points, b, transform, it, converged, stopped = _asm(conf, model, transform, b0, radius, **opts)
+        support = float(np.mean(sample_bilinear(conf, points) > threshold))
+        if best is None or support > best[-1]:
+            best = (points, b, transform, it, converged, stopped, reflected, k, support)
+        if support >= verify_support:
+            break  # good enough: the other CPD optima are only tried when this fit looks wrong
+    points, b, transform, it, converged, stopped, reflected, k, _ = best
+    info["start_used"] = k
+    if stopped:
+        return ShapeFit(detected=False, n_pixels=n_px, reflected=reflected, iterations=it, info=info,
+                        reason=f"the shape fit failed: {stopped}")
+    point_conf = sample_bilinear(conf, points)
+    quality = float(point_conf.mean())
+    fit = ShapeFit(
+        detected=True,
+        points=points,
+        b=b,
+        transform=transform,
+        point_confidence=point_conf,
+        quality=quality,
+        reflected=reflected,
+        n_pixels=n_px,
+        iterations=it,
+        converged=converged,
+        support=float(np.mean(point_conf > threshold)),
+        info=info,
+    )
+    if quality < min_quality:
+        return ShapeFit(**{**fit.__dict__, "detected": False,
+                           "reason": f"mean contour confidence {quality:.2f} below min_quality={min_quality:g}"})
+    return fit
