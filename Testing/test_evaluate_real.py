@@ -84,3 +84,25 @@ def test_evaluate_dataset_folder(tmp_path, capsys, monkeypatch):
     out = run_json(capsys, ["evaluate", "--task", "femur", "--data", str(tmp_path / "ds"), "--json"])
     assert out["source"] == "data" and out["n"] == 2 and out["polarity_accuracy"] == 1.0
     assert out["p2c_mean"] < 2.0 and out["p2c_p95"] >= out["p2c_median"]
+
+
+def test_default_heldout_set_uses_disjoint_seeds(capsys, monkeypatch):
+    """Without --data/--real a fresh held-out set is generated (seed 9_000_000 + S, never a training seed)."""
+    pytest.importorskip("DeepMorphSimulatorLib.dataset")
+    import dataclasses
+
+    import numpy as np
+
+    from DeepMorphLib.commands import evaluate
+
+    settings = evaluate.heldout_settings(3, implants=True)
+    assert settings.seed == 9_000_003 and settings.size == 448 and settings.implants == 1.0
+    assert evaluate.heldout_settings(0, implants=False).implants == 0.0
+    original = evaluate.heldout_settings
+    monkeypatch.setattr(evaluate, "heldout_settings", lambda seed, implants: dataclasses.replace(
+        original(seed, implants), size=64, phantom_spacing_mm=3.0))  # small and coarse: keeps the test fast
+    nothing = lambda image: np.zeros(np.shape(image), np.float32)  # noqa: E731 - stand-in net: finds nothing
+    use_standins(monkeypatch, nothing)
+    out = run_json(capsys, ["evaluate", "--task", "head", "--n", "2", "--seed", "1", "--json"])
+    assert out["source"] == "heldout" and out["seed"] == 9_000_001 and out["n"] == 2
+    assert out["detection_rate"] == 0.0 and out["rmse_mean"] is None

@@ -96,3 +96,20 @@ def test_fit_and_bench_with_a_real_tiny_network(images, tmp_path, capsys):
     assert bench["pipeline_ms"] > 0 and bench["head_network_ms"] > 0 and bench["threads"] == 1
     assert main(["fit", "--task", "femur", str(paths[0]), "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "deepmorph train --task femur" in capsys.readouterr().err
+
+
+def test_weak_polarity_evidence_lets_the_fits_decide(monkeypatch):
+    """A structureless image gives a weak detector score: both polarities go through the predictor and the
+    polarity whose fit is convincing wins ("auto-fit")."""
+    from DeepMorphLib.polarity import CONFIDENT_SCORE, detect_polarity
+
+    rng = np.random.default_rng(5)
+    image = np.round(np.linspace(60, 180, 128)[None, :] + 3 * rng.standard_normal((128, 128)))  # ramp + noise
+    assert abs(detect_polarity(image)[1]) < CONFIDENT_SCORE
+    pred = TruthPredictor("head")
+    pred.register(image.max() + image.min() - image, {"head_circle": [64.0, 60.0, 30.0]})  # bone-bright image
+    pred.maps[_key(image)] = np.zeros(image.shape, np.float32)  # taken as bone-dark: nothing found
+    use_standins(monkeypatch, pred)
+    res = fit_image(image, "head", predictor=pred)
+    assert res.polarity_mode == "auto-fit" and res.polarity == "bone-bright" and res.detected
+    assert pred.calls == 2 and abs(res.circle["r"] - 30) < 1.5

@@ -139,7 +139,7 @@ class FitResult:
     reason: str
     polarity: str  # polarity of the input image as used ("bone-dark" | "bone-bright")
     polarity_score: float | None  # detector score (> 0 bone-bright); None when the polarity was given
-    polarity_mode: str  # "auto" or "given"
+    polarity_mode: str  # "given", "auto" (detector) or "auto-fit" (weak detector score: better of both fits)
     circle: dict | None = None  # head: cx, cy, r (px), n_pixels, residual_px, arc_coverage_deg
     contour: np.ndarray | None = None  # femur: (N, 2) fitted PDM points (x, y) px
     contour_closed: bool = False  # the PDM outline is open (lateral shaft -> head -> medial shaft) unless True
@@ -231,11 +231,13 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``model``/``predictor``: see ``load_predictor`` (None = shipped model). ``pdm``: see ``load_shape_model``.
     ``polarity``: "auto" (detected, ``polarity.detect_polarity``), "bone-dark" or "bone-bright"; the image is
     inverted when it differs from the network's expectation (sidecar key ``polarity``, default bone-dark).
+    When the detector's evidence is weak (|score| < ``polarity.CONFIDENT_SCORE``) both polarities go through
+    the network and the better fit (``fit_score``) is kept (``polarity_mode`` "auto-fit").
     ``threshold``/``min_pixels``/``circle_method``: circle fit settings (paper: 100 px minimum).
     ``fit_options``: extra keyword arguments of ``asm_fit.fit_pdm_to_confidence``.
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
-    from DeepMorphLib.polarity import apply_polarity, resolve_polarity
+    from DeepMorphLib.polarity import POLARITIES, apply_polarity, is_confident, resolve_polarity
 
     _check_task(task)
     t_start = time.perf_counter()
@@ -247,22 +249,41 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     pred = predictor if predictor is not None else load_predictor(task, model, device)
     shape_model = load_shape_model(pdm) if task == "femur" else None
     expected = getattr(pred, "expected_polarity", "bone-dark")
-    t = time.perf_counter()
-    conf = _resize_to(pred(apply_polarity(img, used, expected)), img.shape)
-    timings["network_ms"] = 1000 * (time.perf_counter() - t)
-    result = FitResult(task=task, image_shape=tuple(img.shape), detected=False, reason="", polarity=used,
-                       polarity_score=score, polarity_mode="auto" if polarity == "auto" else "given",
-                       confidence=conf, source=source,
-                       model=pred.describe() if hasattr(pred, "describe") else {"name": type(pred).__name__})
-    t = time.perf_counter()
-    if task == "head":
-        _fill_head(result, _fit_circle(conf, threshold=threshold, min_pixels=min_pixels, method=circle_method))
-    else:
-        _fill_femur(result, _fit_pdm(conf, shape_model.pdm, **(fit_options or {})), shape_model)
-    timings["fit_ms"] = 1000 * (time.perf_counter() - t)
+    mode = "given" if polarity != "auto" else "auto" if is_confident(score) or expected == "any" else "auto-fit"
+    candidates = [used] if mode != "auto-fit" else [used] + [p for p in POLARITIES if p != used]
+    results = []
+    for cand in candidates:  # "auto-fit": weak detector evidence, so the fits of both polarities compete
+        t = time.perf_counter()
+        conf = _resize_to(pred(apply_polarity(img, cand, expected)), img.shape)
+        network_ms = 1000 * (time.perf_counter() - t)
+        result = FitResult(task=task, image_shape=tuple(img.shape), detected=False, reason="", polarity=cand,
+                           polarity_score=score, polarity_mode=mode, confidence=conf, source=source,
+                           model=pred.describe() if hasattr(pred, "describe") else {"name": type(pred).__name__})
+        t = time.perf_counter()
+        if task == "head":
+            _fill_head(result, _fit_circle(conf, threshold=threshold, min_pixels=min_pixels, method=circle_method))
+        else:
+            _fill_femur(result, _fit_pdm(conf, shape_model.pdm, **(fit_options or {})), shape_model)
+        result.timings_ms = {"network_ms": network_ms, "fit_ms": 1000 * (time.perf_counter() - t)}
+        results.append(result)
+    best = max(results, key=fit_score)  # first wins ties: the detector's choice
+    timings["network_ms"] = sum(r.timings_ms["network_ms"] for r in results)
+    timings["fit_ms"] = sum(r.timings_ms["fit_ms"] for r in results)
     timings["total_ms"] = 1000 * (time.perf_counter() - t_start)
-    result.timings_ms = timings
-    return result
+    best.timings_ms = timings
+    return best
+
+
+def fit_score(result: FitResult) -> float:
+    """How convincing a fit is (higher is better; -1 when not detected): head = arc coverage (fraction of
+    360 deg) discounted by the residual (px); femur = the fit's quality (mean confidence at its points)."""
+    if not result.detected:
+        return -1.0
+    if result.task == "head":
+        c = result.circle or {}
+        coverage = min(1.0, c.get("arc_coverage_deg", 360.0) / 360.0)
+        return coverage * float(np.exp(-c.get("residual_px", 0.0) / 3.0))
+    return float(result.quality or 0.0)
 
 
 def _fill_head(result: FitResult, cf) -> None:
