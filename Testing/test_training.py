@@ -136,3 +136,20 @@ def test_export_checkpoint_of_a_stopped_run(tmp_path):
 
     with pytest.raises(ValueError, match="other settings"):
         export_checkpoint(dataclasses.replace(cfg, lr=0.5), log=lambda m: None)
+
+
+def test_init_from_starts_with_the_given_weights(tmp_path):
+    """--init-from copies a saved model's weights before the first step (fine-tuning)."""
+    from DeepMorphLib.model_io import load_model, save_model
+    from DeepMorphLib.training import TrainConfig, _init_weights, build_network
+
+    cfg = TrainConfig(task="head", data=["x"], out=str(tmp_path / "m"), base_channels=4, depth=2, seed=0)
+    source = build_network(TrainConfig(task="head", data=["x"], out="s", base_channels=4, depth=2, seed=7))
+    save_model(source, tmp_path / "src", {"task": "head", "input_size": 32})
+    model = build_network(cfg)
+    _init_weights(model, TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "src")}))
+    for (k, a), b in zip(model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), k
+    wrong = TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "src"), "base_channels": 8})
+    with pytest.raises(ValueError, match="architecture"):
+        _init_weights(build_network(wrong), wrong)

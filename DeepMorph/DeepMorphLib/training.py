@@ -59,6 +59,7 @@ class TrainConfig:
     pos_weight: float = 3.0         # BCE weight of outline pixels
     dice_weight: float = 1.0        # weight of the soft-Dice term
     seed: int = 0
+    init_from: str = ""             # start from this model's weights (fine-tuning); "" = random init
     val_fraction: float = 0.1
     max_samples: int = 0            # 0 = all samples of all directories
     augment: dict = field(default_factory=lambda: AugmentConfig(invert_prob=0.25).to_dict())
@@ -94,6 +95,10 @@ class TrainConfig:
         """The fields that determine the trained weights (compared when resuming)."""
         d = {k: v for k, v in asdict(self).items() if k not in self.RUN_ONLY}
         d["data"] = [str(Path(p).resolve()) for p in self.data]
+        if not d["init_from"]:
+            del d["init_from"]  # random init: same fingerprint as before the option existed
+        else:
+            d["init_from"] = str(Path(d["init_from"]).resolve())
         return d
 
     def resolved_work_dir(self) -> Path:
@@ -308,6 +313,19 @@ def build_network(cfg: TrainConfig) -> FusionNet:
         return FusionNet(base_channels=cfg.base_channels, depth=cfg.depth)
 
 
+def _init_weights(model, cfg: TrainConfig) -> None:
+    """Copy the weights of a saved model (same task and architecture) into ``model`` (fine-tuning start)."""
+    from DeepMorphLib.model_io import load_model
+
+    from DeepMorphLib.fusionnet import architecture_of
+
+    source, _ = load_model(cfg.init_from, task=cfg.task)
+    if architecture_of(source) != architecture_of(model):
+        raise ValueError(f"--init-from {cfg.init_from} has architecture {architecture_of(source)}; this run builds "
+                         f"{architecture_of(model)} (match --base-channels/--depth).")
+    model.load_state_dict(source.state_dict(), strict=True)
+
+
 def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, stop_after_steps: int = 0,
           log=print) -> dict:
     """Run (or resume) training; returns {"status": "finished"|"stopped", "model": path|None, "history": [...]}.
@@ -340,6 +358,8 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     steps_per_epoch = max(1, len(train_idx) // cfg.batch)
     aug = AugmentConfig.from_dict(cfg.augment)
     model = build_network(cfg).to(device)
+    if cfg.init_from:
+        _init_weights(model, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     fingerprint = {**cfg.fingerprint(), "data_content": [[i.get("n_used"), i.get("manifest_sha256")] for i in infos]}
     state = {"fingerprint": fingerprint, "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0,
