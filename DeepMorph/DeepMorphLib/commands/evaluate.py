@@ -1,0 +1,269 @@
+"""``deepmorph evaluate``: accuracy of network + fit on real images, a dataset folder or a fresh held-out set.
+
+Sources (one of):
+- ``--real DIR``: real X-rays in the dev-set format (``DIR/images/*``, ``DIR/annotations/*.json`` with
+  ``image``, ``head_circle``, ``femur_outline``, ``eval_max_y``, ``maturity``, ``modality``, ``polarity``),
+  scored by the rules of ``scoring`` (= the dev set's README), overall and ``by_maturity``/``by_modality``;
+- ``--data DIR``: a ``deepmorph dataset`` folder (``samples/000000.png`` + ``.json``);
+- neither: a fresh held-out set generated in a temporary folder with seeds disjoint from training
+  (training uses seeds < 1_000_000; evaluation uses ``HELDOUT_SEED_BASE + --seed``).
+``--json`` prints exactly one JSON line on stdout; ``--report DIR`` writes an overlay PNG per image (fit vs
+ground truth), ``results.json``, ``results.csv`` and ``report.html``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HELP = "accuracy of network + fit on real images (--real), a dataset (--data) or a fresh held-out set"
+HELDOUT_SEED_BASE = 9_000_000  # evaluation seeds; training seeds stay below TRAINING_SEED_LIMIT
+TRAINING_SEED_LIMIT = 1_000_000
+HEAD_KEYS_REAL = ("rmse_mean", "rmse_median", "center_err_mean", "detection_rate", "n")
+FEMUR_KEYS_REAL = ("p2c_mean", "p2c_median", "detection_rate", "n", "n_scored")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, choices=("head", "femur"))
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--real", metavar="DIR", help="real images: DIR/images + DIR/annotations/*.json")
+    src.add_argument("--data", metavar="DIR", help="a 'deepmorph dataset' folder")
+    parser.add_argument("--implants", action="store_true",
+                        help="held-out set with implants and tools in view (ignored with --real/--data)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="number of images (held-out default 200; --real/--data: the first N, default all)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"held-out set seed; generated with seed {HELDOUT_SEED_BASE:_} + SEED (default 0)")
+    parser.add_argument("--model", help="network .safetensors (default: the shipped model of the task)")
+    parser.add_argument("--pdm", help="point distribution model .npz for --task femur (default: shipped)")
+    parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
+                        help="how bone is shown (default: detected per image)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--report", metavar="DIR", help="write overlays, results.json/.csv and report.html here")
+    parser.add_argument("--json", action="store_true", help="print one JSON line (machine-readable)")
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def iter_real(root: Path, n: int | None = None):
+    """Samples of a real-image folder: dicts with id, path, truth (head_circle, femur_outline, eval_max_y) and
+    meta (maturity, modality, side, polarity)."""
+    ann_dir = root / "annotations"
+    if not ann_dir.is_dir():
+        raise FileNotFoundError(f"{root} has no annotations/ folder; --real expects DIR/images + DIR/annotations/*.json.")
+    files = sorted(ann_dir.glob("*.json"))
+    if not files:
+        raise ValueError(f"No annotation files in {ann_dir}.")
+    for f in files[:n]:
+        ann = json.loads(f.read_text())
+        path = root / ann["image"] if ann.get("image") else root / "images" / f"{f.stem}.png"
+        yield {"id": f.stem, "path": path,
+               "truth": {k: ann.get(k) for k in ("head_circle", "femur_outline", "eval_max_y")},
+               "meta": {k: ann.get(k) for k in ("maturity", "modality", "side", "polarity")}}
+
+
+def iter_dataset(root: Path, n: int | None = None):
+    """Samples of a ``deepmorph dataset`` folder (truth: head_circle, contour; meta: polarity, side, implants)."""
+    samples = root / "samples"
+    if not samples.is_dir():
+        raise FileNotFoundError(f"{root} has no samples/ folder; --data expects a 'deepmorph dataset' output.")
+    files = sorted(p for p in samples.glob("*.json") if p.stem.isdigit())
+    if not files:
+        raise ValueError(f"No samples in {samples}.")
+    for f in files[:n]:
+        meta = json.loads(f.read_text())
+        yield {"id": f.stem, "path": f.with_suffix(".png"),
+               "truth": {"head_circle": meta.get("head_circle"), "contour": meta.get("contour")},
+               "meta": {"polarity": meta.get("polarity"), "side": meta.get("side"),
+                        "implants": bool(meta.get("implants")), "modality": "simulated"}}
+
+
+def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool) -> Path:
+    """A fresh held-out set (448 x 448) written by the dataset generator with seed HELDOUT_SEED_BASE + seed."""
+    try:
+        from DeepMorphSimulatorLib import dataset
+    except ModuleNotFoundError as exc:
+        raise ValueError("The dataset generator is not available in this version; evaluate a folder instead "
+                         "(--data DIR from 'deepmorph dataset', or --real DIR).") from exc
+    return dataset.generate_dataset(out_dir, n=n, seed=HELDOUT_SEED_BASE + seed, implants=implants, size=448)
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict | None:
+    """Per-image record (None when the sample has no ground truth for the task)."""
+    from DeepMorphLib import scoring
+
+    truth, h, w = sample["truth"], shape[0], shape[1]
+    rec = {"id": sample["id"], **{k: v for k, v in sample["meta"].items()},
+           "polarity_true": sample["meta"].get("polarity"), "polarity_used": res.polarity,
+           "polarity_score": res.polarity_score, "detected": bool(res.detected), "reason": res.reason,
+           "ms": res.timings_ms.get("total_ms")}
+    rec.pop("polarity", None)
+    if task == "head":
+        if truth.get("head_circle") is None:
+            return None
+        if res.detected:
+            c = res.circle
+            rec.update(scoring.head_errors((c["cx"], c["cy"], c["r"]), truth["head_circle"]))
+            rec.update(cx=c["cx"], cy=c["cy"], r=c["r"])
+        return rec
+    outline = truth.get("femur_outline") if real else truth.get("contour")
+    if not outline:
+        return None
+    rec["p2c"] = None
+    if res.detected and res.contour is not None:
+        if real:
+            max_y = truth.get("eval_max_y")
+            rec["p2c"] = scoring.femur_p2c_real(res.contour, outline, h - 1 if max_y is None else max_y, w, h)
+        else:
+            rec["p2c"] = scoring.femur_p2c_sim(res.contour, outline, w, h)
+    return rec
+
+
+def summarize(task: str, records: list[dict], real: bool) -> dict:
+    from DeepMorphLib import scoring
+
+    fn = scoring.summarize_head if task == "head" else scoring.summarize_femur
+    if real:
+        keys = HEAD_KEYS_REAL if task == "head" else FEMUR_KEYS_REAL
+        pick = lambda recs: {k: v for k, v in fn(recs).items() if k in keys}  # noqa: E731
+        out = pick(records)
+        out["by_maturity"] = {g: pick([r for r in records if str(r.get("maturity")) == g])
+                              for g in sorted({str(r.get("maturity")) for r in records})}
+        out["by_modality"] = {g: pick([r for r in records if str(r.get("modality")) == g])
+                              for g in sorted({str(r.get("modality")) for r in records})}
+        return out
+    out = fn(records, p95=True)
+    if task == "head":
+        out = {k: out[k] for k in ("rmse_mean", "rmse_median", "rmse_p95", "center_err_mean", "detection_rate", "n")}
+    return out
+
+
+def polarity_accuracy(records: list[dict]) -> float | None:
+    known = [r for r in records if r.get("polarity_true") in ("bone-dark", "bone-bright")]
+    return sum(r["polarity_true"] == r["polarity_used"] for r in known) / len(known) if known else None
+
+
+# ---------------------------------------------------------------------------------------------- command
+def run(args) -> int:
+    from DeepMorphLib import pipeline
+
+    predictor = pipeline.load_predictor(args.task, args.model, args.device)
+    shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
+    with tempfile.TemporaryDirectory(prefix="deepmorph-heldout-") as tmp:
+        if args.real:
+            source, real, samples = "real", True, iter_real(Path(args.real), args.n)
+        elif args.data:
+            source, real, samples = "data", False, iter_dataset(Path(args.data), args.n)
+        else:
+            n = args.n or 200
+            root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants)
+            source, real, samples = "heldout", False, iter_dataset(Path(root), n)
+        records, bad, figures = _evaluate(args, samples, predictor, shape_model, real)
+    result = {"task": args.task, "source": source, **summarize(args.task, records, real)}
+    if source == "heldout":
+        result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants))
+    result["polarity"] = args.polarity
+    if args.polarity == "auto":
+        result["polarity_accuracy"] = polarity_accuracy(records)
+    result["skipped"] = len(bad)
+    if args.report:
+        _write_report(Path(args.report), args, result, records, bad, figures)
+    if args.json:
+        print(json.dumps(result, sort_keys=False))
+    else:
+        _print_human(result, records)
+    return 0
+
+
+def _evaluate(args, samples, predictor, shape_model, real: bool):
+    from tqdm import tqdm
+
+    from DeepMorphLib import pipeline
+    from DeepMorphSimulatorLib.files import read_image_2d
+
+    records, bad, figures = [], [], []
+    report = Path(args.report) if args.report else None
+    if report:
+        report.mkdir(parents=True, exist_ok=True)
+    for sample in tqdm(list(samples), desc=f"evaluate {args.task}", unit="img", file=sys.stderr, disable=None):
+        try:
+            image = read_image_2d(sample["path"])
+            res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
+                                     predictor=predictor, source=str(sample["path"]))
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            bad.append((str(sample["path"]), str(exc)))
+            print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)
+            continue
+        rec = score_sample(args.task, sample, res, real, image.shape)
+        if rec is None:
+            continue
+        records.append(rec)
+        if report:
+            figures.append(_overlay(report, sample, res, image, rec, real))
+    return records, bad, figures
+
+
+def _caption(rec: dict) -> str:
+    err = (f"rmse {rec['rmse']:.1f} px" if rec.get("rmse") is not None else
+           f"p2c {rec['p2c']:.2f} px" if rec.get("p2c") is not None else
+           "not detected" if not rec["detected"] else "not scored")
+    return f"{rec['id']}: {err}; polarity {rec['polarity_used']}"
+
+
+def _overlay(report: Path, sample: dict, res, image, rec: dict, real: bool):
+    from PIL import Image
+
+    from DeepMorphLib.overlay import draw_overlay
+    from DeepMorphSimulatorLib.files import write_png
+
+    truth = dict(sample["truth"])
+    if not real:
+        truth["femur_outline"] = truth.pop("contour", None)
+    rgb = draw_overlay(image, res, truth=truth, caption=_caption(rec))
+    write_png(report / f"{sample['id']}_overlay.png", rgb)
+    thumb = Image.fromarray(rgb)
+    thumb.thumbnail((300, 300))
+    return _caption(rec), np.asarray(thumb)
+
+
+def _write_report(report: Path, args, result: dict, records, bad, figures) -> None:
+    from DeepMorphLib.report import software_versions, write_csv, write_html_report
+    from DeepMorphSimulatorLib.files import atomic_write_json
+
+    report.mkdir(parents=True, exist_ok=True)
+    versions = software_versions()
+    atomic_write_json(report / "results.json", {"summary": result, "records": records, "versions": versions,
+                                                "bad_files": [{"file": p, "error": e} for p, e in bad]})
+    write_csv(report / "results.csv", records)
+    groups = {}
+    for key in ("by_maturity", "by_modality"):
+        for g, v in (result.get(key) or {}).items():
+            groups[f"{key[3:]}={g}"] = v
+    summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    ms = [r["ms"] for r in records if r.get("ms") is not None]
+    timings = {"median_ms_per_image": float(np.median(ms)) if ms else None, "images": len(records)}
+    write_html_report(report / "report.html", f"DeepMorph evaluate ({args.task}, {result['source']})",
+                      summary=summary, groups=groups or None, rows=records, figures=figures, bad_files=bad,
+                      timings=timings, versions=versions,
+                      notes="Scoring: head RMSE = ||[cx,cy,r] - truth|| px; femur = RMS point-to-curve px "
+                            "(real images: points inside the crop with y <= eval_max_y).")
+
+
+def _print_human(result: dict, records: list[dict]) -> None:
+    for r in records:
+        print(_caption(r))
+    for k, v in result.items():
+        if isinstance(v, dict):
+            for g, vals in v.items():
+                print(f"{k}[{g}]: " + ", ".join(f"{a}={_num(b)}" for a, b in vals.items()))
+        else:
+            print(f"{k}: {_num(v)}")
+
+
+def _num(v):
+    return f"{v:.3f}" if isinstance(v, float) else v

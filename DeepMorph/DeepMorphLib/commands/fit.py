@@ -1,0 +1,133 @@
+"""``deepmorph fit``: find the femoral head (circle) or the proximal femur (PDM contour + landmarks) in X-rays.
+
+Per image ``OUT/<name>.json`` (the ``FitResult``) and ``OUT/<name>_overlay.png``; "not detected" is a result.
+A file that cannot be read is reported and skipped, the others go on (exit code 1 when any was skipped).
+``--report`` adds ``results.json``, ``results.csv`` and a self-contained ``report.html``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
+CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
+               "polarity_score", "total_ms"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="X-ray image files (PNG, JPEG, DICOM, NRRD...)")
+    parser.add_argument("--task", required=True, choices=("head", "femur"), help="head: circle; femur: PDM contour")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--model", help="network .safetensors (default: the shipped model of the task)")
+    parser.add_argument("--pdm", help="point distribution model .npz for --task femur (default: shipped pdm.npz)")
+    parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
+                        help="how bone is shown in the images (default: detected per image)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="head: confidence threshold (default 0.5)")
+    parser.add_argument("--min-pixels", type=int, default=100,
+                        help="head: fewest confident pixels for a detection (default 100, as in the paper)")
+    parser.add_argument("--report", action="store_true", help="also write results.json/.csv and report.html")
+
+
+def _unique_stem(path: Path, used: set) -> str:
+    stem = path.stem if path.suffix.lower() != ".gz" else Path(path.stem).stem
+    name, k = stem, 2
+    while name in used:
+        name, k = f"{stem}_{k}", k + 1
+    used.add(name)
+    return name
+
+
+def csv_row(name: str, d: dict) -> dict:
+    circle = d.get("circle") or {}
+    return {"file": name, "detected": d["detected"], "reason": d["reason"], "cx": circle.get("cx"),
+            "cy": circle.get("cy"), "r": circle.get("r"), "n_points": len(d.get("contour") or []),
+            "quality": d.get("quality"), "polarity": d["polarity"], "polarity_mode": d["polarity_mode"],
+            "polarity_score": d.get("polarity_score"), "total_ms": d["timings_ms"].get("total_ms")}
+
+
+def run(args) -> int:
+    from DeepMorphLib import pipeline
+    from DeepMorphLib.overlay import draw_overlay
+    from DeepMorphSimulatorLib.files import atomic_write_json, read_image_2d, write_png
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = pipeline.load_predictor(args.task, args.model, args.device)  # once; a missing model stops here
+    shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
+    used, results, bad, figures = set(), [], [], []
+    t0 = time.perf_counter()
+    for i, name in enumerate(args.images, 1):
+        path = Path(name)
+        try:
+            image = read_image_2d(path)
+            res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity, predictor=predictor,
+                                     threshold=args.threshold, min_pixels=args.min_pixels, source=str(path))
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            bad.append((str(path), str(exc)))
+            print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
+            continue
+        stem = _unique_stem(path, used)
+        d = res.to_dict()
+        atomic_write_json(out / f"{stem}.json", d)
+        overlay = draw_overlay(image, res, caption=f"{path.name}: {_summary(d)}")
+        write_png(out / f"{stem}_overlay.png", overlay)
+        results.append((stem, d))
+        if args.report:
+            figures.append((f"{path.name}: {_summary(d)}", _thumbnail(overlay)))
+        print(f"[{i}/{len(args.images)}] {path}: {_summary(d)} ({d['timings_ms']['total_ms']:.0f} ms)", flush=True)
+    elapsed = time.perf_counter() - t0
+    if args.report:
+        _write_report(out, args, results, bad, figures, elapsed)
+    print(f"deepmorph fit: {len(results)} fitted ({sum(d['detected'] for _, d in results)} detected), "
+          f"{len(bad)} skipped; results in {out}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _summary(d: dict) -> str:
+    pol = f"{d['polarity']} ({d['polarity_mode']})"
+    if not d["detected"]:
+        return f"not detected ({d['reason']}); {pol}"
+    if d.get("circle"):
+        c = d["circle"]
+        return f"circle cx={c['cx']:.1f} cy={c['cy']:.1f} r={c['r']:.1f} px; {pol}"
+    return f"contour {len(d.get('contour') or [])} points, quality {d.get('quality') or 0:.2f}; {pol}"
+
+
+def _thumbnail(rgb, side: int = 300):
+    """Overlay shrunk to at most ``side`` px (keeps report.html small)."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def _write_report(out: Path, args, results, bad, figures, elapsed: float) -> None:
+    import numpy as np
+
+    from DeepMorphLib.report import software_versions, write_csv, write_html_report
+    from DeepMorphSimulatorLib.files import atomic_write_json
+
+    versions = software_versions()
+    rows = [csv_row(stem, d) for stem, d in results]
+    totals = [d["timings_ms"]["total_ms"] for _, d in results]
+    timings = {"images": len(results), "wall_s": round(elapsed, 2)}
+    for key in ("polarity_ms", "network_ms", "fit_ms", "total_ms"):
+        vals = [d["timings_ms"].get(key) for _, d in results if d["timings_ms"].get(key) is not None]
+        if vals:
+            timings[f"median_{key}"] = round(float(np.median(vals)), 1)
+    atomic_write_json(out / "results.json", {"task": args.task, "polarity": args.polarity, "model": args.model,
+                                             "results": {stem: d for stem, d in results},
+                                             "bad_files": [{"file": p, "error": e} for p, e in bad],
+                                             "timings": timings, "versions": versions})
+    write_csv(out / "results.csv", rows, CSV_COLUMNS)
+    summary = {"task": args.task, "images given": len(args.images), "fitted": len(results),
+               "detected": sum(d["detected"] for _, d in results), "skipped (bad files)": len(bad),
+               "polarity option": args.polarity, "model": args.model or "shipped",
+               "median ms per image": round(float(np.median(totals)), 1) if totals else None}
+    write_html_report(out / "report.html", f"DeepMorph fit ({args.task})", summary=summary, rows=rows,
+                      columns=CSV_COLUMNS, figures=figures, bad_files=bad, timings=timings, versions=versions)

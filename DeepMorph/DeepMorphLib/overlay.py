@@ -1,0 +1,93 @@
+"""Overlay pictures of fits: the X-ray in grey, the confidence map in cyan, the fit in green (circle) or
+yellow (contour) with named landmarks, the ground truth (when given) in red. Pure numpy + Pillow."""
+from __future__ import annotations
+
+import numpy as np
+
+FIT_CIRCLE = (60, 255, 60)
+FIT_CONTOUR = (255, 220, 0)
+LANDMARK = (255, 60, 255)
+TRUTH = (255, 50, 50)
+CONFIDENCE = np.array([0, 200, 255], dtype=np.float32)
+
+
+def grey_to_rgb(image) -> np.ndarray:
+    """uint8 (H, W, 3): ``image`` windowed to its 0.5-99.5 % percentiles."""
+    img = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    g = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    return np.repeat(g.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _get(obj, key, default=None):
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alpha: float = 0.45,
+                 caption: str | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3) overlay of ``result`` (``FitResult`` or its dict) and ``truth`` (dict with
+    ``head_circle`` [cx, cy, r] and/or ``femur_outline`` [[x, y], ...], ``eval_max_y``) on ``image``.
+    ``confidence`` (H, W) in [0, 1] defaults to the result's map when it has one."""
+    from PIL import Image, ImageDraw
+
+    rgb = grey_to_rgb(image).astype(np.float32)
+    conf = confidence if confidence is not None else _get(result, "confidence")
+    if conf is not None:
+        a = np.clip(np.asarray(conf, dtype=np.float32), 0, 1)[..., None] * confidence_alpha
+        rgb = rgb * (1 - a) + CONFIDENCE * a
+    pil = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    w = max(1, round(max(pil.size) / 300))
+    if truth is not None:
+        _draw_truth(draw, truth, pil.size, w)
+    if result is not None:
+        _draw_result(draw, result, w)
+    if caption:
+        draw.rectangle([0, 0, pil.size[0], 12], fill=(0, 0, 0))
+        draw.text((2, 0), caption, fill=(255, 255, 255))
+    return np.asarray(pil)
+
+
+def _circle(draw, c, colour, width):
+    cx, cy, r = (float(v) for v in c)
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=width)
+    draw.line([cx - 4, cy, cx + 4, cy], fill=colour, width=width)
+    draw.line([cx, cy - 4, cx, cy + 4], fill=colour, width=width)
+
+
+def _draw_truth(draw, truth, size, width):
+    if _get(truth, "head_circle") is not None:
+        _circle(draw, truth["head_circle"], TRUTH, width)
+    outline = _get(truth, "femur_outline")
+    if outline:
+        pts = [tuple(map(float, p)) for p in outline]
+        draw.line(pts + pts[:1], fill=TRUTH, width=width)
+    y = _get(truth, "eval_max_y")
+    if y is not None and y < size[1]:
+        for x in range(0, size[0], 12):  # dashed line: below it the outline is not scored
+            draw.line([x, y, x + 6, y], fill=TRUTH, width=1)
+
+
+def _draw_result(draw, result, width):
+    if not _get(result, "detected", False):
+        draw.text((4, 14), f"not detected: {_get(result, 'reason', '')}"[:80], fill=(255, 80, 80))
+        return
+    circle = _get(result, "circle")
+    if circle:
+        _circle(draw, (circle["cx"], circle["cy"], circle["r"]), FIT_CIRCLE, width)
+    contour = _get(result, "contour")
+    if contour is not None and len(contour):
+        pts = [tuple(map(float, p)) for p in np.asarray(contour)]
+        draw.line(pts + pts[:1], fill=FIT_CONTOUR, width=width)
+        for p in pts:
+            draw.ellipse([p[0] - width, p[1] - width, p[0] + width, p[1] + width], fill=FIT_CONTOUR)
+    for name, (x, y) in (_get(result, "landmarks") or {}).items():
+        if circle and name == "head_center":
+            continue
+        draw.line([x - 5, y - 5, x + 5, y + 5], fill=LANDMARK, width=width)
+        draw.line([x - 5, y + 5, x + 5, y - 5], fill=LANDMARK, width=width)
+        draw.text((x + 6, y - 6), name.replace("_", " "), fill=LANDMARK)

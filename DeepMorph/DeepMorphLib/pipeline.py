@@ -1,0 +1,290 @@
+"""Deep morphing of one X-ray: polarity -> network confidence map -> circle fit (head) or PDM fit (femur).
+
+``fit_image(image, task)`` is what the ``fit``/``evaluate`` commands, the demo and the Slicer module call.
+Coordinates are px of the input image: x = u = column, y = v = row, pixel centres at integers, y down.
+The confidence predictor is pluggable: anything callable as ``predictor(image float32 (H, W)) -> float32 (H, W)
+in [0, 1]`` with an optional attribute ``expected_polarity`` ("bone-dark" | "bone-bright" | "any"); by default
+the shipped FusionNet of the task (``DeepMorph/Resources/Models/{head,femur}.safetensors``) is used.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("head", "femur")
+MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+TRAIN_HINT = (
+    "Train one with our own commands, e.g.\n"
+    "  deepmorph dataset --out data/train --n 2000\n"
+    "  deepmorph train --task {task} --data data/train --out DeepMorph/Resources/Models/{task}\n"
+    "or pass --model PATH to a trained .safetensors file."
+)
+
+
+def default_model_path(task: str) -> Path:
+    """Shipped network of ``task``: ``DeepMorph/Resources/Models/<task>.safetensors`` (+ ``<task>.json``)."""
+    _check_task(task)
+    return MODELS_DIR / f"{task}.safetensors"
+
+
+def default_pdm_path() -> Path:
+    """Shipped point distribution model: ``DeepMorph/Resources/Models/pdm.npz`` (+ ``pdm.json``)."""
+    return MODELS_DIR / "pdm.npz"
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be 'head' or 'femur', not {task!r}.")
+
+
+def _resolve_file(path, suffix: str) -> Path:
+    p = Path(path)
+    if not p.exists() and p.suffix != suffix and p.with_name(p.name + suffix).exists():
+        p = p.with_name(p.name + suffix)
+    return p
+
+
+class NetworkPredictor:
+    """A trained network + its sidecar metadata as a confidence-map predictor (``inference.predict_confidence``)."""
+
+    def __init__(self, model, metadata: dict, device: str = "auto", path: str | None = None):
+        self.model, self.metadata, self.device, self.path = model, dict(metadata or {}), device, path
+        self.expected_polarity = self.metadata.get("polarity", "bone-dark")
+        self.task = self.metadata.get("task")
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from DeepMorphLib.inference import predict_confidence
+
+        return predict_confidence(self.model, self.metadata, image, device=self.device)
+
+    def describe(self) -> dict:
+        keys = ("task", "polarity", "input_size", "architecture", "metrics", "created")
+        return {"path": self.path, **{k: self.metadata[k] for k in keys if k in self.metadata}}
+
+
+def load_predictor(task: str, model=None, device: str = "auto"):
+    """Predictor for ``task`` from ``model``: None (the shipped model), a path to a ``.safetensors`` file
+    (extension optional), a ``(network, metadata)`` pair, or a ready predictor (returned as it is)."""
+    _check_task(task)
+    if model is not None and not isinstance(model, (str, Path, tuple)):
+        return model  # already a predictor
+    if isinstance(model, tuple):
+        return NetworkPredictor(model[0], model[1], device=device)
+    path = default_model_path(task) if model is None else _resolve_file(model, ".safetensors")
+    if not path.is_file():
+        where = "No shipped" if model is None else "No"
+        raise FileNotFoundError(f"{where} {task} model at {path}. " + TRAIN_HINT.format(task=task))
+    from DeepMorphLib.model_io import load_model
+
+    net, metadata = load_model(path)
+    if metadata.get("task") not in (None, task):
+        raise ValueError(f"Model {path} was trained for task {metadata.get('task')!r}, not {task!r}; "
+                         f"pass a {task} model (--model).")
+    return NetworkPredictor(net, metadata, device=device, path=str(path))
+
+
+@dataclass
+class ShapeModel:
+    """A PDM plus the indices of its named landmarks (name -> point index or list of indices)."""
+
+    pdm: object
+    landmark_indices: dict
+    path: str | None = None
+
+
+def pdm_landmark_indices(pdm, path: str | Path | None = None) -> dict:
+    """Named landmark indices of a PDM: its ``landmark_indices``/``landmarks`` attribute, else the sidecar
+    JSON next to ``path`` (keys ``landmark_indices`` or ``landmarks``); {} when none is given."""
+    for attr in ("landmark_indices", "landmarks"):
+        value = getattr(pdm, attr, None)
+        if isinstance(value, dict) and value:
+            return dict(value)
+    if path is not None:
+        sidecar = Path(path).with_suffix(".json")
+        if sidecar.is_file():
+            meta = json.loads(sidecar.read_text())
+            for key in ("landmark_indices", "landmarks"):
+                if isinstance(meta.get(key), dict):
+                    return dict(meta[key])
+    return {}
+
+
+def load_shape_model(pdm=None) -> ShapeModel:
+    """The femur PDM from ``pdm``: None (shipped ``pdm.npz``), a path to an ``.npz``, a
+    ``PointDistributionModel`` or a ``ShapeModel``."""
+    if isinstance(pdm, ShapeModel):
+        return pdm
+    if pdm is not None and not isinstance(pdm, (str, Path)):
+        return ShapeModel(pdm, pdm_landmark_indices(pdm))
+    path = default_pdm_path() if pdm is None else _resolve_file(pdm, ".npz")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No {'shipped ' if pdm is None else ''}point distribution model at {path}. Build one with "
+            "'deepmorph build-pdm --out DeepMorph/Resources/Models/pdm' or pass --pdm PATH.npz.")
+    from DeepMorphLib.pdm import PointDistributionModel
+
+    model = PointDistributionModel.load(path)
+    return ShapeModel(model, pdm_landmark_indices(model, path), str(path))
+
+
+@dataclass
+class FitResult:
+    """Outcome of ``fit_image`` for one image; "not detected" is a result (``detected`` False + ``reason``)."""
+
+    task: str
+    image_shape: tuple
+    detected: bool
+    reason: str
+    polarity: str  # polarity of the input image as used ("bone-dark" | "bone-bright")
+    polarity_score: float | None  # detector score (> 0 bone-bright); None when the polarity was given
+    polarity_mode: str  # "auto" or "given"
+    circle: dict | None = None  # head: cx, cy, r (px), n_pixels, residual_px, arc_coverage_deg
+    contour: np.ndarray | None = None  # femur: (N, 2) fitted PDM points (x, y) px
+    point_confidence: np.ndarray | None = None  # femur: (N,) confidence at each contour point
+    landmarks: dict = field(default_factory=dict)  # name -> [x, y] px
+    quality: float | None = None
+    timings_ms: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    source: str | None = None
+    confidence: np.ndarray | None = field(default=None, repr=False)  # (H, W) float32 in [0, 1]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (no confidence map; arrays as lists; NaN -> None)."""
+        def clean(v):
+            if isinstance(v, np.ndarray):
+                return clean(v.tolist())
+            if isinstance(v, dict):
+                return {str(k): clean(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            if isinstance(v, (np.floating, float)):
+                return float(v) if np.isfinite(v) else None
+            if isinstance(v, np.integer):
+                return int(v)
+            if isinstance(v, np.bool_):
+                return bool(v)
+            return v
+
+        keys = ("source", "task", "image_shape", "detected", "reason", "polarity", "polarity_score",
+                "polarity_mode", "circle", "contour", "point_confidence", "landmarks", "quality", "timings_ms",
+                "model")
+        return {k: clean(getattr(self, k)) for k in keys}
+
+
+def _as_image(image) -> np.ndarray:
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[-1] in (3, 4):
+        img = img[..., :3].mean(axis=-1)
+    if img.ndim != 2:
+        raise ValueError(f"fit_image expects a 2-D grey image (H, W), got shape {img.shape}.")
+    if min(img.shape) < 16:
+        raise ValueError(f"Image of {img.shape[1]}x{img.shape[0]} px is too small to fit (at least 16x16).")
+    if not np.all(np.isfinite(img)):
+        raise ValueError("Image contains NaN/infinite pixels.")
+    return img
+
+
+def _resize_to(conf: np.ndarray, shape: tuple) -> np.ndarray:
+    conf = np.asarray(conf, dtype=np.float32)
+    if conf.shape == tuple(shape):
+        return conf
+    from scipy import ndimage as ndi
+
+    return ndi.zoom(conf, (shape[0] / conf.shape[0], shape[1] / conf.shape[1]), order=1).astype(np.float32)
+
+
+def _fit_circle(conf, **kw):
+    from DeepMorphLib.circle_fit import fit_circle
+
+    return fit_circle(conf, **kw)
+
+
+def _fit_pdm(conf, pdm, **kw):
+    from DeepMorphLib.asm_fit import fit_pdm_to_confidence
+
+    return fit_pdm_to_confidence(conf, pdm, **kw)
+
+
+def _landmarks(points: np.ndarray, indices: dict) -> dict:
+    out = {}
+    for name, idx in indices.items():
+        idx = np.atleast_1d(np.asarray(idx, dtype=int))
+        if idx.size and np.all((idx >= 0) & (idx < len(points))):
+            out[name] = points[idx].mean(axis=0).tolist()
+    return out
+
+
+def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
+              device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
+              circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None
+              ) -> FitResult:
+    """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
+    named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
+
+    ``model``/``predictor``: see ``load_predictor`` (None = shipped model). ``pdm``: see ``load_shape_model``.
+    ``polarity``: "auto" (detected, ``polarity.detect_polarity``), "bone-dark" or "bone-bright"; the image is
+    inverted when it differs from the network's expectation (sidecar key ``polarity``, default bone-dark).
+    ``threshold``/``min_pixels``/``circle_method``: circle fit settings (paper: 100 px minimum).
+    ``fit_options``: extra keyword arguments of ``asm_fit.fit_pdm_to_confidence``.
+    Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
+    """
+    from DeepMorphLib.polarity import apply_polarity, resolve_polarity
+
+    _check_task(task)
+    t_start = time.perf_counter()
+    img = _as_image(image)
+    timings = {}
+    t = time.perf_counter()
+    used, score = resolve_polarity(img, polarity)
+    timings["polarity_ms"] = 1000 * (time.perf_counter() - t)
+    pred = predictor if predictor is not None else load_predictor(task, model, device)
+    shape_model = load_shape_model(pdm) if task == "femur" else None
+    expected = getattr(pred, "expected_polarity", "bone-dark")
+    t = time.perf_counter()
+    conf = _resize_to(pred(apply_polarity(img, used, expected)), img.shape)
+    timings["network_ms"] = 1000 * (time.perf_counter() - t)
+    result = FitResult(task=task, image_shape=tuple(img.shape), detected=False, reason="", polarity=used,
+                       polarity_score=score, polarity_mode="auto" if polarity == "auto" else "given",
+                       confidence=conf, source=source,
+                       model=pred.describe() if hasattr(pred, "describe") else {"name": type(pred).__name__})
+    t = time.perf_counter()
+    if task == "head":
+        _fill_head(result, _fit_circle(conf, threshold=threshold, min_pixels=min_pixels, method=circle_method))
+    else:
+        _fill_femur(result, _fit_pdm(conf, shape_model.pdm, **(fit_options or {})), shape_model)
+    timings["fit_ms"] = 1000 * (time.perf_counter() - t)
+    timings["total_ms"] = 1000 * (time.perf_counter() - t_start)
+    result.timings_ms = timings
+    return result
+
+
+def _fill_head(result: FitResult, cf) -> None:
+    result.detected = bool(cf.detected)
+    result.reason = str(getattr(cf, "reason", "") or ("" if cf.detected else "not detected"))
+    if result.detected:
+        result.circle = {k: float(getattr(cf, k)) for k in ("cx", "cy", "r")}
+        for k in ("n_pixels", "residual_px", "arc_coverage_deg"):
+            if getattr(cf, k, None) is not None:
+                result.circle[k] = float(getattr(cf, k))
+        result.landmarks = {"head_center": [result.circle["cx"], result.circle["cy"]]}
+        q = getattr(cf, "quality", None)
+        if q is None and getattr(cf, "arc_coverage_deg", None) is not None:
+            q = min(1.0, float(cf.arc_coverage_deg) / 360.0)
+        result.quality = None if q is None else float(q)
+
+
+def _fill_femur(result: FitResult, sf, shape_model: ShapeModel) -> None:
+    result.detected = bool(sf.detected)
+    result.reason = str(getattr(sf, "reason", "") or ("" if sf.detected else "not detected"))
+    result.quality = None if getattr(sf, "quality", None) is None else float(sf.quality)
+    result.model = {**result.model, "pdm": shape_model.path}
+    if result.detected and getattr(sf, "points", None) is not None:
+        pts = np.asarray(sf.points, dtype=np.float64).reshape(-1, 2)
+        result.contour = pts
+        if getattr(sf, "point_confidence", None) is not None:
+            result.point_confidence = np.asarray(sf.point_confidence, dtype=np.float64)
+        result.landmarks = _landmarks(pts, shape_model.landmark_indices)

@@ -1,0 +1,134 @@
+"""Accuracy measures, in px of the scored image, for head circles and femur contours (real and simulated).
+
+Points are (N, 2) float arrays of (x = u = column, y = v = row), pixel centres at integers, y down.
+Real images follow the dev set's rules (``real-hip-radiographs-dev/README.md``):
+- head: the paper's RMSE ``||[cx, cy, r] - [cx^, cy^, r^]||`` and the centre error; an undetected head counts
+  against the detection rate and is left out of the RMSE;
+- femur: every fitted contour point inside the crop with ``y <= eval_max_y`` is scored by its distance to the
+  ground-truth polygon, using only the polygon's segments with both ends inside the crop and at
+  ``y <= eval_max_y``; RMS per hip, mean over hips.
+Simulated images: head as above; femur = RMS distance of the fitted points inside the image to the closed
+ground-truth outline polygon (all of its segments).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+def _points(xy, name: str) -> np.ndarray:
+    arr = np.asarray(xy, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must be an (N, 2) array of (x, y) px, got shape {arr.shape}.")
+    return arr
+
+
+def head_errors(fit, truth) -> dict:
+    """Errors of a fitted circle ``fit`` = (cx, cy, r) px against ``truth`` = (cx, cy, r) px:
+    ``rmse`` (paper: norm of the 3-vector difference), ``center_err`` (px), ``radius_err`` (signed, px)."""
+    f = np.asarray(fit, dtype=np.float64).reshape(3)
+    t = np.asarray(truth, dtype=np.float64).reshape(3)
+    d = f - t
+    return {"rmse": float(np.linalg.norm(d)), "center_err": float(np.hypot(d[0], d[1])), "radius_err": float(d[2])}
+
+
+def segment_distances(points, starts, ends) -> np.ndarray:
+    """Distance (px) of each point to the nearest of the segments ``starts[k] -> ends[k]``; (N,) float."""
+    p = _points(points, "points")
+    a, b = _points(starts, "segment starts"), _points(ends, "segment ends")
+    if len(a) == 0:
+        raise ValueError("No ground-truth segments to measure against.")
+    ab = b - a  # (M, 2)
+    ab2 = np.maximum((ab**2).sum(axis=1), 1e-12)
+    best = np.full(len(p), np.inf)
+    for chunk in range(0, len(p), 256):  # (256, M) blocks keep memory small for long outlines
+        q = p[chunk:chunk + 256, None, :]
+        t = np.clip(((q - a) * ab).sum(axis=2) / ab2, 0.0, 1.0)
+        d = np.hypot(*np.moveaxis(q - (a + t[..., None] * ab), 2, 0))
+        best[chunk:chunk + 256] = d.min(axis=1)
+    return best
+
+
+def polygon_segments(polygon, closed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of a polyline's segments; a closed polygon also gets last -> first."""
+    poly = _points(polygon, "polygon")
+    if closed and len(poly) > 2 and not np.array_equal(poly[0], poly[-1]):
+        poly = np.vstack([poly, poly[:1]])
+    return poly[:-1], poly[1:]
+
+
+def inside_crop(xy, width: int, height: int) -> np.ndarray:
+    """bool (N,): points within the crop's pixel area, -0.5 <= x <= width - 0.5 (same for y)."""
+    p = _points(xy, "points")
+    return (p[:, 0] >= -0.5) & (p[:, 0] <= width - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= height - 0.5)
+
+
+def femur_p2c_real(points, outline, eval_max_y: float, width: int, height: int) -> float | None:
+    """Point-to-curve RMS (px) of fitted contour ``points`` against a real-image outline, dev-set rules
+    (module docstring). None when no fitted point or no outline segment is left to score."""
+    starts, ends = polygon_segments(outline, closed=True)
+    keep = inside_crop(starts, width, height) & inside_crop(ends, width, height)
+    keep &= (starts[:, 1] <= eval_max_y) & (ends[:, 1] <= eval_max_y)
+    pts = _points(points, "points")
+    pts = pts[inside_crop(pts, width, height) & (pts[:, 1] <= eval_max_y)]
+    if not keep.any() or len(pts) == 0:
+        return None
+    d = segment_distances(pts, starts[keep], ends[keep])
+    return float(np.sqrt(np.mean(d**2)))
+
+
+def femur_p2c_sim(points, contour, width: int | None = None, height: int | None = None) -> float | None:
+    """Point-to-curve RMS (px) of fitted ``points`` to the closed simulated outline ``contour``; with an image
+    size, points outside the image are left out. None when no point is left."""
+    pts = _points(points, "points")
+    if width is not None and height is not None:
+        pts = pts[inside_crop(pts, width, height)]
+    if len(pts) == 0:
+        return None
+    d = segment_distances(pts, *polygon_segments(contour, closed=True))
+    return float(np.sqrt(np.mean(d**2)))
+
+
+def _stats(values: Sequence[float], prefix: str, p95: bool) -> dict:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    out = {f"{prefix}_mean": float(v.mean()) if v.size else None,
+           f"{prefix}_median": float(np.median(v)) if v.size else None}
+    if p95:
+        out[f"{prefix}_p95"] = float(np.percentile(v, 95)) if v.size else None
+    return out
+
+
+def summarize_head(records: Iterable[dict], p95: bool = False) -> dict:
+    """Head figures over per-image records holding ``detected`` (bool) and, when detected, ``rmse`` and
+    ``center_err``: rmse_mean, rmse_median[, rmse_p95], center_err_mean, detection_rate, n (images scored)."""
+    recs = list(records)
+    hits = [r for r in recs if r.get("detected")]
+    out = _stats([r["rmse"] for r in hits], "rmse", p95)
+    ce = [r["center_err"] for r in hits]
+    out["center_err_mean"] = float(np.mean(ce)) if ce else None
+    out["detection_rate"] = len(hits) / len(recs) if recs else None
+    out["n"] = len(recs)
+    return out
+
+
+def summarize_femur(records: Iterable[dict], p95: bool = False) -> dict:
+    """Femur figures over per-image records holding ``detected`` and ``p2c`` (px or None): p2c_mean,
+    p2c_median[, p2c_p95] over the scored hips, detection_rate, n (images), n_scored (hips with a p2c)."""
+    recs = list(records)
+    vals = [r.get("p2c") for r in recs if r.get("detected") and r.get("p2c") is not None]
+    out = _stats(vals, "p2c", p95)
+    out["detection_rate"] = sum(bool(r.get("detected")) for r in recs) / len(recs) if recs else None
+    out["n"] = len(recs)
+    out["n_scored"] = len(vals)
+    return out
+
+
+def summarize_by(records: Iterable[dict], key: str, summarize) -> dict:
+    """``{group value: summarize(records of that group)}`` for the record field ``key`` (sorted groups)."""
+    groups: dict[str, list] = defaultdict(list)
+    for r in records:
+        groups[str(r.get(key))].append(r)
+    return {name: summarize(groups[name]) for name in sorted(groups)}

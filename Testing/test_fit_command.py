@@ -1,0 +1,73 @@
+"""``deepmorph fit``: per-image JSON + overlay, "not detected" as a result, bad files reported and skipped."""
+import json
+
+import numpy as np
+import pytest
+
+from DeepMorphLib.cli import main
+from DeepMorphLib.pipeline import FitResult, fit_image, load_predictor
+from DeepMorphSimulatorLib.files import write_png
+from standins import TruthPredictor, _key, use_standins
+from synthetic_hip import make_hip
+
+
+@pytest.fixture
+def images(tmp_path):
+    pred = TruthPredictor("head")
+    paths = []
+    for seed, polarity in ((3, "bone-bright"), (4, "bone-dark")):
+        image, truth = make_hip(seed, polarity, "left")
+        image = np.round(image).astype(np.uint8)
+        dark = image.astype(float) if polarity == "bone-dark" else image.max() + image.min() - image.astype(float)
+        pred.register(dark, truth)
+        write_png(tmp_path / f"hip{seed}.png", image)
+        paths.append(tmp_path / f"hip{seed}.png")
+    blank = np.full((64, 64), 90, np.uint8)
+    blank[::2] = 100  # stripes: some contrast
+    for version in (blank, 190 - blank):  # whichever polarity is detected, the predictor sees nothing there
+        pred.maps[_key(version)] = np.zeros((64, 64), np.float32)
+    write_png(tmp_path / "blank.png", blank)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    return tmp_path, paths, pred
+
+
+def test_fit_reports_bad_files_and_continues(images, capsys, monkeypatch):
+    tmp, paths, pred = images
+    use_standins(monkeypatch, pred)
+    out = tmp / "out"
+    argv = ["fit", "--task", "head", str(paths[0]), str(tmp / "corrupt.png"), str(tmp / "missing.png"),
+            str(paths[1]), str(tmp / "blank.png"), "--polarity", "auto", "--out", str(out), "--report"]
+    assert main(argv) == 1  # some files were skipped
+    err = capsys.readouterr().err
+    assert "corrupt.png" in err and "missing.png" in err and "3 fitted" in err
+    for stem, polarity in (("hip3", "bone-bright"), ("hip4", "bone-dark")):
+        d = json.loads((out / f"{stem}.json").read_text())
+        assert d["detected"] and d["polarity"] == polarity and d["polarity_mode"] == "auto"
+        assert abs(d["circle"]["r"] - 45) < 30 and set(d["timings_ms"]) >= {"network_ms", "fit_ms", "total_ms"}
+        assert (out / f"{stem}_overlay.png").stat().st_size > 1000
+    blank = json.loads((out / "blank.json").read_text())
+    assert blank["detected"] is False and blank["reason"]  # "not detected" is a result
+    results = json.loads((out / "results.json").read_text())
+    assert {b["file"].rsplit("/", 1)[-1] for b in results["bad_files"]} == {"corrupt.png", "missing.png"}
+    assert "numpy" in results["versions"]
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("file,detected")
+    html = (out / "report.html").read_text()
+    assert "corrupt.png" in html and "data:image/png;base64" in html and "Software" in html
+
+
+def test_fit_image_result_is_json_ready(images, monkeypatch):
+    tmp, paths, pred = images
+    use_standins(monkeypatch, pred)
+    from DeepMorphSimulatorLib.files import read_image_2d
+
+    res = fit_image(read_image_2d(paths[0]), "head", predictor=pred, polarity="bone-bright")
+    assert isinstance(res, FitResult) and res.polarity_mode == "given" and res.polarity_score is None
+    assert res.confidence.shape == (448, 448)
+    json.dumps(res.to_dict())
+
+
+def test_missing_shipped_model_says_how_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match="deepmorph train --task femur"):
+        load_predictor("femur", tmp_path / "nothing.safetensors")
+    with pytest.raises(ValueError, match="task"):
+        load_predictor("knee")

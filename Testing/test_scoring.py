@@ -1,0 +1,78 @@
+"""Scoring against hand-computed cases (dev-set README rules)."""
+import math
+
+import numpy as np
+import pytest
+
+from DeepMorphLib.scoring import (femur_p2c_real, femur_p2c_sim, head_errors, segment_distances, summarize_by,
+                                  summarize_femur, summarize_head)
+
+
+def test_head_circle_off_by_a_known_vector():
+    e = head_errors((103.0, 96.0, 62.0), (100.0, 100.0, 50.0))  # off by (3, -4, 12)
+    assert e["rmse"] == pytest.approx(13.0)
+    assert e["center_err"] == pytest.approx(5.0)
+    assert e["radius_err"] == pytest.approx(12.0)
+
+
+def test_segment_distances():
+    d = segment_distances([[5, 3], [-4, 0], [12, -5], [5, 0]], [[0, 0]], [[10, 0]])
+    assert d == pytest.approx([3, 4, math.hypot(2, 5), 0])
+
+
+def square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def test_contour_at_a_known_distance():
+    outline = square(100, 100, 300, 300)
+    # fitted square 2 px outside all round: every point is exactly 2 px from the outline
+    t = np.linspace(0, 1, 25)[:-1]
+    pts = np.concatenate([np.c_[98 + 204 * t, np.full_like(t, 98)], np.c_[np.full_like(t, 302), 98 + 204 * t]])
+    pts = pts[(pts[:, 0] > 99) & (pts[:, 1] > 99)]  # avoid the corners (distance sqrt(8) there)
+    assert femur_p2c_real(pts, outline, eval_max_y=400, width=448, height=448) == pytest.approx(2.0)
+    assert femur_p2c_sim(pts, outline) == pytest.approx(2.0)
+
+
+def dense_square(x0, y0, x1, y1, step=1.0):
+    """Closed outline sampled every ``step`` px, like the dev set's outlines."""
+    corners = np.array(square(x0, y0, x1, y1) + [[x0, y0]], float)
+    pts = [a + (b - a) * t for a, b in zip(corners[:-1], corners[1:])
+           for t in np.arange(0, 1, step / np.linalg.norm(b - a))]
+    return np.array(pts)
+
+
+def test_points_below_eval_max_y_and_outside_the_crop_are_ignored():
+    outline = dense_square(100, 100, 300, 500)  # extends past a 448 crop; the bottom edge at y=500 is the cut
+    good = [[103, 150], [297, 200]]  # 3 px from the sides
+    below = [[200, 430], [150, 420]]  # y > eval_max_y: far from every kept segment, must be ignored
+    outside = [[305, 460], [-3, 120]]  # outside the crop
+    rms = femur_p2c_real(good + below + outside, outline, eval_max_y=400, width=448, height=448)
+    assert rms == pytest.approx(3.0)
+    # the bottom cut (y=500) and the sides below y=400 are not scored: a point at y=410 measures to (100|300, 400)
+    assert femur_p2c_real([[200, 399]], outline, eval_max_y=400, width=448, height=448) == pytest.approx(100.0)
+    assert femur_p2c_real(below, outline, eval_max_y=400, width=448, height=448) is None
+    # the same points against the full closed outline (simulated rule): the bottom edge counts there
+    assert femur_p2c_sim([[200, 497]], outline) == pytest.approx(3.0)
+
+
+def test_only_segments_with_both_ends_above_eval_max_y_count():
+    outline = square(100, 100, 300, 500)  # coarse: each side is one segment ending at y=500
+    # only the top edge (both ends at y=100) is kept, so a point beside the left side measures to its corner
+    assert femur_p2c_real([[97, 104]], outline, eval_max_y=400, width=448, height=448) == pytest.approx(5.0)
+
+
+def test_summaries_and_groups():
+    recs = [
+        {"detected": True, "rmse": 2.0, "center_err": 1.0, "maturity": "mature"},
+        {"detected": True, "rmse": 4.0, "center_err": 3.0, "maturity": "mature"},
+        {"detected": False, "maturity": "immature"},
+    ]
+    s = summarize_head(recs, p95=True)
+    assert s["rmse_mean"] == 3.0 and s["rmse_median"] == 3.0 and s["center_err_mean"] == 2.0
+    assert s["detection_rate"] == pytest.approx(2 / 3) and s["n"] == 3 and s["rmse_p95"] == pytest.approx(3.9)
+    g = summarize_by(recs, "maturity", summarize_head)
+    assert g["immature"] == {"rmse_mean": None, "rmse_median": None, "center_err_mean": None,
+                             "detection_rate": 0.0, "n": 1}
+    f = summarize_femur([{"detected": True, "p2c": 1.0}, {"detected": True, "p2c": 3.0}, {"detected": False}])
+    assert f["p2c_mean"] == 2.0 and f["p2c_median"] == 2.0 and f["n"] == 3 and f["n_scored"] == 2
