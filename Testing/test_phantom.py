@@ -191,3 +191,25 @@ def test_cli_writes_the_files(tmp_path, capsys):
     assert "left femur" in capsys.readouterr().out
     assert main(["phantom", "--out", str(tmp_path / "q"), "--seed", "-2"]) == 2
     assert "seed" in capsys.readouterr().err
+
+
+def test_markups_reading_rules(tmp_path, saved):
+    from DeepMorphSimulatorLib.landmarks import markups_dict, write_markups
+
+    with pytest.raises(ValueError, match="both femurs"):
+        femur_landmarks_from_markups(saved["landmarks"])
+    # RAS files, unprefixed and loosely written labels, radius from the description
+    doc = markups_dict([("Head Center", [1.0, 2.0, 3.0], "head radius 23.5 mm"), ("greater-trochanter", [4, 5, 6], "")])
+    doc["markups"][0]["coordinateSystem"] = "RAS"
+    (tmp_path / "ras.mrk.json").write_text(json.dumps(doc))
+    lm, radius = femur_landmarks_from_markups(tmp_path / "ras.mrk.json", "right")
+    assert np.allclose(lm["head_center"], [-1.0, -2.0, 3.0]) and np.allclose(lm["greater_trochanter"], [-4, -5, 6])
+    assert radius == 23.5
+    write_markups(tmp_path / "l.mrk.json", [("left_head_center", [0, 0, 0], "")])
+    with pytest.raises(ValueError, match="only for the left"):
+        femur_landmarks_from_markups(tmp_path / "l.mrk.json", "right")
+    (tmp_path / "bad.mrk.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a Slicer markups"):
+        read_markups(tmp_path / "bad.mrk.json")
+    with pytest.raises(FileNotFoundError):
+        read_markups(tmp_path / "missing.mrk.json")

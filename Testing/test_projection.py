@@ -34,23 +34,10 @@ def _geometry(femur, size=256, pixel=0.9, **pose):
 
 
 def _label_line_integrals(label: Volume, geometry: CArmGeometry) -> np.ndarray:
-    """Line integrals (mm) of the binary label, trilinear samples every 0.5 mm (test reference)."""
-    from scipy import ndimage
+    """Line integrals (mm) of the binary label map (label > 0), via the DRR renderer."""
+    from DeepMorphSimulatorLib.drr import line_integrals
 
-    data = (label.data > 0).astype(np.float32)
-    det = geometry.pixel_positions_lps().reshape(-1, 3)
-    src = geometry.source_lps
-    d = geometry.depth(label.corners_lps())
-    ts = np.arange(d.min() / geometry.sid_mm - 0.01, d.max() / geometry.sid_mm + 0.01, 0.5 / geometry.sid_mm)
-    m = label.lps_to_ijk()
-    out = np.zeros(len(det), np.float32)
-    for chunk in np.array_split(np.arange(len(det)), 8):
-        dirs = det[chunk] - src
-        pts = (src + ts[None, :, None] * dirs[:, None, :]).reshape(-1, 3)
-        ijk = pts @ m[:3, :3].T + m[:3, 3]
-        vals = ndimage.map_coordinates(data, [ijk[:, 2], ijk[:, 1], ijk[:, 0]], order=1, cval=0.0)
-        out[chunk] = vals.reshape(len(chunk), -1).sum(axis=1) * np.linalg.norm(dirs, axis=1) * (ts[1] - ts[0])
-    return out.reshape(geometry.height_px, geometry.width_px)
+    return line_integrals(label.with_data((label.data > 0).astype(np.float32)), geometry)
 
 
 def _crop_label(label: Volume, value: int) -> Volume:
@@ -89,8 +76,8 @@ def test_off_axis_sphere_outline_is_tangent_and_matches_the_rasterised_mesh():
     src = vtk.vtkSphereSource()
     src.SetCenter(*centre)
     src.SetRadius(R)
-    src.SetThetaResolution(200)
-    src.SetPhiResolution(200)
+    src.SetThetaResolution(120)
+    src.SetPhiResolution(120)
     src.Update()
     v, f = mesh_arrays(src.GetOutput())
     uv = g.project(v)
@@ -273,3 +260,35 @@ def test_mesh_round_trip(phantom, tmp_path, suffix):
     assert np.allclose(np.sort(v0, axis=0), np.sort(v1, axis=0), atol=1e-3)
     ras = read_mesh(tmp_path / f"m{suffix}", coordinate_system="RAS")
     assert np.allclose(mesh_arrays(ras)[0], v1 * [-1, -1, 1])
+
+
+def test_drr_command_writes_the_ground_truth(phantom, saved, tmp_path, capsys):
+    from PIL import Image
+
+    from DeepMorphLib.cli import main
+
+    fem = phantom.femurs["left"]
+    iso = [str(x) for x in fem.landmarks["head_center"] + [20.0, 0.0, -45.0]]
+    out = tmp_path / "drr.png"
+    args = ["drr", "--ct", saved["ct"], "--mesh", saved["femur_left"], "--landmarks", saved["landmarks"],
+            "--side", "left", "--size", "160", "--pixel-mm", "1.2", "--isocenter", *iso, "--out", str(out)]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "drr.json").read_text())
+    assert doc["side"] == "left" and len(doc["points"]) == 64 and len(doc["visible"]) == 64
+    assert len(doc["head_circle"]) == 3 and len(doc["contour"]) > 100 and doc["anchors_in_order"]
+    assert doc["anchor_indices"]["shaft_cut_medial"] == anchor_indices(64)["shaft_cut_medial"]
+    g = CArmGeometry.from_dict(doc["geometry"])
+    gt = project_ground_truth(fem.mesh, fem.landmarks, fem.head_radius_mm, g)
+    assert np.allclose(doc["head_circle"], gt.head_circle, atol=0.02)  # radius stored to 1 um
+    femur_png = np.array(Image.open(tmp_path / "drr_femur.png"))
+    head_png = np.array(Image.open(tmp_path / "drr_head.png"))
+    assert femur_png.dtype == np.uint8 and set(np.unique(femur_png)) <= {0, 255}
+    assert np.array_equal(femur_png > 0, gt.femur_target > 0) and np.array_equal(head_png > 0, gt.head_target > 0)
+    # wrong side and a label map with both femurs but no side: clear errors, exit code 2
+    bad = ["drr", "--ct", saved["ct"], "--mesh", saved["femur_left"], "--side", "right", "--size", "64",
+           "--out", str(tmp_path / "bad.png")]
+    assert main(bad) == 2
+    assert "left femur" in capsys.readouterr().err
+    bad = ["drr", "--ct", saved["ct"], "--mesh", saved["femur_label"], "--size", "64", "--out", str(tmp_path / "b.png")]
+    assert main(bad) == 2
+    assert "give the side" in capsys.readouterr().err

@@ -118,27 +118,45 @@ def find_head_sphere(vertices: np.ndarray, normals: np.ndarray, search_mm: float
     return c, float(r)
 
 
-def _shaft_axis(v: np.ndarray, head: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Shaft axis (point, unit direction towards proximal) from slab centroids below the trochanters."""
+def _section(mesh, origin, normal) -> np.ndarray:
+    """Points (K, 3) where the plane (origin, normal) cuts the surface (vtkCutter)."""
+    import vtk
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    plane = vtk.vtkPlane()
+    plane.SetOrigin(*np.asarray(origin, float))
+    plane.SetNormal(*np.asarray(normal, float))
+    cut = vtk.vtkCutter()
+    cut.SetInputData(mesh)
+    cut.SetCutFunction(plane)
+    cut.Update()
+    out = cut.GetOutput()
+    if out.GetNumberOfPoints() == 0:
+        return np.zeros((0, 3))
+    return vtk_to_numpy(out.GetPoints().GetData()).astype(float)
+
+
+def _shaft_axis(mesh, v: np.ndarray, head: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Shaft axis (point, unit direction towards proximal, lowest height) from centroids of cross-sections
+    of the shaft below the trochanters (3.8 head radii under the head centre and lower)."""
     centred = v - v.mean(axis=0)
     a = np.linalg.svd(centred, full_matrices=False)[2][0]
     if a.dot(head - v.mean(axis=0)) < 0:
         a = -a
     for _ in range(3):
         h = (v - head) @ a
-        lo_mm = max(h.min() + 3.0, -220.0)
+        lo_mm = max(h.min() + 2.0, -220.0)
         hi_mm = -3.8 * r
         if hi_mm - lo_mm < 20.0:
             hi_mm = -2.8 * r
         if hi_mm - lo_mm < 10.0:
             raise ValueError("The femur mesh has too little shaft below the trochanters to find the shaft axis "
                              "(need >= ~20 mm); give shaft_axis_proximal/shaft_axis_distal landmarks.")
-        edges = np.arange(lo_mm, hi_mm, 5.0)
         cents = []
-        for e0 in edges:
-            m = (h >= e0) & (h < e0 + 5.0)
-            if m.sum() >= 8:
-                cents.append(v[m].mean(axis=0))
+        for level in np.linspace(lo_mm, hi_mm, 12):
+            pts = _section(mesh, head + level * a, a)
+            if len(pts) >= 6:
+                cents.append(pts.mean(axis=0))
         cents = np.array(cents)
         if len(cents) < 2:
             raise ValueError("Could not find the shaft axis of the femur mesh; give shaft axis landmarks.")
@@ -166,6 +184,8 @@ def estimate_landmarks(mesh, head_center=None, head_radius=None, known: dict | N
     from .mesh import mesh_arrays
 
     known = {k: np.asarray(v, float) for k, v in (known or {}).items()}
+    if head_radius is not None and all(k in known for k in LANDMARK_NAMES):
+        return dict(known), float(head_radius)
     v, _ = mesh_arrays(mesh)
     nrm, _ = _normals(mesh)
     if head_center is None:
@@ -181,7 +201,7 @@ def estimate_landmarks(mesh, head_center=None, head_radius=None, known: dict | N
                              "put the radius in its description ('head radius 24 mm') or add head_apex.")
         head_radius = float(np.median(d[near][d[near] <= np.percentile(d[near], 60)]))
     r = float(head_radius)
-    p0, a, h_min = _shaft_axis(v, head, r)
+    p0, a, h_min = _shaft_axis(mesh, v, head, r)
 
     def axis_at(h):  # shaft-axis point at height h (mm, relative to the head along a)
         return p0 + ((head - p0) @ a + h) * a
@@ -196,22 +216,21 @@ def estimate_landmarks(mesh, head_center=None, head_radius=None, known: dict | N
     nsa = np.deg2rad(130.0)
     n = np.cos(nsa) * (-a) + np.sin(nsa) * medial  # base -> head
     for _ in range(3):
-        cslab = head - 1.3 * r * n
-        m = np.abs((v - cslab) @ n) < 2.5
-        if m.sum() < 8:
+        ring = _neck_ring(mesh, head - 1.3 * r * n, n, r)
+        if len(ring) < 6:
             break
-        cn = v[m].mean(axis=0)
+        cn = ring.mean(axis=0)
         n = (head - cn) / np.linalg.norm(head - cn)
     mid = head - 1.3 * r * n
     es = a - a.dot(n) * n
     es /= np.linalg.norm(es)
-    slab = np.abs((v - mid) @ n) < 2.5
+    ring = _neck_ring(mesh, mid, n, r)
     lm["neck_axis_point"] = mid
     lm["head_apex"] = head + r * n
-    if slab.sum() >= 4:
-        proj = (v[slab] - mid) @ es
-        lm["neck_superior"] = v[slab][np.argmax(proj)]
-        lm["neck_inferior"] = v[slab][np.argmin(proj)]
+    if len(ring) >= 4:
+        proj = (ring - mid) @ es
+        lm["neck_superior"] = ring[np.argmax(proj)]
+        lm["neck_inferior"] = ring[np.argmin(proj)]
     h = (v - head) @ a
     radial = v - (p0 + ((v - p0) @ a)[:, None] * a)
     lat_amount = radial @ lateral
@@ -237,12 +256,22 @@ def estimate_landmarks(mesh, head_center=None, head_radius=None, known: dict | N
     lm["shaft_axis_proximal"] = axis_at(-2.8 * r)
     cut_c = axis_at(h_min)
     lm["shaft_axis_distal"] = cut_c
-    ring = (h < h_min + 12.0) & (h > h_min + 2.0)
-    rad = float(np.median(np.linalg.norm(radial[ring], axis=1))) if ring.sum() >= 8 else 0.55 * r
+    sec = _section(mesh, axis_at(h_min + 3.0), a)
+    if len(sec) >= 6:
+        rsec = sec - (p0 + ((sec - p0) @ a)[:, None] * a)
+        rad = float(np.median(np.linalg.norm(rsec, axis=1)))
+    else:
+        rad = 0.55 * r
     lm["shaft_cut_lateral"] = cut_c + rad * lateral
     lm["shaft_cut_medial"] = cut_c + rad * medial
     lm.update(known)
     return lm, r
+
+
+def _neck_ring(mesh, centre, normal, r) -> np.ndarray:
+    """Cross-section of the neck: section points within 1.2 head radii of ``centre`` (drops the trochanter)."""
+    pts = _section(mesh, centre, normal)
+    return pts[np.linalg.norm(pts - centre, axis=1) < 1.2 * r] if len(pts) else pts
 
 
 def femur_side(landmarks: dict) -> str:

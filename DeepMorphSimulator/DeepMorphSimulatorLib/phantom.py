@@ -9,7 +9,7 @@ origin lies near the midpoint of the two hip-joint centres): x -200..200 mm (rig
 * pelvis (phantom_pelvis.py): ilium wings and crests, acetabula cupping the femoral heads with a joint
   space of 2-4.5 mm, pubis, ischium around the obturator foramina, sacrum with foramina, L5;
 * both proximal femurs (phantom_femur.py) with cortex 1200-1800 HU (thin proximally, 3.5-7.5 mm in the
-  shaft), cancellous bone 160-380 HU with texture and a denser compressive trabecular band, fatty marrow in
+  shaft), cancellous bone 180-400 HU with texture and a denser compressive trabecular band, fatty marrow in
   the shaft; mild white noise (8 HU) everywhere.
 
 Everything (size, placement, pelvic tilt, femoral shape and pose) varies with the seed and nothing else:

@@ -107,7 +107,7 @@ class FemurParams:
             cortex_shaft=_clipped_normal(rng, 5.5, 0.8, 3.5, 7.5),
             cortex_proximal=_clipped_normal(rng, 1.6, 0.25, 1.0, 2.4),
             hu_cortex=_clipped_normal(rng, 1500.0, 120.0, 1200.0, 1800.0),
-            hu_cancellous=_clipped_normal(rng, 260.0, 45.0, 160.0, 380.0),
+            hu_cancellous=_clipped_normal(rng, 300.0, 45.0, 180.0, 400.0),
             hu_marrow=_clipped_normal(rng, 20.0, 20.0, -40.0, 60.0),
         )
 

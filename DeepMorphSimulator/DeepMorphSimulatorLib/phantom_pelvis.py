@@ -60,7 +60,7 @@ class PelvisParams:
             wing_thickness=_n(rng, 5.0, 0.6, 4.0, 6.5),
             jitter={s: rng.normal(0.0, 1.5, 3) for s in ("right", "left")},
             hu_cortex=_n(rng, 1350.0, 120.0, 1000.0, 1700.0),
-            hu_cancellous=_n(rng, 230.0, 40.0, 150.0, 350.0),
+            hu_cancellous=_n(rng, 260.0, 40.0, 160.0, 380.0),
             cortex=_n(rng, 1.8, 0.3, 1.2, 2.6),
             fat=fat,
             body_half_width=min(h + 62.0 + 20.0 + fat, 192.0),

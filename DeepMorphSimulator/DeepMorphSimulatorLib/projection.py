@@ -330,3 +330,37 @@ def _runs(closed_pts: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     if cur:
         runs.append(closed_pts[cur])
     return runs
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+def mask_paths(image_path) -> dict:
+    """Sidecar PNG paths for a DRR ``x.png``: ``x_femur.png``, ``x_head.png`` (targets), ``x_silhouette.png``."""
+    from pathlib import Path
+
+    p = Path(image_path)
+    return {name: p.with_name(f"{p.stem}_{name}.png") for name in ("femur", "head", "silhouette")}
+
+
+def write_ground_truth_masks(gt: GroundTruth, image_path) -> dict:
+    """Write the femur/head outline targets and the silhouette as 8-bit PNGs (0 or 255) next to ``image_path``."""
+    from .files import write_png
+
+    paths = mask_paths(image_path)
+    write_png(paths["femur"], (gt.femur_target > 0).astype(np.uint8) * 255)
+    write_png(paths["head"], (gt.head_target > 0).astype(np.uint8) * 255)
+    write_png(paths["silhouette"], gt.silhouette.astype(np.uint8) * 255)
+    return paths
+
+
+def ground_truth_record(gt: GroundTruth, femur, band_px: float) -> dict:
+    """JSON fields for a sample: the dataset format's keys (GroundTruth.to_dict() and ``side``) plus, under
+    ``ground_truth``, the femur's 3-D description (landmarks in LPS mm, head radius, band width)."""
+    record = gt.to_dict()  # head_circle, contour, points, visible, landmarks_uv, anchor_indices, ...
+    record["side"] = femur.side
+    record["ground_truth"] = {
+        "band_px": float(band_px),
+        "head_radius_mm": float(femur.head_radius_mm),
+        "landmarks_lps": {k: [float(x) for x in v] for k, v in femur.landmarks.items()},
+        "head_circle_method": "algebraic circle through the exact perspective outline of the head sphere",
+    }
+    return record

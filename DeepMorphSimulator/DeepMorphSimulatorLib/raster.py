@@ -172,24 +172,43 @@ def band_mask(polylines: list[np.ndarray], shape: tuple[int, int], width_px: flo
     return _band(np.ascontiguousarray(np.vstack(segs), np.float64), int(shape[0]), int(shape[1]), 0.5 * float(width_px))
 
 
+@numba.njit(cache=True)
+def _closest(poly, pts):
+    n = poly.shape[0]
+    s_out = np.empty(pts.shape[0])
+    d_out = np.empty(pts.shape[0])
+    cum = np.empty(n)
+    acc = 0.0
+    for i in range(n):
+        cum[i] = acc
+        j = (i + 1) % n
+        acc += np.hypot(poly[j, 0] - poly[i, 0], poly[j, 1] - poly[i, 1])
+    for k in range(pts.shape[0]):
+        px, py = pts[k, 0], pts[k, 1]
+        best, best_s = np.inf, 0.0
+        for i in range(n):
+            j = (i + 1) % n
+            ax, ay = poly[i, 0], poly[i, 1]
+            ex, ey = poly[j, 0] - ax, poly[j, 1] - ay
+            l2 = ex * ex + ey * ey
+            t = 0.0
+            if l2 > 0:
+                t = ((px - ax) * ex + (py - ay) * ey) / l2
+                t = min(max(t, 0.0), 1.0)
+            dx, dy = ax + t * ex - px, ay + t * ey - py
+            d = dx * dx + dy * dy
+            if d < best:
+                best = d
+                best_s = cum[i] + t * np.sqrt(l2)
+        s_out[k] = best_s
+        d_out[k] = np.sqrt(best)
+    return s_out, d_out
+
+
 def closest_on_polygon(poly: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For points (K, 2): arc-length position (from vertex 0, px) and distance of their closest point on the
     closed polygon (N, 2)."""
-    a = poly
-    b = np.roll(poly, -1, axis=0)
-    e = b - a
-    seglen = np.linalg.norm(e, axis=1)
-    cum = np.concatenate([[0.0], np.cumsum(seglen)[:-1]])
-    s_out, d_out = [], []
-    for p in np.atleast_2d(pts):
-        l2 = np.maximum(seglen**2, 1e-18)
-        t = np.clip(((p - a) * e).sum(axis=1) / l2, 0.0, 1.0)
-        q = a + t[:, None] * e
-        d = np.linalg.norm(q - p, axis=1)
-        i = int(np.argmin(d))
-        s_out.append(cum[i] + t[i] * seglen[i])
-        d_out.append(d[i])
-    return np.array(s_out), np.array(d_out)
+    return _closest(np.ascontiguousarray(poly, np.float64), np.ascontiguousarray(np.atleast_2d(pts), np.float64))
 
 
 def point_at_arclength(poly: np.ndarray, s: np.ndarray) -> np.ndarray:

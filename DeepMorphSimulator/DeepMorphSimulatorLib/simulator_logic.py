@@ -83,7 +83,8 @@ def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
 def head_sphere(mesh_points_lps: np.ndarray, landmarks_lps: dict, search_mm: float = 35.0) -> tuple[np.ndarray, float]:
     """Femoral head centre (LPS) and radius (mm): sphere fitted to the mesh around ``head_center``.
 
-    Iterates twice, keeping the vertices within 15 % of the radius, so neck vertices drop out.
+    Iterates four times, keeping the vertices within 15, 8, 4 and 4 % of the radius, so neck vertices drop
+    out (a fixed 15 % band kept the head-neck junction and biased the centre by ~1 mm).
     """
     if HEAD_CENTER not in landmarks_lps:
         raise ValueError(
@@ -96,9 +97,9 @@ def head_sphere(mesh_points_lps: np.ndarray, landmarks_lps: dict, search_mm: flo
     if len(near) < 20:
         raise ValueError(f"Fewer than 20 femur vertices within {search_mm} mm of '{HEAD_CENTER}': wrong landmark or mesh?")
     centre, radius = fit_sphere(near)
-    for _ in range(2):
+    for tol in (0.15, 0.08, 0.04, 0.04):
         d = np.linalg.norm(pts - centre, axis=1)
-        shell = pts[np.abs(d - radius) < 0.15 * radius]
+        shell = pts[np.abs(d - radius) < tol * radius]
         if len(shell) >= 20:
             centre, radius = fit_sphere(shell)
     return centre, radius

@@ -5,7 +5,12 @@ Example::
     deepmorph drr --ct pelvis.nrrd --orbital 20 --angular -10 --size 448 --out drr.png
 
 writes ``drr.png`` (8-bit, bone dark), ``drr.npy`` (float32 line integrals A, dimensionless) and
-``drr.json`` (full geometry incl. projection matrix, and every parameter used).
+``drr.json`` (full geometry incl. projection matrix, and every parameter used). With ``--mesh FEMUR``
+(and optionally ``--landmarks L.mrk.json``) it also writes the femur ground truth: ``drr_femur.png`` and
+``drr_head.png`` (outline target masks, 0/255), ``drr_silhouette.png``, and in the JSON the head circle,
+the contour polygon, the corresponding points with visibility and the projected landmarks::
+
+    deepmorph drr --ct ct.nrrd --mesh femur-right.vtp --landmarks landmarks.mrk.json --out drr.png
 """
 from __future__ import annotations
 
@@ -94,6 +99,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output PNG; the .npy and .json are written next to it")
     add_geometry_arguments(parser)
     add_render_arguments(parser)
+    add_ground_truth_arguments(parser)
+
+
+def add_ground_truth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Femur ground truth options (projected outline, head circle, corresponding points, target masks)."""
+    g = parser.add_argument_group("femur ground truth (written when --mesh is given)")
+    g.add_argument("--mesh", default=None, metavar="FILE",
+                   help="femur surface (.vtp/.vtk/.stl/.ply/.obj, LPS mm) or label map (.nrrd/.nii.gz ...)")
+    g.add_argument("--landmarks", default=None, metavar="MRK_JSON",
+                   help="Slicer markups with femur landmarks (head_center, ...); missing ones are estimated")
+    g.add_argument("--side", choices=("right", "left"), default=None,
+                   help="which femur (checked against the anatomy; picks label 1/2 of a two-femur label map)")
+    g.add_argument("--mesh-space", choices=("LPS", "RAS"), default=None,
+                   help="coordinate system of the mesh file (default LPS, as Slicer writes since 4.11)")
+    g.add_argument("--points", type=int, default=64, metavar="N", help="corresponding contour points (default 64)")
+    g.add_argument("--band-px", type=float, default=3.0, metavar="PX",
+                   help="width of the outline target bands (default %(default)s)")
+    g.add_argument("--cut-mm", type=float, default=150.0, metavar="MM",
+                   help="shorten the femur to this distance below the head centre (0: keep it whole)")
 
 
 def output_paths(out: str | Path) -> dict:
@@ -115,16 +139,39 @@ def run(args: argparse.Namespace) -> int:
     geometry = geometry_from_args(args, ct)
     result = drr.render_drr(ct, geometry, mu_water=args.mu_water, step_mm=args.step, method=args.method,
                             device=args.device)
+    gt_record = ground_truth(args, ct, geometry, paths) if getattr(args, "mesh", None) else None
     write_png(paths["image"], result.image)
     buf = io.BytesIO()
     np.save(buf, result.line_integrals.astype(np.float32), allow_pickle=False)
     atomic_write_bytes(paths["line_integrals"], buf.getvalue())
-    atomic_write_json(paths["sidecar"], sidecar(args, ct, geometry, paths))
+    record = sidecar(args, ct, geometry, paths)
+    if gt_record is not None:
+        record.update(gt_record)
+    atomic_write_json(paths["sidecar"], record)
     print(
         f"deepmorph drr: wrote {paths['image']} ({geometry.width_px}x{geometry.height_px} px), "
         f"{paths['line_integrals'].name}, {paths['sidecar'].name} in {time.perf_counter() - start:.1f} s"
     )
     return 0
+
+
+def ground_truth(args, ct, geometry, paths) -> dict:
+    """Load the femur (--mesh, --landmarks), project it, write the mask PNGs; returns the JSON fields."""
+    from ..femur import load_femur
+    from ..projection import ground_truth_record, mask_paths, project_ground_truth, write_ground_truth_masks
+
+    if args.cut_mm < 0:
+        raise ValueError(f"--cut-mm must be >= 0 (0 keeps the whole femur), got {args.cut_mm}.")
+    femur = load_femur(args.mesh, landmarks=args.landmarks, side=args.side, ct=ct, coordinate_system=args.mesh_space,
+                       cut_mm=args.cut_mm or None)
+    gt = project_ground_truth(femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=args.points,
+                              band_px=args.band_px)
+    masks = write_ground_truth_masks(gt, paths["image"])
+    record = ground_truth_record(gt, femur, args.band_px)
+    record["ground_truth"]["files"] = {k: v.name for k, v in masks.items()}
+    record["ground_truth"]["mesh"] = str(args.mesh)
+    record["ground_truth"]["landmarks_file"] = None if args.landmarks is None else str(args.landmarks)
+    return record
 
 
 def sidecar(args, ct, geometry, paths) -> dict:
