@@ -44,12 +44,12 @@ def test_implants_darken_image_but_leave_ground_truth(scene):
         exposed = m["image"] > 0  # outside a circular collimator the image is black anyway
         sel = ndimage.binary_erosion(metal, iterations=1) & exposed  # inside the metal, away from blurred edges
         if sel.sum() >= 5:
-            # bone-dark polarity: metal pixels are darker than the same pixels without metal, and
-            # among the darkest in the image
-            assert np.median(m["image"][sel]) < np.median(b["image"][sel])
-            assert np.median(m["image"][sel]) <= np.percentile(m["image"][exposed], 25)
+            # bone-dark polarity: metal pixels are much darker than the same pixels without metal and
+            # darker than most of the image (thin screws less so: blur and scatter fill them in)
+            assert np.median(m["image"][sel]) < np.median(b["image"][sel]) - 60
+            assert np.median(m["image"][sel]) <= np.percentile(m["image"][exposed], 50)
             checked += 1
-    assert checked >= 3
+    assert checked >= 4
 
 
 def test_ground_truth_lies_on_the_projected_femur(scene):

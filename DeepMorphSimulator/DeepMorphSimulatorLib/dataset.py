@@ -65,7 +65,7 @@ class DatasetSettings:
     size: int = 256  # detector width = height (px)
     implants: float = 0.5  # probability of an implant construct per sample (tools: half of it)
     seed: int = 0
-    group: int = 32  # samples per phantom (--phantom)
+    group: int = 48  # samples per phantom (--phantom)
     phantom_spacing_mm: float = 1.5  # voxel size of generated phantoms
     detector: str = "realistic"  # "realistic" | "plain" (the paper's display, no noise)
     p_bone_bright: float = 0.25  # share of bone-bright (radiograph-like) images

@@ -75,43 +75,49 @@ def plain_params() -> DetectorParams:
 def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geometry=None) -> DetectorParams:
     """Random realistic detector/display settings. ``geometry`` (CArmGeometry) scales the focal-spot blur.
 
-    Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-0.5 (anti-scatter grid), dose 300-10000
-    photons per pixel behind the patient (at this pixel size), detector PSF 0.3-1.2 px, vignetting 0-35 %, gamma 0.6-1.6.
+    Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-0.3 (anti-scatter grid), dose 300-10000
+    photons per pixel behind the patient (at this pixel size), detector PSF 0.3-1.2 px, vignetting 0-35 %, gamma 0.7-1.4.
     """
     p = DetectorParams()
     pixel_mm = 0.6
     mag = 1.5
     if geometry is not None:
         pixel_mm, mag = float(geometry.pixel_mm), float(geometry.magnification)
+    p.polarity = "bone-bright" if rng.uniform() < p_bone_bright else "bone-dark"
+    radiograph = p.polarity == "bone-bright"  # radiograph look: log display, softer contrast, more dose
     spot_mm = rng.uniform(0.3, 1.0)
     p.focal_blur_px = float(spot_mm * (mag - 1.0) / pixel_mm / 2.355)  # FWHM -> sigma
-    p.scatter_ratio = float(rng.uniform(0.0, 0.5))  # with an anti-scatter grid
+    p.scatter_ratio = float(rng.uniform(0.0, 0.3))  # with an anti-scatter grid
     p.scatter_sigma_frac = float(rng.uniform(0.08, 0.25))
-    p.counts = float(np.exp(rng.uniform(np.log(300.0), np.log(10000.0)))) if rng.uniform() < 0.9 else None
+    dose = (1000.0, 30000.0) if radiograph else (300.0, 10000.0)
+    p.counts = float(np.exp(rng.uniform(*np.log(dose)))) if rng.uniform() < 0.9 else None
     p.detector_blur_px = float(rng.uniform(0.3, 1.2))
-    p.display = "log" if rng.uniform() < 0.4 else "linear"
-    if rng.uniform() < 0.6:
+    p.display = "log" if rng.uniform() < (0.85 if radiograph else 0.4) else "linear"
+    if radiograph:  # radiograph processing flattens the soft tissue strongly so bone stands out
+        p.drc_amount = float(rng.uniform(0.5, 0.9))
+        p.drc_sigma_frac = float(rng.uniform(0.04, 0.1))
+    elif rng.uniform() < 0.6:
         p.drc_amount = float(rng.uniform(0.2, 0.8))
         p.drc_sigma_frac = float(rng.uniform(0.05, 0.15))
     p.abc_gain = float(rng.uniform(1.4, 3.5))
     p.window_low = float(rng.uniform(0.0, 0.12))
     p.window_high = float(rng.uniform(0.9, 1.0))
     p.control_ignores_metal = bool(rng.uniform() < 0.75)
-    p.window_margin = float(rng.uniform(-0.05, 0.25))
-    p.central_fraction = float(rng.uniform(0.2, 0.45))
-    p.gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+    p.window_margin = float(rng.uniform(0.1, 0.4) if radiograph else rng.uniform(0.0, 0.25))
+    p.central_fraction = float(rng.uniform(0.3, 0.5))
+    p.gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     if rng.uniform() < 0.5:
         p.unsharp_amount = float(rng.uniform(0.2, 1.5))
         p.unsharp_sigma_px = float(rng.uniform(2.0, 12.0))
     p.equalize = float(rng.uniform(0.0, 0.7)) if rng.uniform() < 0.4 else 0.0
     p.coloured_noise = float(rng.uniform(0.0, 0.04))
     p.coloured_beta = float(rng.uniform(0.5, 2.0))
-    p.contrast = float(rng.uniform(0.8, 1.25))
-    p.brightness = float(rng.uniform(-0.08, 0.08))
-    p.polarity = "bone-bright" if rng.uniform() < p_bone_bright else "bone-dark"
+    p.contrast = float(rng.uniform(0.8, 1.1) if radiograph else rng.uniform(0.8, 1.25))
+    p.brightness = float(rng.uniform(-0.25, -0.05) if radiograph else rng.uniform(-0.08, 0.08))
     u = rng.uniform()
-    if p.polarity == "bone-dark" and u < 0.6 or p.polarity == "bone-bright" and u < 0.15:
-        p.collimation = "circle"
+    p.vignetting = float(rng.uniform(0.0, 0.2))  # heel effect / lens fall-off
+    if not radiograph and u < 0.6 or radiograph and u < 0.15:
+        p.collimation = "circle"  # image intensifier
         p.collimation_radius = float(rng.uniform(0.45, 0.62))
         p.vignetting = float(rng.uniform(0.0, 0.35))
     elif u < 0.75:
@@ -119,8 +125,8 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
         p.collimation_radius = float(rng.uniform(0.38, 0.5))
     p.collimation_center = (float(0.5 + rng.normal(0, 0.03)), float(0.5 + rng.normal(0, 0.03)))
     p.low = float(rng.uniform(0.0, 25.0))
-    p.high = float(rng.uniform(225.0, 255.0))
-    p.outside_value = 0.0 if (p.polarity == "bone-dark" or rng.uniform() < 0.5) else float(rng.uniform(200, 255))
+    p.high = float(rng.uniform(190.0, 250.0) if radiograph else rng.uniform(225.0, 255.0))
+    p.outside_value = 0.0 if (not radiograph or rng.uniform() < 0.5) else float(rng.uniform(200, 255))
     return p
 
 
@@ -296,13 +302,13 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
         s = (1 - params.equalize) * s + params.equalize * _equalize(s, inside)
     if params.coloured_noise > 0:
         s = s + params.coloured_noise * coloured_noise(a.shape, rng, params.coloured_beta)
-    s = (s - 0.5) * params.contrast + 0.5 + params.brightness
-    s = np.clip(s, 0.0, 1.0)
-    # 7: polarity, grey range, collimation, quantisation
+    # 7: polarity, brightness/contrast as displayed, grey range, collimation, quantisation
     if params.polarity == "bone-bright":
         s = 1.0 - s
     elif params.polarity != "bone-dark":
         raise ValueError(f"Unknown polarity {params.polarity!r}; use 'bone-dark' or 'bone-bright'.")
+    s = (s - 0.5) * params.contrast + 0.5 + params.brightness
+    s = np.clip(s, 0.0, 1.0)
     g = params.low + (params.high - params.low) * s
     g = field * g + (1.0 - field) * params.outside_value
     return np.clip(np.rint(g), 0, 255).astype(np.uint8)
