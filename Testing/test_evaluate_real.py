@@ -60,3 +60,27 @@ def test_evaluate_real_reports_missing_folder(tmp_path, capsys, monkeypatch):
     use_standins(monkeypatch, TruthPredictor("head"))
     assert main(["evaluate", "--task", "head", "--real", str(tmp_path), "--json"]) == 2
     assert "annotations" in capsys.readouterr().err
+
+
+def test_evaluate_dataset_folder(tmp_path, capsys, monkeypatch):
+    """--data reads the 'deepmorph dataset' format (samples/000000.png + .json) and adds p95 figures."""
+    import numpy as np
+
+    from DeepMorphSimulatorLib.files import write_png
+    from synthetic_hip import make_hip
+
+    pred = TruthPredictor("femur")
+    (tmp_path / "ds" / "samples").mkdir(parents=True)
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps({"generator_version": "test", "n": 2}))
+    for i, polarity in enumerate(("bone-dark", "bone-bright")):
+        image, truth = make_hip(30 + i, polarity, "right")
+        image = np.round(image).astype(np.uint8)
+        pred.register(image if polarity == "bone-dark" else image.max() + image.min() - image.astype(float), truth)
+        write_png(tmp_path / "ds" / "samples" / f"{i:06d}.png", image)
+        sample = {"head_circle": truth["head_circle"], "contour": truth["femur_outline"], "polarity": polarity,
+                  "side": "right", "implants": [], "seed": i}
+        (tmp_path / "ds" / "samples" / f"{i:06d}.json").write_text(json.dumps(sample))
+    use_standins(monkeypatch, pred)
+    out = run_json(capsys, ["evaluate", "--task", "femur", "--data", str(tmp_path / "ds"), "--json"])
+    assert out["source"] == "data" and out["n"] == 2 and out["polarity_accuracy"] == 1.0
+    assert out["p2c_mean"] < 2.0 and out["p2c_p95"] >= out["p2c_median"]

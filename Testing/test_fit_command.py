@@ -11,8 +11,9 @@ from standins import TruthPredictor, _key, use_standins
 from synthetic_hip import make_hip
 
 
-@pytest.fixture
-def images(tmp_path):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("fit")
     pred = TruthPredictor("head")
     paths = []
     for seed, polarity in ((3, "bone-bright"), (4, "bone-dark")):
@@ -71,3 +72,27 @@ def test_missing_shipped_model_says_how_to_train(tmp_path):
         load_predictor("femur", tmp_path / "nothing.safetensors")
     with pytest.raises(ValueError, match="task"):
         load_predictor("knee")
+
+
+def test_fit_and_bench_with_a_real_tiny_network(images, tmp_path, capsys):
+    """The network path without stand-ins: a tiny untrained FusionNet saved as safetensors + sidecar."""
+    import torch
+
+    from DeepMorphLib.fusionnet import FusionNet
+    from DeepMorphLib.model_io import save_model
+
+    torch.manual_seed(0)
+    save_model(FusionNet(base_channels=4, depth=2).eval(), tmp_path / "tiny", {"task": "head", "input_size": 32})
+    _, paths, _ = images
+    out = tmp_path / "out-net"
+    assert main(["fit", "--task", "head", str(paths[0]), "--model", str(tmp_path / "tiny"), "--out", str(out)]) == 0
+    d = json.loads((out / "hip3.json").read_text())
+    assert d["polarity"] == "bone-bright" and d["model"]["task"] == "head" and d["model"]["polarity"] == "bone-dark"
+    assert d["detected"] in (True, False) and d["timings_ms"]["network_ms"] > 0
+    capsys.readouterr()
+    assert main(["bench", "pipeline", "--task", "head", "--model", str(tmp_path / "tiny"), "--image",
+                 str(paths[0]), "--repeats", "1", "--threads", "1", "--polarity", "bone-bright"]) == 0
+    bench = json.loads(capsys.readouterr().out.strip())
+    assert bench["pipeline_ms"] > 0 and bench["head_network_ms"] > 0 and bench["threads"] == 1
+    assert main(["fit", "--task", "femur", str(paths[0]), "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "deepmorph train --task femur" in capsys.readouterr().err

@@ -61,3 +61,17 @@ def test_apply_and_resolve_polarity():
         resolve_polarity(image, "dark")
     with pytest.raises(ValueError, match="contrast"):
         detect_polarity(np.zeros((64, 64)))
+
+
+def test_simulator_drrs_of_both_polarities():
+    """A DRR of a phantom as the simulator renders it (bone-dark, eq. 10) and its bone-bright inverse."""
+    phantom = pytest.importorskip("DeepMorphSimulatorLib.phantom")
+    from DeepMorphSimulatorLib.drr import render_drr
+    from DeepMorphSimulatorLib.geometry import CArmGeometry
+
+    ph = phantom.make_phantom(3, sides=("right",), spacing_mm=2.0)
+    centre = tuple(ph.femurs["right"].landmarks["head_center"])
+    drr = render_drr(ph.ct, CArmGeometry(pixel_mm=0.5, isocenter_lps=centre)).image.astype(np.float32)
+    assert detect_polarity(drr)[0] == "bone-dark"
+    assert detect_polarity(275.0 - drr)[0] == "bone-bright"  # radiograph display of the same projection
+    assert detect_polarity(255 * ((275.0 - drr) / 255) ** 0.6)[0] == "bone-bright"

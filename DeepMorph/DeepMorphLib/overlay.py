@@ -82,7 +82,7 @@ def _draw_result(draw, result, width):
     contour = _get(result, "contour")
     if contour is not None and len(contour):
         pts = [tuple(map(float, p)) for p in np.asarray(contour)]
-        draw.line(pts + pts[:1], fill=FIT_CONTOUR, width=width)
+        draw.line(pts + pts[:1] if _get(result, "contour_closed", False) else pts, fill=FIT_CONTOUR, width=width)
         for p in pts:
             draw.ellipse([p[0] - width, p[1] - width, p[0] + width, p[1] + width], fill=FIT_CONTOUR)
     for name, (x, y) in (_get(result, "landmarks") or {}).items():

@@ -62,8 +62,9 @@ class NetworkPredictor:
         return predict_confidence(self.model, self.metadata, image, device=self.device)
 
     def describe(self) -> dict:
-        keys = ("task", "polarity", "input_size", "architecture", "metrics", "created")
-        return {"path": self.path, **{k: self.metadata[k] for k in keys if k in self.metadata}}
+        keys = ("task", "input_size", "architecture", "metrics", "created")
+        return {"path": self.path, "polarity": self.expected_polarity,
+                **{k: self.metadata[k] for k in keys if k in self.metadata}}
 
 
 def load_predictor(task: str, model=None, device: str = "auto"):
@@ -80,10 +81,7 @@ def load_predictor(task: str, model=None, device: str = "auto"):
         raise FileNotFoundError(f"{where} {task} model at {path}. " + TRAIN_HINT.format(task=task))
     from DeepMorphLib.model_io import load_model
 
-    net, metadata = load_model(path)
-    if metadata.get("task") not in (None, task):
-        raise ValueError(f"Model {path} was trained for task {metadata.get('task')!r}, not {task!r}; "
-                         f"pass a {task} model (--model).")
+    net, metadata = load_model(path, task=task)
     return NetworkPredictor(net, metadata, device=device, path=str(path))
 
 
@@ -144,6 +142,8 @@ class FitResult:
     polarity_mode: str  # "auto" or "given"
     circle: dict | None = None  # head: cx, cy, r (px), n_pixels, residual_px, arc_coverage_deg
     contour: np.ndarray | None = None  # femur: (N, 2) fitted PDM points (x, y) px
+    contour_closed: bool = False  # the PDM outline is open (lateral shaft -> head -> medial shaft) unless True
+    reflected: bool | None = None  # femur: the mirrored PDM fitted (the model describes a right femur)
     point_confidence: np.ndarray | None = None  # femur: (N,) confidence at each contour point
     landmarks: dict = field(default_factory=dict)  # name -> [x, y] px
     quality: float | None = None
@@ -170,8 +170,8 @@ class FitResult:
             return v
 
         keys = ("source", "task", "image_shape", "detected", "reason", "polarity", "polarity_score",
-                "polarity_mode", "circle", "contour", "point_confidence", "landmarks", "quality", "timings_ms",
-                "model")
+                "polarity_mode", "circle", "contour", "contour_closed", "reflected", "point_confidence", "landmarks",
+                "quality", "timings_ms", "model")
         return {k: clean(getattr(self, k)) for k in keys}
 
 
@@ -210,8 +210,11 @@ def _fit_pdm(conf, pdm, **kw):
 
 
 def _landmarks(points: np.ndarray, indices: dict) -> dict:
+    """name -> [x, y] px of the named PDM points (internal ``anchor_*`` names are left out)."""
     out = {}
     for name, idx in indices.items():
+        if str(name).startswith("anchor_"):
+            continue
         idx = np.atleast_1d(np.asarray(idx, dtype=int))
         if idx.size and np.all((idx >= 0) & (idx < len(points))):
             out[name] = points[idx].mean(axis=0).tolist()
@@ -285,6 +288,8 @@ def _fill_femur(result: FitResult, sf, shape_model: ShapeModel) -> None:
     if result.detected and getattr(sf, "points", None) is not None:
         pts = np.asarray(sf.points, dtype=np.float64).reshape(-1, 2)
         result.contour = pts
+        result.contour_closed = bool(getattr(shape_model.pdm, "closed", False))
+        result.reflected = None if getattr(sf, "reflected", None) is None else bool(sf.reflected)
         if getattr(sf, "point_confidence", None) is not None:
             result.point_confidence = np.asarray(sf.point_confidence, dtype=np.float64)
         result.landmarks = _landmarks(pts, shape_model.landmark_indices)

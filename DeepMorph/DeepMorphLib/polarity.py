@@ -44,18 +44,21 @@ def _downsample(img: np.ndarray) -> np.ndarray:
 
 
 def field_mask(img: np.ndarray) -> np.ndarray:
-    """bool (H, W): pixels of the exposed, unsaturated field. Excluded: flat regions touching the border
-    (collimation masks, unexposed film) and clipped regions at the grey range's ends (saturated air, metal,
-    masks) of at least 50 px. Their boundaries are kinks that look like ridges, so callers keep away from them."""
+    """bool (H, W): pixels of the exposed, unsaturated field. Excluded: flat regions touching the border at
+    an end of the grey range (collimation masks, unexposed film) and clipped regions (>= 50 px) at the range's
+    ends (saturated air or metal). Their boundaries are kinks that look like ridges, so callers keep away from
+    them. Flat terraces of a coarsely quantised image lie inside the range and are kept."""
     from scipy import ndimage as ndi
 
     lo, hi = float(img.min()), float(img.max())
     span = hi - lo
     if span <= 0:
         return np.zeros(img.shape, bool)
+    q_lo, q_hi = np.quantile(img, [0.01, 0.99])
+    extreme = (img <= max(lo + 0.002 * span, q_lo)) | (img >= min(hi - 0.002 * span, q_hi))
     mean = ndi.uniform_filter(img, 5)
     sd = np.sqrt(np.clip(ndi.uniform_filter(img * img, 5) - mean * mean, 0, None))
-    labels, _ = ndi.label(sd < 0.003 * span)
+    labels, _ = ndi.label((sd < 0.003 * span) & extreme)
     border = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     masked = np.isin(labels, border[border > 0])
     labels, n = ndi.label((img <= lo + 0.002 * span) | (img >= hi - 0.002 * span))

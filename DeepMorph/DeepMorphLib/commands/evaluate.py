@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out set (default 1)")
     parser.add_argument("--report", metavar="DIR", help="write overlays, results.json/.csv and report.html here")
     parser.add_argument("--json", action="store_true", help="print one JSON line (machine-readable)")
 
@@ -82,14 +83,27 @@ def iter_dataset(root: Path, n: int | None = None):
                         "implants": bool(meta.get("implants")), "modality": "simulated"}}
 
 
-def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool) -> Path:
-    """A fresh held-out set (448 x 448) written by the dataset generator with seed HELDOUT_SEED_BASE + seed."""
+def heldout_settings(seed: int, implants: bool, size: int = 448):
+    """Dataset settings of the held-out set: the generator's defaults (as for training) except the image
+    size (448 px, as the paper reports), the master seed ``HELDOUT_SEED_BASE + seed`` and implants in every
+    image (``implants``) or in none. Samples and phantoms derive from the master seed, so sets generated with
+    master seeds < TRAINING_SEED_LIMIT (training) share no random stream with these."""
+    from DeepMorphSimulatorLib.dataset import DatasetSettings
+
+    if seed < 0 or HELDOUT_SEED_BASE + seed < TRAINING_SEED_LIMIT:
+        raise ValueError(f"--seed must be >= 0, got {seed}.")
+    return DatasetSettings(size=size, seed=HELDOUT_SEED_BASE + seed, implants=1.0 if implants else 0.0)
+
+
+def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool, workers: int = 1) -> Path:
+    """Write a fresh held-out set of ``n`` samples (448 x 448) to ``out_dir`` with the dataset generator."""
     try:
         from DeepMorphSimulatorLib import dataset
     except ModuleNotFoundError as exc:
         raise ValueError("The dataset generator is not available in this version; evaluate a folder instead "
                          "(--data DIR from 'deepmorph dataset', or --real DIR).") from exc
-    return dataset.generate_dataset(out_dir, n=n, seed=HELDOUT_SEED_BASE + seed, implants=implants, size=448)
+    dataset.generate(heldout_settings(seed, implants), out_dir, n, workers=workers, progress=sys.stderr.isatty())
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -161,7 +175,7 @@ def run(args) -> int:
             source, real, samples = "data", False, iter_dataset(Path(args.data), args.n)
         else:
             n = args.n or 200
-            root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants)
+            root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers)
             source, real, samples = "heldout", False, iter_dataset(Path(root), n)
         records, bad, figures = _evaluate(args, samples, predictor, shape_model, real)
     result = {"task": args.task, "source": source, **summarize(args.task, records, real)}
