@@ -247,6 +247,7 @@ def overlay_picture(img: DemoImage, head, femur, rec: dict | None = None) -> np.
     merged = {"detected": bool(head.detected or femur.detected), "reason": f"head: {head.reason}; femur: {femur.reason}",
               "circle": head.circle if head.detected else None,
               "contour": femur.contour if femur.detected else None,
+              "contour_closed": bool(getattr(femur, "contour_closed", False)),
               "landmarks": named_landmarks(femur.landmarks) if femur.detected else {}}
     truth = {"head_circle": img.truth.head_circle,
              "femur_outline": np.asarray(img.truth.contour, dtype=float).tolist()}
