@@ -350,16 +350,35 @@ class quiet_vtk:
         self._old = vtk.vtkOutputWindow.GetInstance()
         self.window = vtk.vtkStringOutputWindow()
         vtk.vtkOutputWindow.SetInstance(self.window)
+        self._verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)  # Slicer's warnings go through vtkLogger
         return self
 
     def __exit__(self, *exc):
         import vtk
 
         vtk.vtkOutputWindow.SetInstance(self._old)
+        vtk.vtkLogger.SetStderrVerbosity(self._verbosity)
         return False
 
     def text(self) -> str:
         return self.window.GetOutput() or ""
+
+
+def slice_view_screenshot(app, image_name: str, overlay_name: str | None, path, size: int = 512):
+    """PNG of an X-ray with its markups as Slicer's own slice view draws it (offscreen); returns the path,
+    or raises RuntimeError when no offscreen OpenGL context can be made here."""
+    from DeepMorphLib.slice_view_render import OffscreenSliceView, opengl_available
+
+    ok, why = opengl_available()
+    if not ok:
+        raise RuntimeError(why)
+    scene = app.scene
+    with OffscreenSliceView(app, (size, size), layout_name="Green") as view:  # the scene's "Red" stays as saved
+        overlay_node = scene.GetFirstNodeByName(overlay_name) if overlay_name else None
+        view.show_image(scene.GetFirstNodeByName(image_name), overlay_node, 0.35)
+        view.save_png(path)
+    return Path(path)
 
 
 def build_scene(images: list[DemoImage], fits: list[tuple], phantom, landmark_indices: dict,
@@ -430,12 +449,19 @@ def build_scene(images: list[DemoImage], fits: list[tuple], phantom, landmark_in
             lms = {k: i for k, i in named_idx.items() if i < len(femur.contour)}
             nodes += glue.contour_to_markups(scene, xr, femur.contour, lms, name=f"{prefix} femur contour")
         truth = img.truth
-        nodes.append(glue.uv_curve_to_markups(scene, xr, resample_polygon(truth.contour, TRUTH_CURVE_POINTS), closed=True,
-                                              name=f"{prefix} femur outline (ground truth)", color=TRUTH_COLOR))
+        truth_nodes = [glue.uv_curve_to_markups(scene, xr, resample_polygon(truth.contour, TRUTH_CURVE_POINTS), closed=True,
+                                              name=f"{prefix} femur outline (ground truth)", color=TRUTH_COLOR)]
         if truth.head_circle is not None:
-            nodes += glue.circle_to_markups(scene, xr, truth.head_circle, name=f"{prefix} femoral head (ground truth)",
-                                            color=TRUTH_COLOR)
+            truth_nodes += glue.circle_to_markups(scene, xr, truth.head_circle,
+                                                  name=f"{prefix} femoral head (ground truth)", color=TRUTH_COLOR)
+        for node in truth_nodes:
+            node.GetDisplayNode().SetPointLabelsVisibility(False)
+        nodes += truth_nodes
         put(parent, *nodes)
+        if first is not None:  # one image at a time in the views: the others' markups start hidden
+            for node in nodes:
+                if node.IsA("vtkMRMLMarkupsNode"):
+                    node.GetDisplayNode().SetVisibility(False)
         if first is None:
             first = (xr, conf.get("femur") or conf.get("head"))
             carm = draw_carm(scene, img.geometry)
@@ -499,7 +525,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def write_report(out: Path, records: list[dict], images: list[DemoImage], timings: dict, settings: dict,
-                 versions: dict) -> Path:
+                 versions: dict, screenshot: Path | None = None) -> Path:
     """``report.html`` through the shared writer; figures are the files in the folder (relative links)."""
     from DeepMorphLib.report import write_html_report
 
@@ -508,6 +534,9 @@ def write_report(out: Path, records: list[dict], images: list[DemoImage], timing
         figures.append((f"{img.index + 1}. {img.view.title}: {_errors_line(rec)}", f"overlays/{img.stem}.png"))
         figures.append((f"{img.index + 1}. head confidence", f"confidence/{img.stem}_head.png"))
         figures.append((f"{img.index + 1}. femur confidence", f"confidence/{img.stem}_femur.png"))
+    if screenshot is not None:
+        figures.append(("1. as 3D Slicer shows it (scene.mrb: X-ray, femur confidence overlay, fitted circle and "
+                        "contour with named landmarks, ground truth in red)", screenshot.name))
     links = [("scene.mrb", "3D Slicer scene (File > Add Data, or drag onto Slicer)"),
              ("results.json", "fits and errors (JSON)"), ("results.csv", "per-image errors (CSV)"),
              ("overview.png", "all overlays in one picture"), ("phantom/ct.nrrd", "phantom CT"),
@@ -524,7 +553,8 @@ def write_report(out: Path, records: list[dict], images: list[DemoImage], timing
     rows = [{**{k: r.get(k) for k in REPORT_COLUMNS}} for r in records]
     return write_html_report(out / "report.html", "DeepMorph demo", summary={**summarize(records), **settings},
                              rows=rows, columns=REPORT_COLUMNS, figures=figures, timings=timings,
-                             versions=versions, notes=notes, links=links, figure_legend=FIGURE_LEGEND)
+                             versions=versions, notes=notes, links=links, figure_legend=FIGURE_LEGEND,
+                             figure_columns=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,7 +598,8 @@ def check_models_dir(models) -> Path:
 
 def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAULT_SIZE, models=None,
              quick: bool = False, phantom_spacing_mm: float | None = None, log=print, predictors: dict | None = None,
-             pdm=None, phantom=None, device: str = "auto", threads: int | None = None) -> dict:
+             pdm=None, phantom=None, device: str = "auto", threads: int | None = None,
+             screenshots: bool = True) -> dict:
     """Run the whole demo into folder ``out``; returns {"records", "timings_s", "files", "summary"}.
 
     ``quick``: 2 images of 256 px (overrides ``n_images`` and ``size``) from a 2.5 mm phantom (unless
@@ -577,6 +608,7 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
     factories when they have ``per_image = True``), ``pdm`` (a PointDistributionModel) and a ready
     ``phantom`` may replace the models and the phantom build. ``threads``: torch CPU threads for the
     networks (None = torch's default; 1 is much faster when other programs keep the cores busy).
+    ``screenshots``: also render the first image as Slicer's slice view draws it (needs offscreen OpenGL).
     """
     from DeepMorphLib import pipeline
     from DeepMorphSimulatorLib import drr, files
@@ -696,12 +728,27 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
                 path = glue.save_scene_bundle(app.scene, out / "scene.mrb")
             except ValueError as exc:
                 raise ValueError(f"{exc} VTK said: {messages.text().strip()[-2000:]}") from None
-        app.scene.Clear(1)
-        return path
+        return app, path
 
-    stages.run("Slicer scene (.mrb)", scene, detail=lambda p: f"{p.stat().st_size / 1e6:.1f} MB")
+    app, mrb = stages.run("Slicer scene (.mrb)", scene, detail=lambda r: f"{r[1].stat().st_size / 1e6:.1f} MB")
 
-    # 7. results + report
+    # 7. the first image as Slicer shows it (optional: needs an offscreen OpenGL context)
+    screenshot = None
+    if screenshots:
+        def shoot():
+            try:
+                with quiet_vtk():
+                    return slice_view_screenshot(app, "01 X-ray", "01 femur confidence", out / "slicer_view.png")
+            except Exception as exc:  # noqa: BLE001 - a picture less is no reason to fail the demo
+                return exc
+
+        shot = stages.run("Slicer view screenshot", shoot,
+                          detail=lambda r: r.name if isinstance(r, Path) else f"skipped ({r})")
+        screenshot = shot if isinstance(shot, Path) else None
+    app.scene.Clear(1)
+
+
+    # 8. results + report
     settings = {"seed": int(seed), "image size (px)": int(size), "images": len(images),
                 "phantom voxel (mm)": float(phantom.ct.spacing[0]),
                 "models": str(models_dir) if models_dir else "given (test stand-ins)"}
@@ -717,7 +764,7 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
             "versions": versions, "landmark_indices": {k: int(v) for k, v in shape_model.landmark_indices.items()},
         })
         write_csv(out / "results.csv", [{k: r.get(k) for k in REPORT_COLUMNS} for r in records], REPORT_COLUMNS)
-        return write_report(out, records, images, timings, settings, versions)
+        return write_report(out, records, images, timings, settings, versions, screenshot)
 
     stages.run("results and report", write_results)
     total = stages.total()

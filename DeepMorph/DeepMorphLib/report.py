@@ -105,11 +105,13 @@ def render_html(title: str, *, summary: dict | None = None, groups: dict | None 
                 rows: list[dict] | None = None, columns: list[str] | None = None,
                 figures: list[tuple[str, object]] | None = None, bad_files: list[tuple[str, str]] | None = None,
                 timings: dict | None = None, versions: dict | None = None, notes: str | None = None,
-                links: list[tuple[str, str]] | None = None, figure_legend: str | None = None) -> str:
+                links: list[tuple[str, str]] | None = None, figure_legend: str | None = None,
+                figure_columns: int | None = None) -> str:
     """HTML text of a report: summary figures, per-group figures (``{group: {key: value}}``), per-image
     table, figures ``[(caption, uint8 image, PNG bytes or a relative path), ...]`` (a path is linked, so the
     report and its folder travel together; arrays and bytes are embedded), bad files ``[(path, error), ...]``,
-    links to files ``[(relative path, description), ...]``, timings and software versions."""
+    links to files ``[(relative path, description), ...]``, timings (keys name their units) and software
+    versions. ``figure_columns`` wraps the figures after that many per row (default: as many as fit)."""
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class=muted>written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
@@ -133,13 +135,14 @@ def render_html(title: str, *, summary: dict | None = None, groups: dict | None 
                 tag = f"<a href='{src}'>{tag}</a>"
             figs.append(f"<figure>{tag}<figcaption>{html.escape(cap)}</figcaption></figure>")
         legend = html.escape(FIGURE_LEGEND if figure_legend is None else figure_legend)
-        parts.append(f"<h2>Figures</h2><p class=muted>{legend}</p><div class=grid>{''.join(figs)}</div>")
+        style = f" style='max-width:{int(figure_columns) * 310}px'" if figure_columns else ""
+        parts.append(f"<h2>Figures</h2><p class=muted>{legend}</p><div class=grid{style}>{''.join(figs)}</div>")
     if links:
         items = "".join(f"<li><a href='{html.escape(href, quote=True)}'>{html.escape(href)}</a>: {html.escape(text)}</li>"
                         for href, text in links)
         parts.append(f"<h2>Files</h2><ul>{items}</ul>")
     if timings:
-        parts.append("<h2>Timings (ms)</h2>" + _kv_table(timings))
+        parts.append("<h2>Timings</h2>" + _kv_table(timings))
     parts.append("<h2>Software</h2>" + _kv_table(versions or software_versions()))
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -18,6 +18,8 @@ def add_arguments(parser) -> None:
                         help="phantom CT voxel size in mm (default 1.5; 2.5 with --quick)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the networks (default 0 = torch's default)")
+    parser.add_argument("--no-screenshot", action="store_true",
+                        help="skip the picture of the first image as Slicer's slice view draws it (offscreen OpenGL)")
     parser.add_argument("--device", default="auto", help="network device: auto (CUDA when present), cpu, cuda")
 
 
@@ -25,5 +27,6 @@ def run(args) -> int:
     from DeepMorphLib.demo import run_demo
 
     run_demo(args.out, seed=args.seed, n_images=args.n_images, size=args.size, models=args.models, quick=args.quick,
-             phantom_spacing_mm=args.phantom_spacing, device=args.device, threads=args.threads or None, log=lambda s: print(s, flush=True))
+             phantom_spacing_mm=args.phantom_spacing, device=args.device, threads=args.threads or None,
+             screenshots=not args.no_screenshot, log=lambda s: print(s, flush=True))
     return 0
