@@ -175,6 +175,11 @@ def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progres
         infos.append(info)
     if max_samples and max_samples < len(pairs):
         pairs = pairs[:max_samples]
+        # record what is really used, so a set still growing on disk does not break a resume
+        remaining = max_samples
+        for info in infos:
+            info["n_used"] = min(info["n_used"], remaining)
+            remaining -= info["n_used"]
     images = np.empty((len(pairs), size, size), np.uint8)
     masks = np.empty_like(images)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -412,6 +417,38 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
     log(f"saved {weights} and {sidecar}")
     return {"status": "finished", "model": str(weights), "history": state["history"], "work_dir": str(work)}
+
+
+def export_checkpoint(cfg: TrainConfig, log=print) -> str:
+    """Save the model of a stopped run's checkpoint (``cfg.out``) without training further.
+
+    For a run cut short by a time budget: the sidecar's ``training.stopped_early`` says how far it got
+    (completed epochs, step) so nobody mistakes it for the full schedule. Returns the weights path.
+    """
+    from DeepMorphLib.model_io import save_model
+
+    cfg.validate()
+    ckpt_path = cfg.resolved_work_dir() / CHECKPOINT_NAME
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"No checkpoint at {ckpt_path}; train first (same --work-dir).")
+    model = build_network(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    state = load_checkpoint(ckpt_path, model, optimizer)
+    saved = {k: v for k, v in state.get("fingerprint", {}).items() if k != "data_content"}
+    if saved != cfg.fingerprint():
+        diff = sorted(k for k in set(saved) | set(cfg.fingerprint()) if saved.get(k) != cfg.fingerprint().get(k))
+        raise ValueError(f"{ckpt_path} was written with other settings (differs in: {', '.join(diff)}); "
+                         f"give the same options as the training run.")
+    infos = [dataset_info(d) for d in cfg.data]
+    n = sum(int(i.get("n") or 0) for i in infos)
+    n = min(n, cfg.max_samples) if cfg.max_samples else n
+    n_val = int(round(n * cfg.val_fraction))
+    metadata = model_metadata(cfg, infos, n - n_val, n_val, state, torch.device("cpu"))
+    metadata["training"]["stopped_early"] = {"epochs_completed": state["epoch"], "epochs_planned": cfg.epochs,
+                                             "step_in_epoch": state["step"]}
+    weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
+    log(f"exported the checkpoint (epoch {state['epoch']}/{cfg.epochs}, step {state['step']}) to {weights}")
+    return str(weights)
 
 
 def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> dict:
