@@ -599,7 +599,7 @@ def check_models_dir(models) -> Path:
 def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAULT_SIZE, models=None,
              quick: bool = False, phantom_spacing_mm: float | None = None, log=print, predictors: dict | None = None,
              pdm=None, phantom=None, device: str = "auto", threads: int | None = None,
-             screenshots: bool = True) -> dict:
+             screenshots: bool = True, command: str | None = None) -> dict:
     """Run the whole demo into folder ``out``; returns {"records", "timings_s", "files", "summary"}.
 
     ``quick``: 2 images of 256 px (overrides ``n_images`` and ``size``) from a 2.5 mm phantom (unless
@@ -609,6 +609,7 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
     ``phantom`` may replace the models and the phantom build. ``threads``: torch CPU threads for the
     networks (None = torch's default; 1 is much faster when other programs keep the cores busy).
     ``screenshots``: also render the first image as Slicer's slice view draws it (needs offscreen OpenGL).
+    ``command``: the command line, for the report.
     """
     from DeepMorphLib import pipeline
     from DeepMorphSimulatorLib import drr, files
@@ -694,6 +695,10 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
             return fit_all()
 
     fits = stages.run("fit (network + morph)", fit_all_threads)
+    net_ms = [r.timings_ms.get("network_ms", 0.0) for pair in fits for r in pair]
+    if not threads and predictors is None and net_ms and float(np.median(net_ms)) > 1500.0:
+        log(f"[demo] hint: the networks took {np.median(net_ms):.0f} ms per image (a few hundred ms is usual); "
+            "when other programs keep the CPU busy, --threads 1 is often much faster")
 
     # 5. figures and results
     records = []
@@ -751,7 +756,8 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
     # 8. results + report
     settings = {"seed": int(seed), "image size (px)": int(size), "images": len(images),
                 "phantom voxel (mm)": float(phantom.ct.spacing[0]),
-                "models": str(models_dir) if models_dir else "given (test stand-ins)"}
+                "models": str(models_dir) if models_dir else "given (test stand-ins)",
+                "command": command or f"run_demo(seed={int(seed)}, n_images={len(images)}, size={int(size)})"}
     versions = software_versions()
 
     def write_results():

@@ -28,5 +28,27 @@ def run(args) -> int:
 
     run_demo(args.out, seed=args.seed, n_images=args.n_images, size=args.size, models=args.models, quick=args.quick,
              phantom_spacing_mm=args.phantom_spacing, device=args.device, threads=args.threads or None,
-             screenshots=not args.no_screenshot, log=lambda s: print(s, flush=True))
+             screenshots=not args.no_screenshot,
+             command=command_line(args), log=lambda s: print(s, flush=True))
     return 0
+
+
+def command_line(args) -> str:
+    """The command as a user would type it (for the report)."""
+    import shlex
+
+    parts = ["deepmorph", "demo", "--out", args.out]
+    if args.quick:
+        parts.append("--quick")
+    else:
+        parts += ["--n-images", str(args.n_images), "--size", str(args.size)]
+    parts += ["--seed", str(args.seed)]
+    for flag, value in (("--models", args.models), ("--phantom-spacing", args.phantom_spacing),
+                        ("--threads", args.threads or None)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.device != "auto":
+        parts += ["--device", args.device]
+    if args.no_screenshot:
+        parts.append("--no-screenshot")
+    return " ".join(shlex.quote(p) for p in parts)
