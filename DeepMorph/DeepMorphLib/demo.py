@@ -244,7 +244,7 @@ def overlay_picture(img: DemoImage, head, femur, rec: dict | None = None) -> np.
 
     from DeepMorphLib import overlay
 
-    merged = {"detected": bool(head.detected or femur.detected), "reason": f"head: {head.reason}; femur: {femur.reason}",
+    merged = {"detected": bool(head.detected or femur.detected), "reason": "neither head nor femur found",
               "circle": head.circle if head.detected else None,
               "contour": femur.contour if femur.detected else None,
               "contour_closed": bool(getattr(femur, "contour_closed", False)),
@@ -257,26 +257,36 @@ def overlay_picture(img: DemoImage, head, femur, rec: dict | None = None) -> np.
     for u, v in img.truth_landmarks().values():
         draw.ellipse([u - 3, v - 3, u + 3, v + 3], outline=TRUTH_RGB, width=1)
     w = pil.size[0]
-    scale = max(1.0, w / 448.0)
-    fs = int(round(11 * scale))
+    fs = int(round(11 * max(1.0, w / 448.0)))
+    font = _font(fs)
     lines = [f"{img.index + 1}. {img.view.title}"]
     if rec is not None:
-        lines.append(_errors_line(rec))
-    strip_h = int((len(lines) + 1) * (fs + 5) + 6)
-    out = Image.new("RGB", (w, pil.size[1] + strip_h), (0, 0, 0))
+        lines += _errors_line(rec).split("; ")
+    legend = [("fit: head circle", overlay.FIT_CIRCLE), ("fit: femur contour", overlay.FIT_CONTOUR),
+              ("fit: landmarks", overlay.LANDMARK), ("ground truth", TRUTH_RGB)]
+    rows, x = [[]], 4  # legend items wrapped to the picture's width
+    for label, colour in legend:
+        item_w = int(draw.textlength(label, font=font)) + fs + 14
+        if x + item_w > w and rows[-1]:
+            rows.append([])
+            x = 4
+        rows[-1].append((x, label, colour))
+        x += item_w
+    if w >= 400:  # wide enough: the two error lines side by side
+        lines = lines[:1] + ["; ".join(lines[1:])] if len(lines) > 1 else lines
+    line_h = fs + 5
+    out = Image.new("RGB", (w, pil.size[1] + (len(lines) + len(rows)) * line_h + 8), (0, 0, 0))
     out.paste(pil, (0, 0))
     d = ImageDraw.Draw(out)
     y = pil.size[1] + 4
-    font = _font(fs)
     for line in lines:
         d.text((4, y), line, fill=(235, 235, 235), font=font)
-        y += fs + 5
-    x = 4
-    for label, colour in (("fit: head circle", overlay.FIT_CIRCLE), ("fit: femur contour", overlay.FIT_CONTOUR),
-                          ("fit: landmarks", overlay.LANDMARK), ("ground truth", TRUTH_RGB)):
-        d.rectangle([x, y + 2, x + fs - 2, y + fs], fill=colour)
-        d.text((x + fs + 2, y), label, fill=colour, font=font)
-        x += int(d.textlength(label, font=font)) + fs + 14
+        y += line_h
+    for row in rows:
+        for x, label, colour in row:
+            d.rectangle([x, y + 2, x + fs - 2, y + fs], fill=colour)
+            d.text((x + fs + 2, y), label, fill=colour, font=font)
+        y += line_h
     return np.asarray(out)
 
 
