@@ -183,8 +183,16 @@ SHIPPED = Path(demo.__file__).resolve().parent.parent / "Resources" / "Models"
 
 @pytest.mark.skipif(not all((SHIPPED / f).is_file() for f in demo.MODEL_FILES), reason="shipped models not present")
 def test_demo_with_shipped_models(phantom, tmp_path):
-    result = demo.run_demo(tmp_path / "shipped", seed=3, quick=True, log=lambda s: None, phantom=phantom, threads=1)
+    """The shipped networks + PDM through the whole demo (their accuracy is tested with the models)."""
+    out = tmp_path / "shipped"
+    result = demo.run_demo(out, seed=3, quick=True, log=lambda s: None, phantom=phantom, threads=1,
+                           screenshots=False)
     recs = result["records"]
-    assert sum(r["head_detected"] for r in recs) >= 1
-    ok = [r for r in recs if r["head_detected"]]
-    assert min(r["head_centre_err_px"] for r in ok) < 6.0, recs
+    assert [r["image"] for r in recs] == ["01_ap", "02_implant"]
+    for rec in recs:
+        assert rec["polarity"] == "bone-dark"  # detected: the demo's images are fluoroscopy-like
+        for task in ("head", "femur"):
+            d = json.loads((out / "results" / f"{rec['image']}_{task}.json").read_text())
+            assert d["task"] == task and d["model"], d
+            assert (out / "confidence" / f"{rec['image']}_{task}.png").is_file()
+    assert (out / "scene.mrb").stat().st_size > 100_000 and (out / "report.html").is_file()
