@@ -215,6 +215,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     if polarity not in POLARITIES:
         raise ValueError(f"Polarity must be one of {POLARITIES}, not {polarity!r}.")
     image = _check_image(image)
+    real_network = predict is None
     if predict is None:
         from .inference import predict_confidence
 
@@ -232,8 +233,24 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         result.polarity, result.confidence = pol, conf
         results.append(result)
     best = max(results, key=_score)
+    if task == "head" and not best.detected and real_network:
+        best = _head_from_femur(image, model, metadata, polarity, best)
     best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
     return best
+
+
+def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:
+    """The pipeline's fallback (``pipeline.fit_image``): head circle from the femur network + PDM head dome."""
+    from .pipeline import fit_image as pipeline_fit
+
+    r = pipeline_fit(image, "head", model=(model, metadata), polarity=polarity)
+    if not r.detected or not r.circle:
+        return not_found
+    circle = (r.circle["cx"], r.circle["cy"], r.circle["r"])
+    quality = {k: float(r.circle[k]) for k in ("residual_px", "arc_coverage_deg", "n_pixels") if k in r.circle}
+    result = FitResult("head", True, r.reason, circle=circle, quality=quality)
+    result.polarity, result.confidence = r.polarity, r.confidence
+    return result
 
 
 # --------------------------------------------------------------------------------------------
