@@ -131,10 +131,13 @@ def load_shape_model(path: str | os.PathLike | None = None):
 
 
 def contour_landmarks(pdm) -> dict[str, int]:
-    """Landmark name -> contour point index, as stored with the PDM (empty if it names none)."""
+    """Landmark name -> contour point index, as stored with the PDM (empty if it names none).
+
+    The simulator's internal anchor names (``anchor_*``) are left out: clinicians see the named landmarks.
+    """
     for source in (getattr(pdm, "landmarks", None), (getattr(pdm, "metadata", None) or {}).get("landmarks")):
         if isinstance(source, dict) and source:
-            return {str(k): int(v) for k, v in source.items()}
+            return {str(k): int(v) for k, v in source.items() if not str(k).startswith("anchor_")}
     return {}
 
 
