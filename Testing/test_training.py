@@ -119,3 +119,37 @@ def test_training_runs_on_cuda(toy, tmp_path):
     result = train(tiny_config(toy, tmp_path, "gpu", device="cuda", epochs=1), progress=False, log=lambda m: None)
     assert result["status"] == "finished"
     assert load_model(tmp_path / "gpu")[1]["training"]["device"].startswith("cuda")
+
+
+def test_export_checkpoint_of_a_stopped_run(tmp_path):
+    """A run stopped early can be exported; the sidecar says how far it got."""
+    from DeepMorphLib.model_io import load_model
+    from DeepMorphLib.training import TrainConfig, export_checkpoint, train
+    data = write_toy_dataset(tmp_path / "toy", n=24, size=48, seed=3)
+    cfg = TrainConfig(task="head", data=[str(data)], out=str(tmp_path / "m"), work_dir=str(tmp_path / "w"),
+                      epochs=3, batch=4, size=32, crop=32, base_channels=4, depth=2, seed=0, threads=1)
+    assert train(cfg, progress=False, stop_after_steps=3, log=lambda m: None)["status"] == "stopped"
+    export_checkpoint(cfg, log=lambda m: None)
+    model, meta = load_model(tmp_path / "m", task="head")
+    assert meta["training"]["stopped_early"] == {"epochs_completed": 0, "epochs_planned": 3, "step_in_epoch": 3}
+    import dataclasses
+
+    with pytest.raises(ValueError, match="other settings"):
+        export_checkpoint(dataclasses.replace(cfg, lr=0.5), log=lambda m: None)
+
+
+def test_init_from_starts_with_the_given_weights(tmp_path):
+    """--init-from copies a saved model's weights before the first step (fine-tuning)."""
+    from DeepMorphLib.model_io import load_model, save_model
+    from DeepMorphLib.training import TrainConfig, _init_weights, build_network
+
+    cfg = TrainConfig(task="head", data=["x"], out=str(tmp_path / "m"), base_channels=4, depth=2, seed=0)
+    source = build_network(TrainConfig(task="head", data=["x"], out="s", base_channels=4, depth=2, seed=7))
+    save_model(source, tmp_path / "src", {"task": "head", "input_size": 32})
+    model = build_network(cfg)
+    _init_weights(model, TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "src")}))
+    for (k, a), b in zip(model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), k
+    wrong = TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "src"), "base_channels": 8})
+    with pytest.raises(ValueError, match="architecture"):
+        _init_weights(build_network(wrong), wrong)

@@ -131,10 +131,13 @@ def load_shape_model(path: str | os.PathLike | None = None):
 
 
 def contour_landmarks(pdm) -> dict[str, int]:
-    """Landmark name -> contour point index, as stored with the PDM (empty if it names none)."""
+    """Landmark name -> contour point index, as stored with the PDM (empty if it names none).
+
+    The simulator's internal anchor names (``anchor_*``) are left out: clinicians see the named landmarks.
+    """
     for source in (getattr(pdm, "landmarks", None), (getattr(pdm, "metadata", None) or {}).get("landmarks")):
         if isinstance(source, dict) and source:
-            return {str(k): int(v) for k, v in source.items()}
+            return {str(k): int(v) for k, v in source.items() if not str(k).startswith("anchor_")}
     return {}
 
 
@@ -215,6 +218,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     if polarity not in POLARITIES:
         raise ValueError(f"Polarity must be one of {POLARITIES}, not {polarity!r}.")
     image = _check_image(image)
+    real_network = predict is None
     if predict is None:
         from .inference import predict_confidence
 
@@ -232,8 +236,24 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         result.polarity, result.confidence = pol, conf
         results.append(result)
     best = max(results, key=_score)
+    if task == "head" and not best.detected and real_network:
+        best = _head_from_femur(image, model, metadata, polarity, best)
     best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
     return best
+
+
+def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:
+    """The pipeline's fallback (``pipeline.fit_image``): head circle from the femur network + PDM head dome."""
+    from .pipeline import fit_image as pipeline_fit
+
+    r = pipeline_fit(image, "head", model=(model, metadata), polarity=polarity)
+    if not r.detected or not r.circle:
+        return not_found
+    circle = (r.circle["cx"], r.circle["cy"], r.circle["r"])
+    quality = {k: float(r.circle[k]) for k in ("residual_px", "arc_coverage_deg", "n_pixels") if k in r.circle}
+    result = FitResult("head", True, r.reason, circle=circle, quality=quality)
+    result.polarity, result.confidence = r.polarity, r.confidence
+    return result
 
 
 # --------------------------------------------------------------------------------------------

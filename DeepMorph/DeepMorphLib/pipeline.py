@@ -223,8 +223,8 @@ def _landmarks(points: np.ndarray, indices: dict) -> dict:
 
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
-              circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None
-              ) -> FitResult:
+              circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
+              head_fallback: bool = True) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -235,6 +235,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     the network and the better fit (``fit_score``) is kept (``polarity_mode`` "auto-fit").
     ``threshold``/``min_pixels``/``circle_method``: circle fit settings (paper: 100 px minimum).
     ``fit_options``: extra keyword arguments of ``asm_fit.fit_pdm_to_confidence``.
+    ``head_fallback``: when the head network finds too few outline pixels, fit the circle to the head dome of
+    the femur network's confidence instead, located by the PDM fit (``circle["source"] = "femur-contour"``).
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
     from DeepMorphLib.polarity import POLARITIES, apply_polarity, is_confident, resolve_polarity
@@ -262,6 +264,11 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
         t = time.perf_counter()
         if task == "head":
             _fill_head(result, _fit_circle(conf, threshold=threshold, min_pixels=min_pixels, method=circle_method))
+            if not result.detected and head_fallback and isinstance(pred, NetworkPredictor):
+                try:  # needs the shipped femur network and PDM
+                    _head_from_femur_contour(result, img, cand, device, threshold, min_pixels)
+                except FileNotFoundError:
+                    pass
         else:
             _fill_femur(result, _fit_pdm(conf, shape_model.pdm, **(fit_options or {})), shape_model)
         result.timings_ms = {"network_ms": network_ms, "fit_ms": 1000 * (time.perf_counter() - t)}
@@ -284,6 +291,39 @@ def fit_score(result: FitResult) -> float:
         coverage = min(1.0, c.get("arc_coverage_deg", 360.0) / 360.0)
         return coverage * float(np.exp(-c.get("residual_px", 0.0) / 3.0))
     return float(result.quality or 0.0)
+
+
+HEAD_ARC = ("anchor_neck_superior", "anchor_neck_inferior")  # PDM landmarks bounding the head dome
+
+
+def _head_from_femur_contour(result: FitResult, img, polarity: str, device, threshold: float, min_pixels: int):
+    """Head circle from the femur outline: PDM fit -> head-dome arc -> circle through the femur confidence
+    pixels within a few px of that arc (robust fit). Leaves ``result`` as is when that fails too."""
+    from DeepMorphLib.circle_fit import fit_circle_points
+    from DeepMorphLib.polarity import apply_polarity
+
+    pred = load_predictor("femur", None, device)
+    shape_model = load_shape_model(None)
+    idx = shape_model.landmark_indices
+    if not all(k in idx for k in HEAD_ARC):
+        return
+    conf = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
+    sf = _fit_pdm(conf, shape_model.pdm)
+    if not sf.detected:
+        return
+    arc = np.asarray(sf.points, dtype=float)[idx[HEAD_ARC[0]]: idx[HEAD_ARC[1]] + 1]
+    v, u = np.nonzero(conf > threshold)
+    fg = np.column_stack([u, v]).astype(float)
+    if len(fg):
+        d = np.min(np.linalg.norm(fg[:, None, :] - arc[None, ::2, :], axis=2), axis=1)
+        fg = fg[d < 6.0]
+    points = fg if len(fg) >= min_pixels // 2 else arc
+    cf = fit_circle_points(points, method="robust", min_points=3)
+    if not cf.detected:
+        return
+    _fill_head(result, cf)
+    result.circle["source"] = "femur-contour"
+    result.reason = "head outline from the femur network + PDM (head network found too few pixels)"
 
 
 def _fill_head(result: FitResult, cf) -> None:

@@ -13,7 +13,7 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -90,13 +90,28 @@ def _kv_table(d: dict) -> str:
                    for k, v in d.items()], ["key", "value"])
 
 
+FIGURE_LEGEND = ("grey: image; cyan: network confidence; green/yellow: fit; magenta: landmarks; red: ground truth "
+                 "(dashed: eval_max_y)")
+
+
+def _img_src(image) -> str:
+    """``src`` of a figure: a relative path/URL (str or Path: the file is linked, not embedded) or a data URI."""
+    if isinstance(image, (str, PurePath)):
+        return Path(image).as_posix() if isinstance(image, PurePath) else image
+    return png_data_uri(image)
+
+
 def render_html(title: str, *, summary: dict | None = None, groups: dict | None = None,
                 rows: list[dict] | None = None, columns: list[str] | None = None,
                 figures: list[tuple[str, object]] | None = None, bad_files: list[tuple[str, str]] | None = None,
-                timings: dict | None = None, versions: dict | None = None, notes: str | None = None) -> str:
+                timings: dict | None = None, versions: dict | None = None, notes: str | None = None,
+                links: list[tuple[str, str]] | None = None, figure_legend: str | None = None,
+                figure_columns: int | None = None) -> str:
     """HTML text of a report: summary figures, per-group figures (``{group: {key: value}}``), per-image
-    table, figures ``[(caption, uint8 image or PNG bytes), ...]``, bad files ``[(path, error), ...]``,
-    timings and software versions."""
+    table, figures ``[(caption, uint8 image, PNG bytes or a relative path), ...]`` (a path is linked, so the
+    report and its folder travel together; arrays and bytes are embedded), bad files ``[(path, error), ...]``,
+    links to files ``[(relative path, description), ...]``, timings (keys name their units) and software
+    versions. ``figure_columns`` wraps the figures after that many per row (default: as many as fit)."""
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p class=muted>written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
@@ -112,12 +127,22 @@ def render_html(title: str, *, summary: dict | None = None, groups: dict | None 
         items = "".join(f"<li class=bad>{html.escape(p)}: {html.escape(e)}</li>" for p, e in bad_files)
         parts.append(f"<h2>Bad files ({len(bad_files)}, skipped)</h2><ul>{items}</ul>")
     if figures:
-        figs = "".join(f"<figure><img src='{png_data_uri(img)}' alt='{html.escape(cap)}'>"
-                       f"<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, img in figures)
-        parts.append(f"<h2>Figures</h2><p class=muted>grey: image; cyan: network confidence; green/yellow: "
-                     f"fit; magenta: landmarks; red: ground truth (dashed: eval_max_y)</p><div class=grid>{figs}</div>")
+        figs = []
+        for cap, img in figures:
+            src = html.escape(_img_src(img), quote=True)
+            tag = f"<img src='{src}' alt='{html.escape(cap, quote=True)}'>"
+            if not src.startswith("data:"):
+                tag = f"<a href='{src}'>{tag}</a>"
+            figs.append(f"<figure>{tag}<figcaption>{html.escape(cap)}</figcaption></figure>")
+        legend = html.escape(FIGURE_LEGEND if figure_legend is None else figure_legend)
+        style = f" style='max-width:{int(figure_columns) * 310}px'" if figure_columns else ""
+        parts.append(f"<h2>Figures</h2><p class=muted>{legend}</p><div class=grid{style}>{''.join(figs)}</div>")
+    if links:
+        items = "".join(f"<li><a href='{html.escape(href, quote=True)}'>{html.escape(href)}</a>: {html.escape(text)}</li>"
+                        for href, text in links)
+        parts.append(f"<h2>Files</h2><ul>{items}</ul>")
     if timings:
-        parts.append("<h2>Timings (ms)</h2>" + _kv_table(timings))
+        parts.append("<h2>Timings</h2>" + _kv_table(timings))
     parts.append("<h2>Software</h2>" + _kv_table(versions or software_versions()))
     parts.append("</body></html>\n")
     return "".join(parts)

@@ -59,6 +59,7 @@ class TrainConfig:
     pos_weight: float = 3.0         # BCE weight of outline pixels
     dice_weight: float = 1.0        # weight of the soft-Dice term
     seed: int = 0
+    init_from: str = ""             # start from this model's weights (fine-tuning); "" = random init
     val_fraction: float = 0.1
     max_samples: int = 0            # 0 = all samples of all directories
     augment: dict = field(default_factory=lambda: AugmentConfig(invert_prob=0.25).to_dict())
@@ -94,6 +95,10 @@ class TrainConfig:
         """The fields that determine the trained weights (compared when resuming)."""
         d = {k: v for k, v in asdict(self).items() if k not in self.RUN_ONLY}
         d["data"] = [str(Path(p).resolve()) for p in self.data]
+        if not d["init_from"]:
+            del d["init_from"]  # random init: same fingerprint as before the option existed
+        else:
+            d["init_from"] = str(Path(d["init_from"]).resolve())
         return d
 
     def resolved_work_dir(self) -> Path:
@@ -175,6 +180,11 @@ def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progres
         infos.append(info)
     if max_samples and max_samples < len(pairs):
         pairs = pairs[:max_samples]
+        # record what is really used, so a set still growing on disk does not break a resume
+        remaining = max_samples
+        for info in infos:
+            info["n_used"] = min(info["n_used"], remaining)
+            remaining -= info["n_used"]
     images = np.empty((len(pairs), size, size), np.uint8)
     masks = np.empty_like(images)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -303,6 +313,19 @@ def build_network(cfg: TrainConfig) -> FusionNet:
         return FusionNet(base_channels=cfg.base_channels, depth=cfg.depth)
 
 
+def _init_weights(model, cfg: TrainConfig) -> None:
+    """Copy the weights of a saved model (same task and architecture) into ``model`` (fine-tuning start)."""
+    from DeepMorphLib.model_io import load_model
+
+    from DeepMorphLib.fusionnet import architecture_of
+
+    source, _ = load_model(cfg.init_from, task=cfg.task)
+    if architecture_of(source) != architecture_of(model):
+        raise ValueError(f"--init-from {cfg.init_from} has architecture {architecture_of(source)}; this run builds "
+                         f"{architecture_of(model)} (match --base-channels/--depth).")
+    model.load_state_dict(source.state_dict(), strict=True)
+
+
 def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, stop_after_steps: int = 0,
           log=print) -> dict:
     """Run (or resume) training; returns {"status": "finished"|"stopped", "model": path|None, "history": [...]}.
@@ -335,6 +358,8 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     steps_per_epoch = max(1, len(train_idx) // cfg.batch)
     aug = AugmentConfig.from_dict(cfg.augment)
     model = build_network(cfg).to(device)
+    if cfg.init_from:
+        _init_weights(model, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     fingerprint = {**cfg.fingerprint(), "data_content": [[i.get("n_used"), i.get("manifest_sha256")] for i in infos]}
     state = {"fingerprint": fingerprint, "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0,
@@ -412,6 +437,38 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
     log(f"saved {weights} and {sidecar}")
     return {"status": "finished", "model": str(weights), "history": state["history"], "work_dir": str(work)}
+
+
+def export_checkpoint(cfg: TrainConfig, log=print) -> str:
+    """Save the model of a stopped run's checkpoint (``cfg.out``) without training further.
+
+    For a run cut short by a time budget: the sidecar's ``training.stopped_early`` says how far it got
+    (completed epochs, step) so nobody mistakes it for the full schedule. Returns the weights path.
+    """
+    from DeepMorphLib.model_io import save_model
+
+    cfg.validate()
+    ckpt_path = cfg.resolved_work_dir() / CHECKPOINT_NAME
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"No checkpoint at {ckpt_path}; train first (same --work-dir).")
+    model = build_network(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    state = load_checkpoint(ckpt_path, model, optimizer)
+    saved = {k: v for k, v in state.get("fingerprint", {}).items() if k != "data_content"}
+    if saved != cfg.fingerprint():
+        diff = sorted(k for k in set(saved) | set(cfg.fingerprint()) if saved.get(k) != cfg.fingerprint().get(k))
+        raise ValueError(f"{ckpt_path} was written with other settings (differs in: {', '.join(diff)}); "
+                         f"give the same options as the training run.")
+    infos = [dataset_info(d) for d in cfg.data]
+    n = sum(int(i.get("n") or 0) for i in infos)
+    n = min(n, cfg.max_samples) if cfg.max_samples else n
+    n_val = int(round(n * cfg.val_fraction))
+    metadata = model_metadata(cfg, infos, n - n_val, n_val, state, torch.device("cpu"))
+    metadata["training"]["stopped_early"] = {"epochs_completed": state["epoch"], "epochs_planned": cfg.epochs,
+                                             "step_in_epoch": state["step"]}
+    weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
+    log(f"exported the checkpoint (epoch {state['epoch']}/{cfg.epochs}, step {state['step']}) to {weights}")
+    return str(weights)
 
 
 def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> dict:

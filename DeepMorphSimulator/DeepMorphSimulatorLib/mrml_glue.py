@@ -745,7 +745,7 @@ def load_markups(slicer_app: HeadlessSlicer, path: str | os.PathLike, name: str 
 
 def save_scene_bundle(scene, path: str | os.PathLike) -> Path:
     """Write the whole scene as a Slicer data bundle (``.mrb``: scene.mrml + data files)."""
-    path = Path(path)
+    path = Path(path).resolve()  # Slicer refuses relative bundle paths
     path.parent.mkdir(parents=True, exist_ok=True)
     if not scene.WriteToMRB(str(path)):
         raise ValueError(f"Could not write the scene bundle {path}.")

@@ -46,13 +46,17 @@ def add_arguments(p) -> None:
                    help="checkpoint interval within an epoch; one is also written at each epoch end (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--init-from", default="", metavar="MODEL",
+                   help="start from this model's weights (same task/architecture) instead of a random init")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in the work dir")
+    p.add_argument("--export-checkpoint", action="store_true",
+                   help="save the model of the last checkpoint now (a run stopped early) instead of training")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
 
 
 def canonical_command(args) -> str:
     """The full command line (every option spelled out, defaults included) that reproduces this run."""
-    skip = {"command", "benchmark", "_run", "restart", "no_progress", "max_minutes", "threads", "device",
+    skip = {"command", "benchmark", "_run", "restart", "export_checkpoint", "no_progress", "max_minutes", "threads", "device",
             "checkpoint_minutes", "work_dir"}
     parts = ["deepmorph", "train"]
     for key, value in vars(args).items():
@@ -66,17 +70,20 @@ def canonical_command(args) -> str:
 
 def run(args) -> int:
     from DeepMorphLib.augment import AugmentConfig
-    from DeepMorphLib.training import TrainConfig, train
+    from DeepMorphLib.training import TrainConfig, export_checkpoint, train
 
     cfg = TrainConfig(
         task=args.task, data=list(args.data), out=args.out, work_dir=args.work_dir, epochs=args.epochs,
         batch=args.batch, size=args.size, crop=min(args.crop, args.size), base_channels=args.base_channels,
-        depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, dice_weight=args.dice_weight, seed=args.seed,
+        depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, dice_weight=args.dice_weight, seed=args.seed, init_from=args.init_from,
         val_fraction=args.val_fraction, max_samples=args.max_samples,
         augment=AugmentConfig(invert_prob=args.invert_prob).to_dict(), max_minutes=args.max_minutes,
         checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, device=args.device,
         command=canonical_command(args),
     )
+    if args.export_checkpoint:
+        export_checkpoint(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        return 0
     result = train(cfg, restart=args.restart, progress=not args.no_progress,
                    log=lambda msg: print(msg, file=sys.stderr, flush=True))
     if result["status"] != "finished":
