@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
+                        help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
+                             "rejection, for partly hidden outlines)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out set (default 1)")
     parser.add_argument("--report", metavar="DIR", help="write overlays, results.json/.csv and report.html here")
     parser.add_argument("--json", action="store_true", help="print one JSON line (machine-readable)")
@@ -55,7 +57,8 @@ def iter_real(root: Path, n: int | None = None):
     meta (maturity, modality, side, polarity)."""
     ann_dir = root / "annotations"
     if not ann_dir.is_dir():
-        raise FileNotFoundError(f"{root} has no annotations/ folder; --real expects DIR/images + DIR/annotations/*.json.")
+        raise FileNotFoundError(f"{root} has no annotations/ folder; --real expects DIR/images + "
+                                "DIR/annotations/*.json.")
     files = sorted(ann_dir.glob("*.json"))
     if not files:
         raise ValueError(f"No annotation files in {ann_dir}.")
@@ -208,7 +211,8 @@ def _evaluate(args, samples, predictor, shape_model, real: bool):
         try:
             image = read_image_2d(sample["path"])
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
-                                     predictor=predictor, source=str(sample["path"]))
+                                     predictor=predictor, source=str(sample["path"]),
+                                     circle_method=args.circle_method)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown in the images (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
+                        help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
+                             "rejection, for partly hidden outlines)")
     parser.add_argument("--threshold", type=float, default=0.5, help="head: confidence threshold (default 0.5)")
     parser.add_argument("--min-pixels", type=int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
@@ -64,7 +67,8 @@ def run(args) -> int:
         try:
             image = read_image_2d(path)
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity, predictor=predictor,
-                                     threshold=args.threshold, min_pixels=args.min_pixels, source=str(path))
+                                     threshold=args.threshold, min_pixels=args.min_pixels, source=str(path),
+                                     circle_method=args.circle_method)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(path), str(exc)))
             print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
