@@ -29,6 +29,7 @@ POLARITIES = ("bone-dark", "bone-bright")
 NETWORK_DEFAULT_POLARITY = "bone-dark"  # what the paper's simulator renders and the nets expect by default
 CONFIDENT_SCORE = 0.12  # |score| below this: weak evidence (implant-heavy or structureless images)
 _MAX_SIDE = 512  # px; larger images are block-averaged first (speed; ridge scales are in px of this size)
+_MIN_SIDE = 384  # px; smaller images are enlarged to 448 px first
 _SIGMAS = (1.5, 2.0)  # px, Gaussian derivative scales at each pyramid level (>= 1.5: sampled well enough)
 _LEVELS = 2
 _SLOPE_PENALTY = 1.5  # curvature * sigma must exceed this x the slope
@@ -53,8 +54,15 @@ def _as_float_image(image) -> np.ndarray:
     return img
 
 
-def _downsample(img: np.ndarray) -> np.ndarray:
-    f = int(np.ceil(max(img.shape) / _MAX_SIDE))
+def _working_size(img: np.ndarray) -> np.ndarray:
+    """The image at the scale the detector's px settings are made for: larger than ``_MAX_SIDE`` ->
+    block-averaged; smaller than ``_MIN_SIDE`` -> enlarged bilinearly to 448 px."""
+    side = max(img.shape)
+    if side < _MIN_SIDE:
+        from scipy import ndimage as ndi
+
+        return ndi.zoom(img, 448.0 / side, order=1)
+    f = int(np.ceil(side / _MAX_SIDE))
     if f <= 1:
         return img
     h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
@@ -92,7 +100,7 @@ def ridge_polarity_score(image) -> float:
     """Signed score in [-1, 1]: > 0 when the strongest ridges are bright (bone-bright), < 0 when dark."""
     from scipy import ndimage as ndi
 
-    img = _downsample(_as_float_image(image))
+    img = _working_size(_as_float_image(image))
     valid = field_mask(img)
     if valid.sum() < 0.1 * img.size:  # almost nothing left: use the whole image
         valid = np.ones(img.shape, bool)
