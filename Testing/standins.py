@@ -62,31 +62,6 @@ class TruthPredictor:
 
 
 @dataclass
-class _Circle:
-    detected: bool
-    cx: float = float("nan")
-    cy: float = float("nan")
-    r: float = float("nan")
-    n_pixels: int = 0
-    residual_px: float = float("nan")
-    arc_coverage_deg: float = 0.0
-    reason: str = ""
-
-
-def kasa_fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
-    """Algebraic circle fit to the pixels above ``threshold`` (stand-in for ``circle_fit.fit_circle``)."""
-    yy, xx = np.nonzero(np.asarray(conf) > threshold)
-    if len(xx) < min_pixels:
-        return _Circle(False, n_pixels=len(xx), reason=f"only {len(xx)} confident pixels (< {min_pixels})")
-    a = np.c_[xx, yy, np.ones_like(xx)].astype(float)
-    sol = np.linalg.lstsq(a, -(xx**2 + yy**2).astype(float), rcond=None)[0]
-    cx, cy = -sol[0] / 2, -sol[1] / 2
-    r = float(np.sqrt(cx**2 + cy**2 - sol[2]))
-    res = float(np.sqrt(np.mean((np.hypot(xx - cx, yy - cy) - r) ** 2)))
-    return _Circle(True, float(cx), float(cy), r, len(xx), res, 360.0)
-
-
-@dataclass
 class _Shape:
     points: np.ndarray
     detected: bool = True
@@ -120,10 +95,6 @@ def use_standins(monkeypatch, predictor):
     monkeypatch.setattr(pipeline, "load_shape_model", lambda pdm=None: pipeline.ShapeModel(
         StandInPDM(), StandInPDM.landmark_indices, "stand-in"))
     monkeypatch.setattr(pipeline, "_fit_pdm", standin_fit_pdm)  # a real PDM needs the shipped pdm.npz
-    try:
-        import DeepMorphLib.circle_fit  # noqa: F401
-    except ModuleNotFoundError:
-        monkeypatch.setattr(pipeline, "_fit_circle", kasa_fit_circle)
 
 
 def make_real_folder(root: Path, predictors: dict) -> list[dict]:

@@ -43,28 +43,7 @@ def predict_ring_if_bone_dark(image):
     return ring(*CIRCLE) if inside < image.mean() else np.zeros_like(image, dtype=np.float32)
 
 
-@pytest.fixture
-def fake_circle_fit(monkeypatch):
-    module = types.ModuleType("DeepMorphLib.circle_fit")
-
-    def fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
-        v, u = np.nonzero(conf >= threshold)
-        if len(u) < min_pixels:
-            return types.SimpleNamespace(detected=False, cx=np.nan, cy=np.nan, r=np.nan, n_pixels=len(u),
-                                         residual_px=np.nan, arc_coverage_deg=0.0,
-                                         reason=f"only {len(u)} foreground pixels (< {min_pixels})")
-        a = np.c_[2 * u, 2 * v, np.ones(len(u))]
-        (cx, cy, c), *_ = np.linalg.lstsq(a, u**2 + v**2, rcond=None)
-        r = np.sqrt(c + cx * cx + cy * cy)
-        res = float(np.sqrt(np.mean((np.hypot(u - cx, v - cy) - r) ** 2)))
-        return types.SimpleNamespace(detected=True, cx=cx, cy=cy, r=r, n_pixels=len(u), residual_px=res,
-                                     arc_coverage_deg=360.0, reason="")
-
-    module.fit_circle = fit_circle
-    monkeypatch.setitem(sys.modules, "DeepMorphLib.circle_fit", module)
-
-
-def test_head_fit_picks_the_polarity_that_detects(fake_circle_fit):
+def test_head_fit_picks_the_polarity_that_detects():
     dark = xray_image()
     result = logic.fit_image(dark, "head", polarity="auto", predict=predict_ring_if_bone_dark)
     assert result.detected and result.polarity == "bone-dark"
@@ -76,7 +55,7 @@ def test_head_fit_picks_the_polarity_that_detects(fake_circle_fit):
     assert not forced.detected and "NOT DETECTED" in forced.summary() and "foreground pixels" in forced.summary()
 
 
-def test_fit_xray_node_shows_overlay_circle_and_hides_it_when_not_detected(app, fake_circle_fit):
+def test_fit_xray_node_shows_overlay_circle_and_hides_it_when_not_detected(app):
     xray = g.image_to_node(xray_image(), app.scene, "X-ray", g.image_ijk_to_ras(0.2))
     result, nodes = logic.fit_xray_node(app.scene, xray, "head", predict=predict_ring_if_bone_dark)
     assert result.detected and result.pixel_mm == pytest.approx(0.2)
@@ -173,7 +152,7 @@ def test_femur_contour_with_named_landmarks_and_constrained_editing(app, fake_fe
     assert np.allclose(g.markups_to_uv(g_nodes, xray)[0], new[10], atol=1e-4)
 
 
-def test_export_json_and_csv(tmp_path, fake_circle_fit):
+def test_export_json_and_csv(tmp_path):
     result = logic.fit_image(xray_image(), "head", polarity="bone-dark", predict=predict_ring_if_bone_dark,
                              pixel_mm=0.5)
     paths = logic.export_result(result, tmp_path / "case1")

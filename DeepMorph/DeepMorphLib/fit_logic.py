@@ -171,20 +171,21 @@ def _check_image(image) -> np.ndarray:
     return image
 
 
-def _fit_head(conf: np.ndarray) -> FitResult:
-    from .circle_fit import fit_circle
+def _fit_head(conf: np.ndarray, target: str = "outline") -> FitResult:
+    from .pipeline import fit_head_confidence
 
-    fit = fit_circle(conf, method="robust")
+    fit = fit_head_confidence(conf, target, method="robust")
     quality = {"residual_px": fit.residual_px, "arc_coverage_deg": fit.arc_coverage_deg, "n_pixels": fit.n_pixels}
     quality = {k: float(v) for k, v in quality.items() if v is not None and np.isfinite(v)}
     circle = (float(fit.cx), float(fit.cy), float(fit.r)) if fit.detected else None
     return FitResult("head", bool(fit.detected), fit.reason or "", circle=circle, quality=quality)
 
 
-def _fit_femur(conf: np.ndarray, pdm) -> FitResult:
+def _fit_femur(conf: np.ndarray, pdm, target: str = "outline") -> FitResult:
     from .asm_fit import fit_pdm_to_confidence
+    from .pipeline import femur_fit_map
 
-    fit = fit_pdm_to_confidence(conf, pdm)
+    fit = fit_pdm_to_confidence(femur_fit_map(conf, target), pdm)
     if isinstance(fit.quality, dict):  # several named measures
         quality = {str(k): float(v) for k, v in fit.quality.items() if np.isscalar(v) and np.isfinite(v)}
     else:
@@ -232,7 +233,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         conf = np.asarray(predict(with_polarity(image, pol)), dtype=np.float32)
         if conf.shape != image.shape:
             raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image.shape}.")
-        result = _fit_head(conf) if task == "head" else _fit_femur(conf, pdm)
+        target = (metadata or {}).get("target", "outline") if real_network else "outline"
+        result = _fit_head(conf, target) if task == "head" else _fit_femur(conf, pdm, target)
         result.polarity, result.confidence = pol, conf
         results.append(result)
     best = max(results, key=_score)

@@ -55,6 +55,7 @@ class NetworkPredictor:
         self.model, self.metadata, self.device, self.path = model, dict(metadata or {}), device, path
         self.expected_polarity = self.metadata.get("polarity", "bone-dark")
         self.task = self.metadata.get("task")
+        self.target = self.metadata.get("target", "outline")  # "outline" band or filled "region" (region.py)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         from DeepMorphLib.inference import predict_confidence
@@ -62,7 +63,7 @@ class NetworkPredictor:
         return predict_confidence(self.model, self.metadata, image, device=self.device)
 
     def describe(self) -> dict:
-        keys = ("task", "input_size", "architecture", "metrics", "created")
+        keys = ("task", "target", "input_size", "architecture", "metrics", "created")
         return {"path": self.path, "polarity": self.expected_polarity,
                 **{k: self.metadata[k] for k in keys if k in self.metadata}}
 
@@ -197,10 +198,32 @@ def _resize_to(conf: np.ndarray, shape: tuple) -> np.ndarray:
     return ndi.zoom(conf, (shape[0] / conf.shape[0], shape[1] / conf.shape[1]), order=1).astype(np.float32)
 
 
-def _fit_circle(conf, **kw):
-    from DeepMorphLib.circle_fit import fit_circle
+def fit_head_confidence(conf, target: str = "outline", threshold: float = 0.5, min_pixels: int = 100,
+                        method: str = "algebraic"):
+    """Circle fit (``circle_fit.CircleFit``) to a head network's confidence map (H, W) in [0, 1].
 
-    return fit_circle(conf, **kw)
+    ``target`` "outline": the circle through the pixels above ``threshold`` (the paper). "region": the circle
+    through the sub-pixel rim (iso-line at ``threshold``) of the most confident region; fewer than
+    ``min_pixels`` rim points is "not detected"."""
+    from DeepMorphLib.circle_fit import CircleFit, fit_circle, fit_circle_points
+    from DeepMorphLib.region import boundary_points, check_target
+
+    if check_target(target) == "outline":
+        return fit_circle(conf, threshold=threshold, min_pixels=min_pixels, method=method)
+    rim = boundary_points(conf, level=threshold)
+    if len(rim) < min_pixels:
+        return CircleFit(False, n_pixels=len(rim), method=method,
+                         reason=f"the head region's rim has only {len(rim)} points (fewer than min_pixels="
+                                f"{min_pixels}); femoral head not detected")
+    kw = {"radius_range": (2.0, 0.5 * max(np.shape(conf)))} if method == "robust" else {}
+    return fit_circle_points(rim, method=method, **kw)
+
+
+def femur_fit_map(conf, target: str = "outline", threshold: float = 0.5) -> np.ndarray:
+    """The map the PDM fit works on: an outline network's confidence as it is, a region network's rim."""
+    from DeepMorphLib.region import check_target, outline_map
+
+    return conf if check_target(target) == "outline" else outline_map(conf, level=threshold)
 
 
 def _fit_pdm(conf, pdm, **kw):
@@ -262,15 +285,17 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
                            polarity_score=score, polarity_mode=mode, confidence=conf, source=source,
                            model=pred.describe() if hasattr(pred, "describe") else {"name": type(pred).__name__})
         t = time.perf_counter()
+        target = getattr(pred, "target", "outline")
         if task == "head":
-            _fill_head(result, _fit_circle(conf, threshold=threshold, min_pixels=min_pixels, method=circle_method))
+            _fill_head(result, fit_head_confidence(conf, target, threshold, min_pixels, circle_method))
             if not result.detected and head_fallback and isinstance(pred, NetworkPredictor):
                 try:  # needs the shipped femur network and PDM
                     _head_from_femur_contour(result, img, cand, device, threshold, min_pixels)
                 except FileNotFoundError:
                     pass
         else:
-            _fill_femur(result, _fit_pdm(conf, shape_model.pdm, **(fit_options or {})), shape_model)
+            _fill_femur(result, _fit_pdm(femur_fit_map(conf, target, threshold), shape_model.pdm, **(fit_options or {})),
+                        shape_model)
         result.timings_ms = {"network_ms": network_ms, "fit_ms": 1000 * (time.perf_counter() - t)}
         results.append(result)
     best = max(results, key=fit_score)  # first wins ties: the detector's choice
@@ -308,6 +333,7 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
     if not all(k in idx for k in HEAD_ARC):
         return
     conf = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
+    conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
     sf = _fit_pdm(conf, shape_model.pdm)
     if not sf.detected:
         return

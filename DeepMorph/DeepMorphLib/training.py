@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from DeepMorphLib.augment import AugmentConfig, augment_batch
 from DeepMorphLib.fusionnet import FusionNet, count_parameters
+from DeepMorphLib.region import check_target, disk_mask
 from DeepMorphLib.inference import (DEFAULT_NORMALIZATION, letterbox_shape, normalize_images, resize_image,
                                     resolve_device, torch_threads)
 
@@ -56,7 +57,8 @@ class TrainConfig:
     depth: int = 4
     lr: float = 1e-3
     lr_decay_at: float = 0.75       # fraction of the epochs after which the LR is multiplied by 0.1
-    pos_weight: float = 3.0         # BCE weight of outline pixels
+    pos_weight: float = 3.0         # BCE weight of target (outline or region) pixels
+    target: str = "outline"         # "outline" (thin band on the edge, the paper's) or "region" (filled head disk)
     dice_weight: float = 1.0        # weight of the soft-Dice term
     seed: int = 0
     init_from: str = ""             # start from this model's weights (fine-tuning); "" = random init
@@ -89,6 +91,10 @@ class TrainConfig:
         if self.size % m or self.crop % m:
             raise ValueError(f"--size and --crop must be multiples of 2^depth = {m} (got {self.size}, {self.crop}).")
         AugmentConfig.from_dict(self.augment)
+        check_target(self.target)
+        if self.target == "region" and self.task != "head":
+            raise ValueError("--target region is implemented for --task head (the projected head disk); "
+                             "train the femur with --target outline.")
         return self
 
     def fingerprint(self) -> dict:
@@ -99,6 +105,8 @@ class TrainConfig:
             del d["init_from"]  # random init: same fingerprint as before the option existed
         else:
             d["init_from"] = str(Path(d["init_from"]).resolve())
+        if d["target"] == "outline":
+            del d["target"]  # likewise for the paper's outline target
         return d
 
     def resolved_work_dir(self) -> Path:
@@ -106,8 +114,10 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def list_samples(data_dir: str | Path, task: str) -> list[tuple[Path, Path]]:
-    """(image, target mask) paths of a dataset directory: ``samples/NNNNNN.png`` + ``NNNNNN_<task>.png``."""
+def list_samples(data_dir: str | Path, task: str, target: str = "outline") -> list[tuple[Path, Path]]:
+    """(image, target) paths of a dataset directory: ``samples/NNNNNN.png`` + the outline mask
+    ``NNNNNN_<task>.png`` (target "outline") or the sample's ``NNNNNN.json`` (target "region": drawn from its
+    ground truth)."""
     root = Path(data_dir)
     samples = root / "samples"
     if not samples.is_dir():
@@ -118,7 +128,7 @@ def list_samples(data_dir: str | Path, task: str) -> list[tuple[Path, Path]]:
         raise ValueError(f"{samples} holds no sample images (NNNNNN.png).")
     pairs, missing = [], []
     for img in images:
-        mask = img.with_name(f"{img.stem}_{task}.png")
+        mask = img.with_name(f"{img.stem}_{task}.png" if target == "outline" else f"{img.stem}.json")
         (pairs if mask.is_file() else missing).append((img, mask))
     if missing:
         raise ValueError(f"{len(missing)} of {len(images)} samples in {samples} lack their '{task}' target, e.g. "
@@ -152,12 +162,28 @@ def _read_gray(path: Path) -> np.ndarray:
     return arr
 
 
+def _region_target(json_path: Path, shape: tuple) -> np.ndarray:
+    """Filled head disk (0-255) drawn from a sample's ground-truth ``head_circle`` [cx, cy, r] px (empty when the
+    head is not in the sample)."""
+    try:
+        circle = json.loads(json_path.read_text(encoding="utf-8")).get("head_circle")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Cannot read {json_path} ({exc}); the dataset is damaged, regenerate that sample.") from None
+    if not circle:
+        return np.zeros(shape, np.float32)
+    return 255.0 * disk_mask(shape, *circle)
+
+
 def _load_pair(pair: tuple[Path, Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    img, mask = _read_gray(pair[0]), _read_gray(pair[1])
+    img = _read_gray(pair[0])
+    if pair[1].suffix == ".json":
+        mask = _region_target(pair[1], img.shape)
+    else:
+        mask = (_read_gray(pair[1]) > 127) * 255.0
     if img.shape != mask.shape:
         raise ValueError(f"{pair[1].name} has shape {mask.shape}, its image {img.shape}; they must match.")
     scale = 255.0 / max(float(img.max()), 1.0) if img.max() > 255 else 1.0
-    x = torch.from_numpy(np.stack([img * scale, (mask > 127) * 255.0]).astype(np.float32))[:, None]
+    x = torch.from_numpy(np.stack([img * scale, mask]).astype(np.float32))[:, None]
     nh, nw, top, left = letterbox_shape(img.shape[0], img.shape[1], size)
     x = resize_image(x, (nh, nw))
     out = torch.zeros(2, 1, size, size)
@@ -167,13 +193,14 @@ def _load_pair(pair: tuple[Path, Path], size: int) -> tuple[np.ndarray, np.ndarr
     return out[0], out[1]
 
 
-def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progress: bool = True):
+def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progress: bool = True,
+                 target: str = "outline"):
     """Decode and resize every sample once: (images uint8 (N, S, S), masks uint8 (N, S, S), per-dir info)."""
     from tqdm import tqdm
 
     pairs, infos = [], []
     for d in dirs:
-        p = list_samples(d, task)
+        p = list_samples(d, task, target)
         info = dataset_info(d)
         info["n_used"] = len(p)
         pairs += p
@@ -349,7 +376,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
 
     device = resolve_device(cfg.device)
     t_start = time.monotonic()
-    images, masks, infos = load_dataset(cfg.data, cfg.task, cfg.size, cfg.max_samples, progress)
+    images, masks, infos = load_dataset(cfg.data, cfg.task, cfg.size, cfg.max_samples, progress, cfg.target)
     if device.type == "cuda":  # keep the uint8 cache on the GPU; cuDNN autotuning (not bit-reproducible)
         images, masks = images.to(device), masks.to(device)
         torch.backends.cudnn.benchmark = True
@@ -476,7 +503,9 @@ def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> di
     last = state["history"][-1] if state["history"] else {}
     return {
         "task": cfg.task,
-        "description": f"FusionNet outline segmenter for the {cfg.task} (sigmoid of the logits = confidence)",
+        "description": (f"FusionNet {cfg.target} segmenter for the {cfg.task} (sigmoid of the logits = confidence"
+                        + (" of being inside the projected head disk)" if cfg.target == "region" else ")")),
+        "target": cfg.target,
         "input_size": cfg.size,
         "normalization": dict(DEFAULT_NORMALIZATION),
         "polarity": "bone-dark",

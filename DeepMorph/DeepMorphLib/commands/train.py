@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
                    help="FusionNet channels at full resolution, doubling per level (default %(default)s)")
     p.add_argument("--depth", type=int, default=C.depth, help="FusionNet down-samplings (default %(default)s)")
     p.add_argument("--lr", type=float, default=C.lr, help="Adam learning rate, x0.1 after 75%% of the epochs (default %(default)s)")
+    p.add_argument("--target", default=C.target, choices=("outline", "region"),
+                   help="what the network lights up: the outline band (paper) or, for the head, the filled head "
+                        "disk whose rim is then fitted (default %(default)s)")
     p.add_argument("--pos-weight", type=float, default=C.pos_weight, help="BCE weight of outline pixels (default %(default)s)")
     p.add_argument("--dice-weight", type=float, default=C.dice_weight, help="weight of the soft-Dice term (default %(default)s)")
     p.add_argument("--invert-prob", type=float, default=0.25,
@@ -75,7 +78,7 @@ def run(args) -> int:
     cfg = TrainConfig(
         task=args.task, data=list(args.data), out=args.out, work_dir=args.work_dir, epochs=args.epochs,
         batch=args.batch, size=args.size, crop=min(args.crop, args.size), base_channels=args.base_channels,
-        depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, dice_weight=args.dice_weight, seed=args.seed, init_from=args.init_from,
+        depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, target=args.target, dice_weight=args.dice_weight, seed=args.seed, init_from=args.init_from,
         val_fraction=args.val_fraction, max_samples=args.max_samples,
         augment=AugmentConfig(invert_prob=args.invert_prob).to_dict(), max_minutes=args.max_minutes,
         checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, device=args.device,

@@ -1,0 +1,74 @@
+"""Filled-region targets and region confidence maps -> outlines (networks whose sidecar says ``"target": "region"``).
+
+An outline network lights up a thin band on the bone's edge; a region network lights up the whole object (the
+projected femoral head disk), which is far easier to learn. Its outline is the iso-line of the confidence at
+``level`` (0.5) around the most confident connected region. Coordinates are px of the map: x = column, y = row,
+pixel centres at integers, y down.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+TARGETS = ("outline", "region")
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}.")
+    return target
+
+
+def disk_mask(shape: tuple, cx: float, cy: float, r: float) -> np.ndarray:
+    """Anti-aliased disk (float32 in [0, 1], ``shape`` = (H, W)): each pixel's value is its covered fraction,
+    approximated by clip(r - d + 0.5, 0, 1) with d the distance of the pixel centre to (cx, cy) px."""
+    if not (np.isfinite([cx, cy, r]).all() and r > 0):
+        raise ValueError(f"disk needs a finite centre and a positive radius, got ({cx}, {cy}, {r}).")
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    d = np.hypot(xx - np.float32(cx), yy - np.float32(cy))
+    return np.clip(np.float32(r) - d + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def main_region(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """Boolean mask of the connected region of ``conf > level`` holding the largest confidence mass
+    (all False when nothing exceeds ``level``)."""
+    conf = np.asarray(conf, dtype=np.float32)
+    if conf.ndim != 2:
+        raise ValueError(f"confidence map must be 2-D (H, W), got shape {conf.shape}.")
+    inside = conf > level
+    labels, n = ndi.label(inside)
+    if n == 0:
+        return inside
+    mass = ndi.sum(conf, labels, index=np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(mass)))
+
+
+def boundary_points(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """Sub-pixel points (N, 2) (x, y) px where the confidence crosses ``level`` on the rim of ``main_region``:
+    one point per pair of 4-neighbours with one pixel inside that region and the other at or below ``level``,
+    placed by linear interpolation between the two pixel centres. Region pixels on the map border give no
+    point there (the object is cut by the image, not outlined)."""
+    conf = np.asarray(conf, dtype=np.float32)
+    region = main_region(conf, level)
+    points = []
+    for axis in (1, 0):  # horizontal pairs (x, x+1), then vertical pairs (y, y+1)
+        a = np.moveaxis(conf, axis, 0)
+        ra = np.moveaxis(region, axis, 0)
+        lo, hi, rlo, rhi = a[:-1], a[1:], ra[:-1], ra[1:]
+        crossing = (rlo & (hi <= level)) | (rhi & (lo <= level))
+        i, j = np.nonzero(crossing)
+        t = (level - lo[i, j]) / (hi[i, j] - lo[i, j])  # hi != lo: one side is > level, the other <= level
+        along = i + t  # coordinate along ``axis``
+        if axis == 1:  # moved axis 1 (x) to the front: (x, y)
+            points.append(np.column_stack([along, j.astype(np.float32)]))
+        else:
+            points.append(np.column_stack([j.astype(np.float32), along]))
+    return np.concatenate(points).astype(np.float64) if points else np.zeros((0, 2))
+
+
+def outline_map(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """Outline-style map (float32, 1 on the inner rim of ``main_region``, 0 elsewhere) for fits that expect an
+    outline network's confidence (e.g. the PDM fit)."""
+    region = main_region(conf, level)
+    rim = region & ~ndi.binary_erosion(region, border_value=1)
+    return rim.astype(np.float32)

@@ -1,0 +1,97 @@
+"""Filled-region targets (head disk) and region confidence -> rim -> circle, against analytic circles."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DeepMorphLib.pipeline import femur_fit_map, fit_head_confidence
+from DeepMorphLib.region import boundary_points, disk_mask, main_region, outline_map
+from DeepMorphLib.training import TrainConfig, list_samples, load_dataset, train
+from toy_data import write_toy_dataset
+
+
+def soft_disk(shape, cx, cy, r, width=1.5):
+    """A smooth 'network confidence' of a disk: logistic in the signed distance to the circle (px)."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return (1 / (1 + np.exp((np.hypot(xx - cx, yy - cy) - r) / width))).astype(np.float32)
+
+
+def test_disk_mask_has_the_area_and_centroid_of_the_circle():
+    m = disk_mask((120, 140), 61.3, 52.8, 23.4)
+    assert m.min() == 0 and m.max() == 1
+    assert m.sum() == pytest.approx(np.pi * 23.4**2, rel=0.005)
+    yy, xx = np.mgrid[0:120, 0:140]
+    assert (m * xx).sum() / m.sum() == pytest.approx(61.3, abs=0.01)
+    assert (m * yy).sum() / m.sum() == pytest.approx(52.8, abs=0.01)
+    with pytest.raises(ValueError, match="positive radius"):
+        disk_mask((10, 10), 5, 5, 0)
+
+
+def test_rim_points_lie_on_the_circle_and_the_fit_recovers_it():
+    cx, cy, r = 201.7, 188.2, 61.9
+    conf = soft_disk((448, 448), cx, cy, r)
+    conf += 0.9 * soft_disk((448, 448), 60, 380, 12)  # a smaller, competing blob: not the main region
+    pts = boundary_points(conf)
+    d = np.hypot(pts[:, 0] - cx, pts[:, 1] - cy)
+    assert len(pts) > 4 * r and np.abs(d - r).max() < 0.05
+    for method in ("algebraic", "robust"):
+        fit = fit_head_confidence(conf, target="region", method=method)
+        assert fit.detected
+        assert np.hypot(fit.cx - cx, fit.cy - cy) < 0.05 and abs(fit.r - r) < 0.05
+    # the paper's outline reading of the same map fits the filled blobs, not the rim: far off
+    wrong = fit_head_confidence(conf, target="outline")
+    assert np.hypot(wrong.cx - cx, wrong.cy - cy) + abs(wrong.r - r) > 10
+
+
+def test_region_at_the_border_gives_no_rim_there():
+    conf = soft_disk((100, 100), 10.0, 50.0, 30.0)
+    pts = boundary_points(conf)
+    assert len(pts) > 100 and np.abs(np.hypot(pts[:, 0] - 10, pts[:, 1] - 50) - 30).max() < 0.05
+
+
+def test_empty_and_tiny_regions_are_not_detected():
+    fit = fit_head_confidence(np.zeros((64, 64), np.float32), target="region")
+    assert not fit.detected and "rim has only 0 points" in fit.reason
+    assert not fit_head_confidence(soft_disk((64, 64), 30, 30, 3), target="region").detected
+    assert not main_region(np.zeros((8, 8))).any()
+    with pytest.raises(ValueError, match="target must be one of"):
+        fit_head_confidence(np.zeros((64, 64)), target="disk")
+
+
+def test_outline_map_of_a_region_is_its_one_pixel_rim():
+    conf = soft_disk((80, 80), 40, 40, 20)
+    rim = outline_map(conf)
+    v, u = np.nonzero(rim)
+    assert np.abs(np.hypot(u - 40, v - 40) - 19.5).max() < 1.0
+    assert femur_fit_map(conf, "outline") is conf and femur_fit_map(conf, "region").sum() == rim.sum()
+
+
+def test_region_training_targets_are_the_ground_truth_disks(tmp_path):
+    toy = write_toy_dataset(tmp_path / "toy", n=12, size=48, seed=2)
+    pairs = list_samples(toy, "head", "region")
+    assert pairs[0][1].name == "000000.json"
+    images, masks, _ = load_dataset([toy], "head", 96, progress=False, target="region")
+    circle = json.loads((toy / "samples" / "000003.json").read_text())["head_circle"]
+    m = masks[3].numpy().astype(float) / 255
+    yy, xx = np.mgrid[0:96, 0:96]
+    # the 48 px sample is resized to 96 px: pixel centres map as x' = 2 x + 0.5
+    assert (m * xx).sum() / m.sum() == pytest.approx(2 * circle[0] + 0.5, abs=0.3)
+    assert m.sum() == pytest.approx(np.pi * (2 * circle[2]) ** 2, rel=0.03)
+    with pytest.raises(ValueError, match="--task head"):
+        TrainConfig(task="femur", data=[str(toy)], out=str(tmp_path / "m"), target="region").validate()
+
+
+def test_a_region_model_records_its_target_and_the_pipeline_reads_the_rim(tmp_path):
+    from DeepMorphLib.model_io import load_model
+    from DeepMorphLib.pipeline import NetworkPredictor
+
+    toy = write_toy_dataset(tmp_path / "toy", n=16, size=48, seed=4)
+    cfg = TrainConfig(task="head", data=[str(toy)], out=str(tmp_path / "head"), work_dir=str(tmp_path / "w"),
+                      epochs=1, batch=4, size=32, crop=32, base_channels=4, depth=2, target="region",
+                      threads=1, device="cpu")
+    torch.manual_seed(0)
+    result = train(cfg, progress=False, log=lambda m: None)
+    net, meta = load_model(result["model"], task="head")
+    assert meta["target"] == "region" and "head disk" in meta["description"]
+    assert NetworkPredictor(net, meta).target == "region"
