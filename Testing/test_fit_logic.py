@@ -1,8 +1,8 @@
 """DeepMorph fit logic, headless: X-ray node -> fit -> markups, polarity, "not detected", editing, export.
 
-The network and the morphing fits are stand-ins here (monkeypatched modules with the agreed
-interfaces), so these tests cover the MRML side and the result handling; the real pieces are
-exercised by ``test_fit_logic_with_real_pieces`` once merged.
+The network is a stand-in here (a function drawing the outline it "sees") and so is the PDM fit in the
+femur test (a monkeypatched ``asm_fit``); the circle fit is the real one. These tests cover the MRML side and
+the result handling; ``test_fit_logic_with_real_pieces`` runs the shipped models.
 """
 import json
 import re
