@@ -214,17 +214,16 @@ def test_simulator_starts_the_dataset_command_in_the_background(modules, tmp_pat
 def test_deepmorph_logic_fit_export_and_edit(modules, monkeypatch, tmp_path):
     import slicer
 
-    def fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
-        return types.SimpleNamespace(detected=True, cx=30.0, cy=20.0, r=10.0, n_pixels=500, residual_px=0.3,
-                                     arc_coverage_deg=300.0, reason="")
+    def ring(image):  # stand-in network: the outline of a circle (30, 20, 10) px; the real circle fit runs
+        yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+        return (np.abs(np.hypot(xx - 30.0, yy - 20.0) - 10.0) < 1.1).astype(np.float32)
 
-    fake(monkeypatch, "DeepMorphLib.circle_fit", fit_circle=fit_circle)
     dm = modules["DeepMorph"]
     logic = dm.DeepMorphLogic()
     p = logic.getParameterNode()
     p.inputVolume = g.image_to_node(np.zeros((40, 60), np.uint8), slicer.mrmlScene, "X-ray 1")
     p.exportDirectory = tmp_path
-    result, nodes = logic.process(p, predict=lambda image: np.zeros(image.shape, np.float32))
+    result, nodes = logic.process(p, predict=ring)
     assert result.detected and "Detected" in p.resultText and "radius 10.0 px" in p.resultText
     assert p.confidenceVolume is nodes["confidence"]
     logic.showInViews(p)
@@ -260,12 +259,6 @@ def test_module_self_tests_run_headless(modules, monkeypatch):
     sim_test = modules["DeepMorphSimulator"].DeepMorphSimulatorTest("test_DeepMorphSimulator_background_job")
     sim_test.test_DeepMorphSimulator_background_job()
 
-    def fit_circle(conf, threshold=0.5, min_pixels=100, method="algebraic", weighted=False):
-        return types.SimpleNamespace(detected=False, cx=np.nan, cy=np.nan, r=np.nan, n_pixels=0,
-                                     residual_px=np.nan, arc_coverage_deg=0.0, reason="0 foreground pixels")
-
-    if importlib.util.find_spec("DeepMorphLib.circle_fit") is None:
-        fake(monkeypatch, "DeepMorphLib.circle_fit", fit_circle=fit_circle)
     dm_test = modules["DeepMorph"].DeepMorphTest("test_DeepMorph_not_detected")
     dm_test.test_DeepMorph_not_detected()
     if importlib.util.find_spec("DeepMorphSimulatorLib.phantom") and importlib.util.find_spec("DeepMorphSimulatorLib.drr"):
