@@ -82,6 +82,12 @@ def validate_map(conf_map) -> np.ndarray:
     return conf
 
 
+def map_radius_range(shape) -> tuple[float, float]:
+    """Plausible radii (px) of a circle found in a map of ``shape``: 2 px to half the larger side, so straight
+    edges cannot pass as huge circles (the robust fit's default for maps)."""
+    return 2.0, 0.5 * max(shape)
+
+
 def fit_circle(
     conf_map,
     threshold: float = 0.5,
@@ -101,7 +107,7 @@ def fit_circle(
     _check_method(method)
     xy, conf = foreground_pixels(conf_map, threshold)
     if method == "robust" and kwargs.get("radius_range") is None:
-        kwargs["radius_range"] = (2.0, 0.5 * max(np.shape(validate_map(conf_map))))
+        kwargs["radius_range"] = map_radius_range(np.shape(validate_map(conf_map)))
     n = len(xy)
     if n < min_pixels:
         return CircleFit(

@@ -205,7 +205,7 @@ def fit_head_confidence(conf, target: str = "outline", threshold: float = 0.5, m
     ``target`` "outline": the circle through the pixels above ``threshold`` (the paper). "region": the circle
     through the sub-pixel rim (iso-line at ``threshold``) of the most confident region; fewer than
     ``min_pixels`` rim points is "not detected"."""
-    from DeepMorphLib.circle_fit import CircleFit, fit_circle, fit_circle_points
+    from DeepMorphLib.circle_fit import CircleFit, fit_circle, fit_circle_points, map_radius_range
     from DeepMorphLib.region import boundary_points, check_target
 
     if check_target(target) == "outline":
@@ -215,7 +215,7 @@ def fit_head_confidence(conf, target: str = "outline", threshold: float = 0.5, m
         return CircleFit(False, n_pixels=len(rim), method=method,
                          reason=f"the head region's rim has only {len(rim)} points (fewer than min_pixels="
                                 f"{min_pixels}); femoral head not detected")
-    kw = {"radius_range": (2.0, 0.5 * max(np.shape(conf)))} if method == "robust" else {}
+    kw = {"radius_range": map_radius_range(np.shape(conf))} if method == "robust" else {}
     return fit_circle_points(rim, method=method, **kw)
 
 

@@ -78,7 +78,8 @@ def run(args) -> int:
     cfg = TrainConfig(
         task=args.task, data=list(args.data), out=args.out, work_dir=args.work_dir, epochs=args.epochs,
         batch=args.batch, size=args.size, crop=min(args.crop, args.size), base_channels=args.base_channels,
-        depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, target=args.target, dice_weight=args.dice_weight, seed=args.seed, init_from=args.init_from,
+        depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, target=args.target, dice_weight=args.dice_weight,
+        seed=args.seed, init_from=args.init_from,
         val_fraction=args.val_fraction, max_samples=args.max_samples,
         augment=AugmentConfig(invert_prob=args.invert_prob).to_dict(), max_minutes=args.max_minutes,
         checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, device=args.device,
