@@ -675,6 +675,10 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
             if task not in preds:
                 preds[task] = pipeline.load_predictor(task, models_dir / f"{task}.safetensors", device)
         shape = pipeline.load_shape_model(pdm if pdm is not None else models_dir / "pdm.npz")
+        refine_path = models_dir / "head-refine.safetensors" if models_dir else None
+        if "head-refine" not in preds:  # optional: the head ROI refinement network
+            preds["head-refine"] = (pipeline.load_refiner(refine_path, device)
+                                    if refine_path is not None and refine_path.is_file() else None)
         return preds, shape
 
     preds, shape_model = stages.run("load models", load)
@@ -689,7 +693,7 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
                 if getattr(pred, "per_image", False):
                     pred = pred(task, img)
                 pair.append(pipeline.fit_image(img.image, task, pdm=shape_model, polarity="auto", predictor=pred,
-                                               source=f"images/{img.stem}.png"))
+                                               source=f"images/{img.stem}.png", refine=preds["head-refine"] or False))
             fits.append(tuple(pair))
             h, f = pair
             log(f"[demo]   {img.stem:<16s} head {'found' if h.detected else 'not found'}, femur "

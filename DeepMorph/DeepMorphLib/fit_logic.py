@@ -209,11 +209,14 @@ def _score(result: FitResult) -> float:
 
 
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
-              predict=None, pixel_mm: float | None = None, model_name: str = "") -> FitResult:
+              predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
+              edge_snap: bool = True) -> FitResult:
     """Network confidence map + morphing fit on one X-ray (H, W).
 
     ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
     replaces the network (tests); otherwise ``inference.predict_confidence(model, metadata, image)``.
+    ``refiner``: head refinement (ROI) predictor (``pipeline.load_refiner``) applied to each head circle found.
+    ``edge_snap``: move each head circle onto the head's edge in the image when it is clear (``edge_snap``).
     """
     _check_task(task)
     if polarity not in POLARITIES:
@@ -235,6 +238,10 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
             raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image.shape}.")
         target = (metadata or {}).get("target", "outline") if real_network else "outline"
         result = _fit_head(conf, target) if task == "head" else _fit_femur(conf, pdm, target)
+        if task == "head" and result.detected and refiner is not None:
+            _refine(result, image, pol, refiner)
+        if task == "head" and result.detected and edge_snap:
+            _snap(result, with_polarity(image, pol), conf)
         result.polarity, result.confidence = pol, conf
         results.append(result)
     best = max(results, key=_score)
@@ -242,6 +249,27 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         best = _head_from_femur(image, model, metadata, polarity, best)
     best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
     return best
+
+
+def _refine(result: FitResult, image, polarity: str, refiner) -> None:
+    """Replace a head circle by the refinement network's (``pipeline.refine_head_circle``) when it finds one."""
+    from .pipeline import refine_head_circle
+
+    fit, done = refine_head_circle(image, result.circle, refiner, polarity)
+    if fit is None:
+        return
+    result.circle = (float(fit.cx), float(fit.cy), float(fit.r))
+    result.quality = {"residual_px": float(fit.residual_px), "arc_coverage_deg": float(fit.arc_coverage_deg),
+                      "n_pixels": float(fit.n_pixels), "refined_iterations": float(done)}
+
+
+def _snap(result: FitResult, bone_dark_image, conf) -> None:
+    from .edge_snap import snap_circle
+
+    snap = snap_circle(bone_dark_image, result.circle, conf)
+    result.quality = {**result.quality, "edge_support": float(snap.support)}
+    if snap.applied:
+        result.circle = (snap.cx, snap.cy, snap.r)
 
 
 def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:
@@ -262,8 +290,11 @@ def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult
 # MRML
 # --------------------------------------------------------------------------------------------
 def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = "auto", nodes: dict | None = None,
-                  predict=None, pdm=None, editable: bool = True) -> tuple[FitResult, dict]:
-    """Fit the X-ray volume node and show the result in the scene; returns (result, nodes)."""
+                  predict=None, pdm=None, editable: bool = True, refine_model=None) -> tuple[FitResult, dict]:
+    """Fit the X-ray volume node and show the result in the scene; returns (result, nodes).
+
+    ``refine_model``: head refinement network (``pipeline.load_refiner``: None = the shipped one when present,
+    "none" = off); not used with a stand-in ``predict``."""
     from . import mrml_glue as glue
 
     if xray_node is None:
@@ -273,8 +304,13 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
     if predict is None:
         model, metadata = load_task_model(task, model_path)
     name = Path(model_path).name if model_path else f"shipped {task} model"
+    refiner = None
+    if task == "head" and predict is None:
+        from .pipeline import load_refiner
+
+        refiner = load_refiner(refine_model)
     result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
-                       pixel_mm=image_pixel_mm(xray_node), model_name=name)
+                       pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 

@@ -31,6 +31,11 @@ def default_model_path(task: str) -> Path:
     return MODELS_DIR / f"{task}.safetensors"
 
 
+def default_refiner_path() -> Path:
+    """Shipped head refinement network (ROI model, optional): ``DeepMorph/Resources/Models/head-refine.safetensors``."""
+    return MODELS_DIR / "head-refine.safetensors"
+
+
 def default_pdm_path() -> Path:
     """Shipped point distribution model: ``DeepMorph/Resources/Models/pdm.npz`` (+ ``pdm.json``)."""
     return MODELS_DIR / "pdm.npz"
@@ -56,6 +61,7 @@ class NetworkPredictor:
         self.expected_polarity = self.metadata.get("polarity", "bone-dark")
         self.task = self.metadata.get("task")
         self.target = self.metadata.get("target", "outline")  # "outline" band or filled "region" (region.py)
+        self.roi = self.metadata.get("roi")  # {"kind": "head", "scale": ...} for a refinement network (roi.py)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         from DeepMorphLib.inference import predict_confidence
@@ -63,7 +69,7 @@ class NetworkPredictor:
         return predict_confidence(self.model, self.metadata, image, device=self.device)
 
     def describe(self) -> dict:
-        keys = ("task", "target", "input_size", "architecture", "metrics", "created")
+        keys = ("task", "target", "roi", "input_size", "architecture", "metrics", "created")
         return {"path": self.path, "polarity": self.expected_polarity,
                 **{k: self.metadata[k] for k in keys if k in self.metadata}}
 
@@ -84,6 +90,66 @@ def load_predictor(task: str, model=None, device: str = "auto"):
 
     net, metadata = load_model(path, task=task)
     return NetworkPredictor(net, metadata, device=device, path=str(path))
+
+
+def load_refiner(refine=None, device: str = "auto"):
+    """Head refinement predictor (a ``--roi head`` network) from ``refine``: None (the shipped one when
+    present, else no refinement), False or "none" (no refinement), a path to a ``.safetensors`` file, or a ready
+    predictor (returned as it is). Returns None for "no refinement"."""
+    if refine is False or (isinstance(refine, str) and refine.lower() == "none"):
+        return None
+    if refine is None:
+        if not default_refiner_path().is_file():
+            return None
+        refine = default_refiner_path()
+    if not isinstance(refine, (str, Path, tuple)):
+        return refine
+    pred = load_predictor("head", refine, device)
+    if (pred.roi or {}).get("kind") != "head":
+        raise ValueError(f"{pred.path} is a whole-image head network, not a head refinement (ROI) network; "
+                         "train one with 'deepmorph train --task head --target region --roi head ...' or pass "
+                         "--refine-model none.")
+    return pred
+
+
+def refine_head_circle(image, circle, refiner, polarity: str, threshold: float = 0.5, min_points: int = 20,
+                       method: str = "algebraic", iterations: int = 2):
+    """Refine a head circle (cx, cy, r) px of ``image`` (H, W; shown with ``polarity``) with a ROI network:
+    cut the ROI (``roi.head_roi``: ``scale`` radii wide) around the estimate, run the refiner on it, fit the
+    circle to the rim of its most confident region (``fit_head_confidence`` "region"), map it back to image
+    px; repeat around the new estimate up to ``iterations`` times (stops when it moves < 0.5 px). Returns
+    (CircleFit, iterations done); (None, 0) when the refiner finds no head region in the first ROI."""
+    import torch
+
+    from DeepMorphLib.circle_fit import fit_circle_points, map_radius_range
+    from DeepMorphLib.polarity import apply_polarity
+    from DeepMorphLib.region import boundary_points
+    from DeepMorphLib.roi import crop_rois, head_roi, to_source
+
+    scale = float((getattr(refiner, "roi", None) or {}).get("scale", 4.0))
+    size = int(getattr(refiner, "metadata", {}).get("input_size", 128))
+    img = np.asarray(apply_polarity(image, polarity, getattr(refiner, "expected_polarity", "bone-dark")), np.float32)
+    src = torch.from_numpy(np.ascontiguousarray(img))[None, None]
+    fill = float(np.percentile(img, 1.0))
+    r_lo, r_hi = map_radius_range(img.shape)
+    cx, cy, r = (float(v) for v in circle)
+    best, done = None, 0
+    for _ in range(iterations):
+        center, side = head_roi(cx, cy, float(np.clip(r, r_lo, r_hi)), scale)
+        patch = crop_rois(src, center[None], [side], size, fill)[0, 0].numpy()
+        conf = np.asarray(refiner(patch), np.float32)
+        rim = boundary_points(conf, level=threshold)
+        if len(rim) < min_points:
+            break
+        cf = fit_circle_points(to_source(rim, center, side, size), method=method)
+        if not cf.detected:
+            break
+        moved = float(np.hypot(cf.cx - cx, cf.cy - cy))
+        best, done = cf, done + 1
+        cx, cy, r = cf.cx, cf.cy, cf.r
+        if moved < 0.5:
+            break
+    return best, done
 
 
 @dataclass
@@ -247,7 +313,7 @@ def _landmarks(points: np.ndarray, indices: dict) -> dict:
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
-              head_fallback: bool = True) -> FitResult:
+              head_fallback: bool = True, refine=None, edge_snap: bool = True) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -260,6 +326,11 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``fit_options``: extra keyword arguments of ``asm_fit.fit_pdm_to_confidence``.
     ``head_fallback``: when the head network finds too few outline pixels, fit the circle to the head dome of
     the femur network's confidence instead, located by the PDM fit (``circle["source"] = "femur-contour"``).
+    ``refine``: head refinement network (see ``load_refiner``; None = the shipped one when present and the
+    head network is the shipped one too, False = off): the circle found on the whole image is refined on a ROI around it (``refine_head_circle``;
+    ``circle["refined"]`` = iterations done, ``circle["coarse"]`` = the circle before).
+    ``edge_snap``: finally move the head circle onto the head's own edge in the image when that edge is clear
+    (``edge_snap.snap_circle``; ``circle["snapped"]``, ``circle["edge_support"]``, ``circle["unsnapped"]``).
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
     from DeepMorphLib.polarity import POLARITIES, apply_polarity, is_confident, resolve_polarity
@@ -272,6 +343,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     used, score = resolve_polarity(img, polarity)
     timings["polarity_ms"] = 1000 * (time.perf_counter() - t)
     pred = predictor if predictor is not None else load_predictor(task, model, device)
+    default_net = predictor is None and model is None
+    refiner = load_refiner(refine if refine is not None or default_net else False, device) if task == "head" else None
     shape_model = load_shape_model(pdm) if task == "femur" else None
     expected = getattr(pred, "expected_polarity", "bone-dark")
     mode = "given" if polarity != "auto" else "auto" if is_confident(score) or expected == "any" else "auto-fit"
@@ -293,6 +366,10 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
                     _head_from_femur_contour(result, img, cand, device, threshold, min_pixels)
                 except FileNotFoundError:
                     pass
+            if result.detected and refiner is not None:
+                _refine_head(result, img, cand, refiner, threshold, circle_method)
+            if result.detected and edge_snap:
+                _snap_head(result, img, cand, conf)
         else:
             _fill_femur(result, _fit_pdm(femur_fit_map(conf, target, threshold), shape_model.pdm, **(fit_options or {})),
                         shape_model)
@@ -350,6 +427,32 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
     _fill_head(result, cf)
     result.circle["source"] = "femur-contour"
     result.reason = "head outline from the femur network + PDM (head network found too few pixels)"
+
+
+def _refine_head(result: FitResult, img, polarity: str, refiner, threshold: float, method: str) -> None:
+    coarse = {k: result.circle[k] for k in ("cx", "cy", "r")}
+    source = result.circle.get("source")
+    cf, done = refine_head_circle(img, (coarse["cx"], coarse["cy"], coarse["r"]), refiner, polarity,
+                                  threshold=threshold, method=method)
+    if cf is not None:
+        _fill_head(result, cf)
+        if source:
+            result.circle["source"] = source
+    result.circle.update(refined=done, coarse=coarse)
+    if hasattr(refiner, "describe"):
+        result.model = {**result.model, "refiner": refiner.describe().get("path")}
+
+
+def _snap_head(result: FitResult, img, polarity: str, conf) -> None:
+    from DeepMorphLib.edge_snap import snap_circle
+    from DeepMorphLib.polarity import apply_polarity
+
+    before = {k: result.circle[k] for k in ("cx", "cy", "r")}
+    snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (before["cx"], before["cy"], before["r"]), conf)
+    result.circle.update(snapped=snap.applied, edge_support=snap.support)
+    if snap.applied:
+        result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, unsnapped=before)
+        result.landmarks = {"head_center": [snap.cx, snap.cy]}
 
 
 def _fill_head(result: FitResult, cf) -> None:

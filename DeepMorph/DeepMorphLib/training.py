@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from DeepMorphLib.augment import AugmentConfig, augment_batch
 from DeepMorphLib.fusionnet import FusionNet, count_parameters
 from DeepMorphLib.region import check_target, disk_mask
+from DeepMorphLib.roi import crop_rois
 from DeepMorphLib.inference import (DEFAULT_NORMALIZATION, letterbox_shape, normalize_images, resize_image,
                                     resolve_device, torch_threads)
 
 TASKS = ("head", "femur")
+ROIS = ("", "head")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_FORMAT = "deepmorph-train-checkpoint"
@@ -60,6 +62,11 @@ class TrainConfig:
     pos_weight: float = 3.0         # BCE weight of target (outline or region) pixels
     target: str = "outline"         # "outline" (thin band on the edge, the paper's) or "region" (filled head disk)
     dice_weight: float = 1.0        # weight of the soft-Dice term
+    roi: str = ""                   # "" = whole images; "head" = patches around the true head, jittered (refiner)
+    roi_scale: float = 4.0          # ROI side / head radius
+    roi_jitter: float = 0.5         # largest ROI centre offset from the true head centre / head radius
+    roi_size_jitter: float = 1.25   # ROI side times a log-uniform factor in [1/x, x]
+    roi_source: int = 256           # longer side (px) of the cached images the ROIs are cut from
     seed: int = 0
     init_from: str = ""             # start from this model's weights (fine-tuning); "" = random init
     val_fraction: float = 0.1
@@ -95,6 +102,14 @@ class TrainConfig:
         if self.target == "region" and self.task != "head":
             raise ValueError("--target region is implemented for --task head (the projected head disk); "
                              "train the femur with --target outline.")
+        if self.roi not in ROIS:
+            raise ValueError(f"--roi must be one of {ROIS} ('' = whole images), got {self.roi!r}.")
+        if self.roi and self.task != "head":
+            raise ValueError("--roi head trains a head refinement network: use it with --task head.")
+        if self.roi and not (self.roi_scale > 0 and self.roi_jitter >= 0 and self.roi_size_jitter >= 1
+                             and self.roi_source >= 16):
+            raise ValueError("Invalid ROI settings: --roi-scale > 0, --roi-jitter >= 0, --roi-size-jitter >= 1, "
+                             "--roi-source >= 16.")
         return self
 
     def fingerprint(self) -> dict:
@@ -107,6 +122,9 @@ class TrainConfig:
             d["init_from"] = str(Path(d["init_from"]).resolve())
         if d["target"] == "outline":
             del d["target"]  # likewise for the paper's outline target
+        if not d["roi"]:  # whole-image networks: same fingerprint as before ROIs existed
+            for k in [k for k in d if k.startswith("roi")]:
+                del d[k]
         return d
 
     def resolved_work_dir(self) -> Path:
@@ -222,6 +240,27 @@ def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progres
     return torch.from_numpy(images), torch.from_numpy(masks), infos
 
 
+def load_head_circles(dirs: list, size: int, max_samples: int = 0) -> torch.Tensor:
+    """(N, 3) float32 ground-truth head circles (cx, cy, r) px in the cached images of ``load_dataset(dirs,
+    "head", size, max_samples)`` (same order; letterboxed to ``size``), NaN where the head is not in view."""
+    from PIL import Image
+
+    pairs = [pr for d in dirs for pr in list_samples(d, "head", "region")]
+    if max_samples:
+        pairs = pairs[:max_samples]
+    out = np.full((len(pairs), 3), np.nan, np.float32)
+    for i, (img_path, json_path) in enumerate(pairs):
+        circle = json.loads(json_path.read_text(encoding="utf-8")).get("head_circle")
+        if not circle:
+            continue
+        with Image.open(img_path) as im:
+            w, h = im.size
+        nh, nw, top, left = letterbox_shape(h, w, size)
+        sx, sy = nw / w, nh / h
+        out[i] = [(circle[0] + 0.5) * sx - 0.5 + left, (circle[1] + 0.5) * sy - 0.5 + top, circle[2] * sx]
+    return torch.from_numpy(out)
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (train, val) index split."""
     perm = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(n)
@@ -256,6 +295,48 @@ def make_batch(images, masks, idx, cfg: TrainConfig, aug: AugmentConfig, g: torc
     y = masks[idx_t].to(device, torch.float32)[:, None] / 255.0
     x, y = augment_batch(x, y, g, aug, out_size=cfg.crop)
     return normalize_images(x, DEFAULT_NORMALIZATION), y
+
+
+def head_rois(heads: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ROIs around true head circles (B, 3): centres offset uniformly within ``roi_jitter`` radii,
+    sides ``roi_scale`` radii times a log-uniform factor in [1/roi_size_jitter, roi_size_jitter]."""
+    b = heads.shape[0]
+    angle = 2 * math.pi * torch.rand(b, generator=g)
+    offset = cfg.roi_jitter * torch.sqrt(torch.rand(b, generator=g)) * heads[:, 2]
+    centers = heads[:, :2] + offset[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    log_j = math.log(cfg.roi_size_jitter)
+    sides = cfg.roi_scale * heads[:, 2] * torch.exp((2 * torch.rand(b, generator=g) - 1) * log_j)
+    return centers, sides
+
+
+def cut_rois(images, masks, heads, idx, cfg: TrainConfig, g: torch.Generator, device):
+    """uint8 cache rows -> ROI patches (B, 1, size, size) of image (outside: its 1st percentile) and target."""
+    idx_t = torch.as_tensor(idx, dtype=torch.long, device=images.device)
+    x = images[idx_t].to(device, torch.float32)[:, None] / 255.0
+    y = masks[idx_t].to(device, torch.float32)[:, None] / 255.0
+    centers, sides = head_rois(heads[torch.as_tensor(idx, dtype=torch.long)], cfg, g)
+    fill = torch.quantile(x.flatten(1), 0.01, dim=1).cpu()
+    return crop_rois(x, centers, sides, cfg.size, fill), crop_rois(y, centers, sides, cfg.size)
+
+
+def make_roi_batch(images, masks, heads, idx, cfg: TrainConfig, aug: AugmentConfig, g: torch.Generator, device):
+    """Like ``make_batch`` for a refinement network: jittered head ROIs, then the usual augmentation."""
+    x, y = cut_rois(images, masks, heads, idx, cfg, g, device)
+    x, y = augment_batch(x, y, g, aug, out_size=cfg.crop)
+    return normalize_images(x, DEFAULT_NORMALIZATION), y
+
+
+def roi_validation_set(images, masks, heads, idx, cfg: TrainConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed (seeded, un-augmented) validation ROIs as uint8 (N, size, size) images and targets."""
+    xs, ys = [], []
+    g = _generator(cfg.seed, 3)
+    for i in range(0, len(idx), 16):
+        x, y = cut_rois(images, masks, heads, idx[i:i + 16], cfg, g, device)
+        xs.append((x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8))
+        ys.append((y[:, 0] * 255).round().clamp(0, 255).to(torch.uint8))
+    if not xs:
+        return torch.zeros(0, cfg.size, cfg.size, dtype=torch.uint8), torch.zeros(0, cfg.size, cfg.size, dtype=torch.uint8)
+    return torch.cat(xs), torch.cat(ys)
 
 
 @torch.no_grad()
@@ -376,12 +457,31 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
 
     device = resolve_device(cfg.device)
     t_start = time.monotonic()
-    images, masks, infos = load_dataset(cfg.data, cfg.task, cfg.size, cfg.max_samples, progress, cfg.target)
+    source_size = cfg.roi_source if cfg.roi else cfg.size
+    images, masks, infos = load_dataset(cfg.data, cfg.task, source_size, cfg.max_samples, progress, cfg.target)
+    heads = None
+    if cfg.roi:  # refinement network: only samples with the head in view
+        heads = load_head_circles(cfg.data, source_size, cfg.max_samples)
+        keep = torch.isfinite(heads).all(dim=1)
+        if not bool(keep.any()):
+            raise ValueError("--roi head needs samples with the femoral head in view; none of the data has one.")
+        images, masks, heads = images[keep], masks[keep], heads[keep]
     if device.type == "cuda":  # keep the uint8 cache on the GPU; cuDNN autotuning (not bit-reproducible)
         images, masks = images.to(device), masks.to(device)
         torch.backends.cudnn.benchmark = True
     work.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
+    if cfg.roi:
+        val_images, val_masks = roi_validation_set(images, masks, heads, val_idx, cfg, device)
+        val_set = (val_images, val_masks, np.arange(len(val_idx)))
+
+        def batch_fn(idx, g):
+            return make_roi_batch(images, masks, heads, idx, cfg, aug, g, device)
+    else:
+        val_set = (images, masks, val_idx)
+
+        def batch_fn(idx, g):
+            return make_batch(images, masks, idx, cfg, aug, g, device)
     steps_per_epoch = max(1, len(train_idx) // cfg.batch)
     aug = AugmentConfig.from_dict(cfg.augment)
     model = build_network(cfg).to(device)
@@ -400,7 +500,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
                              f"pass --restart to discard it or use another --work-dir.")
         state = saved
         log(f"resuming from {ckpt_path}: epoch {state['epoch'] + 1}/{cfg.epochs}, step {state['step']}/{steps_per_epoch}")
-    log(f"{cfg.task}: {len(train_idx)} training / {len(val_idx)} validation images at {cfg.size} px "
+    log(f"{cfg.task}{' ROI' if cfg.roi else ''}: {len(train_idx)} training / {len(val_idx)} validation images at {cfg.size} px "
         f"(crops {cfg.crop}), FusionNet base {cfg.base_channels} depth {cfg.depth} "
         f"({count_parameters(model) / 1e6:.2f} M parameters) on {device}")
     model.train()
@@ -424,7 +524,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
                    disable=not progress, leave=False, initial=first_step, total=steps_per_epoch)
         for step in bar:
             idx = perm[step * cfg.batch:(step + 1) * cfg.batch]
-            x, y = make_batch(images, masks, idx, cfg, aug, _generator(cfg.seed, 2, epoch, step), device)
+            x, y = batch_fn(idx, _generator(cfg.seed, 2, epoch, step))
             loss = outline_loss(model(x), y, cfg.pos_weight, cfg.dice_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -450,7 +550,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         n_imgs = (steps_per_epoch - first_step) * cfg.batch
         record = {"epoch": epoch + 1, "lr": learning_rate(cfg, epoch),
                   "train_loss": state["loss_sum"] / max(state["loss_n"], 1),
-                  **evaluate(model, images, masks, val_idx, cfg, device),
+                  **evaluate(model, *val_set, cfg, device),
                   "epoch_seconds": round(seconds, 2), "train_img_per_s": round(n_imgs / max(seconds, 1e-9), 3)}
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_n=0)
@@ -503,9 +603,12 @@ def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> di
     last = state["history"][-1] if state["history"] else {}
     return {
         "task": cfg.task,
-        "description": (f"FusionNet {cfg.target} segmenter for the {cfg.task} (sigmoid of the logits = confidence"
+        "description": (f"FusionNet {cfg.target} segmenter for the {cfg.task}"
+                        + (f" on ROIs of {cfg.roi_scale:g} head radii around a first estimate" if cfg.roi else "")
+                        + " (sigmoid of the logits = confidence"
                         + (" of being inside the projected head disk)" if cfg.target == "region" else ")")),
         "target": cfg.target,
+        **({"roi": {"kind": cfg.roi, "scale": cfg.roi_scale}} if cfg.roi else {}),
         "input_size": cfg.size,
         "normalization": dict(DEFAULT_NORMALIZATION),
         "polarity": "bone-dark",

@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--no-edge-snap", action="store_true",
+                        help="head: keep the network's circle; by default it is moved onto the head's edge in the "
+                             "image when that edge is clear")
+    parser.add_argument("--refine-model", default=None, metavar="MODEL",
+                        help="head: refinement (ROI) network applied around the first circle (default: the shipped "
+                             "one when present; 'none' = off)")
     parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
                         help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
                              "rejection, for partly hidden outlines)")
@@ -170,6 +176,7 @@ def run(args) -> int:
     from DeepMorphLib import pipeline
 
     predictor = pipeline.load_predictor(args.task, args.model, args.device)
+    refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
     with tempfile.TemporaryDirectory(prefix="deepmorph-heldout-") as tmp:
         if args.real:
@@ -180,11 +187,13 @@ def run(args) -> int:
             n = args.n or 200
             root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers)
             source, real, samples = "heldout", False, iter_dataset(Path(root), n)
-        records, bad, figures = _evaluate(args, samples, predictor, shape_model, real)
+        records, bad, figures = _evaluate(args, samples, predictor, refiner, shape_model, real)
     result = {"task": args.task, "source": source, **summarize(args.task, records, real)}
     if source == "heldout":
         result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants))
     result["polarity"] = args.polarity
+    if args.task == "head":
+        result["refiner"] = refiner.describe().get("path") if hasattr(refiner, "describe") else None
     if args.polarity == "auto":
         result["polarity_accuracy"] = polarity_accuracy(records)
     result["skipped"] = len(bad)
@@ -197,7 +206,7 @@ def run(args) -> int:
     return 0
 
 
-def _evaluate(args, samples, predictor, shape_model, real: bool):
+def _evaluate(args, samples, predictor, refiner, shape_model, real: bool):
     from tqdm import tqdm
 
     from DeepMorphLib import pipeline
@@ -212,7 +221,8 @@ def _evaluate(args, samples, predictor, shape_model, real: bool):
             image = read_image_2d(sample["path"])
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
                                      predictor=predictor, source=str(sample["path"]),
-                                     circle_method=args.circle_method)
+                                     circle_method=args.circle_method,
+                                     refine=refiner or False, edge_snap=not args.no_edge_snap)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)

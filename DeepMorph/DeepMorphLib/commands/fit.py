@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown in the images (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--no-edge-snap", action="store_true",
+                        help="head: keep the network's circle; by default it is moved onto the head's edge in the "
+                             "image when that edge is clear")
+    parser.add_argument("--refine-model", default=None, metavar="MODEL",
+                        help="head: refinement (ROI) network applied around the first circle (default: the shipped "
+                             "one when present; 'none' = off)")
     parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
                         help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
                              "rejection, for partly hidden outlines)")
@@ -59,6 +65,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     predictor = pipeline.load_predictor(args.task, args.model, args.device)  # once; a missing model stops here
+    refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
     used, results, bad, figures = set(), [], [], []
     t0 = time.perf_counter()
@@ -68,7 +75,8 @@ def run(args) -> int:
             image = read_image_2d(path)
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity, predictor=predictor,
                                      threshold=args.threshold, min_pixels=args.min_pixels, source=str(path),
-                                     circle_method=args.circle_method)
+                                     circle_method=args.circle_method,
+                                     refine=refiner or False, edge_snap=not args.no_edge_snap)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(path), str(exc)))
             print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)

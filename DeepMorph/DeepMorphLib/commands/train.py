@@ -35,6 +35,16 @@ def add_arguments(p) -> None:
     p.add_argument("--target", default=C.target, choices=("outline", "region"),
                    help="what the network lights up: the outline band (paper) or, for the head, the filled head "
                         "disk whose rim is then fitted (default %(default)s)")
+    p.add_argument("--roi", choices=("head",), default=None,
+                   help="train a refinement network on ROIs around the true head (jittered) instead of whole "
+                        "images; used after the whole-image head network (default: whole images)")
+    p.add_argument("--roi-scale", type=float, default=C.roi_scale, help="ROI side / head radius (default %(default)s)")
+    p.add_argument("--roi-jitter", type=float, default=C.roi_jitter,
+                   help="largest ROI centre offset from the true centre, in head radii (default %(default)s)")
+    p.add_argument("--roi-size-jitter", type=float, default=C.roi_size_jitter,
+                   help="ROI side varies by a log-uniform factor in [1/x, x] (default %(default)s)")
+    p.add_argument("--roi-source", type=int, default=C.roi_source,
+                   help="ROIs are cut from the images resized to this longer side, px (default %(default)s)")
     p.add_argument("--pos-weight", type=float, default=C.pos_weight, help="BCE weight of outline pixels (default %(default)s)")
     p.add_argument("--dice-weight", type=float, default=C.dice_weight, help="weight of the soft-Dice term (default %(default)s)")
     p.add_argument("--invert-prob", type=float, default=0.25,
@@ -63,7 +73,7 @@ def canonical_command(args) -> str:
             "checkpoint_minutes", "work_dir"}
     parts = ["deepmorph", "train"]
     for key, value in vars(args).items():
-        if key in skip or value is None:
+        if key in skip or value is None or (key.startswith("roi_") and not getattr(args, "roi", None)):
             continue
         flag = "--" + key.replace("_", "-")
         for v in value if isinstance(value, list) else [value]:
@@ -79,7 +89,8 @@ def run(args) -> int:
         task=args.task, data=list(args.data), out=args.out, work_dir=args.work_dir, epochs=args.epochs,
         batch=args.batch, size=args.size, crop=min(args.crop, args.size), base_channels=args.base_channels,
         depth=args.depth, lr=args.lr, pos_weight=args.pos_weight, target=args.target, dice_weight=args.dice_weight,
-        seed=args.seed, init_from=args.init_from,
+        seed=args.seed, init_from=args.init_from, roi=args.roi or "", roi_scale=args.roi_scale,
+        roi_jitter=args.roi_jitter, roi_size_jitter=args.roi_size_jitter, roi_source=args.roi_source,
         val_fraction=args.val_fraction, max_samples=args.max_samples,
         augment=AugmentConfig(invert_prob=args.invert_prob).to_dict(), max_minutes=args.max_minutes,
         checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, device=args.device,

@@ -1,0 +1,79 @@
+"""Edge snapping of head circles onto a projected sphere's edge (analytic images with known circles)."""
+import numpy as np
+import pytest
+
+from DeepMorphLib import pipeline
+from DeepMorphLib.edge_snap import snap_circle
+from DeepMorphLib.region import disk_mask
+
+HEAD = (231.4, 187.6, 57.3)  # cx, cy, r px
+
+
+def sphere_shadow(shape=(448, 448), circle=HEAD, seed=0, noise=4.0):
+    """Bone-dark image of a sphere (path length 2 sqrt(R^2 - rho^2), px) on a smooth ramp, with the
+    upper half of a larger, fainter ring (an acetabulum-like distractor) and Gaussian noise."""
+    cx, cy, r = circle
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    rho = np.hypot(xx - cx, yy - cy)
+    path = 2 * np.sqrt(np.clip(r**2 - rho**2, 0, None))
+    cup = ((rho > 1.25 * r) & (rho < 1.4 * r) & (yy < cy)) * 25.0
+    img = 900.0 + 0.2 * xx - 2.0 * path - cup
+    return (img + np.random.default_rng(seed).normal(0, noise, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("start", [(HEAD[0] + 22, HEAD[1] - 17, HEAD[2] * 1.15),
+                                   (HEAD[0] - 30, HEAD[1] + 10, HEAD[2] * 0.85)])
+def test_snaps_a_rough_estimate_onto_the_sphere_edge(start):
+    snap = snap_circle(sphere_shadow(), start)
+    assert snap.applied and snap.support >= 0.65
+    assert np.hypot(snap.cx - HEAD[0], snap.cy - HEAD[1]) < 0.6 and abs(snap.r - HEAD[2]) < 0.8
+
+
+def test_no_clear_edge_leaves_the_estimate():
+    noise = np.random.default_rng(1).normal(500, 20, (300, 300)).astype(np.float32)
+    snap = snap_circle(noise, (150, 150, 40))
+    assert not snap.applied and "edge too weak" in snap.reason
+    # a bone-bright image shows the opposite edge: no snap either (callers convert to bone-dark first)
+    bright = snap_circle(-sphere_shadow(), HEAD)
+    assert not bright.applied
+
+
+def test_the_confidence_map_breaks_ties_towards_the_network_region():
+    img = sphere_shadow(noise=0.5)
+    conf = disk_mask(img.shape, *HEAD)
+    snap = snap_circle(img, (HEAD[0] + 25, HEAD[1], HEAD[2] * 1.2), conf)
+    assert snap.applied and np.hypot(snap.cx - HEAD[0], snap.cy - HEAD[1]) < 0.6
+
+
+def test_bad_input_is_refused():
+    img = sphere_shadow((64, 64), (32, 32, 10))
+    with pytest.raises(ValueError, match="positive radius"):
+        snap_circle(img, (32, 32, 0))
+    with pytest.raises(ValueError, match="NaN"):
+        snap_circle(np.full((64, 64), np.nan, np.float32), (32, 32, 10))
+    with pytest.raises(ValueError, match="differ in shape"):
+        snap_circle(img, (32, 32, 10), np.zeros((10, 10)))
+    with pytest.raises(ValueError, match="2-D"):
+        snap_circle(np.zeros((2, 64, 64)), (32, 32, 10))
+
+
+class RoughHead:
+    """Stand-in head network: a region 25 px off and 15 % too large."""
+
+    expected_polarity = "bone-dark"
+    target = "region"
+
+    def __call__(self, image):
+        return disk_mask(np.shape(image), HEAD[0] + 20, HEAD[1] - 15, HEAD[2] * 1.15)
+
+
+@pytest.mark.parametrize("polarity", ["bone-dark", "bone-bright"])
+def test_pipeline_snaps_the_network_circle(polarity):
+    img = sphere_shadow()
+    img = img if polarity == "bone-dark" else img.max() + img.min() - img
+    res = pipeline.fit_image(img, "head", predictor=RoughHead(), polarity=polarity, refine=False)
+    assert res.circle["snapped"] and res.circle["unsnapped"]["cx"] == pytest.approx(HEAD[0] + 20, abs=0.5)
+    assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 0.6
+    assert res.landmarks["head_center"] == [res.circle["cx"], res.circle["cy"]]
+    off = pipeline.fit_image(img, "head", predictor=RoughHead(), polarity=polarity, refine=False, edge_snap=False)
+    assert "snapped" not in off.circle and off.circle["cx"] == pytest.approx(HEAD[0] + 20, abs=0.5)
