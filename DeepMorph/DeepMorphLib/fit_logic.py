@@ -240,11 +240,11 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         result = _fit_head(conf, target) if task == "head" else _fit_femur(conf, pdm, target)
         if task == "head" and result.detected and refiner is not None:
             _refine(result, image, pol, refiner)
-        if task == "head" and result.detected and edge_snap:
-            _snap(result, with_polarity(image, pol), conf)
         result.polarity, result.confidence = pol, conf
         results.append(result)
     best = max(results, key=_score)
+    if task == "head" and best.detected and edge_snap:  # the chosen circle only
+        _snap(best, with_polarity(image, best.polarity), best.confidence)
     if task == "head" and not best.detected and real_network:
         best = _head_from_femur(image, model, metadata, polarity, best)
     best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name

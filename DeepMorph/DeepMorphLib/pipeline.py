@@ -368,8 +368,6 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
                     pass
             if result.detected and refiner is not None:
                 _refine_head(result, img, cand, refiner, threshold, circle_method)
-            if result.detected and edge_snap:
-                _snap_head(result, img, cand, conf)
         else:
             _fill_femur(result, _fit_pdm(femur_fit_map(conf, target, threshold), shape_model.pdm, **(fit_options or {})),
                         shape_model)
@@ -378,6 +376,10 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     best = max(results, key=fit_score)  # first wins ties: the detector's choice
     timings["network_ms"] = sum(r.timings_ms["network_ms"] for r in results)
     timings["fit_ms"] = sum(r.timings_ms["fit_ms"] for r in results)
+    if task == "head" and best.detected and edge_snap:  # the chosen circle only
+        t = time.perf_counter()
+        _snap_head(best, img, best.polarity, best.confidence)
+        timings["fit_ms"] += 1000 * (time.perf_counter() - t)
     timings["total_ms"] = 1000 * (time.perf_counter() - t_start)
     best.timings_ms = timings
     return best
