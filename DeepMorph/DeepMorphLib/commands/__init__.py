@@ -1,0 +1,14 @@
+"""``deepmorph`` subcommands: one module each, with ``add_arguments(parser)`` and ``run(args)``."""
+
+
+def add_head_fit_arguments(parser) -> None:
+    """Options of the head circle fit shared by ``fit`` and ``evaluate``."""
+    parser.add_argument("--no-edge-snap", action="store_true",
+                        help="head: keep the network's circle; by default it is moved onto the head's edge in the "
+                             "image when that edge is clear")
+    parser.add_argument("--refine-model", default=None, metavar="MODEL",
+                        help="head: refinement (ROI) network applied around the first circle (default: the shipped "
+                             "one when present; 'none' = off)")
+    parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
+                        help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
+                             "rejection, for partly hidden outlines)")

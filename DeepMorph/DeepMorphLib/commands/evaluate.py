@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from DeepMorphLib.commands import add_head_fit_arguments
+
 HELP = "accuracy of network + fit on real images (--real), a dataset (--data) or a fresh held-out set"
 HELDOUT_SEED_BASE = 9_000_000  # evaluation seeds; training seeds stay below TRAINING_SEED_LIMIT
 TRAINING_SEED_LIMIT = 1_000_000
@@ -43,15 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--no-edge-snap", action="store_true",
-                        help="head: keep the network's circle; by default it is moved onto the head's edge in the "
-                             "image when that edge is clear")
-    parser.add_argument("--refine-model", default=None, metavar="MODEL",
-                        help="head: refinement (ROI) network applied around the first circle (default: the shipped "
-                             "one when present; 'none' = off)")
-    parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
-                        help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
-                             "rejection, for partly hidden outlines)")
+    add_head_fit_arguments(parser)
     parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out set (default 1)")
     parser.add_argument("--report", metavar="DIR", help="write overlays, results.json/.csv and report.html here")
     parser.add_argument("--json", action="store_true", help="print one JSON line (machine-readable)")

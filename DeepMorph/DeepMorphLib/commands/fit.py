@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from DeepMorphLib.commands import add_head_fit_arguments
+
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
                "polarity_score", "total_ms"]
@@ -25,15 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown in the images (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--no-edge-snap", action="store_true",
-                        help="head: keep the network's circle; by default it is moved onto the head's edge in the "
-                             "image when that edge is clear")
-    parser.add_argument("--refine-model", default=None, metavar="MODEL",
-                        help="head: refinement (ROI) network applied around the first circle (default: the shipped "
-                             "one when present; 'none' = off)")
-    parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
-                        help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
-                             "rejection, for partly hidden outlines)")
+    add_head_fit_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="head: confidence threshold (default 0.5)")
     parser.add_argument("--min-pixels", type=int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
