@@ -693,7 +693,8 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
                 if getattr(pred, "per_image", False):
                     pred = pred(task, img)
                 pair.append(pipeline.fit_image(img.image, task, pdm=shape_model, polarity="auto", predictor=pred,
-                                               source=f"images/{img.stem}.png", refine=preds["head-refine"] or False))
+                                               source=f"images/{img.stem}.png",
+                                               refine=preds["head-refine"] or False))
             fits.append(tuple(pair))
             h, f = pair
             log(f"[demo]   {img.stem:<16s} head {'found' if h.detected else 'not found'}, femur "

@@ -79,7 +79,8 @@ def _radial(grad, cx, cy, rad, cos, sin) -> np.ndarray:
 
 def _ring_mean(conf_padded, cx, cy, rad, cos, sin) -> np.ndarray:
     """Mean confidence on circles; ``conf_padded`` has a 1 px zero border (outside the image counts as 0)."""
-    return _bilinear([conf_padded], cy[:, None] + rad * sin[None] + 1, cx[:, None] + rad * cos[None] + 1)[0].mean(axis=1)
+    ring = _bilinear([conf_padded], cy[:, None] + rad * sin[None] + 1, cx[:, None] + rad * cos[None] + 1)[0]
+    return ring.mean(axis=1)
 
 
 def snap_circle(image, circle, confidence=None, *, sigma: float = 1.5, n_angles: int = 72, span: float = 0.8,

@@ -305,10 +305,12 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
         model, metadata = load_task_model(task, model_path)
     name = Path(model_path).name if model_path else f"shipped {task} model"
     refiner = None
-    if task == "head" and predict is None:
-        from .pipeline import load_refiner
+    if task == "head" and predict is None and str(refine_model).lower() != "none":
+        from .pipeline import default_refiner_path, load_refiner
 
-        refiner = load_refiner(refine_model)
+        path = Path(refine_model) if refine_model else default_refiner_path()
+        if refine_model or path.is_file():  # cached per file, like the task model
+            refiner = load_refiner(load_task_model("head", path))
     result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
                        pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)

@@ -106,7 +106,7 @@ def load_refiner(refine=None, device: str = "auto"):
         return refine
     pred = load_predictor("head", refine, device)
     if (pred.roi or {}).get("kind") != "head":
-        raise ValueError(f"{pred.path} is a whole-image head network, not a head refinement (ROI) network; "
+        raise ValueError(f"{pred.path or 'The model'} is a whole-image head network, not a head refinement (ROI) network; "
                          "train one with 'deepmorph train --task head --target region --roi head ...' or pass "
                          "--refine-model none.")
     return pred
@@ -327,8 +327,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``head_fallback``: when the head network finds too few outline pixels, fit the circle to the head dome of
     the femur network's confidence instead, located by the PDM fit (``circle["source"] = "femur-contour"``).
     ``refine``: head refinement network (see ``load_refiner``; None = the shipped one when present and the
-    head network is the shipped one too, False = off): the circle found on the whole image is refined on a ROI around it (``refine_head_circle``;
-    ``circle["refined"]`` = iterations done, ``circle["coarse"]`` = the circle before).
+    head network is the shipped one too, False = off): the circle found on the whole image is refined on a ROI
+    around it (``refine_head_circle``; ``circle["refined"]`` = iterations done, ``circle["coarse"]`` = before).
     ``edge_snap``: finally move the head circle onto the head's own edge in the image when that edge is clear
     (``edge_snap.snap_circle``; ``circle["snapped"]``, ``circle["edge_support"]``, ``circle["unsnapped"]``).
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
@@ -344,7 +344,9 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     timings["polarity_ms"] = 1000 * (time.perf_counter() - t)
     pred = predictor if predictor is not None else load_predictor(task, model, device)
     default_net = predictor is None and model is None
-    refiner = load_refiner(refine if refine is not None or default_net else False, device) if task == "head" else None
+    refiner = None
+    if task == "head":
+        refiner = load_refiner(refine if refine is not None or default_net else False, device)
     shape_model = load_shape_model(pdm) if task == "femur" else None
     expected = getattr(pred, "expected_polarity", "bone-dark")
     mode = "given" if polarity != "auto" else "auto" if is_confident(score) or expected == "any" else "auto-fit"
