@@ -13,6 +13,16 @@
    stop when the mean point movement is below ``tol_px``. After CPD the first search range is
    ``3 sigma`` of the CPD mixture, between ``min_search_px`` and ``search_px``.
 
+4. Second opinions, when the fit's mean confidence is below ``second_opinion_below`` (a clean fit is kept as
+   it is): the normal search is one-sided and folds the shape where the start is off by more than the gap
+   between two parts of the outline (head dome and neck, trochanter and shaft), and CPD can lock onto pelvis
+   edges the network lit up. So (a) the shape-constrained CPD (``shape_cpd``: every outline pixel pulls on the
+   model too) from the CPD optimum, and (b) with a head circle (cx, cy, r) px, starts that put the model's
+   head dome (points ``head_dome``) on that circle at ``anchor_angles_deg`` shaft directions and both sides,
+   each screened by a few ASM iterations, the most confident fitted to the end. The fit with the highest
+   mean confidence at its points is kept (``info["start_used"]`` says which).
+5. Polish (``polish_px``): each point moves along its normal onto the ridge nearby where it is confident.
+
 Points are (x, y) = (column, row) px. Points whose best confidence along the normal is below
 ``min_point_confidence`` (e.g. hidden by an implant or outside the map) get no weight: the shape model
 fills them in. For open outlines (``pdm.closed`` False) the two end points also search along the tangent
@@ -25,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .circle_fit import foreground_pixels, validate_map
-from .cpd import multistart_cpd
+from .cpd import multistart_cpd, subsample_points
 from .pdm import PointDistributionModel
 from .similarity import Similarity, as_points
 
@@ -58,6 +68,7 @@ class ShapeFit:
     converged: bool = False
     support: float = 0.0  # fraction of points whose confidence exceeds the threshold
     info: dict = field(default_factory=dict)
+    model_points: np.ndarray | None = None  # (N, 2) the PDM instance; ``points`` differ from it when polished
 
     def to_dict(self) -> dict:
         out = {
@@ -132,6 +143,17 @@ def _end_targets(conf, points, targets, peak, search_px, step_px, min_conf, marg
             continue  # the ridge stops at the map border: no information about the end
         targets[end] = end_pt
         peak[end] = ridge * END_WEIGHT
+
+
+def polish_points(conf, points, closed: bool = False, search_px: float = 2.0, step_px: float = 0.5,
+                  min_confidence: float = 0.5) -> np.ndarray:
+    """The PDM instance's points moved, each along its normal within +-``search_px``, onto the confidence ridge
+    (sub-pixel peak, ``search_profiles``) where that ridge is at least ``min_confidence``; other points stay.
+    The shape model cannot follow every femur exactly (a 10-mode PDM misses the true outline by ~1.8 px on
+    average); the last step lets well-supported points sit on the outline the network sees."""
+    points = np.asarray(points, dtype=np.float64)
+    targets, peak = search_profiles(conf, points, contour_normals(points, closed), search_px, step_px)
+    return np.where((peak >= min_confidence)[:, None], targets, points)
 
 
 def contour_normals(points: np.ndarray, closed: bool = False) -> np.ndarray:
@@ -284,6 +306,87 @@ def _asm(conf, model, transform, b, radius, wide_px, min_search_px, shrink, step
     return points, b, transform, it, converged, stopped
 
 
+ANCHOR_ANGLES_DEG = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0)
+
+
+def head_anchored_starts(pdm: PointDistributionModel, head_dome, circle, angles_deg=ANCHOR_ANGLES_DEG,
+                         reflections=(False, True)) -> list:
+    """Model -> image ``Similarity`` starts that put the circle through the model's mean head dome (points
+    ``head_dome[0]..head_dome[1]``) onto ``circle`` (cx, cy, r) px, rotated by each of ``angles_deg`` about the
+    head centre, unmirrored and mirrored (a mirror selects ``pdm.reflect()`` in ``fit_pdm_to_confidence``)."""
+    from .circle_fit import fit_circle_points
+
+    cx, cy, r = (float(v) for v in circle)
+    if not (np.isfinite([cx, cy, r]).all() and r > 0):
+        raise ValueError(f"head_circle must be a finite (cx, cy, r) with r > 0 px, got {circle}.")
+    if head_dome is None or len(head_dome) != 2:
+        raise ValueError("head_dome must be the (first, last) model point indices of the head dome, e.g. the PDM's "
+                         "anchor_neck_superior and anchor_neck_inferior landmarks.")
+    i0, i1 = sorted(int(i) for i in head_dome)
+    if i0 < 0 or i1 >= pdm.n_points or i1 - i0 < 3:
+        raise ValueError(f"head_dome {head_dome} does not select at least 4 of the PDM's {pdm.n_points} points.")
+    dome = fit_circle_points(pdm.mean[i0: i1 + 1], method="algebraic", min_points=3)
+    if not dome.detected or dome.r <= 0:
+        raise ValueError(f"The PDM's head dome (points {i0}..{i1}) is not round enough to anchor on.")
+    centre_model = np.array([dome.cx, dome.cy])
+    scale = r / dome.r
+    starts = []
+    for reflect in reflections:
+        for angle in angles_deg:
+            rot = Similarity.from_params(scale, angle, (0.0, 0.0), reflect=reflect)
+            starts.append(Similarity(scale, rot.rotation, np.array([cx, cy]) - rot.apply(centre_model[None])[0]))
+    return starts
+
+
+def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome, opts, anchor, threshold, info):
+    """``best`` (the fit tuple of ``fit_pdm_to_confidence``) or a fit from another start, whichever has the
+    highest mean confidence at its points: the shape-constrained CPD (``shape_cpd.fit_pdm_cpd``) from the
+    rigid CPD optimum ``cpd_transform`` (None: skipped) and the head-anchored starts (``head_circle`` None:
+    skipped; a callable is called now, and may return None)."""
+    from .shape_cpd import fit_pdm_cpd
+
+    quality = lambda points: float(sample_bilinear(conf, points).mean())  # noqa: E731
+    chosen, chosen_q = best, (quality(best[0]) if not best[5] else -1.0)
+    tried = []
+
+    def consider(points, b, transform, it, converged, reflected, label):
+        nonlocal chosen, chosen_q
+        q = quality(points)
+        tried.append((label, round(q, 4)))
+        if q > chosen_q:
+            chosen = (points, b, transform, it, converged, "", reflected, label,
+                      float(np.mean(sample_bilinear(conf, points) > threshold)))
+            chosen_q = q
+
+    if cpd_transform is not None:
+        reflected = cpd_transform.reflected
+        model = pdm.reflect() if reflected else pdm
+        start = cpd_transform.compose(_MIRROR) if reflected else cpd_transform
+        r = fit_pdm_cpd(xy, model, start, max_iterations=anchor["shape_cpd_iterations"], clip=opts["clip"],
+                        regularization=opts["regularization"])
+        consider(r.points, r.b, r.transform, r.iterations, r.converged, reflected, "shape-cpd")
+    circle = head_circle() if callable(head_circle) else head_circle
+    if circle is not None:
+        screened = []
+        screen_opts = {**opts, "max_iterations": max(1, int(anchor["screen_iterations"]))}
+        for start in head_anchored_starts(pdm, head_dome, circle, anchor["angles_deg"]):
+            model = pdm.reflect() if start.reflected else pdm
+            transform = start.compose(_MIRROR) if start.reflected else start
+            points, b, transform, _, _, stopped = _asm(conf, model, transform, np.zeros(pdm.n_modes), opts["wide_px"],
+                                                       **screen_opts)
+            if not stopped:
+                screened.append((quality(points), model, transform, b, start.reflected))
+        screened.sort(key=lambda item: -item[0])
+        radius = max(opts["min_search_px"], opts["wide_px"] * opts["shrink"] ** screen_opts["max_iterations"])
+        for rank, (_, model, transform, b0, reflected) in enumerate(screened[:max(1, int(anchor["keep"]))]):
+            points, b, transform, it, converged, stopped = _asm(conf, model, transform, b0, radius, **opts)
+            if not stopped:
+                consider(points, b, transform, it, converged, reflected, f"head-anchor {rank}")
+        info["head_anchor"] = {"circle": [float(v) for v in circle], "starts": len(screened)}
+    info["second_opinions"] = tried
+    return chosen
+
+
 def fit_pdm_to_confidence(
     conf_map,
     pdm: PointDistributionModel,
@@ -308,8 +411,17 @@ def fit_pdm_to_confidence(
     min_quality: float = 0.0,
     end_search: bool = True,
     rescue: bool = True,
+    polish_px: float = 3.0,
     verify_support: float = 0.6,
     seed: int = 0,
+    second_opinion_below: float = 0.7,
+    shape_cpd: bool = True,
+    shape_cpd_iterations: int = 30,
+    head_circle=None,
+    head_dome: tuple | None = None,
+    anchor_angles_deg=ANCHOR_ANGLES_DEG,
+    anchor_screen_iterations: int = 4,
+    anchor_keep: int = 2,
 ) -> ShapeFit:
     """Fit ``pdm`` to a 2-D confidence map (H, W) in [0, 1]; see the module docstring for the steps.
 
@@ -322,7 +434,14 @@ def fit_pdm_to_confidence(
     of the ridge); ``regularization`` adds ``sum b_i^2 / lambda_i`` (in units of one fully confident
     point) to keep unsupported parts plausible. Returns ``ShapeFit``; ``detected`` is False (with
     ``reason``) when there are too few foreground pixels or the mean contour confidence is below
-    ``min_quality``.
+    ``min_quality``. ``polish_px``: finally move the points onto the confidence ridge within this many px
+    (``polish_points``; 0 = keep the PDM instance, which ``ShapeFit.model_points`` always holds). Second opinions (module docstring), only when the fit's mean confidence is below
+    ``second_opinion_below``: ``shape_cpd`` (``shape_cpd_iterations`` EM steps from the CPD optimum) and,
+    with ``head_circle`` ((cx, cy, r) px, or a callable returning it or None, called only then) and
+    ``head_dome`` ((first, last) model point indices of the head dome), starts anchored on the head:
+    ``anchor_angles_deg`` shaft directions (model frame rotated by these degrees) x both sides, each
+    screened by ``anchor_screen_iterations`` ASM iterations, the ``anchor_keep`` most confident fitted to
+    the end.
     """
     if not isinstance(pdm, PointDistributionModel):
         raise ValueError("pdm must be a PointDistributionModel (load one with PointDistributionModel.load).")
@@ -381,11 +500,22 @@ def fit_pdm_to_confidence(
             best = (points, b, transform, it, converged, stopped, reflected, k, support)
         if support >= verify_support:
             break  # good enough: the other CPD optima are only tried when this fit looks wrong
+    first_quality = -1.0 if best[5] else float(sample_bilinear(conf, best[0]).mean())
+    if first_quality < second_opinion_below and (shape_cpd and init is None or head_circle is not None):
+        anchor = {"angles_deg": anchor_angles_deg, "screen_iterations": anchor_screen_iterations, "keep": anchor_keep,
+                  "shape_cpd_iterations": shape_cpd_iterations}
+        cpd_transform = cpd.transform if shape_cpd and init is None else None
+        best = _second_opinions(conf, pdm, best, subsample_points(xy, max_fixed), cpd_transform, head_circle,
+                                head_dome, opts, anchor, threshold, info)
+        info["first_quality"] = first_quality
     points, b, transform, it, converged, stopped, reflected, k, _ = best
     info["start_used"] = k
     if stopped:
         return ShapeFit(detected=False, n_pixels=n_px, reflected=reflected, iterations=it, info=info,
                         reason=f"the shape fit failed: {stopped}")
+    model_points = points
+    if polish_px > 0:
+        points = polish_points(conf, points, pdm.closed, polish_px, step_px, threshold)
     point_conf = sample_bilinear(conf, points)
     quality = float(point_conf.mean())
     fit = ShapeFit(
@@ -401,6 +531,7 @@ def fit_pdm_to_confidence(
         converged=converged,
         support=float(np.mean(point_conf > threshold)),
         info=info,
+        model_points=model_points,
     )
     if quality < min_quality:
         return ShapeFit(**{**fit.__dict__, "detected": False,

@@ -152,6 +152,17 @@ def refine_head_circle(image, circle, refiner, polarity: str, threshold: float =
     return best, done
 
 
+def load_head_anchor(head_anchor=None, device: str = "auto"):
+    """Head network that anchors the femur fit (``fit_image(head_anchor=...)``) from ``head_anchor``: None (the
+    shipped head network when present, else none), False or "none" (none), a path to a ``.safetensors`` file or
+    a ready predictor. Returns a predictor or None."""
+    if head_anchor is False or (isinstance(head_anchor, str) and head_anchor.lower() == "none"):
+        return None
+    if head_anchor is None and not default_model_path("head").is_file():
+        return None
+    return load_predictor("head", head_anchor, device)
+
+
 @dataclass
 class ShapeModel:
     """A PDM plus the indices of its named landmarks (name -> point index or list of indices)."""
@@ -212,6 +223,8 @@ class FitResult:
     contour_closed: bool = False  # the PDM outline is open (lateral shaft -> head -> medial shaft) unless True
     reflected: bool | None = None  # femur: the mirrored PDM fitted (the model describes a right femur)
     point_confidence: np.ndarray | None = None  # femur: (N,) confidence at each contour point
+    head_anchor: dict | None = None  # femur: head circle (cx, cy, r px) the PDM fit was offered as an anchor
+    fit_start: str | None = None  # femur: which start won ("0": CPD, "shape-cpd", "head-anchor k", ...)
     landmarks: dict = field(default_factory=dict)  # name -> [x, y] px
     quality: float | None = None
     timings_ms: dict = field(default_factory=dict)
@@ -237,7 +250,8 @@ class FitResult:
             return v
 
         keys = ("source", "task", "image_shape", "detected", "reason", "polarity", "polarity_score",
-                "polarity_mode", "circle", "contour", "contour_closed", "reflected", "point_confidence", "landmarks",
+                "polarity_mode", "circle", "contour", "contour_closed", "reflected", "point_confidence", "head_anchor",
+                "fit_start", "landmarks",
                 "quality", "timings_ms", "model")
         return {k: clean(getattr(self, k)) for k in keys}
 
@@ -313,7 +327,7 @@ def _landmarks(points: np.ndarray, indices: dict) -> dict:
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
-              head_fallback: bool = True, refine=None, edge_snap: bool = True) -> FitResult:
+              head_fallback: bool = True, refine=None, edge_snap: bool = True, head_anchor=None) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -331,6 +345,10 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     around it (``refine_head_circle``; ``circle["refined"]`` = iterations done, ``circle["coarse"]`` = before).
     ``edge_snap``: finally move the head circle onto the head's own edge in the image when that edge is clear
     (``edge_snap.snap_circle``; ``circle["snapped"]``, ``circle["edge_support"]``, ``circle["unsnapped"]``).
+    ``head_anchor`` (femur): head network whose circle (edge-snapped) anchors extra PDM starts when the first
+    fit is not convincing (``asm_fit`` "second opinions"): None = the shipped head network when the femur
+    network is the shipped one too, False = off, or a path / predictor (``load_predictor``). The circle used
+    is reported as ``head_anchor``.
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
     from DeepMorphLib.polarity import POLARITIES, apply_polarity, is_confident, resolve_polarity
@@ -348,6 +366,9 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     if task == "head":
         refiner = load_refiner(refine if refine is not None or default_net else False, device)
     shape_model = load_shape_model(pdm) if task == "femur" else None
+    anchor_net = None
+    if task == "femur" and (head_anchor is not None or default_net):
+        anchor_net = load_head_anchor(head_anchor, device)
     expected = getattr(pred, "expected_polarity", "bone-dark")
     mode = "given" if polarity != "auto" else "auto" if is_confident(score) or expected == "any" else "auto-fit"
     candidates = [used] if mode != "auto-fit" else [used] + [p for p in POLARITIES if p != used]
@@ -371,8 +392,12 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             if result.detected and refiner is not None:
                 _refine_head(result, img, cand, refiner, threshold, circle_method)
         else:
-            _fill_femur(result, _fit_pdm(femur_fit_map(conf, target, threshold), shape_model.pdm, **(fit_options or {})),
-                        shape_model)
+            options = dict(fit_options or {})
+            dome = _head_dome(shape_model)
+            if anchor_net is not None and dome is not None and "head_circle" not in options:
+                options.update(head_circle=_anchor_circle(result, img, cand, anchor_net, threshold, min_pixels,
+                                                          circle_method), head_dome=dome)
+            _fill_femur(result, _fit_pdm(femur_fit_map(conf, target, threshold), shape_model.pdm, **options), shape_model)
         result.timings_ms = {"network_ms": network_ms, "fit_ms": 1000 * (time.perf_counter() - t)}
         results.append(result)
     best = max(results, key=fit_score)  # first wins ties: the detector's choice
@@ -400,6 +425,36 @@ def fit_score(result: FitResult) -> float:
 
 
 HEAD_ARC = ("anchor_neck_superior", "anchor_neck_inferior")  # PDM landmarks bounding the head dome
+
+
+def _head_dome(shape_model: ShapeModel):
+    """(first, last) PDM point indices of the head dome, or None when the PDM does not name them."""
+    idx = shape_model.landmark_indices
+    if not all(k in idx for k in HEAD_ARC):
+        return None
+    return int(np.atleast_1d(idx[HEAD_ARC[0]])[0]), int(np.atleast_1d(idx[HEAD_ARC[1]])[0])
+
+
+def _anchor_circle(result: FitResult, img, polarity: str, head_net, threshold: float, min_pixels: int, method: str):
+    """A callable for ``asm_fit`` (called only when the femur fit needs a second opinion): the head network's
+    circle on ``img`` (shown with ``polarity``), edge-snapped; recorded in ``result.head_anchor``; None when
+    the head network finds no head."""
+    from DeepMorphLib.polarity import apply_polarity
+
+    def circle():
+        expected = getattr(head_net, "expected_polarity", "bone-dark")
+        conf = _resize_to(head_net(apply_polarity(img, polarity, expected)), img.shape)
+        probe = FitResult(task="head", image_shape=tuple(img.shape), detected=False, reason="", polarity=polarity,
+                          polarity_score=None, polarity_mode="given")
+        _fill_head(probe, fit_head_confidence(conf, getattr(head_net, "target", "outline"), threshold, min_pixels,
+                                              method))
+        if not probe.detected:
+            return None
+        _snap_head(probe, img, polarity, conf)
+        result.head_anchor = dict(probe.circle)
+        return probe.circle["cx"], probe.circle["cy"], probe.circle["r"]
+
+    return circle
 
 
 def _head_from_femur_contour(result: FitResult, img, polarity: str, device, threshold: float, min_pixels: int):
@@ -484,6 +539,8 @@ def _fill_femur(result: FitResult, sf, shape_model: ShapeModel) -> None:
         result.contour = pts
         result.contour_closed = bool(getattr(shape_model.pdm, "closed", False))
         result.reflected = None if getattr(sf, "reflected", None) is None else bool(sf.reflected)
+        start = (getattr(sf, "info", None) or {}).get("start_used")
+        result.fit_start = None if start is None else str(start)
         if getattr(sf, "point_confidence", None) is not None:
             result.point_confidence = np.asarray(sf.point_confidence, dtype=np.float64)
         result.landmarks = _landmarks(pts, shape_model.landmark_indices)

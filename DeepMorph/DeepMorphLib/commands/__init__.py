@@ -12,3 +12,13 @@ def add_head_fit_arguments(parser) -> None:
     parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
                         help="head: circle fit (default algebraic, as in the paper; robust: RANSAC + outlier "
                              "rejection, for partly hidden outlines)")
+
+
+def add_femur_fit_arguments(parser) -> None:
+    """Options of the femur PDM fit shared by ``fit`` and ``evaluate``."""
+    parser.add_argument("--head-anchor", default=None, metavar="MODEL",
+                        help="femur: head network whose (edge-snapped) circle anchors extra PDM starts when the first "
+                             "fit is not convincing (default: the shipped head network; 'none' = off)")
+    parser.add_argument("--second-opinion-below", type=float, default=0.7, metavar="Q",
+                        help="femur: try the second-opinion fits (shape-constrained CPD, head-anchored starts) when "
+                             "the first fit's mean confidence is below Q (default 0.7; 0 = never)")

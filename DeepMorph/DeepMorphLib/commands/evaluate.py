@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from DeepMorphLib.commands import add_head_fit_arguments
+from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments
 
 HELP = "accuracy of network + fit on real images (--real), a dataset (--data) or a fresh held-out set"
 HELDOUT_SEED_BASE = 9_000_000  # evaluation seeds; training seeds stay below TRAINING_SEED_LIMIT
@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how bone is shown (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     add_head_fit_arguments(parser)
+    add_femur_fit_arguments(parser)
     parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out set (default 1)")
     parser.add_argument("--report", metavar="DIR", help="write overlays, results.json/.csv and report.html here")
     parser.add_argument("--json", action="store_true", help="print one JSON line (machine-readable)")
@@ -172,6 +173,7 @@ def run(args) -> int:
     predictor = pipeline.load_predictor(args.task, args.model, args.device)
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
+    anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
     with tempfile.TemporaryDirectory(prefix="deepmorph-heldout-") as tmp:
         if args.real:
             source, real, samples = "real", True, iter_real(Path(args.real), args.n)
@@ -181,7 +183,7 @@ def run(args) -> int:
             n = args.n or 200
             root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers)
             source, real, samples = "heldout", False, iter_dataset(Path(root), n)
-        records, bad, figures = _evaluate(args, samples, predictor, refiner, shape_model, real)
+        records, bad, figures = _evaluate(args, samples, predictor, refiner, shape_model, real, anchor)
     result = {"task": args.task, "source": source, **summarize(args.task, records, real)}
     if source == "heldout":
         result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants))
@@ -200,7 +202,7 @@ def run(args) -> int:
     return 0
 
 
-def _evaluate(args, samples, predictor, refiner, shape_model, real: bool):
+def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor=None):
     from tqdm import tqdm
 
     from DeepMorphLib import pipeline
@@ -216,7 +218,9 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool):
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
                                      predictor=predictor, source=str(sample["path"]),
                                      circle_method=args.circle_method,
-                                     refine=refiner or False, edge_snap=not args.no_edge_snap)
+                                     refine=refiner or False, edge_snap=not args.no_edge_snap,
+                                     head_anchor=anchor or False,
+                                     fit_options={"second_opinion_below": args.second_opinion_below})
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from DeepMorphLib.commands import add_head_fit_arguments
+from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments
 
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how bone is shown in the images (default: detected per image)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     add_head_fit_arguments(parser)
+    add_femur_fit_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="head: confidence threshold (default 0.5)")
     parser.add_argument("--min-pixels", type=int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
@@ -61,6 +62,7 @@ def run(args) -> int:
     predictor = pipeline.load_predictor(args.task, args.model, args.device)  # once; a missing model stops here
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
+    anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
     used, results, bad, figures = set(), [], [], []
     t0 = time.perf_counter()
     for i, name in enumerate(args.images, 1):
@@ -70,7 +72,9 @@ def run(args) -> int:
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity, predictor=predictor,
                                      threshold=args.threshold, min_pixels=args.min_pixels, source=str(path),
                                      circle_method=args.circle_method,
-                                     refine=refiner or False, edge_snap=not args.no_edge_snap)
+                                     refine=refiner or False, edge_snap=not args.no_edge_snap,
+                                     head_anchor=anchor or False,
+                                     fit_options={"second_opinion_below": args.second_opinion_below})
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(path), str(exc)))
             print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)

@@ -1,0 +1,112 @@
+"""Shape-constrained coherent point drift: fit a PDM to a cloud of outline pixels, both ways.
+
+The ASM search (``asm_fit``) moves each model point along its normal to the strongest confidence nearby.
+That is one-sided: where the start shape is off by more than the gap between two parts of the outline
+(neck and head dome, trochanter and shaft) points latch onto the wrong ridge and the shape folds or shrinks,
+even on a clean confidence map. Here every outline pixel also pulls on the model (as in CPD, Myronenko &
+Song 2010): the model contour, densified to ``per_segment`` points per segment, is the set of centroids of a
+Gaussian mixture (variance ``sigma2``, annealed by EM) plus a uniform outlier term ``w``; the fixed points are
+the confident pixels. The M-step moves the model points to the posterior-weighted means of the pixels and
+projects them onto the PDM (``PointDistributionModel.fit_shape``: similarity + clipped mode weights), so the
+deformation stays a plausible femur. Points (x, y) = (column, row) px; transforms map model frame -> image px.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .similarity import Similarity
+
+
+@dataclass(frozen=True)
+class ShapeCPDResult:
+    """Outcome of ``fit_pdm_cpd``: the PDM instance (N, 2) px, its mode weights and transform."""
+
+    points: np.ndarray
+    b: np.ndarray
+    transform: Similarity
+    sigma2: float  # final mixture variance, px^2
+    iterations: int
+    converged: bool
+
+
+def densify_matrix(n_points: int, per_segment: int, closed: bool = False) -> np.ndarray:
+    """(K, n_points) linear-interpolation matrix: ``A @ points`` = the polyline with ``per_segment`` points per
+    segment (the control points included), K = per_segment * segments (+1 for an open polyline)."""
+    if n_points < 2 or per_segment < 1:
+        raise ValueError("densify_matrix needs at least 2 points and per_segment >= 1.")
+    segments = n_points if closed else n_points - 1
+    t = np.arange(per_segment) / per_segment
+    rows = []
+    for s in range(segments):
+        a, b = s, (s + 1) % n_points
+        for f in t:
+            row = np.zeros(n_points)
+            row[a] += 1.0 - f
+            row[b] += f
+            rows.append(row)
+    if not closed:
+        last = np.zeros(n_points)
+        last[-1] = 1.0
+        rows.append(last)
+    return np.asarray(rows)
+
+
+def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, per_segment: int = 4,
+                max_iterations: int = 60, tol_px: float = 0.05, min_sigma_px: float = 0.7, clip: float = 3.0,
+                regularization: float = 1.0, sigma2: float | None = None) -> ShapeCPDResult:
+    """Fit ``model`` (a ``PointDistributionModel``; mirrored ones as they are) to the ``fixed`` pixels (N, 2) px,
+    starting from ``transform`` (proper rotation) and mode weights ``b`` (default 0).
+
+    ``w``: outlier weight (0-1) for pixels of other structures; ``sigma2``: start variance px^2 (default: the
+    mean squared distance between the start contour and the pixels, as CPD); it shrinks with EM down to
+    ``min_sigma_px``^2. Stops when the contour moves less than ``tol_px`` (mean) at that floor, or after
+    ``max_iterations``. ``clip``/``regularization`` as in ``fit_shape``."""
+    x = np.asarray(fixed, dtype=np.float64).reshape(-1, 2)
+    if len(x) < 3 or not np.all(np.isfinite(x)):
+        raise ValueError("fit_pdm_cpd needs at least 3 finite fixed points (N, 2) px.")
+    if not 0.0 <= w < 1.0:
+        raise ValueError(f"The outlier weight w must be in [0, 1), got {w}.")
+    a = densify_matrix(model.n_points, per_segment, model.closed)
+    b = np.zeros(model.n_modes) if b is None else np.asarray(b, dtype=np.float64)
+    points = model.instance(b, transform)
+    dense = a @ points
+    k, n = len(dense), len(x)
+    d2 = np.sum((x[None, :, :] - dense[:, None, :]) ** 2, axis=2)
+    if sigma2 is None:
+        sigma2 = float(d2.mean()) / 2.0
+    floor = min_sigma_px ** 2
+    sigma2 = max(float(sigma2), floor)
+    area = float(np.prod(np.ptp(x, axis=0) + 1.0))
+    converged, it = False, 0
+    for it in range(1, max_iterations + 1):
+        # E-step: posteriors of each pixel over the dense contour points (+ uniform outliers)
+        g = np.exp(-d2 / (2.0 * sigma2))
+        c = (2.0 * np.pi * sigma2) * w / (1.0 - w) * k / area
+        p = g / (g.sum(axis=0, keepdims=True) + c)
+        p1 = p.sum(axis=1)  # (K,) expected pixels per dense point
+        np_ = float(p1.sum())
+        if np_ < 1e-9:
+            break
+        # M-step: contour points -> the posterior means, through the interpolation matrix, then onto the PDM
+        px = p @ x  # (K, 2)
+        ata = a.T @ (p1[:, None] * a)
+        ridge = 1e-3 * max(float(np.max(np.diag(ata))), 1e-9)
+        free = np.linalg.solve(ata + ridge * np.eye(model.n_points), a.T @ px + ridge * points)
+        support = np.diag(ata)
+        level = float(np.median(support[support > 1e-6])) if np.any(support > 1e-6) else 1.0
+        weights = np.clip(support / level, 0.0, 1.0)
+        if np.count_nonzero(weights > 1e-6) < 3:
+            break
+        sp = model.fit_shape(free, weights=weights, clip=clip, init=transform, b0=b, regularization=regularization,
+                             max_iterations=3)
+        moved = float(np.mean(np.hypot(*(sp.points - points).T)))
+        points, b, transform = sp.points, sp.b, sp.transform
+        dense = a @ points
+        d2 = np.sum((x[None, :, :] - dense[:, None, :]) ** 2, axis=2)
+        sigma2 = max(float(np.sum(p * d2) / (2.0 * np_)), floor)
+        if moved < tol_px and sigma2 <= floor * 1.0001:
+            converged = True
+            break
+    return ShapeCPDResult(points, b, transform, float(sigma2), it, converged)
