@@ -345,7 +345,11 @@ def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome,
     skipped; a callable is called now, and may return None)."""
     from .shape_cpd import fit_pdm_cpd
 
-    quality = lambda points: float(sample_bilinear(conf, points).mean())  # noqa: E731
+    def quality(points):  # compared as they will be reported: after the polish
+        if anchor["polish_px"] > 0:
+            points = polish_points(conf, points, pdm.closed, anchor["polish_px"], opts["step_px"], threshold)
+        return float(sample_bilinear(conf, points).mean())
+
     chosen, chosen_q = best, (quality(best[0]) if not best[5] else -1.0)
     tried = []
 
@@ -503,7 +507,7 @@ def fit_pdm_to_confidence(
     first_quality = -1.0 if best[5] else float(sample_bilinear(conf, best[0]).mean())
     if first_quality < second_opinion_below and (shape_cpd and init is None or head_circle is not None):
         anchor = {"angles_deg": anchor_angles_deg, "screen_iterations": anchor_screen_iterations, "keep": anchor_keep,
-                  "shape_cpd_iterations": shape_cpd_iterations}
+                  "shape_cpd_iterations": shape_cpd_iterations, "polish_px": polish_px}
         cpd_transform = cpd.transform if shape_cpd and init is None else None
         best = _second_opinions(conf, pdm, best, subsample_points(xy, max_fixed), cpd_transform, head_circle,
                                 head_dome, opts, anchor, threshold, info)
