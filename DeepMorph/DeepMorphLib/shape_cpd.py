@@ -53,6 +53,14 @@ def densify_matrix(n_points: int, per_segment: int, closed: bool = False) -> np.
     return np.asarray(rows)
 
 
+def _squared_distances(x32: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """(K, N) float32 squared distances px^2 between K contour points and N pixels (x32 float32 (N, 2))."""
+    d = dense.astype(np.float32)
+    dx = x32[None, :, 0] - d[:, None, 0]
+    dy = x32[None, :, 1] - d[:, None, 1]
+    return dx * dx + dy * dy
+
+
 def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, per_segment: int = 4,
                 max_iterations: int = 60, tol_px: float = 0.05, min_sigma_px: float = 0.7, clip: float = 3.0,
                 regularization: float = 1.0, sigma2: float | None = None) -> ShapeCPDResult:
@@ -71,26 +79,26 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
     a = densify_matrix(model.n_points, per_segment, model.closed)
     b = np.zeros(model.n_modes) if b is None else np.asarray(b, dtype=np.float64)
     points = model.instance(b, transform)
-    dense = a @ points
-    k, n = len(dense), len(x)
-    d2 = np.sum((x[None, :, :] - dense[:, None, :]) ** 2, axis=2)
+    x32 = x.astype(np.float32)
+    k = len(a)
+    d2 = _squared_distances(x32, a @ points)  # (K, N) float32: the E-step is the hot loop
     if sigma2 is None:
-        sigma2 = float(d2.mean()) / 2.0
+        sigma2 = float(d2.mean(dtype=np.float64)) / 2.0
     floor = min_sigma_px ** 2
     sigma2 = max(float(sigma2), floor)
     area = float(np.prod(np.ptp(x, axis=0) + 1.0))
     converged, it = False, 0
     for it in range(1, max_iterations + 1):
         # E-step: posteriors of each pixel over the dense contour points (+ uniform outliers)
-        g = np.exp(-d2 / (2.0 * sigma2))
+        g = np.exp(np.maximum(d2 * np.float32(-0.5 / sigma2), np.float32(-80.0)))  # no denormals (slow)
         c = (2.0 * np.pi * sigma2) * w / (1.0 - w) * k / area
-        p = g / (g.sum(axis=0, keepdims=True) + c)
-        p1 = p.sum(axis=1)  # (K,) expected pixels per dense point
+        p = g / (g.sum(axis=0, keepdims=True) + np.float32(c))
+        p1 = p.sum(axis=1, dtype=np.float64)  # (K,) expected pixels per dense point
         np_ = float(p1.sum())
         if np_ < 1e-9:
             break
         # M-step: contour points -> the posterior means, through the interpolation matrix, then onto the PDM
-        px = p @ x  # (K, 2)
+        px = (p @ x32).astype(np.float64)  # (K, 2)
         ata = a.T @ (p1[:, None] * a)
         ridge = 1e-3 * max(float(np.max(np.diag(ata))), 1e-9)
         free = np.linalg.solve(ata + ridge * np.eye(model.n_points), a.T @ px + ridge * points)
@@ -103,9 +111,8 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
                              max_iterations=3)
         moved = float(np.mean(np.hypot(*(sp.points - points).T)))
         points, b, transform = sp.points, sp.b, sp.transform
-        dense = a @ points
-        d2 = np.sum((x[None, :, :] - dense[:, None, :]) ** 2, axis=2)
-        sigma2 = max(float(np.sum(p * d2) / (2.0 * np_)), floor)
+        d2 = _squared_distances(x32, a @ points)
+        sigma2 = max(float(np.vdot(p, d2)) / (2.0 * np_), floor)
         if moved < tol_px and sigma2 <= floor * 1.0001:
             converged = True
             break
