@@ -115,3 +115,28 @@ def test_head_anchor_rescues_a_fit_from_a_wrong_start(pdm):
     calls.clear()
     good = fit_pdm_to_confidence(conf, pdm, head_circle=circle, head_dome=DOME)
     assert calls == [] and good.quality > 0.9 and "second_opinions" not in good.info
+
+
+def test_slicer_logic_passes_the_head_anchor_to_weak_femur_fits(pdm):
+    from DeepMorphLib import fit_logic
+
+    named = PointDistributionModel(pdm.mean, pdm.modes, pdm.variances, landmarks={
+        **IDX, "anchor_neck_superior": DOME[0], "anchor_neck_inferior": DOME[1]})
+    truth, _ = known_shape(pdm, seed=7, angle=0.0)
+    conf = 0.65 * render_confidence(truth, (448, 448), sigma_px=1.5)  # a faint map: mean confidence < 0.7
+    dome = fit_circle_points(truth[DOME[0]: DOME[1] + 1], method="algebraic")
+    yy, xx = np.mgrid[0:448, 0:448]
+    disk = (np.hypot(xx - dome.cx, yy - dome.cy) < dome.r).astype(np.float32)
+    head_calls = []
+
+    def head_net(image):  # a stand-in head network: the true head disk
+        head_calls.append(image.shape)
+        return disk
+
+    head_net.target = "region"
+    image = np.full((448, 448), 100.0, np.float32)
+    result = fit_logic.fit_image(image, "femur", pdm=named, polarity="bone-dark", predict=lambda x: conf,
+                                 head_anchor=head_net)
+    assert head_calls, "the weak femur fit did not ask the head network"
+    assert result.detected and np.mean(point_to_curve_distance(result.contour, truth)) < 1.0
+    assert fit_logic._head_dome(pdm) is None  # a PDM without the dome landmarks is fitted without anchoring

@@ -692,9 +692,13 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
                 pred = preds[task]
                 if getattr(pred, "per_image", False):
                     pred = pred(task, img)
+                head_net = preds["head"]  # anchors a weak femur fit on the head circle (stand-ins: the image's own)
+                if getattr(head_net, "per_image", False):
+                    head_net = head_net("head", img)
                 pair.append(pipeline.fit_image(img.image, task, pdm=shape_model, polarity="auto", predictor=pred,
                                                source=f"images/{img.stem}.png",
-                                               refine=preds["head-refine"] or False))
+                                               refine=preds["head-refine"] or False,
+                                               head_anchor=head_net if task == "femur" else None))
             fits.append(tuple(pair))
             h, f = pair
             log(f"[demo]   {img.stem:<16s} head {'found' if h.detected else 'not found'}, femur "

@@ -181,11 +181,13 @@ def _fit_head(conf: np.ndarray, target: str = "outline") -> FitResult:
     return FitResult("head", bool(fit.detected), fit.reason or "", circle=circle, quality=quality)
 
 
-def _fit_femur(conf: np.ndarray, pdm, target: str = "outline") -> FitResult:
+def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None) -> FitResult:
     from .asm_fit import fit_pdm_to_confidence
     from .pipeline import femur_fit_map
 
-    fit = fit_pdm_to_confidence(femur_fit_map(conf, target), pdm)
+    dome = _head_dome(pdm) if head_circle is not None else None
+    anchor = {"head_circle": head_circle, "head_dome": dome} if dome is not None else {}
+    fit = fit_pdm_to_confidence(femur_fit_map(conf, target), pdm, **anchor)
     if isinstance(fit.quality, dict):  # several named measures
         quality = {str(k): float(v) for k, v in fit.quality.items() if np.isscalar(v) and np.isfinite(v)}
     else:
@@ -196,6 +198,16 @@ def _fit_femur(conf: np.ndarray, pdm, target: str = "outline") -> FitResult:
     landmarks = contour_landmarks(pdm) if fit.detected else {}
     return FitResult("femur", bool(fit.detected), fit.reason or "", contour=contour, landmarks=landmarks,
                      quality=quality)
+
+
+def _head_dome(pdm):
+    """(first, last) head-dome point indices of the PDM (its ``anchor_neck_*`` landmarks), or None."""
+    from .pipeline import HEAD_ARC
+
+    marks = getattr(pdm, "landmarks", None) or {}
+    if not all(k in marks for k in HEAD_ARC):
+        return None
+    return int(np.atleast_1d(marks[HEAD_ARC[0]])[0]), int(np.atleast_1d(marks[HEAD_ARC[1]])[0])
 
 
 def _score(result: FitResult) -> float:
@@ -210,13 +222,15 @@ def _score(result: FitResult) -> float:
 
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
-              edge_snap: bool = True) -> FitResult:
+              edge_snap: bool = True, head_anchor=None) -> FitResult:
     """Network confidence map + morphing fit on one X-ray (H, W).
 
     ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
     replaces the network (tests); otherwise ``inference.predict_confidence(model, metadata, image)``.
     ``refiner``: head refinement (ROI) predictor (``pipeline.load_refiner``) applied to each head circle found.
     ``edge_snap``: move each head circle onto the head's edge in the image when it is clear (``edge_snap``).
+    ``head_anchor`` (femur): a head-network predictor (``pipeline.NetworkPredictor``) whose edge-snapped circle
+    anchors extra PDM starts when the first femur fit is weak (``pipeline.head_anchor_circle``); None = off.
     """
     _check_task(task)
     if polarity not in POLARITIES:
@@ -237,7 +251,17 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         if conf.shape != image.shape:
             raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image.shape}.")
         target = (metadata or {}).get("target", "outline") if real_network else "outline"
-        result = _fit_head(conf, target) if task == "head" else _fit_femur(conf, pdm, target)
+        if task == "head":
+            result = _fit_head(conf, target)
+        else:
+            circle = None
+            if head_anchor is not None:
+                def circle(pol=pol):
+                    from .pipeline import head_anchor_circle
+
+                    found = head_anchor_circle(image, pol, head_anchor)
+                    return None if found is None else (found["cx"], found["cy"], found["r"])
+            result = _fit_femur(conf, pdm, target, circle)
         if task == "head" and result.detected and refiner is not None:
             _refine(result, image, pol, refiner)
         result.polarity, result.confidence = pol, conf
@@ -311,8 +335,14 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
         path = Path(refine_model) if refine_model else default_refiner_path()
         if refine_model or path.is_file():  # cached per file, like the task model
             refiner = load_refiner(load_task_model("head", path))
+    anchor = None
+    if task == "femur" and predict is None:
+        from .pipeline import NetworkPredictor, default_model_path
+
+        if default_model_path("head").is_file():  # the shipped head network anchors weak femur fits
+            anchor = NetworkPredictor(*load_task_model("head", None))
     result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
-                       pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner)
+                       pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 

@@ -435,24 +435,32 @@ def _head_dome(shape_model: ShapeModel):
     return int(np.atleast_1d(idx[HEAD_ARC[0]])[0]), int(np.atleast_1d(idx[HEAD_ARC[1]])[0])
 
 
-def _anchor_circle(result: FitResult, img, polarity: str, head_net, threshold: float, min_pixels: int, method: str):
-    """A callable for ``asm_fit`` (called only when the femur fit needs a second opinion): the head network's
-    circle on ``img`` (shown with ``polarity``), edge-snapped; recorded in ``result.head_anchor``; None when
-    the head network finds no head."""
+def head_anchor_circle(img, polarity: str, head_net, threshold: float = 0.5, min_pixels: int = 100,
+                       method: str = "algebraic") -> dict | None:
+    """The head network's circle on ``img`` (H, W; shown with ``polarity``), edge-snapped: a dict (cx, cy, r px,
+    fit details, ``snapped``), or None when the head network finds no head. ``head_net``: a predictor."""
     from DeepMorphLib.polarity import apply_polarity
 
+    conf = _resize_to(head_net(apply_polarity(img, polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
+                      img.shape)
+    probe = FitResult(task="head", image_shape=tuple(img.shape), detected=False, reason="", polarity=polarity,
+                      polarity_score=None, polarity_mode="given")
+    _fill_head(probe, fit_head_confidence(conf, getattr(head_net, "target", "outline"), threshold, min_pixels, method))
+    if not probe.detected:
+        return None
+    _snap_head(probe, img, polarity, conf)
+    return dict(probe.circle)
+
+
+def _anchor_circle(result: FitResult, img, polarity: str, head_net, threshold: float, min_pixels: int, method: str):
+    """A callable for ``asm_fit`` (called only when the femur fit needs a second opinion): ``head_anchor_circle``
+    as (cx, cy, r) px, recorded in ``result.head_anchor``; None when the head network finds no head."""
     def circle():
-        expected = getattr(head_net, "expected_polarity", "bone-dark")
-        conf = _resize_to(head_net(apply_polarity(img, polarity, expected)), img.shape)
-        probe = FitResult(task="head", image_shape=tuple(img.shape), detected=False, reason="", polarity=polarity,
-                          polarity_score=None, polarity_mode="given")
-        _fill_head(probe, fit_head_confidence(conf, getattr(head_net, "target", "outline"), threshold, min_pixels,
-                                              method))
-        if not probe.detected:
+        found = head_anchor_circle(img, polarity, head_net, threshold, min_pixels, method)
+        if found is None:
             return None
-        _snap_head(probe, img, polarity, conf)
-        result.head_anchor = dict(probe.circle)
-        return probe.circle["cx"], probe.circle["cy"], probe.circle["r"]
+        result.head_anchor = found
+        return found["cx"], found["cy"], found["r"]
 
     return circle
 
