@@ -114,3 +114,15 @@ def test_bad_arguments(pdm):
         fit_pdm_to_confidence(conf, "pdm.npz")
     with pytest.raises(ValueError, match="init shape has"):
         fit_pdm_to_confidence(conf, pdm, init=np.zeros((5, 2)))
+
+
+def test_end_search_finds_where_the_ridge_ends(pdm):
+    """Opt-in (``end_search=True``): on a map whose outline really ends at the model's ends (synthetic), the
+    end points follow the end of the ridge."""
+    truth, _, t = known_shape(pdm, seed=12, angle=0.0)
+    conf = render_confidence(truth, (448, 448), sigma_px=1.5)
+    start = Similarity(t.scale, t.rotation, t.translation + np.array([0.0, 8.0]))  # slid 8 px down the shaft
+    fit = fit_pdm_to_confidence(conf, pdm, init=start, end_search=True)
+    ends = np.hypot(*(fit.points[[0, -1]] - truth[[0, -1]]).T)
+    assert fit.detected and np.all(ends < 2.0)
+    assert np.mean(point_to_curve_distance(fit.points, truth)) < 0.5
