@@ -339,7 +339,9 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``threshold``/``min_pixels``/``circle_method``: circle fit settings (paper: 100 px minimum).
     ``fit_options``: extra keyword arguments of ``asm_fit.fit_pdm_to_confidence``.
     ``head_fallback``: when the head network finds too few outline pixels, fit the circle to the head dome of
-    the femur network's confidence instead, located by the PDM fit (``circle["source"] = "femur-contour"``).
+    the femur network's confidence instead, located by the PDM fit (``circle["source"] = "femur-contour"``);
+    and when the head network's circle cannot be edge-snapped (its blob is off, often by more than a radius),
+    try the snap again from the head dome of the femur fit (``circle["source"] = "femur-dome"``).
     ``refine``: head refinement network (see ``load_refiner``; None = the shipped one when present and the
     head network is the shipped one too, False = off): the circle found on the whole image is refined on a ROI
     around it (``refine_head_circle``; ``circle["refined"]`` = iterations done, ``circle["coarse"]`` = before).
@@ -406,6 +408,11 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         t = time.perf_counter()
         _snap_head(best, img, best.polarity, best.confidence)
+        if not best.circle.get("snapped") and head_fallback and isinstance(pred, NetworkPredictor):
+            try:  # needs the shipped femur network and PDM
+                _snap_from_femur_dome(best, img, best.polarity, device, threshold)
+            except FileNotFoundError:
+                pass
         timings["fit_ms"] += 1000 * (time.perf_counter() - t)
     timings["total_ms"] = 1000 * (time.perf_counter() - t_start)
     best.timings_ms = timings
@@ -494,6 +501,34 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
     _fill_head(result, cf)
     result.circle["source"] = "femur-contour"
     result.reason = "head outline from the femur network + PDM (head network found too few pixels)"
+
+
+def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
+    """Second edge-snap attempt for a head circle that could not be snapped: from the circle through the head
+    dome of the femur PDM fit (shipped femur network and PDM; no head anchoring, so it is independent of the
+    head network's circle). Replaces the circle only when that snap applies."""
+    from DeepMorphLib.circle_fit import fit_circle_points
+    from DeepMorphLib.edge_snap import snap_circle
+    from DeepMorphLib.polarity import apply_polarity
+
+    shape_model = load_shape_model(None)
+    dome = _head_dome(shape_model)
+    if dome is None:
+        return
+    pred = load_predictor("femur", None, device)
+    conf = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
+    sf = _fit_pdm(femur_fit_map(conf, getattr(pred, "target", "outline"), threshold), shape_model.pdm)
+    if not sf.detected:
+        return
+    seed = fit_circle_points(np.asarray(sf.points, dtype=float)[dome[0]: dome[1] + 1], method="algebraic", min_points=3)
+    if not seed.detected:
+        return
+    snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), result.confidence)
+    if snap.applied:
+        before = {k: result.circle[k] for k in ("cx", "cy", "r")}
+        result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
+                             unsnapped=before, source="femur-dome")
+        result.landmarks = {"head_center": [snap.cx, snap.cy]}
 
 
 def _refine_head(result: FitResult, img, polarity: str, refiner, threshold: float, method: str) -> None:
