@@ -268,7 +268,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         results.append(result)
     best = max(results, key=_score)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
-        _snap(best, with_polarity(image, best.polarity), best.confidence)
+        if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
+            _snap_from_femur(best, image)
     if task == "head" and not best.detected and real_network:
         best = _head_from_femur(image, model, metadata, polarity, best)
     best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
@@ -287,13 +288,34 @@ def _refine(result: FitResult, image, polarity: str, refiner) -> None:
                       "n_pixels": float(fit.n_pixels), "refined_iterations": float(done)}
 
 
-def _snap(result: FitResult, bone_dark_image, conf) -> None:
+def _snap(result: FitResult, bone_dark_image, conf) -> bool:
+    """Edge-snap the head circle in place; True when the snap applied."""
     from .edge_snap import snap_circle
 
     snap = snap_circle(bone_dark_image, result.circle, conf)
     result.quality = {**result.quality, "edge_support": float(snap.support)}
     if snap.applied:
         result.circle = (snap.cx, snap.cy, snap.r)
+    return bool(snap.applied)
+
+
+def _snap_from_femur(result: FitResult, image) -> None:
+    """The pipeline's second snap attempt (``pipeline._snap_from_femur_dome``): from the head dome of the
+    shipped femur network's PDM fit, when the head network's circle could not be snapped."""
+    from . import pipeline
+
+    probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
+                               polarity=result.polarity, polarity_score=None, polarity_mode="given",
+                               confidence=result.confidence)
+    probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)))
+    try:
+        pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
+    except FileNotFoundError:  # no shipped femur network / PDM
+        return
+    if probe.circle.get("source") == "femur-dome":
+        result.circle = (probe.circle["cx"], probe.circle["cy"], probe.circle["r"])
+        result.quality = {**result.quality, "edge_support": float(probe.circle["edge_support"]),
+                          "snapped_from_femur_dome": 1.0}
 
 
 def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:
