@@ -77,3 +77,48 @@ def test_pipeline_snaps_the_network_circle(polarity):
     assert res.landmarks["head_center"] == [res.circle["cx"], res.circle["cy"]]
     off = pipeline.fit_image(img, "head", predictor=RoughHead(), polarity=polarity, refine=False, edge_snap=False)
     assert "snapped" not in off.circle and off.circle["cx"] == pytest.approx(HEAD[0] + 20, abs=0.5)
+
+
+class FarHead(pipeline.NetworkPredictor):
+    """Stand-in head network (counted as a real one) whose blob is on the wrong structure, 150 px away."""
+
+    def __init__(self):
+        super().__init__(None, {"task": "head", "target": "region", "polarity": "bone-dark"})
+
+    def __call__(self, image):
+        return disk_mask(np.shape(image), HEAD[0] - 150, HEAD[1] + 150, HEAD[2])
+
+
+class DomeFit:
+    """Stand-in femur PDM fit whose head dome lies on a circle 12 px off the true head."""
+
+    detected = True
+
+    def __init__(self, n_points, dome):
+        t = np.linspace(0.0, 2 * np.pi, dome[1] - dome[0] + 1)
+        self.points = np.zeros((n_points, 2))
+        self.points[dome[0]: dome[1] + 1] = np.column_stack([HEAD[0] + 12 + HEAD[2] * np.cos(t),
+                                                             HEAD[1] - 5 + HEAD[2] * np.sin(t)])
+
+
+def test_an_unsnappable_circle_is_snapped_again_from_the_femur_dome(monkeypatch):
+    shape_model = pipeline.load_shape_model(None)
+    dome = pipeline._head_dome(shape_model)
+    femur_calls = []
+
+    def femur_net(image):
+        femur_calls.append(1)
+        return np.zeros(np.shape(image), np.float32)
+
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor",
+                        lambda task, model=None, device="auto": femur_net if task == "femur" else real_load(task, model, device))
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: DomeFit(pdm.n_points, dome))
+    res = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    assert femur_calls and res.circle["source"] == "femur-dome" and res.circle["snapped"]
+    assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 0.6 and abs(res.circle["r"] - HEAD[2]) < 0.8
+    assert res.circle["unsnapped"]["cx"] == pytest.approx(HEAD[0] - 150, abs=1.0)
+    # the second attempt belongs to the fallback: off with head_fallback=False
+    off = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False,
+                             head_fallback=False)
+    assert not off.circle["snapped"] and off.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=1.0)
