@@ -122,3 +122,17 @@ def test_an_unsnappable_circle_is_snapped_again_from_the_femur_dome(monkeypatch)
     off = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False,
                              head_fallback=False)
     assert not off.circle["snapped"] and off.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=1.0)
+
+
+def test_compiled_and_numpy_sampling_agree(monkeypatch):
+    from DeepMorphLib import edge_snap
+
+    if not edge_snap._HAVE_NUMBA:
+        pytest.skip("numba not installed: only the numpy path exists")
+    img = sphere_shadow()
+    conf = disk_mask(img.shape, HEAD[0] + 20, HEAD[1] - 15, HEAD[2] * 1.15)
+    fast = snap_circle(img, (HEAD[0] + 20, HEAD[1] - 15, HEAD[2] * 1.15), conf)
+    monkeypatch.setattr(edge_snap, "_HAVE_NUMBA", False)
+    slow = snap_circle(img, (HEAD[0] + 20, HEAD[1] - 15, HEAD[2] * 1.15), conf)
+    assert fast.applied == slow.applied
+    assert np.allclose([fast.cx, fast.cy, fast.r, fast.support], [slow.cx, slow.cy, slow.r, slow.support], atol=1e-3)
