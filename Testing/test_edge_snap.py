@@ -136,3 +136,23 @@ def test_compiled_and_numpy_sampling_agree(monkeypatch):
     slow = snap_circle(img, (HEAD[0] + 20, HEAD[1] - 15, HEAD[2] * 1.15), conf)
     assert fast.applied == slow.applied
     assert np.allclose([fast.cx, fast.cy, fast.r, fast.support], [slow.cx, slow.cy, slow.r, slow.support], atol=1e-3)
+
+
+@pytest.mark.parametrize("dome_confidence, replaced", [(0.9, True), (0.2, False)])
+def test_a_confident_femur_dome_replaces_a_circle_without_edge(monkeypatch, dome_confidence, replaced):
+    shape_model = pipeline.load_shape_model(None)
+    dome = pipeline._head_dome(shape_model)
+    fit = DomeFit(shape_model.pdm.n_points, dome)
+    fit.point_confidence = np.full(shape_model.pdm.n_points, dome_confidence)
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
+        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: fit)
+    flat = np.random.default_rng(3).normal(500.0, 2.0, (448, 448)).astype(np.float32)  # no edge anywhere
+    res = pipeline.fit_image(flat, "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    assert not res.circle["snapped"]
+    if replaced:
+        assert res.circle["source"] == "femur-dome-fit" and res.circle["unsnapped"]["cx"] == pytest.approx(HEAD[0] - 150, abs=1)
+        assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], [HEAD[0] + 12, HEAD[1] - 5, HEAD[2]], atol=0.5)
+    else:
+        assert "source" not in res.circle and res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=1.0)

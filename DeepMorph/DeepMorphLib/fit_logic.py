@@ -312,10 +312,11 @@ def _snap_from_femur(result: FitResult, image) -> None:
         pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
-    if probe.circle.get("source") == "femur-dome":
+    if probe.circle.get("source") in ("femur-dome", "femur-dome-fit"):
         result.circle = (probe.circle["cx"], probe.circle["cy"], probe.circle["r"])
-        result.quality = {**result.quality, "edge_support": float(probe.circle["edge_support"]),
-                          "snapped_from_femur_dome": 1.0}
+        snapped = probe.circle["source"] == "femur-dome"
+        result.quality = {**result.quality, "from_femur_dome": 1.0, "snapped_from_femur_dome": float(snapped),
+                          **({"edge_support": float(probe.circle["edge_support"])} if snapped else {})}
 
 
 def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:

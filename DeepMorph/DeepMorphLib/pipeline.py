@@ -503,10 +503,14 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
     result.reason = "head outline from the femur network + PDM (head network found too few pixels)"
 
 
+DOME_CONFIDENCE = 0.5  # mean femur confidence along the head dome for the dome circle to replace an unsnapped one
+
+
 def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
     """Second edge-snap attempt for a head circle that could not be snapped: from the circle through the head
     dome of the femur PDM fit (shipped femur network and PDM; no head anchoring, so it is independent of the
-    head network's circle). Replaces the circle only when that snap applies."""
+    head network's circle). Replaces the circle when that snap applies, or else by the dome circle itself when
+    the femur fit is confident along the dome (mean >= ``DOME_CONFIDENCE``)."""
     from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
@@ -524,11 +528,17 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     if not seed.detected:
         return
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), result.confidence)
+    before = {k: result.circle[k] for k in ("cx", "cy", "r")}
     if snap.applied:
-        before = {k: result.circle[k] for k in ("cx", "cy", "r")}
         result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
                              unsnapped=before, source="femur-dome")
-        result.landmarks = {"head_center": [snap.cx, snap.cy]}
+    elif float(np.mean(np.asarray(sf.point_confidence)[dome[0]: dome[1] + 1])) >= DOME_CONFIDENCE:
+        # no clear edge either way: a femur fit that is confident along the head dome beats a head circle that
+        # found no edge (on simulated images from training seeds: 48 -> 8 px mean error where this applied)
+        result.circle.update(cx=seed.cx, cy=seed.cy, r=seed.r, unsnapped=before, source="femur-dome-fit")
+    else:
+        return
+    result.landmarks = {"head_center": [result.circle["cx"], result.circle["cy"]]}
 
 
 def _refine_head(result: FitResult, img, polarity: str, refiner, threshold: float, method: str) -> None:
