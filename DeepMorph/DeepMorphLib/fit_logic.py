@@ -202,12 +202,9 @@ def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None)
 
 def _head_dome(pdm):
     """(first, last) head-dome point indices of the PDM (its ``anchor_neck_*`` landmarks), or None."""
-    from .pipeline import HEAD_ARC
+    from .pipeline import head_dome_indices
 
-    marks = getattr(pdm, "landmarks", None) or {}
-    if not all(k in marks for k in HEAD_ARC):
-        return None
-    return int(np.atleast_1d(marks[HEAD_ARC[0]])[0]), int(np.atleast_1d(marks[HEAD_ARC[1]])[0])
+    return head_dome_indices(getattr(pdm, "landmarks", None))
 
 
 def _score(result: FitResult) -> float:

@@ -434,12 +434,16 @@ def fit_score(result: FitResult) -> float:
 HEAD_ARC = ("anchor_neck_superior", "anchor_neck_inferior")  # PDM landmarks bounding the head dome
 
 
-def _head_dome(shape_model: ShapeModel):
-    """(first, last) PDM point indices of the head dome, or None when the PDM does not name them."""
-    idx = shape_model.landmark_indices
-    if not all(k in idx for k in HEAD_ARC):
+def head_dome_indices(landmarks: dict):
+    """(first, last) PDM point indices of the head dome from a PDM's named landmarks (``HEAD_ARC``), or None
+    when they are not named."""
+    if not all(k in (landmarks or {}) for k in HEAD_ARC):
         return None
-    return int(np.atleast_1d(idx[HEAD_ARC[0]])[0]), int(np.atleast_1d(idx[HEAD_ARC[1]])[0])
+    return int(np.atleast_1d(landmarks[HEAD_ARC[0]])[0]), int(np.atleast_1d(landmarks[HEAD_ARC[1]])[0])
+
+
+def _head_dome(shape_model: ShapeModel):
+    return head_dome_indices(shape_model.landmark_indices)
 
 
 def head_anchor_circle(img, polarity: str, head_net, threshold: float = 0.5, min_pixels: int = 100,
