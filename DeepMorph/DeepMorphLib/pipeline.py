@@ -476,23 +476,37 @@ def _anchor_circle(result: FitResult, img, polarity: str, head_net, threshold: f
     return circle
 
 
-def _head_from_femur_contour(result: FitResult, img, polarity: str, device, threshold: float, min_pixels: int):
-    """Head circle from the femur outline: PDM fit -> head-dome arc -> circle through the femur confidence
-    pixels within a few px of that arc (robust fit). Leaves ``result`` as is when that fails too."""
-    from DeepMorphLib.circle_fit import fit_circle_points
+def _femur_head_dome(img, polarity: str, device, threshold: float):
+    """The shipped femur network + PDM fit (no head anchoring) on ``img`` (shown with ``polarity``): the head-dome
+    points of the fitted contour (K, 2) px, their confidences (K,) and the map the PDM was fitted to; None when the
+    PDM does not name its head dome or the fit finds no femur."""
     from DeepMorphLib.polarity import apply_polarity
 
-    pred = load_predictor("femur", None, device)
     shape_model = load_shape_model(None)
-    idx = shape_model.landmark_indices
-    if not all(k in idx for k in HEAD_ARC):
-        return
+    dome = _head_dome(shape_model)
+    if dome is None:
+        return None
+    pred = load_predictor("femur", None, device)
     conf = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
     conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
     sf = _fit_pdm(conf, shape_model.pdm)
     if not sf.detected:
+        return None
+    arc = slice(dome[0], dome[1] + 1)
+    confidence = getattr(sf, "point_confidence", None)
+    confidence = np.zeros(dome[1] + 1 - dome[0]) if confidence is None else np.asarray(confidence)[arc]
+    return np.asarray(sf.points, dtype=float)[arc], confidence, conf
+
+
+def _head_from_femur_contour(result: FitResult, img, polarity: str, device, threshold: float, min_pixels: int):
+    """Head circle from the femur outline: PDM fit -> head-dome arc -> circle through the femur confidence
+    pixels within a few px of that arc (robust fit). Leaves ``result`` as is when that fails too."""
+    from DeepMorphLib.circle_fit import fit_circle_points
+
+    found = _femur_head_dome(img, polarity, device, threshold)
+    if found is None:
         return
-    arc = np.asarray(sf.points, dtype=float)[idx[HEAD_ARC[0]]: idx[HEAD_ARC[1]] + 1]
+    arc, _, conf = found
     v, u = np.nonzero(conf > threshold)
     fg = np.column_stack([u, v]).astype(float)
     if len(fg):
@@ -519,16 +533,11 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
-    shape_model = load_shape_model(None)
-    dome = _head_dome(shape_model)
-    if dome is None:
+    found = _femur_head_dome(img, polarity, device, threshold)
+    if found is None:
         return
-    pred = load_predictor("femur", None, device)
-    conf = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
-    sf = _fit_pdm(femur_fit_map(conf, getattr(pred, "target", "outline"), threshold), shape_model.pdm)
-    if not sf.detected:
-        return
-    seed = fit_circle_points(np.asarray(sf.points, dtype=float)[dome[0]: dome[1] + 1], method="algebraic", min_points=3)
+    arc, arc_confidence, _ = found
+    seed = fit_circle_points(arc, method="algebraic", min_points=3)
     if not seed.detected:
         return
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), result.confidence)
@@ -536,7 +545,7 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     if snap.applied:
         result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
                              unsnapped=before, source="femur-dome")
-    elif float(np.mean(np.asarray(sf.point_confidence)[dome[0]: dome[1] + 1])) >= DOME_CONFIDENCE:
+    elif float(np.mean(arc_confidence)) >= DOME_CONFIDENCE:
         # no clear edge either way: a femur fit that is confident along the head dome beats a head circle that
         # found no edge (on simulated images from training seeds: 48 -> 8 px mean error where this applied)
         result.circle.update(cx=seed.cx, cy=seed.cy, r=seed.r, unsnapped=before, source="femur-dome-fit")
