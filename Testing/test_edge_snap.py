@@ -156,3 +156,38 @@ def test_a_confident_femur_dome_replaces_a_circle_without_edge(monkeypatch, dome
         assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], [HEAD[0] + 12, HEAD[1] - 5, HEAD[2]], atol=0.5)
     else:
         assert "source" not in res.circle and res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=1.0)
+
+
+@pytest.mark.parametrize("edge_offset_px, source", [(5.0, "femur-dome"), (40.0, "femur-dome-fit")])
+def test_a_weak_edge_next_to_the_femur_dome_is_taken(monkeypatch, edge_offset_px, source):
+    """The dome circle and an edge circle that agree (within DOME_AGREEMENT r) confirm each other even when the
+    edge alone is too weak to snap; an edge circle far from the dome circle is ignored. The femur fit there is
+    anchored on the head network's unsnapped circle."""
+    from DeepMorphLib import edge_snap
+
+    shape_model = pipeline.load_shape_model(None)
+    dome = pipeline._head_dome(shape_model)
+    fit = DomeFit(shape_model.pdm.n_points, dome)
+    fit.point_confidence = np.full(shape_model.pdm.n_points, 0.9)
+    anchors = []
+
+    def fake_fit(conf, pdm, **kw):
+        anchors.append(kw)
+        return fit
+
+    def weak_edge(image, circle, confidence=None, **kw):  # never clear enough; best circle edge_offset_px to the right
+        cx, cy, r = circle
+        return edge_snap.EdgeSnap(False, cx + edge_offset_px, cy, r, 0.3, "weak")
+
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
+        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
+    monkeypatch.setattr(pipeline, "_fit_pdm", fake_fit)
+    monkeypatch.setattr(edge_snap, "snap_circle", weak_edge)
+    res = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    assert res.circle["source"] == source
+    expected_cx = HEAD[0] + 12 + (edge_offset_px if source == "femur-dome" else 0.0)
+    assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], [expected_cx, HEAD[1] - 5, HEAD[2]], atol=0.5)
+    (kw,) = anchors
+    assert kw["head_dome"] == dome and np.allclose(kw["head_circle"], [res.circle["unsnapped"][k] for k in ("cx", "cy", "r")])
+    assert kw["head_circle"][0] == pytest.approx(HEAD[0] - 150, abs=1.0)

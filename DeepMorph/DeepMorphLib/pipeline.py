@@ -476,10 +476,11 @@ def _anchor_circle(result: FitResult, img, polarity: str, head_net, threshold: f
     return circle
 
 
-def _femur_head_dome(img, polarity: str, device, threshold: float):
-    """The shipped femur network + PDM fit (no head anchoring) on ``img`` (shown with ``polarity``): the head-dome
-    points of the fitted contour (K, 2) px, their confidences (K,) and the map the PDM was fitted to; None when the
-    PDM does not name its head dome or the fit finds no femur."""
+def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=None):
+    """The shipped femur network + PDM fit on ``img`` (shown with ``polarity``): the head-dome points of the fitted
+    contour (K, 2) px, their confidences (K,) and the map the PDM was fitted to; None when the PDM does not name
+    its head dome or the fit finds no femur. ``head_circle`` (cx, cy, r) px: anchors the fit's second opinions,
+    as in the femur task (``asm_fit``); None = no anchoring."""
     from DeepMorphLib.polarity import apply_polarity
 
     shape_model = load_shape_model(None)
@@ -489,7 +490,8 @@ def _femur_head_dome(img, polarity: str, device, threshold: float):
     pred = load_predictor("femur", None, device)
     conf = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
     conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
-    sf = _fit_pdm(conf, shape_model.pdm)
+    anchor = {} if head_circle is None else {"head_circle": tuple(head_circle), "head_dome": dome}
+    sf = _fit_pdm(conf, shape_model.pdm, **anchor)
     if not sf.detected:
         return None
     arc = slice(dome[0], dome[1] + 1)
@@ -522,18 +524,23 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
 
 
 DOME_CONFIDENCE = 0.5  # mean femur confidence along the head dome for the dome circle to replace an unsnapped one
+DOME_AGREEMENT = 0.3  # an edge circle within this fraction of r (centre distance + |radius change|) of the dome circle
 
 
 def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
     """Second edge-snap attempt for a head circle that could not be snapped: from the circle through the head
-    dome of the femur PDM fit (shipped femur network and PDM; no head anchoring, so it is independent of the
-    head network's circle). Replaces the circle when that snap applies, or else by the dome circle itself when
-    the femur fit is confident along the dome (mean >= ``DOME_CONFIDENCE``)."""
+    dome of the femur PDM fit (shipped femur network and PDM, its second opinions anchored on the unsnapped head
+    circle, as in the femur task). The best edge circle around the dome circle replaces the head circle when its
+    evidence is clear or when it agrees with the dome circle (within ``DOME_AGREEMENT`` r: two independent
+    estimates, the femur outline and the image edge, confirm each other); otherwise the dome circle itself does
+    when the femur fit is confident along the dome (mean >= ``DOME_CONFIDENCE``). The dome circle alone sits
+    ~5 px off (the PDM's dome is not the head's silhouette), the edge circle next to it ~1 px."""
     from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
-    found = _femur_head_dome(img, polarity, device, threshold)
+    before = {k: result.circle[k] for k in ("cx", "cy", "r")}
+    found = _femur_head_dome(img, polarity, device, threshold, head_circle=(before["cx"], before["cy"], before["r"]))
     if found is None:
         return
     arc, arc_confidence, _ = found
@@ -541,8 +548,8 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     if not seed.detected:
         return
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), result.confidence)
-    before = {k: result.circle[k] for k in ("cx", "cy", "r")}
-    if snap.applied:
+    moved = float(np.hypot(snap.cx - seed.cx, snap.cy - seed.cy)) + abs(snap.r - seed.r)
+    if snap.applied or moved <= DOME_AGREEMENT * seed.r:
         result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
                              unsnapped=before, source="femur-dome")
     elif float(np.mean(arc_confidence)) >= DOME_CONFIDENCE:
