@@ -191,3 +191,49 @@ def test_a_weak_edge_next_to_the_femur_dome_is_taken(monkeypatch, edge_offset_px
     (kw,) = anchors
     assert kw["head_dome"] == dome and np.allclose(kw["head_circle"], [res.circle["unsnapped"][k] for k in ("cx", "cy", "r")])
     assert kw["head_circle"][0] == pytest.approx(HEAD[0] - 150, abs=1.0)
+
+
+def test_ring_contrast_of_crisp_and_diffuse_blobs():
+    crisp = disk_mask((448, 448), 200, 220, 60)
+    assert pipeline.ring_contrast(crisp, (200, 220, 60)) == pytest.approx(1.0, abs=0.01)
+    assert pipeline.ring_contrast(crisp, (200 + 240, 220, 60)) == pytest.approx(0.0, abs=0.01)  # off the blob
+    yy, xx = np.mgrid[:448, :448]
+    diffuse = np.exp(-((xx - 200.0) ** 2 + (yy - 220.0) ** 2) / (2 * 90.0 ** 2)).astype(np.float32)
+    # analytic: exp(-(0.7 r)^2 / 2 s^2) - exp(-(1.3 r)^2 / 2 s^2) with r = 60, s = 90
+    expected = np.exp(-(42.0 ** 2) / (2 * 90.0 ** 2)) - np.exp(-(78.0 ** 2) / (2 * 90.0 ** 2))
+    assert pipeline.ring_contrast(diffuse, (200, 220, 60)) == pytest.approx(expected, abs=0.01)
+
+
+class DiffuseFarHead(FarHead):
+    """Stand-in head network whose blob is diffuse (a wide Gaussian) and on the wrong structure."""
+
+    def __call__(self, image):
+        yy, xx = np.mgrid[: np.shape(image)[0], : np.shape(image)[1]]
+        d2 = (xx - (HEAD[0] - 150.0)) ** 2 + (yy - (HEAD[1] + 150.0)) ** 2
+        return (0.9 * np.exp(-d2 / (2 * (1.1 * HEAD[2]) ** 2))).astype(np.float32)
+
+
+@pytest.mark.parametrize("net, found", [(FarHead, True), (DiffuseFarHead, False)])
+def test_an_unconfirmed_diffuse_blob_is_not_a_detection(monkeypatch, net, found):
+    """No edge, a femur fit that is not confident along the dome: a crisp blob is kept, a diffuse one is reported
+    as not detected (its circle kept for review), in the pipeline and in the Slicer module's logic."""
+    from DeepMorphLib import fit_logic
+
+    shape_model = pipeline.load_shape_model(None)
+    fit = DomeFit(shape_model.pdm.n_points, pipeline._head_dome(shape_model))
+    fit.point_confidence = np.full(shape_model.pdm.n_points, 0.2)
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
+        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: fit)
+    flat = np.random.default_rng(3).normal(500.0, 2.0, (448, 448)).astype(np.float32)  # no edge anywhere
+    res = pipeline.fit_image(flat, "head", predictor=net(), polarity="bone-dark", refine=False)
+    assert res.detected is found and "source" not in res.circle
+    assert res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=3.0)  # kept for review either way
+    assert (res.circle["ring_contrast"] >= pipeline.MIN_RING_CONTRAST) is found
+    if not found:
+        assert "diffuse" in res.reason and "not found" in res.reason
+    probe = fit_logic.FitResult("head", True, "", circle=(res.circle["cx"], res.circle["cy"], res.circle["r"]),
+                                polarity="bone-dark", confidence=res.confidence)
+    fit_logic._snap_from_femur(probe, flat)
+    assert probe.detected is found and (found or "diffuse" in probe.reason)

@@ -124,6 +124,16 @@ def _ring_mean(conf_padded, cx, cy, rad, cos, sin) -> np.ndarray:
     return ring.mean(axis=1)
 
 
+def ring_means(confidence, circle, radius_factors=(0.7, 1.3), n_angles: int = 24) -> list:
+    """Mean of ``confidence`` (H, W) on circles around ``circle`` (cx, cy, r) px of radius f r for each f in
+    ``radius_factors`` (bilinear; outside the map counts as 0)."""
+    conf = np.pad(np.asarray(confidence, dtype=np.float32), 1)
+    cx, cy, r = (float(v) for v in circle)
+    ang = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
+    cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+    return [float(_ring_mean(conf, np.array([cx]), np.array([cy]), f * r, cos, sin)[0]) for f in radius_factors]
+
+
 def snap_circle(image, circle, confidence=None, *, sigma: float = 1.5, n_angles: int = 72, span: float = 0.8,
                 radius_range: tuple = (0.75, 1.3), trim: float = 0.25, conf_weight: float = 0.3,
                 edge_level: float = 0.1, min_support: float = 0.65, edge_cap: float = 0.1) -> EdgeSnap:

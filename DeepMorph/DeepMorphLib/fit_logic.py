@@ -267,7 +267,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
             _snap_from_femur(best, image)
-    if task == "head" and not best.detected and real_network:
+    if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
         best = _head_from_femur(image, model, metadata, polarity, best)
     best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
     return best
@@ -298,7 +298,8 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
 
 def _snap_from_femur(result: FitResult, image) -> None:
     """The pipeline's second snap attempt (``pipeline._snap_from_femur_dome``): from the head dome of the
-    shipped femur network's PDM fit, when the head network's circle could not be snapped."""
+    shipped femur network's PDM fit, when the head network's circle could not be snapped; as there, a diffuse
+    blob that nothing confirms is reported as not detected."""
     from . import pipeline
 
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
@@ -309,7 +310,10 @@ def _snap_from_femur(result: FitResult, image) -> None:
         pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
-    if probe.circle.get("source") in ("femur-dome", "femur-dome-fit"):
+    if not probe.detected:  # nothing confirms a diffuse blob: not found (the circle stays for review)
+        result.detected, result.reason = False, probe.reason
+        result.quality = {**result.quality, "ring_contrast": float(probe.circle["ring_contrast"])}
+    elif probe.circle.get("source") in ("femur-dome", "femur-dome-fit"):
         result.circle = (probe.circle["cx"], probe.circle["cy"], probe.circle["r"])
         snapped = probe.circle["source"] == "femur-dome"
         result.quality = {**result.quality, "from_femur_dome": 1.0, "snapped_from_femur_dome": float(snapped),

@@ -525,6 +525,16 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
 
 DOME_CONFIDENCE = 0.5  # mean femur confidence along the head dome for the dome circle to replace an unsnapped one
 DOME_AGREEMENT = 0.3  # an edge circle within this fraction of r (centre distance + |radius change|) of the dome circle
+MIN_RING_CONTRAST = 0.5  # an uncorroborated head circle needs this much confidence contrast across its rim
+
+
+def ring_contrast(conf: np.ndarray, circle) -> float:
+    """How crisp the confidence blob of a head circle (cx, cy, r) px is: mean confidence on the circle of radius
+    0.7 r minus that on the circle of radius 1.3 r (outside the map counts as 0); ~0.9 for a clean disk."""
+    from DeepMorphLib.edge_snap import ring_means
+
+    inner, outer = ring_means(conf, circle, (0.7, 1.3))
+    return float(inner - outer)
 
 
 def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
@@ -533,7 +543,9 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     circle, as in the femur task). The best edge circle around the dome circle replaces the head circle when its
     evidence is clear or when it agrees with the dome circle (within ``DOME_AGREEMENT`` r: two independent
     estimates, the femur outline and the image edge, confirm each other); otherwise the dome circle itself does
-    when the femur fit is confident along the dome (mean >= ``DOME_CONFIDENCE``). The dome circle alone sits
+    when the femur fit is confident along the dome (mean >= ``DOME_CONFIDENCE``). When nothing confirms the head
+    circle and its blob is diffuse (``ring_contrast`` < ``MIN_RING_CONTRAST``) the head counts as not found
+    (``detected`` False, the circle kept for review): a blob on the wrong structure. The dome circle alone sits
     ~5 px off (the PDM's dome is not the head's silhouette), the edge circle next to it ~1 px."""
     from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
@@ -556,7 +568,14 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
         # no clear edge either way: a femur fit that is confident along the head dome beats a head circle that
         # found no edge (on simulated images from training seeds: 48 -> 8 px mean error where this applied)
         result.circle.update(cx=seed.cx, cy=seed.cy, r=seed.r, unsnapped=before, source="femur-dome-fit")
-    else:
+    else:  # nothing confirms the head network's circle: keep it only when its own blob is crisp
+        contrast = ring_contrast(result.confidence, (before["cx"], before["cy"], before["r"]))
+        result.circle["ring_contrast"] = contrast
+        if contrast < MIN_RING_CONTRAST:
+            result.detected = False
+            result.reason = (f"head not found: the head network's blob is diffuse (ring contrast {contrast:.2f} < "
+                             f"{MIN_RING_CONTRAST}) and neither a clear edge in the image nor the femur fit confirms "
+                             "it; the unconfirmed circle is kept in 'circle' for review")
         return
     result.landmarks = {"head_center": [result.circle["cx"], result.circle["cy"]]}
 
