@@ -1,4 +1,5 @@
-"""Filled-region targets (head disk) and region confidence -> rim -> circle, against analytic circles."""
+"""Filled-region targets (head disk, proximal femur polygon) and region confidence -> rim -> circle / ridge,
+against analytic circles and polygons."""
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from DeepMorphLib.pipeline import femur_fit_map, fit_head_confidence
-from DeepMorphLib.region import boundary_points, disk_mask, main_region, outline_map
+from DeepMorphLib.region import boundary_points, disk_mask, main_region, outline_map, polygon_mask, soft_rim_map
 from DeepMorphLib.training import TrainConfig, list_samples, load_dataset, train
 from toy_data import write_toy_dataset
 
@@ -64,7 +65,47 @@ def test_outline_map_of_a_region_is_its_one_pixel_rim():
     rim = outline_map(conf)
     v, u = np.nonzero(rim)
     assert np.abs(np.hypot(u - 40, v - 40) - 19.5).max() < 1.0
-    assert femur_fit_map(conf, "outline") is conf and femur_fit_map(conf, "region").sum() == rim.sum()
+    assert femur_fit_map(conf, "outline") is conf
+
+
+def test_polygon_mask_has_the_area_of_the_polygon():
+    square = [[10.5, 8.5], [30.5, 8.5], [30.5, 20.5], [10.5, 20.5]]  # pixel edges: exactly 20 x 12 pixels
+    m = polygon_mask((40, 50), square)
+    assert m.sum() == pytest.approx(240.0, abs=0.5) and m[14, 20] == 1 and m[5, 5] == 0
+    tri = [[5.0, 5.0], [45.0, 5.0], [5.0, 35.0]]  # area 600 px^2, open: closed back to the first point
+    assert polygon_mask((40, 50), tri).sum() == pytest.approx(600.0, rel=0.01)
+    t = np.linspace(0, 2 * np.pi, 200, endpoint=False)  # a 200-gon: the disk up to anti-aliasing
+    ngon = polygon_mask((80, 80), np.column_stack([40.2 + 25 * np.cos(t), 37.7 + 25 * np.sin(t)]))
+    assert np.abs(ngon - disk_mask((80, 80), 40.2, 37.7, 25)).max() < 0.35
+    assert ngon.sum() == pytest.approx(np.pi * 25**2, rel=0.005)
+    with pytest.raises(ValueError, match="at least 3 finite"):
+        polygon_mask((10, 10), [[1, 1], [2, np.nan], [3, 1]])
+
+
+def test_soft_rim_map_peaks_on_the_half_level_of_the_main_region_only():
+    conf = np.maximum(soft_disk((100, 120), 45, 50, 25), soft_disk((100, 120), 105, 20, 5) * 0.8)
+    rim = soft_rim_map(conf)
+    assert femur_fit_map(conf, "region") == pytest.approx(rim)
+    row = rim[50]  # along y = 50 the ridge is at x = 45 +- 25, where conf = 0.5
+    assert abs(int(np.argmax(row[:45])) - 20) <= 1 and abs(45 + int(np.argmax(row[45:])) - 70) <= 1
+    assert row.max() == pytest.approx(1.0, abs=0.02)
+    assert rim[10:30, 95:115].max() == 0  # the small second blob gives no ridge
+    assert rim[50, 45] == 0  # nor does the confident inside
+
+
+def test_femur_region_targets_are_the_closed_outline(tmp_path):
+    from DeepMorphLib.training import _region_target
+
+    contour = [[60.0, 90.0], [20.0, 40.0], [50.0, 10.0], [80.0, 40.0], [75.0, 90.0]]  # open; closed at the shaft
+    path = tmp_path / "000000.json"
+    path.write_text(json.dumps({"contour": contour, "head_circle": [50, 30, 12]}))
+    femur = _region_target(path, (100, 100), "femur") / 255
+    assert np.allclose(femur, polygon_mask((100, 100), contour), atol=1e-6)
+    assert femur[60, 50] == 1 and femur[95, 50] == 0
+    head = _region_target(path, (100, 100), "head") / 255
+    assert np.allclose(head, disk_mask((100, 100), 50, 30, 12), atol=1e-6)
+    path.write_text(json.dumps({"head_circle": None}))  # femur not in the sample
+    assert _region_target(path, (100, 100), "femur").max() == 0
 
 
 def test_region_training_targets_are_the_ground_truth_disks(tmp_path):
@@ -78,8 +119,7 @@ def test_region_training_targets_are_the_ground_truth_disks(tmp_path):
     # the 48 px sample is resized to 96 px: pixel centres map as x' = 2 x + 0.5
     assert (m * xx).sum() / m.sum() == pytest.approx(2 * circle[0] + 0.5, abs=0.3)
     assert m.sum() == pytest.approx(np.pi * (2 * circle[2]) ** 2, rel=0.03)
-    with pytest.raises(ValueError, match="--task head"):
-        TrainConfig(task="femur", data=[str(toy)], out=str(tmp_path / "m"), target="region").validate()
+    TrainConfig(task="femur", data=[str(toy)], out=str(tmp_path / "m"), target="region").validate()  # allowed
 
 
 def test_a_region_model_records_its_target_and_the_pipeline_reads_the_rim(tmp_path):

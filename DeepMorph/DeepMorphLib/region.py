@@ -1,8 +1,8 @@
 """Filled-region targets and region confidence maps -> outlines (networks whose sidecar says ``"target": "region"``).
 
 An outline network lights up a thin band on the bone's edge; a region network lights up the whole object (the
-projected femoral head disk), which is far easier to learn. Its outline is the iso-line of the confidence at
-``level`` (0.5) around the most confident connected region. Coordinates are px of the map: x = column, y = row,
+projected femoral head disk, or the projected proximal femur), which is far easier to learn. Its outline is the
+iso-line of the confidence at ``level`` (0.5) around the most confident connected region. Coordinates are px of the map: x = column, y = row,
 pixel centres at integers, y down.
 """
 from __future__ import annotations
@@ -27,6 +27,30 @@ def disk_mask(shape: tuple, cx: float, cy: float, r: float) -> np.ndarray:
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
     d = np.hypot(xx - np.float32(cx), yy - np.float32(cy))
     return np.clip(np.float32(r) - d + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def polygon_mask(shape: tuple, points, supersample: int = 4) -> np.ndarray:
+    """Anti-aliased filled polygon (float32 in [0, 1], ``shape`` = (H, W)) through ``points`` (N, 2) (x, y) px,
+    closed by the segment from the last point back to the first (an open outline such as the femur's, lateral
+    shaft -> head -> medial shaft, is closed across the shaft). Each pixel's value is the fraction of the
+    ``supersample`` x ``supersample`` sub-pixel centres inside (even-odd rule, scanlines)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 3 or not np.all(np.isfinite(pts)):
+        raise ValueError(f"a polygon needs at least 3 finite (x, y) points, got {len(pts)}.")
+    s = int(supersample)
+    h, w = int(shape[0]) * s, int(shape[1]) * s
+    fine = (pts + 0.5) * s - 0.5  # pixel centres at integers on the fine grid too
+    x0, y0 = fine[:, 0], fine[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    rows = np.arange(h, dtype=np.float64)[:, None]
+    crosses = (y0 <= rows) != (y1 <= rows)  # (h, N): edge spans the scanline (half-open in y)
+    r, e = np.nonzero(crosses)
+    x = x0[e] + (rows[r, 0] - y0[e]) * (x1[e] - x0[e]) / (y1[e] - y0[e])
+    first = np.clip(np.floor(x).astype(np.int64) + 1, 0, w)  # first sub-pixel centre right of the crossing
+    flips = np.zeros((h, w + 1), np.int32)
+    np.add.at(flips, (r, first), 1)
+    inside = (np.cumsum(flips, axis=1)[:, :w] % 2).astype(np.float32)
+    return inside.reshape(int(shape[0]), s, int(shape[1]), s).mean(axis=(1, 3))
 
 
 def main_region(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
@@ -72,3 +96,13 @@ def outline_map(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
     region = main_region(conf, level)
     rim = region & ~ndi.binary_erosion(region, border_value=1)
     return rim.astype(np.float32)
+
+
+def soft_rim_map(conf: np.ndarray, level: float = 0.5, reach_px: int = 3) -> np.ndarray:
+    """Outline-style map with a sub-pixel ridge for fits that search for the peak (the PDM fit): 4 c (1 - c)
+    (1 where the confidence c crosses 0.5), kept within ``reach_px`` px of the rim of ``main_region`` (other
+    blobs and the map border, where c stays near 1, give no ridge)."""
+    conf = np.clip(np.asarray(conf, dtype=np.float32), 0.0, 1.0)
+    rim = outline_map(conf, level) > 0
+    near = ndi.binary_dilation(rim, iterations=max(1, int(reach_px)))
+    return (4.0 * conf * (1.0 - conf) * near).astype(np.float32)

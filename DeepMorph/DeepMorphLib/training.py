@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from DeepMorphLib.augment import AugmentConfig, augment_batch
 from DeepMorphLib.fusionnet import FusionNet, count_parameters
-from DeepMorphLib.region import check_target, disk_mask
+from DeepMorphLib.region import check_target, disk_mask, polygon_mask
 from DeepMorphLib.roi import crop_rois
 from DeepMorphLib.inference import (DEFAULT_NORMALIZATION, letterbox_shape, normalize_images, resize_image,
                                     resolve_device, torch_threads)
@@ -60,7 +60,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay_at: float = 0.75       # fraction of the epochs after which the LR is multiplied by 0.1
     pos_weight: float = 3.0         # BCE weight of target (outline or region) pixels
-    target: str = "outline"         # "outline" (thin band on the edge, the paper's) or "region" (filled head disk)
+    target: str = "outline"         # "outline" (thin band on the edge, the paper's) or "region" (filled object)
     dice_weight: float = 1.0        # weight of the soft-Dice term
     roi: str = ""                   # "" = whole images; "head" = patches around the true head, jittered (refiner)
     roi_scale: float = 4.0          # ROI side / head radius
@@ -99,9 +99,6 @@ class TrainConfig:
             raise ValueError(f"--size and --crop must be multiples of 2^depth = {m} (got {self.size}, {self.crop}).")
         AugmentConfig.from_dict(self.augment)
         check_target(self.target)
-        if self.target == "region" and self.task != "head":
-            raise ValueError("--target region is implemented for --task head (the projected head disk); "
-                             "train the femur with --target outline.")
         if self.roi not in ROIS:
             raise ValueError(f"--roi must be one of {ROIS} ('' = whole images), got {self.roi!r}.")
         if self.roi and self.task != "head":
@@ -180,22 +177,27 @@ def _read_gray(path: Path) -> np.ndarray:
     return arr
 
 
-def _region_target(json_path: Path, shape: tuple) -> np.ndarray:
-    """Filled head disk (0-255) drawn from a sample's ground-truth ``head_circle`` [cx, cy, r] px (empty when the
-    head is not in the sample)."""
+def _region_target(json_path: Path, shape: tuple, task: str = "head") -> np.ndarray:
+    """Filled target (0-255) drawn from a sample's ground truth: the head disk from ``head_circle`` [cx, cy, r] px
+    (task "head") or the proximal femur from its outline ``contour`` [[x, y], ...] px closed across the shaft
+    (task "femur"); empty when the object is not in the sample."""
     try:
-        circle = json.loads(json_path.read_text(encoding="utf-8")).get("head_circle")
+        truth = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"Cannot read {json_path} ({exc}); the dataset is damaged, regenerate that sample.") from None
+    if task == "femur":
+        contour = truth.get("contour")
+        return 255.0 * polygon_mask(shape, contour) if contour and len(contour) >= 3 else np.zeros(shape, np.float32)
+    circle = truth.get("head_circle")
     if not circle:
         return np.zeros(shape, np.float32)
     return 255.0 * disk_mask(shape, *circle)
 
 
-def _load_pair(pair: tuple[Path, Path], size: int) -> tuple[np.ndarray, np.ndarray]:
+def _load_pair(pair: tuple[Path, Path], size: int, task: str = "head") -> tuple[np.ndarray, np.ndarray]:
     img = _read_gray(pair[0])
     if pair[1].suffix == ".json":
-        mask = _region_target(pair[1], img.shape)
+        mask = _region_target(pair[1], img.shape, task)
     else:
         mask = (_read_gray(pair[1]) > 127) * 255.0
     if img.shape != mask.shape:
@@ -233,7 +235,7 @@ def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progres
     images = np.empty((len(pairs), size, size), np.uint8)
     masks = np.empty_like(images)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        it = pool.map(lambda pr: _load_pair(pr, size), pairs)
+        it = pool.map(lambda pr: _load_pair(pr, size, task), pairs)
         for i, (im, mk) in enumerate(tqdm(it, total=len(pairs), desc="loading", unit="img", disable=not progress,
                                           leave=False)):
             images[i], masks[i] = im, mk
@@ -606,7 +608,8 @@ def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> di
         "description": (f"FusionNet {cfg.target} segmenter for the {cfg.task}"
                         + (f" on ROIs of {cfg.roi_scale:g} head radii around a first estimate" if cfg.roi else "")
                         + " (sigmoid of the logits = confidence"
-                        + (" of being inside the projected head disk)" if cfg.target == "region" else ")")),
+                        + ((" of being inside the projected head disk)" if cfg.task == "head" else
+                            " of being inside the projected proximal femur)") if cfg.target == "region" else ")")),
         "target": cfg.target,
         **({"roi": {"kind": cfg.roi, "scale": cfg.roi_scale}} if cfg.roi else {}),
         "input_size": cfg.size,
