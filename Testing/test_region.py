@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from DeepMorphLib.pipeline import femur_fit_map, fit_head_confidence
-from DeepMorphLib.region import boundary_points, disk_mask, main_region, outline_map, polygon_mask, soft_rim_map
+from DeepMorphLib.region import boundary_points, disk_mask, edge_rim_map, main_region, polygon_mask
 from DeepMorphLib.training import TrainConfig, list_samples, load_dataset, train
 from toy_data import write_toy_dataset
 
@@ -60,11 +60,8 @@ def test_empty_and_tiny_regions_are_not_detected():
         fit_head_confidence(np.zeros((64, 64)), target="disk")
 
 
-def test_outline_map_of_a_region_is_its_one_pixel_rim():
+def test_an_outline_map_is_fitted_as_it_is():
     conf = soft_disk((80, 80), 40, 40, 20)
-    rim = outline_map(conf)
-    v, u = np.nonzero(rim)
-    assert np.abs(np.hypot(u - 40, v - 40) - 19.5).max() < 1.0
     assert femur_fit_map(conf, "outline") is conf
 
 
@@ -82,15 +79,18 @@ def test_polygon_mask_has_the_area_of_the_polygon():
         polygon_mask((10, 10), [[1, 1], [2, np.nan], [3, 1]])
 
 
-def test_soft_rim_map_peaks_on_the_half_level_of_the_main_region_only():
-    conf = np.maximum(soft_disk((100, 120), 45, 50, 25), soft_disk((100, 120), 105, 20, 5) * 0.8)
-    rim = soft_rim_map(conf)
+def test_edge_rim_map_peaks_where_the_region_ends_and_ignores_flat_uncertainty():
+    conf = soft_disk((100, 120), 45, 50, 25)
+    conf[:, 95:] = 0.5  # a flat area the network is unsure about
+    rim = edge_rim_map(conf)
     assert femur_fit_map(conf, "region") == pytest.approx(rim)
-    row = rim[50]  # along y = 50 the ridge is at x = 45 +- 25, where conf = 0.5
-    assert abs(int(np.argmax(row[:45])) - 20) <= 1 and abs(45 + int(np.argmax(row[45:])) - 70) <= 1
-    assert row.max() == pytest.approx(1.0, abs=0.02)
-    assert rim[10:30, 95:115].max() == 0  # the small second blob gives no ridge
-    assert rim[50, 45] == 0  # nor does the confident inside
+    row = rim[50]  # along y = 50 the region ends at x = 45 +- 25 (conf = 0.5 there)
+    assert abs(int(np.argmax(row[:45])) - 20) <= 1 and abs(45 + int(np.argmax(row[45:90])) - 70) <= 1
+    # logistic edge of width 1.5 px: |grad| = 1 / (4 * 1.5) = 0.17 /px before the 1 px blur, so close to full
+    assert 0.6 < row.max() <= 1.0
+    assert rim[50, 45] < 0.01 and rim[50, 105:].max() < 0.01  # confident inside, flat uncertainty: no ridge
+    with pytest.raises(ValueError, match="2-D"):
+        edge_rim_map(np.zeros((3, 4, 5)))
 
 
 def test_femur_region_targets_are_the_closed_outline(tmp_path):

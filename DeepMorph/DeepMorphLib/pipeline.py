@@ -300,11 +300,11 @@ def fit_head_confidence(conf, target: str = "outline", threshold: float = 0.5, m
 
 
 def femur_fit_map(conf, target: str = "outline", threshold: float = 0.5) -> np.ndarray:
-    """The map the PDM fit works on: an outline network's confidence as it is, a region network's soft rim
-    (``region.soft_rim_map``: a ridge where the confidence crosses 0.5)."""
-    from DeepMorphLib.region import check_target, soft_rim_map
+    """The map the PDM fit works on: an outline network's confidence as it is, a region network's edges
+    (``region.edge_rim_map``: a ridge where the confidence drops steeply from inside to outside)."""
+    from DeepMorphLib.region import check_target, edge_rim_map
 
-    return conf if check_target(target) == "outline" else soft_rim_map(conf, level=threshold)
+    return conf if check_target(target) == "outline" else edge_rim_map(conf)
 
 
 def _fit_pdm(conf, pdm, **kw):

@@ -90,19 +90,15 @@ def boundary_points(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
     return np.concatenate(points).astype(np.float64) if points else np.zeros((0, 2))
 
 
-def outline_map(conf: np.ndarray, level: float = 0.5) -> np.ndarray:
-    """Outline-style map (float32, 1 on the inner rim of ``main_region``, 0 elsewhere) for fits that expect an
-    outline network's confidence (e.g. the PDM fit)."""
-    region = main_region(conf, level)
-    rim = region & ~ndi.binary_erosion(region, border_value=1)
-    return rim.astype(np.float32)
-
-
-def soft_rim_map(conf: np.ndarray, level: float = 0.5, reach_px: int = 3) -> np.ndarray:
-    """Outline-style map with a sub-pixel ridge for fits that search for the peak (the PDM fit): 4 c (1 - c)
-    (1 where the confidence c crosses 0.5), kept within ``reach_px`` px of the rim of ``main_region`` (other
-    blobs and the map border, where c stays near 1, give no ridge)."""
-    conf = np.clip(np.asarray(conf, dtype=np.float32), 0.0, 1.0)
-    rim = outline_map(conf, level) > 0
-    near = ndi.binary_dilation(rim, iterations=max(1, int(reach_px)))
-    return (4.0 * conf * (1.0 - conf) * near).astype(np.float32)
+def edge_rim_map(conf: np.ndarray, sigma: float = 1.0, full_gradient: float = 0.2) -> np.ndarray:
+    """Outline-style map with a sub-pixel ridge for fits that search for the peak (the PDM fit): the confidence's
+    gradient magnitude (Gaussian derivative, ``sigma`` px) / ``full_gradient`` (per px), clipped to [0, 1]. It
+    peaks where the confidence crosses steeply from inside to outside; flat areas, confident or uncertain
+    (c ~ 0.5 where the network cannot tell), give no ridge. On simulated tuning images (femur region network,
+    PDM fit) it beat 4 c (1 - c), which lights up uncertain areas too: median 3.5 vs 6.6 px."""
+    conf = np.asarray(conf, dtype=np.float32)
+    if conf.ndim != 2:
+        raise ValueError(f"confidence map must be 2-D (H, W), got shape {conf.shape}.")
+    gx = ndi.gaussian_filter(conf, sigma, order=(0, 1))
+    gy = ndi.gaussian_filter(conf, sigma, order=(1, 0))
+    return np.clip(np.hypot(gx, gy) / float(full_gradient), 0.0, 1.0).astype(np.float32)
