@@ -101,6 +101,24 @@ class DomeFit:
                                                              HEAD[1] - 5 + HEAD[2] * np.sin(t)])
 
 
+def stub_femur_dome(monkeypatch, dome_confidence: float, fit_pdm=None) -> DomeFit:
+    """The shipped femur network replaced by an empty map and its PDM fit by ``DomeFit`` (dome confidence
+    ``dome_confidence``; ``fit_pdm`` (conf, pdm, **kw) -> fit, to see the call); returns the fit."""
+    shape_model = pipeline.load_shape_model(None)
+    fit = DomeFit(shape_model.pdm.n_points, pipeline._head_dome(shape_model))
+    fit.point_confidence = np.full(shape_model.pdm.n_points, dome_confidence)
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
+        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
+    monkeypatch.setattr(pipeline, "_fit_pdm", fit_pdm or (lambda conf, pdm, **kw: fit))
+    return fit
+
+
+def flat_image() -> np.ndarray:
+    """Noise around a constant: no edge anywhere."""
+    return np.random.default_rng(3).normal(500.0, 2.0, (448, 448)).astype(np.float32)
+
+
 def test_an_unsnappable_circle_is_snapped_again_from_the_femur_dome(monkeypatch):
     shape_model = pipeline.load_shape_model(None)
     dome = pipeline._head_dome(shape_model)
@@ -140,16 +158,8 @@ def test_compiled_and_numpy_sampling_agree(monkeypatch):
 
 @pytest.mark.parametrize("dome_confidence, replaced", [(0.9, True), (0.2, False)])
 def test_a_confident_femur_dome_replaces_a_circle_without_edge(monkeypatch, dome_confidence, replaced):
-    shape_model = pipeline.load_shape_model(None)
-    dome = pipeline._head_dome(shape_model)
-    fit = DomeFit(shape_model.pdm.n_points, dome)
-    fit.point_confidence = np.full(shape_model.pdm.n_points, dome_confidence)
-    real_load = pipeline.load_predictor
-    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
-        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
-    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: fit)
-    flat = np.random.default_rng(3).normal(500.0, 2.0, (448, 448)).astype(np.float32)  # no edge anywhere
-    res = pipeline.fit_image(flat, "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    stub_femur_dome(monkeypatch, dome_confidence)
+    res = pipeline.fit_image(flat_image(), "head", predictor=FarHead(), polarity="bone-dark", refine=False)
     assert not res.circle["snapped"]
     if replaced:
         assert res.circle["source"] == "femur-dome-fit" and res.circle["unsnapped"]["cx"] == pytest.approx(HEAD[0] - 150, abs=1)
@@ -165,31 +175,20 @@ def test_a_weak_edge_next_to_the_femur_dome_is_taken(monkeypatch, edge_offset_px
     anchored on the head network's unsnapped circle."""
     from DeepMorphLib import edge_snap
 
-    shape_model = pipeline.load_shape_model(None)
-    dome = pipeline._head_dome(shape_model)
-    fit = DomeFit(shape_model.pdm.n_points, dome)
-    fit.point_confidence = np.full(shape_model.pdm.n_points, 0.9)
     anchors = []
-
-    def fake_fit(conf, pdm, **kw):
-        anchors.append(kw)
-        return fit
+    fit = stub_femur_dome(monkeypatch, 0.9, lambda conf, pdm, **kw: anchors.append(kw) or fit)
 
     def weak_edge(image, circle, confidence=None, **kw):  # never clear enough; best circle edge_offset_px to the right
         cx, cy, r = circle
         return edge_snap.EdgeSnap(False, cx + edge_offset_px, cy, r, 0.3, "weak")
 
-    real_load = pipeline.load_predictor
-    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
-        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
-    monkeypatch.setattr(pipeline, "_fit_pdm", fake_fit)
     monkeypatch.setattr(edge_snap, "snap_circle", weak_edge)
     res = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False)
     assert res.circle["source"] == source
     expected_cx = HEAD[0] + 12 + (edge_offset_px if source == "femur-dome" else 0.0)
     assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], [expected_cx, HEAD[1] - 5, HEAD[2]], atol=0.5)
     (kw,) = anchors
-    assert kw["head_dome"] == dome and np.allclose(kw["head_circle"], [res.circle["unsnapped"][k] for k in ("cx", "cy", "r")])
+    assert kw["head_dome"] == pipeline._head_dome(pipeline.load_shape_model(None)) and np.allclose(kw["head_circle"], [res.circle["unsnapped"][k] for k in ("cx", "cy", "r")])
     assert kw["head_circle"][0] == pytest.approx(HEAD[0] - 150, abs=1.0)
 
 
@@ -219,14 +218,8 @@ def test_an_unconfirmed_diffuse_blob_is_not_a_detection(monkeypatch, net, found)
     as not detected (its circle kept for review), in the pipeline and in the Slicer module's logic."""
     from DeepMorphLib import fit_logic
 
-    shape_model = pipeline.load_shape_model(None)
-    fit = DomeFit(shape_model.pdm.n_points, pipeline._head_dome(shape_model))
-    fit.point_confidence = np.full(shape_model.pdm.n_points, 0.2)
-    real_load = pipeline.load_predictor
-    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
-        (lambda image: np.zeros(np.shape(image), np.float32)) if task == "femur" else real_load(task, model, device)))
-    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: fit)
-    flat = np.random.default_rng(3).normal(500.0, 2.0, (448, 448)).astype(np.float32)  # no edge anywhere
+    stub_femur_dome(monkeypatch, 0.2)
+    flat = flat_image()
     res = pipeline.fit_image(flat, "head", predictor=net(), polarity="bone-dark", refine=False)
     assert res.detected is found and "source" not in res.circle
     assert res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=3.0)  # kept for review either way
