@@ -301,7 +301,8 @@ def fit_head_confidence(conf, target: str = "outline", threshold: float = 0.5, m
 
 def femur_fit_map(conf, target: str = "outline", threshold: float = 0.5) -> np.ndarray:
     """The map the PDM fit works on: an outline network's confidence as it is, a region network's edges
-    (``region.edge_rim_map``: a ridge where the confidence drops steeply from inside to outside)."""
+    (``region.edge_rim_map``: a ridge where the confidence drops steeply from inside to outside; ``threshold`` is
+    not needed for it)."""
     from DeepMorphLib.region import check_target, edge_rim_map
 
     return conf if check_target(target) == "outline" else edge_rim_map(conf)

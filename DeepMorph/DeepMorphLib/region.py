@@ -2,8 +2,9 @@
 
 An outline network lights up a thin band on the bone's edge; a region network lights up the whole object (the
 projected femoral head disk, or the projected proximal femur), which is far easier to learn. Its outline is the
-iso-line of the confidence at ``level`` (0.5) around the most confident connected region. Coordinates are px of the map: x = column, y = row,
-pixel centres at integers, y down.
+iso-line of the confidence at ``level`` (0.5) around the most confident connected region (head circle fit), or
+the ridge of the confidence's gradient magnitude (``edge_rim_map``, femur PDM fit). Coordinates are px of the
+map: x = column, y = row, pixel centres at integers, y down.
 """
 from __future__ import annotations
 
