@@ -8,6 +8,7 @@ the shipped FusionNet of the task (``DeepMorph/Resources/Models/{head,femur}.saf
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -86,10 +87,23 @@ def load_predictor(task: str, model=None, device: str = "auto"):
     if not path.is_file():
         where = "No shipped" if model is None else "No"
         raise FileNotFoundError(f"{where} {task} model at {path}. " + TRAIN_HINT.format(task=task))
+    if model is None:  # the shipped model is loaded once per process (the head task's femur-dome snap asks per image)
+        stat = path.stat()
+        return _load_shipped(task, str(path), stat.st_mtime_ns, stat.st_size, device)
+    return _load_network(task, path, device)
+
+
+def _load_network(task: str, path: Path, device: str) -> "NetworkPredictor":
     from DeepMorphLib.model_io import load_model
 
     net, metadata = load_model(path, task=task)
     return NetworkPredictor(net, metadata, device=device, path=str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_shipped(task: str, path: str, mtime_ns: int, size: int, device: str) -> "NetworkPredictor":
+    """``_load_network`` cached on the file's identity (path, modification time, size): a replaced file reloads."""
+    return _load_network(task, Path(path), device)
 
 
 def load_refiner(refine=None, device: str = "auto"):
