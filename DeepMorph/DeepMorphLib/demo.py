@@ -679,6 +679,10 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
         if "head-refine" not in preds:  # optional: the head ROI refinement network
             preds["head-refine"] = (pipeline.load_refiner(refine_path, device)
                                     if refine_path is not None and refine_path.is_file() else None)
+        region_path = models_dir / "femur-region.safetensors" if models_dir else None
+        if "femur-region" not in preds:  # optional: the femur region network (second opinion of weak femur fits)
+            preds["femur-region"] = (pipeline.load_region_net(region_path, device)
+                                     if region_path is not None and region_path.is_file() else None)
         return preds, shape
 
     preds, shape_model = stages.run("load models", load)
@@ -698,7 +702,8 @@ def run_demo(out, seed: int = DEFAULT_SEED, n_images: int = 4, size: int = DEFAU
                 pair.append(pipeline.fit_image(img.image, task, pdm=shape_model, polarity="auto", predictor=pred,
                                                source=f"images/{img.stem}.png",
                                                refine=preds["head-refine"] or False,
-                                               head_anchor=head_net if task == "femur" else None))
+                                               head_anchor=head_net if task == "femur" else None,
+                                               region=preds["femur-region"] or False))
             fits.append(tuple(pair))
             h, f = pair
             log(f"[demo]   {img.stem:<16s} head {'found' if h.detected else 'not found'}, femur "

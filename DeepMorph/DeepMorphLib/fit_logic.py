@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -181,19 +182,20 @@ def _fit_head(conf: np.ndarray, target: str = "outline") -> FitResult:
     return FitResult("head", bool(fit.detected), fit.reason or "", circle=circle, quality=quality)
 
 
-def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None) -> FitResult:
-    from .asm_fit import fit_pdm_to_confidence
-    from .pipeline import femur_fit_map
+def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None, region_conf=None) -> FitResult:
+    from .pipeline import fit_femur_confidence
 
     dome = _head_dome(pdm) if head_circle is not None else None
     anchor = {"head_circle": head_circle, "head_dome": dome} if dome is not None else {}
-    fit = fit_pdm_to_confidence(femur_fit_map(conf, target), pdm, **anchor)
+    fit = fit_femur_confidence(conf, target, pdm, anchor, region_conf)
     if isinstance(fit.quality, dict):  # several named measures
         quality = {str(k): float(v) for k, v in fit.quality.items() if np.isscalar(v) and np.isfinite(v)}
     else:
         quality = {"quality": float(fit.quality)} if fit.quality is not None else {}
     if fit.point_confidence is not None:
         quality["mean_point_confidence"] = float(np.mean(fit.point_confidence))
+    if (getattr(fit, "info", None) or {}).get("fit_map") == "region":  # the region network's fit won (pipeline.fit_femur_confidence)
+        quality["region_fit"] = 1.0
     contour = np.asarray(fit.points, dtype=float) if fit.detected else None
     landmarks = contour_landmarks(pdm) if fit.detected else {}
     return FitResult("femur", bool(fit.detected), fit.reason or "", contour=contour, landmarks=landmarks,
@@ -219,7 +221,7 @@ def _score(result: FitResult) -> float:
 
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
-              edge_snap: bool = True, head_anchor=None) -> FitResult:
+              edge_snap: bool = True, head_anchor=None, region=None) -> FitResult:
     """Network confidence map + morphing fit on one X-ray (H, W).
 
     ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
@@ -228,6 +230,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     ``edge_snap``: move each head circle onto the head's edge in the image when it is clear (``edge_snap``).
     ``head_anchor`` (femur): a head-network predictor (``pipeline.NetworkPredictor``) whose edge-snapped circle
     anchors extra PDM starts when the first femur fit is weak (``pipeline.head_anchor_circle``); None = off.
+    ``region`` (femur): a femur region-network predictor (``pipeline.load_region_net``) whose fit is the last
+    second opinion of a weak femur fit (``pipeline.fit_femur_confidence``); None = off.
     """
     _check_task(task)
     if polarity not in POLARITIES:
@@ -253,12 +257,18 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         else:
             circle = None
             if head_anchor is not None:
+                @functools.lru_cache(maxsize=1)  # asked by the outline fit and maybe the region fit: run once
                 def circle(pol=pol):
                     from .pipeline import head_anchor_circle
 
                     found = head_anchor_circle(image, pol, head_anchor)
                     return None if found is None else (found["cx"], found["cy"], found["r"])
-            result = _fit_femur(conf, pdm, target, circle)
+            region_conf = None
+            if region is not None:
+                from .pipeline import region_confidence
+
+                region_conf = region_confidence(image, pol, region)
+            result = _fit_femur(conf, pdm, target, circle, region_conf)
         if task == "head" and result.detected and refiner is not None:
             _refine(result, image, pol, refiner)
         result.polarity, result.confidence = pol, conf
@@ -359,14 +369,17 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
         path = Path(refine_model) if refine_model else default_refiner_path()
         if refine_model or path.is_file():  # cached per file, like the task model
             refiner = load_refiner(load_task_model("head", path))
-    anchor = None
+    anchor = region = None
     if task == "femur" and predict is None:
-        from .pipeline import NetworkPredictor, default_model_path
+        from .pipeline import NetworkPredictor, default_model_path, default_region_model_path
 
         if default_model_path("head").is_file():  # the shipped head network anchors weak femur fits
             anchor = NetworkPredictor(*load_task_model("head", None))
+        if default_region_model_path().is_file():  # and the shipped region network gives a last second opinion
+            region = NetworkPredictor(*load_task_model("femur", default_region_model_path()))
     result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
-                       pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor)
+                       pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor,
+                       region=region)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 

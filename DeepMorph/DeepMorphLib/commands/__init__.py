@@ -19,6 +19,10 @@ def add_femur_fit_arguments(parser) -> None:
     parser.add_argument("--head-anchor", default=None, metavar="MODEL",
                         help="femur: head network whose (edge-snapped) circle anchors extra PDM starts when the first "
                              "fit is not convincing (default: the shipped head network; 'none' = off)")
+    parser.add_argument("--region-model", default=None, metavar="MODEL",
+                        help="femur: region network whose fit is the last second opinion, polished onto the outline "
+                             "network's ridge (default: the shipped one when present; 'none' = off)")
     parser.add_argument("--second-opinion-below", type=float, default=0.7, metavar="Q",
-                        help="femur: try the second-opinion fits (shape-constrained CPD, head-anchored starts) when "
+                        help="femur: try the second-opinion fits (shape-constrained CPD, head-anchored starts, the "
+                             "region network) when "
                              "the first fit's mean confidence is below Q (default 0.7; 0 = never)")

@@ -73,8 +73,9 @@ def run(args) -> int:
         predictor = pipeline.load_predictor(task, args.model, device="cpu")
         shape_model = pipeline.load_shape_model() if task == "femur" else None
         anchor = pipeline.load_head_anchor(None, device="cpu") if task == "femur" else None  # as `fit` does
+        region = pipeline.load_region_net(None, device="cpu") if task == "femur" else None
         fit = lambda: pipeline.fit_image(image, task, pdm=shape_model, polarity=args.polarity,  # noqa: E731
-                                         predictor=predictor, head_anchor=anchor or False)
+                                         predictor=predictor, head_anchor=anchor or False, region=region or False)
         first = fit()  # warm-up: JIT compilation, allocations
         runs = [fit().timings_ms for _ in range(args.repeats)]
         for key in ("polarity_ms", "network_ms", "fit_ms", "total_ms"):

@@ -174,6 +174,7 @@ def run(args) -> int:
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
     anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
+    region = pipeline.load_region_net(args.region_model, args.device) if args.task == "femur" else None
     with tempfile.TemporaryDirectory(prefix="deepmorph-heldout-") as tmp:
         if args.real:
             source, real, samples = "real", True, iter_real(Path(args.real), args.n)
@@ -183,7 +184,7 @@ def run(args) -> int:
             n = args.n or 200
             root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers)
             source, real, samples = "heldout", False, iter_dataset(Path(root), n)
-        records, bad, figures = _evaluate(args, samples, predictor, refiner, shape_model, real, anchor)
+        records, bad, figures = _evaluate(args, samples, predictor, refiner, shape_model, real, anchor, region)
     result = {"task": args.task, "source": source, **summarize(args.task, records, real)}
     if source == "heldout":
         result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants))
@@ -202,7 +203,7 @@ def run(args) -> int:
     return 0
 
 
-def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor=None):
+def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor=None, region=None):
     from tqdm import tqdm
 
     from DeepMorphLib import pipeline
@@ -219,7 +220,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
                                      predictor=predictor, source=str(sample["path"]),
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
-                                     head_anchor=anchor or False,
+                                     head_anchor=anchor or False, region=region or False,
                                      fit_options={"second_opinion_below": args.second_opinion_below})
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(sample["path"]), str(exc)))

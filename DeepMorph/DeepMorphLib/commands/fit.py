@@ -63,6 +63,7 @@ def run(args) -> int:
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
     anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
+    region = pipeline.load_region_net(args.region_model, args.device) if args.task == "femur" else None
     used, results, bad, figures = set(), [], [], []
     t0 = time.perf_counter()
     for i, name in enumerate(args.images, 1):
@@ -73,7 +74,7 @@ def run(args) -> int:
                                      threshold=args.threshold, min_pixels=args.min_pixels, source=str(path),
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
-                                     head_anchor=anchor or False,
+                                     head_anchor=anchor or False, region=region or False,
                                      fit_options={"second_opinion_below": args.second_opinion_below})
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(path), str(exc)))
