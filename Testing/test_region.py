@@ -135,3 +135,74 @@ def test_a_region_model_records_its_target_and_the_pipeline_reads_the_rim(tmp_pa
     net, meta = load_model(result["model"], task="head")
     assert meta["target"] == "region" and "head disk" in meta["description"]
     assert NetworkPredictor(net, meta).target == "region"
+
+
+# ---------------------------------------------------------------- the region network as the femur fit's second opinion
+def _femur_maps(decoy_shift_px: float, outline_peak: float):
+    """A plausible femur (PDM instance, open contour) in 448 px, its region map (the closed outline filled, as a
+    region network marks it) and an outline map drawn ``decoy_shift_px`` px off (a network that followed another
+    structure) at ``outline_peak``."""
+    from DeepMorphLib.pdm import PointDistributionModel
+    from DeepMorphLib.similarity import Similarity
+    from DeepMorphLib.synthetic_shapes import femur_training_set, landmark_indices, render_confidence
+
+    pdm = PointDistributionModel.fit(femur_training_set(50, seed=1), landmarks=landmark_indices())
+    truth = pdm.instance(None, Similarity.from_params(1.05, 15.0, (224.0, 230.0)))
+    region = polygon_mask((448, 448), truth).astype(np.float32)
+    outline = render_confidence(truth + [decoy_shift_px, 0.0], (448, 448), peak=outline_peak)
+    return pdm, truth, region, outline
+
+
+def test_a_weak_outline_fit_is_replaced_by_the_region_networks_fit():
+    from DeepMorphLib.pipeline import fit_femur_confidence
+    from DeepMorphLib.synthetic_shapes import point_to_curve_distance
+
+    pdm, truth, region, outline = _femur_maps(decoy_shift_px=30.0, outline_peak=0.65)
+    asked = []
+    fit = fit_femur_confidence(outline, "outline", pdm, {}, lambda: asked.append(1) or region)
+    err = point_to_curve_distance(fit.points, truth)
+    assert asked == [1] and fit.info["fit_map"] == "region"
+    assert fit.info["outline_quality"] < 0.7 < fit.quality  # the outline fit sat on the decoy, weakly
+    # the region fit found the femur (only the shaft ends may slide along the closing edge); the decoy is too far
+    # to polish onto
+    assert np.mean(err) < 1.0 and np.percentile(err, 90) < 1.0
+
+
+def test_a_region_fit_is_polished_onto_the_outline_ridge():
+    from DeepMorphLib.pipeline import REGION_POLISH_PX, fit_femur_confidence
+    from DeepMorphLib.synthetic_shapes import point_to_curve_distance
+
+    pdm, truth, region, outline = _femur_maps(decoy_shift_px=3.0, outline_peak=0.6)  # weak but where it should be
+    shifted = np.roll(region, -3, axis=1)  # the region network's edge 3 px left of the outline ridge
+    fit = fit_femur_confidence(outline, "outline", pdm, {}, lambda: shifted)
+    ridge = truth + [3.0, 0.0]
+    assert 3.0 < REGION_POLISH_PX and fit.info["fit_map"] == "region"
+    assert np.median(point_to_curve_distance(fit.model_points, ridge)) > 2.0  # the PDM fit follows the region ...
+    assert np.median(point_to_curve_distance(fit.points, ridge)) < 0.5  # ... its points end on the outline ridge
+
+
+def test_a_convincing_outline_fit_does_not_ask_the_region_network():
+    from DeepMorphLib.pipeline import fit_femur_confidence
+
+    pdm, truth, region, outline = _femur_maps(decoy_shift_px=0.0, outline_peak=1.0)
+
+    def never():
+        raise AssertionError("the region network was run for a convincing outline fit")
+
+    fit = fit_femur_confidence(outline, "outline", pdm, {}, never)
+    assert fit.detected and fit.quality > 0.9 and "fit_map" not in fit.info
+    weak = fit_femur_confidence(0.6 * outline, "outline", pdm, {"second_opinion_below": 0.0}, never)  # 0 = never
+    assert weak.detected
+
+
+def test_the_region_second_opinion_needs_a_region_network():
+    from DeepMorphLib.fusionnet import FusionNet
+    from DeepMorphLib.pipeline import NetworkPredictor, default_region_model_path, load_region_net
+
+    outline_net = NetworkPredictor(FusionNet(base_channels=4, depth=2), {"task": "femur", "target": "outline"})
+    with pytest.raises(ValueError, match="not a region network.*--region-model none"):
+        load_region_net(outline_net)
+    assert load_region_net("none") is None and load_region_net(False) is None
+    if default_region_model_path().is_file():  # the shipped one
+        shipped = load_region_net(None, device="cpu")
+        assert shipped.target == "region" and shipped.task == "femur"
