@@ -125,7 +125,11 @@ def predict_confidence(model: torch.nn.Module, metadata: dict, image, device: st
     """
     dev = resolve_device(device)
     h, w = np.shape(image)[:2] if not torch.is_tensor(image) else tuple(image.shape[:2])
-    model.to(dev).eval()
+    first = next(model.parameters(), None)
+    moved = first is not None and (first.device.type != dev.type or
+                                   (dev.index is not None and first.device.index != dev.index))
+    if model.training or moved:  # .to()/.eval() walk every module (~10 ms): only when needed
+        model.to(dev).eval()
     with torch_threads(threads if dev.type == "cpu" else None), torch.inference_mode():
         x, (nh, nw, top, left) = prepare_input(image, metadata, polarity, dev)
         conf = torch.sigmoid(model(x))[:, :1, top:top + nh, left:left + nw]

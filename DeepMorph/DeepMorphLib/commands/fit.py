@@ -104,7 +104,8 @@ def _summary(d: dict) -> str:
     if d.get("circle"):
         c = d["circle"]
         return f"circle cx={c['cx']:.1f} cy={c['cy']:.1f} r={c['r']:.1f} px; {pol}"
-    return f"contour {len(d.get('contour') or [])} points, quality {d.get('quality') or 0:.2f}; {pol}"
+    source = " (region network's fit)" if d.get("fit_map") == "region" else ""
+    return f"contour {len(d.get('contour') or [])} points{source}, quality {d.get('quality') or 0:.2f}; {pol}"
 
 
 def _thumbnail(rgb, side: int = 300):
