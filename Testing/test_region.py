@@ -206,3 +206,22 @@ def test_the_region_second_opinion_needs_a_region_network():
     if default_region_model_path().is_file():  # the shipped one
         shipped = load_region_net(None, device="cpu")
         assert shipped.target == "region" and shipped.task == "femur"
+
+
+def test_the_slicer_logic_takes_the_region_networks_fit_too():
+    from DeepMorphLib import fit_logic
+    from DeepMorphLib.synthetic_shapes import point_to_curve_distance
+
+    pdm, truth, region, outline = _femur_maps(decoy_shift_px=30.0, outline_peak=0.65)
+    image = np.random.default_rng(0).normal(100.0, 10.0, (448, 448)).astype(np.float32)
+
+    def region_net(img):
+        assert img.shape == image.shape
+        return region
+
+    result = fit_logic.fit_image(image, "femur", pdm=pdm, polarity="bone-dark", predict=lambda img: outline,
+                                 region=region_net)
+    assert result.detected and result.quality["region_fit"] == 1.0
+    assert np.mean(point_to_curve_distance(result.contour, truth)) < 1.0
+    plain = fit_logic.fit_image(image, "femur", pdm=pdm, polarity="bone-dark", predict=lambda img: outline)
+    assert "region_fit" not in plain.quality and np.mean(point_to_curve_distance(plain.contour, truth)) > 15.0
