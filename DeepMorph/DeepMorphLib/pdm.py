@@ -191,9 +191,22 @@ class PointDistributionModel:
         rms = float(np.sqrt(np.sum(w * res) / np.sum(w)))
         return ShapeParams(points, b, transform, int(it), rms)
 
-    def _gauss_newton(self, target, w, lim_b, transform, b, regularization, max_iterations, tol_px):
-        """The fit loop of ``fit_shape`` (lean numpy: it runs in every ASM iteration)."""
+    def _gauss_newton(self, target, w, lim_b, transform, b, regularization, max_iterations, tol_px,
+                      compiled: bool = True):
+        """The fit loop of ``fit_shape`` (it runs in every ASM iteration): compiled (``pdm_numba``) when numba is
+        available and ``compiled``, else lean numpy."""
+        from . import pdm_numba
+
         m, n = self.n_modes, self.n_points
+        if compiled and pdm_numba.AVAILABLE:
+            lim = np.full(m + 4, np.inf) if lim_b is None else np.concatenate([lim_b, np.full(4, np.inf)])
+            prior = np.zeros(m + 4)
+            prior[:m] = regularization / self.variances
+            f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+            points, b, scale, rot, trans, it = pdm_numba.gauss_newton(
+                f64(target), f64(w), lim, f64(self.mean), f64(self.modes), prior, f64(b), float(transform.scale),
+                f64(transform.rotation), f64(transform.translation), int(max_iterations), float(tol_px))
+            return points, b, Similarity(scale, rot, trans), it
         w2 = np.repeat(w, 2)[:, None]
         lim = None if lim_b is None else np.concatenate([lim_b, np.full(4, np.inf)])
         design = np.empty((2 * n, m + 4))  # [P, x, x_perp, e_x, e_y]
