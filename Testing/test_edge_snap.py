@@ -102,9 +102,23 @@ class DomeFit:
                                                              HEAD[1] - 5 + HEAD[2] * np.sin(t)])
 
 
-def stub_femur_dome(monkeypatch, dome_confidence: float, fit_pdm=None) -> DomeFit:
+class FemurRegion:
+    """Stand-in femur region network: the femur as a disk 1.4 head radii around the true head (+ shaft below)."""
+
+    expected_polarity = "bone-dark"
+    target = "region"
+
+    def __call__(self, image):
+        disk = disk_mask(np.shape(image), HEAD[0], HEAD[1], 1.4 * HEAD[2])
+        disk[int(HEAD[1]):, int(HEAD[0] - 40): int(HEAD[0] + 40)] = 1.0
+        return disk
+
+
+def stub_femur_dome(monkeypatch, dome_confidence: float, fit_pdm=None, region=None) -> DomeFit:
     """The shipped femur network replaced by an empty map and its PDM fit by ``DomeFit`` (dome confidence
-    ``dome_confidence``; ``fit_pdm`` (conf, pdm, **kw) -> fit, to see the call); returns the fit."""
+    ``dome_confidence``; ``fit_pdm`` (conf, pdm, **kw) -> fit, to see the call); the shipped femur region
+    network by ``region`` (None: none, so no femur check); returns the fit."""
+    monkeypatch.setattr(pipeline, "load_region_net", lambda *a, **k: region)
     shape_model = pipeline.load_shape_model(None)
     fit = DomeFit(shape_model.pdm.n_points, pipeline._head_dome(shape_model))
     fit.point_confidence = np.full(shape_model.pdm.n_points, dome_confidence)
@@ -231,3 +245,35 @@ def test_an_unconfirmed_diffuse_blob_is_not_a_detection(monkeypatch, net, found)
                                 polarity="bone-dark", confidence=res.confidence)
     fit_logic._snap_from_femur(probe, flat)
     assert probe.detected is found and (found or "diffuse" in probe.reason)
+
+
+class NearHead(FarHead):
+    """Stand-in head network (counted as a real one) whose blob is 25 px off the true head and 15 % too large."""
+
+    __call__ = RoughHead.__call__
+
+
+@pytest.mark.parametrize("net, found", [(FarHead, False), (NearHead, True)])
+def test_an_unconfirmed_circle_off_the_femur_is_not_a_detection(monkeypatch, net, found):
+    """No edge, no confident femur dome, a crisp blob: kept only when the femur region network puts it on the
+    femur (the blob 150 px away is not; one 25 px off the true head is), in the pipeline and in the Slicer logic."""
+    from DeepMorphLib import fit_logic
+
+    stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
+    flat = flat_image()
+    res = pipeline.fit_image(flat, "head", predictor=net(), polarity="bone-dark", refine=False)
+    assert res.detected is found and (res.circle["on_femur"] >= pipeline.MIN_ON_FEMUR) is found
+    assert res.circle["ring_contrast"] >= pipeline.MIN_RING_CONTRAST  # crisp: only the femur check decides
+    if not found:
+        assert "not on the femur" in res.reason and res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=3.0)
+    probe = fit_logic.FitResult("head", True, "", circle=(res.circle["cx"], res.circle["cy"], res.circle["r"]),
+                                polarity="bone-dark", confidence=res.confidence)
+    fit_logic._snap_from_femur(probe, flat)
+    assert probe.detected is found and probe.quality["on_femur"] == pytest.approx(res.circle["on_femur"], abs=1e-6)
+
+
+def test_on_femur_scores_the_region_inside_the_circle():
+    region = FemurRegion()(np.zeros((448, 448)))
+    assert pipeline.on_femur(region, HEAD) == pytest.approx(1.0, abs=1e-3)
+    assert pipeline.on_femur(region, (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])) == pytest.approx(0.0, abs=1e-3)
+    assert pipeline.on_femur(region, (-500.0, -500.0, 20.0)) == 0.0  # entirely outside the image

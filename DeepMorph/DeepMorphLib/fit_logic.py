@@ -309,7 +309,7 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
 def _snap_from_femur(result: FitResult, image) -> None:
     """The pipeline's second snap attempt (``pipeline._snap_from_femur_dome``): from the head dome of the
     shipped femur network's PDM fit, when the head network's circle could not be snapped; as there, a diffuse
-    blob that nothing confirms is reported as not detected."""
+    blob that nothing confirms, or a circle off the femur, is reported as not detected."""
     from . import pipeline
 
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
@@ -320,14 +320,15 @@ def _snap_from_femur(result: FitResult, image) -> None:
         pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
-    if not probe.detected:  # nothing confirms a diffuse blob: not found (the circle stays for review)
-        result.detected, result.reason = False, probe.reason
-        result.quality = {**result.quality, "ring_contrast": float(probe.circle["ring_contrast"])}
-    elif probe.circle.get("source") in ("femur-dome", "femur-dome-fit"):
+    if probe.circle.get("source") in ("femur-dome", "femur-dome-fit"):
         result.circle = (probe.circle["cx"], probe.circle["cy"], probe.circle["r"])
         snapped = probe.circle["source"] == "femur-dome"
         result.quality = {**result.quality, "from_femur_dome": 1.0, "snapped_from_femur_dome": float(snapped),
                           **({"edge_support": float(probe.circle["edge_support"])} if snapped else {})}
+    checks = {k: float(probe.circle[k]) for k in ("ring_contrast", "on_femur") if k in probe.circle}
+    result.quality = {**result.quality, **checks}
+    if not probe.detected:  # a diffuse blob or a circle off the femur: not found (the circle stays for review)
+        result.detected, result.reason = False, probe.reason
 
 
 def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:
