@@ -277,3 +277,26 @@ def test_on_femur_scores_the_region_inside_the_circle():
     assert pipeline.on_femur(region, HEAD) == pytest.approx(1.0, abs=1e-3)
     assert pipeline.on_femur(region, (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])) == pytest.approx(0.0, abs=1e-3)
     assert pipeline.on_femur(region, (-500.0, -500.0, 20.0)) == 0.0  # entirely outside the image
+
+
+def test_a_circle_off_the_femur_is_replaced_by_the_unanchored_femur_dome(monkeypatch):
+    """The head network's blob is off the femur and the femur fit anchored on it follows it away; the femur fit
+    without that anchor finds the head dome, whose edge is clear: the head is found there."""
+    near = stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())  # dome 12 px off the true head
+    far = DomeFit(len(near.points), pipeline._head_dome(pipeline.load_shape_model(None)))
+    far.points = near.points - [150.0, -150.0]  # around the head network's wrong blob
+    far.point_confidence = near.point_confidence
+    calls = []
+
+    def fit_pdm(conf, pdm, **kw):
+        calls.append("head_circle" in kw)
+        return far if "head_circle" in kw else near
+
+    monkeypatch.setattr(pipeline, "_fit_pdm", fit_pdm)
+    img = sphere_shadow()
+    img[:, :80] = img[:, 80:81]  # no edge near the wrong blob
+    res = pipeline.fit_image(img, "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    assert calls == [True, False]  # anchored first, then alone
+    assert res.detected and res.circle["source"] == "femur-dome-unanchored"
+    assert res.circle["off_femur"] < pipeline.MIN_ON_FEMUR <= res.circle["on_femur"]
+    assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 1.0

@@ -320,9 +320,9 @@ def _snap_from_femur(result: FitResult, image) -> None:
         pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
-    if probe.circle.get("source") in ("femur-dome", "femur-dome-fit"):
+    if probe.circle.get("source") in ("femur-dome", "femur-dome-fit", "femur-dome-unanchored"):
         result.circle = (probe.circle["cx"], probe.circle["cy"], probe.circle["r"])
-        snapped = probe.circle["source"] == "femur-dome"
+        snapped = probe.circle["source"] != "femur-dome-fit"
         result.quality = {**result.quality, "from_femur_dome": 1.0, "snapped_from_femur_dome": float(snapped),
                           **({"edge_support": float(probe.circle["edge_support"])} if snapped else {})}
     checks = {k: float(probe.circle[k]) for k in ("ring_contrast", "on_femur") if k in probe.circle}

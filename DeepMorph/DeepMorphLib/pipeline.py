@@ -672,9 +672,12 @@ def on_femur(region_conf: np.ndarray, circle) -> float:
 def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
     """``_snap_from_dome`` (the second snap attempt), then, when the head still counts as found, the femur check:
     a circle that its own edge did not confirm must lie on the femur, i.e. the shipped femur region network's
-    confidence inside it must reach ``MIN_ON_FEMUR`` (``circle["on_femur"]``); otherwise the head counts as not
-    found (the circle kept for review). On simulated tuning images such circles (on the pelvis, beside the femur)
-    were 100-200 px off, while every circle within 3 px of the truth scored >= 0.93."""
+    confidence inside it must reach ``MIN_ON_FEMUR`` (``circle["on_femur"]``). A circle off the femur means the head
+    network found something else, so the head is looked for once more from the femur fit alone (not anchored on that
+    circle): the edge circle at its head dome is taken when confirmed (clear edge or agreement, as above) and on the
+    femur (``source`` "femur-dome-unanchored"); otherwise the head counts as not found (the circle kept for
+    review). On simulated tuning images circles off the femur (on the pelvis, beside the femur) were 100-200 px
+    off, while every circle within 3 px of the truth scored >= 0.93."""
     from DeepMorphLib.polarity import apply_polarity
 
     _snap_from_dome(result, img, polarity, device, threshold)
@@ -684,11 +687,45 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     conf = _resize_to(net(apply_polarity(img, polarity, getattr(net, "expected_polarity", "bone-dark"))), img.shape)
     score = on_femur(conf, (result.circle["cx"], result.circle["cy"], result.circle["r"]))
     result.circle["on_femur"] = score
-    if score < MIN_ON_FEMUR:
-        result.detected = False
-        result.reason = (f"head not found: the circle is not on the femur (femur region confidence inside it "
-                         f"{score:.2f} < {MIN_ON_FEMUR}) and its own edge does not confirm it; the circle is kept in "
-                         "'circle' for review")
+    if score >= MIN_ON_FEMUR:
+        return
+    # the head network found something else: look for the head from the femur fit alone, not anchored on that circle
+    found = _dome_edge_circle(img, polarity, device, threshold, result.confidence)
+    if found is not None and found[2]:
+        snap = found[1]
+        rescued = on_femur(conf, (snap.cx, snap.cy, snap.r))
+        if rescued >= MIN_ON_FEMUR:
+            before = result.circle.get("unsnapped") or {k: result.circle[k] for k in ("cx", "cy", "r")}
+            result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
+                                 unsnapped=before, source="femur-dome-unanchored", on_femur=rescued,
+                                 off_femur=score)
+            result.landmarks = {"head_center": [snap.cx, snap.cy]}
+            return
+    result.detected = False
+    result.reason = (f"head not found: the circle is not on the femur (femur region confidence inside it "
+                     f"{score:.2f} < {MIN_ON_FEMUR}), its own edge does not confirm it, and the femur fit's head dome "
+                     "has no clear edge either; the circle is kept in 'circle' for review")
+
+
+def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, head_circle=None):
+    """The circle through the head dome of the femur PDM fit (``_femur_head_dome``, its second opinions anchored on
+    ``head_circle`` (cx, cy, r) px when given) and the best edge circle around it (``edge_snap.snap_circle``):
+    (seed CircleFit, EdgeSnap, confirmed, dome point confidences), ``confirmed`` when the edge is clear or the
+    edge circle lies within ``DOME_AGREEMENT`` r of the seed; None when there is no femur fit or dome circle."""
+    from DeepMorphLib.circle_fit import fit_circle_points
+    from DeepMorphLib.edge_snap import snap_circle
+    from DeepMorphLib.polarity import apply_polarity
+
+    found = _femur_head_dome(img, polarity, device, threshold, head_circle=head_circle)
+    if found is None:
+        return None
+    arc, arc_confidence, _ = found
+    seed = fit_circle_points(arc, method="algebraic", min_points=3)
+    if not seed.detected:
+        return None
+    snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), head_conf)
+    moved = float(np.hypot(snap.cx - seed.cx, snap.cy - seed.cy)) + abs(snap.r - seed.r)
+    return seed, snap, bool(snap.applied or moved <= DOME_AGREEMENT * seed.r), arc_confidence
 
 
 def _snap_from_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
@@ -701,21 +738,13 @@ def _snap_from_dome(result: FitResult, img, polarity: str, device, threshold: fl
     circle and its blob is diffuse (``ring_contrast`` < ``MIN_RING_CONTRAST``) the head counts as not found
     (``detected`` False, the circle kept for review): a blob on the wrong structure. The dome circle alone sits
     ~5 px off (the PDM's dome is not the head's silhouette), the edge circle next to it ~1 px."""
-    from DeepMorphLib.circle_fit import fit_circle_points
-    from DeepMorphLib.edge_snap import snap_circle
-    from DeepMorphLib.polarity import apply_polarity
-
     before = {k: result.circle[k] for k in ("cx", "cy", "r")}
-    found = _femur_head_dome(img, polarity, device, threshold, head_circle=(before["cx"], before["cy"], before["r"]))
+    found = _dome_edge_circle(img, polarity, device, threshold, result.confidence,
+                              (before["cx"], before["cy"], before["r"]))
     if found is None:
         return
-    arc, arc_confidence, _ = found
-    seed = fit_circle_points(arc, method="algebraic", min_points=3)
-    if not seed.detected:
-        return
-    snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), result.confidence)
-    moved = float(np.hypot(snap.cx - seed.cx, snap.cy - seed.cy)) + abs(snap.r - seed.r)
-    if snap.applied or moved <= DOME_AGREEMENT * seed.r:
+    seed, snap, confirmed, arc_confidence = found
+    if confirmed:
         result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
                              unsnapped=before, source="femur-dome")
     elif float(np.mean(arc_confidence)) >= DOME_CONFIDENCE:
