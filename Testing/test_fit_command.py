@@ -101,10 +101,11 @@ def test_fit_and_bench_with_a_real_tiny_network(images, tmp_path, capsys):
 def test_weak_polarity_evidence_lets_the_fits_decide(monkeypatch):
     """A structureless image gives a weak detector score: both polarities go through the predictor and the
     polarity whose fit is convincing wins ("auto-fit")."""
-    from DeepMorphLib.polarity import CONFIDENT_SCORE, detect_polarity
+    from DeepMorphLib.pipeline import AUTO_FIT_BELOW
+    from DeepMorphLib.polarity import detect_polarity
 
     image = np.tile(np.round(np.linspace(60, 180, 128)), (128, 1))  # a plain ramp: no ridge of either sign
-    assert abs(detect_polarity(image)[1]) < CONFIDENT_SCORE
+    assert abs(detect_polarity(image)[1]) < min(AUTO_FIT_BELOW.values())
     pred = TruthPredictor("head")
     pred.register(image.max() + image.min() - image, {"head_circle": [64.0, 60.0, 30.0]})  # bone-bright image
     pred.maps[_key(image)] = np.zeros(image.shape, np.float32)  # taken as bone-dark: nothing found

@@ -18,8 +18,9 @@ Checked (see the evalreal report): the 38 bone-bright dev radiographs (all right
 their inverted copies, also after gamma, exp/log display, JPEG, unsharp masking, histogram equalisation,
 noise, blur, resampling and collimation; simulator DRRs of both polarities; 192 realistic dataset samples
 (both polarities, half with implants): all images without implants right, 4 of ~100 with implants wrong.
-A small |score| (< ``CONFIDENT_SCORE``) means little evidence; ``pipeline.fit_image`` then lets the network
-decide (fits both polarities, keeps the better fit).
+A small |score| (< ``CONFIDENT_SCORE``) means little evidence, though its sign is still usually right;
+``pipeline.fit_image`` lets the network decide below a per-task threshold (``pipeline.AUTO_FIT_BELOW``: fits both
+polarities, keeps the better fit).
 """
 from __future__ import annotations
 
@@ -27,11 +28,7 @@ import numpy as np
 
 POLARITIES = ("bone-dark", "bone-bright")
 NETWORK_DEFAULT_POLARITY = "bone-dark"  # what the paper's simulator renders and the nets expect by default
-# |score| below this: no usable evidence (structureless images), so the network's fits decide. Weak scores above it
-# still carry the right sign: on 159 simulated tuning images (training seeds) the sign was right for 18 of the 20
-# with |score| < 0.12 (both wrong ones < 0.005), while the fits of both polarities picked the wrong one for 10
-# (0.12 until this was measured).
-CONFIDENT_SCORE = 0.01
+CONFIDENT_SCORE = 0.12  # |score| below this: weak evidence (implant-heavy or structureless images)
 _MAX_SIDE = 512  # px; larger images are block-averaged first (speed; ridge scales are in px of this size)
 _MIN_SIDE = 384  # px; smaller images are enlarged to 448 px first
 _SIGMAS = (1.5, 2.0)  # px, Gaussian derivative scales at each pyramid level (>= 1.5: sampled well enough)
@@ -212,11 +209,6 @@ def detect_polarity(image) -> tuple[str, float]:
     ``CONFIDENT_SCORE`` means weak evidence (the sign is still the best guess). About 0.1 s for 448 x 448."""
     score = ridge_polarity_score(image)
     return ("bone-bright" if score > 0 else "bone-dark"), score
-
-
-def is_confident(score: float | None) -> bool:
-    """True when a detector score is strong enough to trust without asking the network."""
-    return score is None or abs(score) >= CONFIDENT_SCORE
 
 
 def resolve_polarity(image, polarity: str = "auto") -> tuple[str, float | None]:
