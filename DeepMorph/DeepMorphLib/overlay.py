@@ -1,6 +1,9 @@
 """Overlay pictures of fits: the X-ray in grey, the confidence map in cyan, the fit in green (circle) or
-yellow (contour) with named landmarks, the ground truth (when given) in red. Pure numpy + Pillow."""
+yellow (contour) with named landmarks, the ground truth (when given) in red; a head circle kept for review with a
+"not detected" result dashed in orange. Pure numpy + Pillow."""
 from __future__ import annotations
+
+import textwrap
 
 import numpy as np
 
@@ -8,6 +11,7 @@ FIT_CIRCLE = (60, 255, 60)
 FIT_CONTOUR = (255, 220, 0)
 LANDMARK = (255, 60, 255)
 TRUTH = (255, 50, 50)
+UNCONFIRMED = (255, 150, 0)  # a head circle that was found but not confirmed ("not detected", kept for review)
 CONFIDENCE = np.array([0, 200, 255], dtype=np.float32)
 
 
@@ -72,9 +76,24 @@ def _draw_truth(draw, truth, size, width):
             draw.line([x, y, x + 6, y], fill=TRUTH, width=1)
 
 
+def _dashed_circle(draw, c, colour, width, dash_deg: float = 12.0):
+    cx, cy, r = (float(v) for v in c)
+    for start in np.arange(0.0, 360.0, 2 * dash_deg):
+        draw.arc([cx - r, cy - r, cx + r, cy + r], float(start), float(start + dash_deg), fill=colour, width=width)
+
+
 def _draw_result(draw, result, width):
     if not _get(result, "detected", False):
-        draw.text((4, 14), f"not detected: {_get(result, 'reason', '')}"[:80], fill=(255, 80, 80))
+        circle = _get(result, "circle")
+        if circle:  # found, then rejected: shown for review, dashed
+            _dashed_circle(draw, (circle["cx"], circle["cy"], circle["r"]), UNCONFIRMED, width)
+            draw.text((circle["cx"] + 0.72 * circle["r"], circle["cy"] - 0.72 * circle["r"] - 12), "unconfirmed",
+                      fill=UNCONFIRMED)
+        lines = textwrap.wrap(f"not detected: {_get(result, 'reason', '')}", 72)[:4]
+        if lines:  # on a dark band: radiographs are bright where the text goes
+            draw.rectangle([0, 13, 6 * max(len(line) for line in lines) + 8, 15 + 11 * len(lines)], fill=(0, 0, 0))
+        for k, line in enumerate(lines):
+            draw.text((4, 14 + 11 * k), line, fill=(255, 80, 80))
         return
     circle = _get(result, "circle")
     if circle:
