@@ -75,6 +75,18 @@ def test_fit_xray_node_shows_overlay_circle_and_hides_it_when_not_detected(app):
     assert not result2.detected and nodes2["head_circle"] is nodes["head_circle"]
     assert not nodes2["head_circle"].GetDisplayNode().GetVisibility()
     assert not nodes2["head_centre"].GetDisplayNode().GetVisibility()
+    # a circle found but rejected (e.g. off the femur) stays visible for review, orange, as its own nodes
+    rejected = logic.FitResult("head", False, "head not found: the circle is not on the femur",
+                               circle=(60.0, 70.0, 25.0), polarity="bone-dark")
+    nodes3 = logic.show_result(app.scene, xray, rejected, nodes2)
+    unconfirmed = nodes3["unconfirmed_circle"]
+    assert unconfirmed.GetDisplayNode().GetVisibility() and "unconfirmed" in unconfirmed.GetName()
+    assert np.allclose(g.circle_from_markups(unconfirmed, xray), (60.0, 70.0, 25.0), atol=1e-3)
+    assert np.allclose(unconfirmed.GetDisplayNode().GetSelectedColor(), logic.UNCONFIRMED_COLOR)
+    assert not nodes3["head_circle"].GetDisplayNode().GetVisibility()
+    nodes4 = logic.show_result(app.scene, xray, result, nodes3)  # a confirmed result hides it again
+    assert nodes4["head_circle"].GetDisplayNode().GetVisibility()
+    assert not nodes4["unconfirmed_circle"].GetDisplayNode().GetVisibility()
 
 
 class LinearPDM:

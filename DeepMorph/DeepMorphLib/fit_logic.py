@@ -395,7 +395,8 @@ def image_pixel_mm(xray_node) -> float | None:
     return None if abs(spacing - 1.0) < 1e-9 else spacing
 
 
-MARKUP_KEYS = ("head_circle", "head_centre", "contour", "landmarks")
+MARKUP_KEYS = ("head_circle", "head_centre", "unconfirmed_circle", "unconfirmed_centre", "contour", "landmarks")
+UNCONFIRMED_COLOR = (1.0, 0.45, 0.0)  # a head circle found but not confirmed ("not detected", kept for review): orange
 
 
 def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, editable: bool = True) -> dict:
@@ -408,11 +409,18 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
             scene, result.confidence, xray_node, node=nodes.get("confidence"), name=f"{xray_node.GetName()} confidence"
         )
     show_circle = result.detected and result.circle is not None
+    show_unconfirmed = not result.detected and result.circle is not None  # rejected, kept for the reviewer
     show_contour = result.detected and result.contour is not None
     if show_circle:
         nodes["head_circle"], nodes["head_centre"] = glue.circle_to_markups(
             scene, xray_node, result.circle, name="Femoral head", curve_node=nodes.get("head_circle"),
             centre_node=nodes.get("head_centre"),
+        )
+    if show_unconfirmed:
+        nodes["unconfirmed_circle"], nodes["unconfirmed_centre"] = glue.circle_to_markups(
+            scene, xray_node, result.circle, name="Femoral head (unconfirmed)",
+            curve_node=nodes.get("unconfirmed_circle"), centre_node=nodes.get("unconfirmed_centre"),
+            color=UNCONFIRMED_COLOR,
         )
     if show_contour:
         named = {LANDMARK_TITLES.get(k, k): i for k, i in result.landmarks.items()}
@@ -420,7 +428,8 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
             scene, xray_node, result.contour, named, name="Femur contour", curve_node=nodes.get("contour"),
             landmarks_node=nodes.get("landmarks"), editable=editable,
         )
-    visible = {"head_circle": show_circle, "head_centre": show_circle, "contour": show_contour,
+    visible = {"head_circle": show_circle, "head_centre": show_circle, "unconfirmed_circle": show_unconfirmed,
+               "unconfirmed_centre": show_unconfirmed, "contour": show_contour,
                "landmarks": show_contour and bool(result.landmarks)}
     for key in MARKUP_KEYS:
         if nodes.get(key) is not None:
