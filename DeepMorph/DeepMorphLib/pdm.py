@@ -198,23 +198,21 @@ class PointDistributionModel:
         from . import pdm_numba
 
         m, n = self.n_modes, self.n_points
+        # box of (b, similarity increments), +inf where unbounded; regularisation on the diagonal
+        lim = np.full(m + 4, np.inf) if lim_b is None else np.concatenate([lim_b, np.full(4, np.inf)])
+        prior = np.zeros(m + 4)
+        prior[:m] = regularization / self.variances
         if compiled and pdm_numba.AVAILABLE:
-            lim = np.full(m + 4, np.inf) if lim_b is None else np.concatenate([lim_b, np.full(4, np.inf)])
-            prior = np.zeros(m + 4)
-            prior[:m] = regularization / self.variances
             f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
             points, b, scale, rot, trans, it = pdm_numba.gauss_newton(
                 f64(target), f64(w), lim, f64(self.mean), f64(self.modes), prior, f64(b), float(transform.scale),
                 f64(transform.rotation), f64(transform.translation), int(max_iterations), float(tol_px))
             return points, b, Similarity(scale, rot, trans), it
         w2 = np.repeat(w, 2)[:, None]
-        lim = None if lim_b is None else np.concatenate([lim_b, np.full(4, np.inf)])
         design = np.empty((2 * n, m + 4))  # [P, x, x_perp, e_x, e_y]
         design[:, :m] = self.modes
         design[0::2, m + 2], design[1::2, m + 2] = 1.0, 0.0
         design[0::2, m + 3], design[1::2, m + 3] = 0.0, 1.0
-        prior = np.zeros(m + 4)
-        prior[:m] = regularization / self.variances
         mean_flat = self.mean.reshape(-1)
         wsum = w.sum()
         x = self.shape_from_b(b)

@@ -93,7 +93,7 @@ def load_predictor(task: str, model=None, device: str = "auto"):
     if not path.is_file():
         where = "No shipped" if model is None else "No"
         raise FileNotFoundError(f"{where} {task} model at {path}. " + TRAIN_HINT.format(task=task))
-    if model is None:  # the shipped model is loaded once per process (the head task's femur-dome snap asks per image)
+    if path.resolve().parent == MODELS_DIR.resolve():  # shipped models load once per process (asked per image)
         stat = path.stat()
         return _load_shipped(task, str(path), stat.st_mtime_ns, stat.st_size, device)
     return _load_network(task, path, device)
@@ -112,20 +112,22 @@ def _load_shipped(task: str, path: str, mtime_ns: int, size: int, device: str) -
     return _load_network(task, Path(path), device)
 
 
-def load_refiner(refine=None, device: str = "auto"):
-    """Head refinement predictor (a ``--roi head`` network) from ``refine``: None (the shipped one when
-    present, else no refinement), False or "none" (no refinement), a path to a ``.safetensors`` file, or a ready
-    predictor (returned as it is). Returns None for "no refinement"."""
-    if refine is False or (isinstance(refine, str) and refine.lower() == "none"):
+def _optional_network(spec, task: str, default_path: Path, device: str):
+    """The optional network ``spec`` names: None (the shipped one at ``default_path`` when present, else none), False
+    or "none" (none), a path to a ``.safetensors`` file, or a ready predictor (returned as it is); None for none."""
+    if spec is False or (isinstance(spec, str) and spec.lower() == "none"):
         return None
-    if refine is None:
-        if not default_refiner_path().is_file():
-            return None
-        refine = default_refiner_path()
-    if not isinstance(refine, (str, Path, tuple)):
-        return refine
-    pred = load_predictor("head", refine, device)
-    if (pred.roi or {}).get("kind") != "head":
+    if spec is None and not default_path.is_file():
+        return None
+    return load_predictor(task, default_path if spec is None else spec, device)
+
+
+def load_refiner(refine=None, device: str = "auto"):
+    """Head refinement predictor (a ``--roi head`` network) from ``refine`` (see ``_optional_network``; the shipped
+    one is ``default_refiner_path``). Returns None for "no refinement"."""
+    pred = _optional_network(refine, "head", default_refiner_path(), device)
+    loaded = refine is None or isinstance(refine, (str, Path, tuple))  # a ready predictor is taken as it is
+    if pred is not None and loaded and (pred.roi or {}).get("kind") != "head":
         raise ValueError(f"{pred.path or 'The model'} is a whole-image head network, not a head refinement (ROI) network; "
                          "train one with 'deepmorph train --task head --target region --roi head ...' or pass "
                          "--refine-model none.")
@@ -173,28 +175,17 @@ def refine_head_circle(image, circle, refiner, polarity: str, threshold: float =
 
 
 def load_head_anchor(head_anchor=None, device: str = "auto"):
-    """Head network that anchors the femur fit (``fit_image(head_anchor=...)``) from ``head_anchor``: None (the
-    shipped head network when present, else none), False or "none" (none), a path to a ``.safetensors`` file or
-    a ready predictor. Returns a predictor or None."""
-    if head_anchor is False or (isinstance(head_anchor, str) and head_anchor.lower() == "none"):
-        return None
-    if head_anchor is None and not default_model_path("head").is_file():
-        return None
-    return load_predictor("head", head_anchor, device)
+    """Head network that anchors the femur fit (``fit_image(head_anchor=...)``) from ``head_anchor`` (see
+    ``_optional_network``; the shipped one is the shipped head network). Returns a predictor or None."""
+    return _optional_network(head_anchor, "head", default_model_path("head"), device)
 
 
 def load_region_net(region=None, device: str = "auto"):
     """Femur region network (``--target region``) whose fit is the femur task's last second opinion
-    (``fit_image(region=...)``) from ``region``: None (the shipped one when present, else none), False or "none"
-    (none), a path to a ``.safetensors`` file or a ready predictor. Returns a predictor or None."""
-    if region is False or (isinstance(region, str) and region.lower() == "none"):
-        return None
-    if region is None:
-        if not default_region_model_path().is_file():
-            return None
-        region = default_region_model_path()
-    pred = load_predictor("femur", region, device)
-    if getattr(pred, "target", "region") != "region":
+    (``fit_image(region=...)``) from ``region`` (see ``_optional_network``; the shipped one is
+    ``default_region_model_path``). Returns a predictor or None."""
+    pred = _optional_network(region, "femur", default_region_model_path(), device)
+    if pred is not None and getattr(pred, "target", "region") != "region":
         raise ValueError(f"{getattr(pred, 'path', None) or 'The model'} is a femur outline network, not a region "
                          "network; train one with 'deepmorph train --task femur --target region ...' or pass "
                          "--region-model none.")
