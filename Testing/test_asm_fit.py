@@ -126,3 +126,57 @@ def test_end_search_finds_where_the_ridge_ends(pdm):
     ends = np.hypot(*(fit.points[[0, -1]] - truth[[0, -1]]).T)
     assert fit.detected and np.all(ends < 2.0)
     assert np.mean(point_to_curve_distance(fit.points, truth)) < 0.5
+
+
+# ------------------------------------------------------------------------------------------------ upright prior
+def _shaft_axis():
+    li = landmark_indices()
+    return li["head_tip"], li["shaft_lateral_distal"], li["shaft_medial_distal"]
+
+
+@pytest.mark.parametrize("angle", [0.0, 35.0, 90.0, 180.0, -120.0])
+def test_shaft_angle_of_a_placed_shape(pdm, angle):
+    """The synthetic femur at rotation 0 has its shaft straight down the image (+y); rotating it by ``angle``
+    (Similarity: +x towards +y) turns its shaft by -``angle`` (shaft_angle_deg counts from +y towards +x)."""
+    from DeepMorphLib.asm_fit import shaft_angle_deg
+
+    base = shaft_angle_deg(pdm.mean, _shaft_axis())
+    assert abs(base) < 5.0
+    placed = pdm.instance(None, Similarity.from_params(1.0, angle, (224.0, 230.0)))
+    got = shaft_angle_deg(placed, _shaft_axis())
+    assert abs((got - base + angle + 180.0) % 360.0 - 180.0) < 1e-6
+
+
+def test_the_upright_prior_does_not_veto_a_clear_rotated_femur(pdm):
+    """An upside-down femur that the map shows clearly is still found with the prior on; the prior only makes the
+    fit ask for its second opinions and breaks near-ties."""
+    truth, _, _ = known_shape(pdm, seed=8, angle=175.0)
+    conf = render_confidence(truth, (448, 448))
+    fit = fit_pdm_to_confidence(conf, pdm, shaft_axis=_shaft_axis(), upright_max_deg=60.0)
+    err = point_to_curve_distance(fit.points, truth)
+    assert fit.detected and np.mean(err) < 0.4
+    assert abs(fit.info["shaft_angle_deg"]) > 170.0 and "second_opinions" in fit.info
+    plain = fit_pdm_to_confidence(conf, pdm)
+    assert "second_opinions" not in plain.info and "shaft_angle_deg" not in plain.info
+
+
+def test_the_upright_prior_breaks_a_near_tie_between_fits(pdm, monkeypatch):
+    """pipeline.fit_femur_confidence: a weak outline fit with the shaft pointing up loses to a slightly less
+    confident upright region fit when the prior is on (``shaft_axis``), and wins without it."""
+    from DeepMorphLib import pipeline
+    from DeepMorphLib.asm_fit import UPRIGHT_WEIGHT
+
+    upright = pdm.instance(None, Similarity.from_params(1.0, 10.0, (224.0, 230.0)))
+    upside_down = pdm.instance(None, Similarity.from_params(1.0, 170.0, (224.0, 230.0)))
+    fits = {"outline": ShapeFit(detected=True, points=upside_down, quality=0.62, info={}),
+            "region": ShapeFit(detected=True, points=upright, quality=0.62 - UPRIGHT_WEIGHT / 2, info={})}
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, model, **kw: fits["region" if conf.max() < 0.5 else "outline"])
+    outline = np.full((448, 448), 0.6, np.float32)
+    region = np.zeros((448, 448), np.float32)  # its rim map is empty: max < 0.5 marks the region fit above
+    on = pipeline.fit_femur_confidence(outline, "outline", pdm, {"shaft_axis": _shaft_axis()}, lambda: region)
+    assert on.info.get("fit_map") == "region"
+    off = pipeline.fit_femur_confidence(outline, "outline", pdm, {}, lambda: region)
+    assert off.info.get("fit_map") is None and np.allclose(off.points, upside_down)
+    none = pipeline.fit_femur_confidence(outline, "outline", pdm, {"shaft_axis": _shaft_axis(), "upright_max_deg": None},
+                                         lambda: region)
+    assert none.info.get("fit_map") is None

@@ -207,6 +207,27 @@ def test_a_weak_edge_next_to_the_femur_dome_is_taken(monkeypatch, edge_offset_px
     assert kw["head_circle"][0] == pytest.approx(HEAD[0] - 150, abs=1.0)
 
 
+@pytest.mark.parametrize("offset_r, source", [(0.4, "femur-dome"), (0.6, "femur-dome-fit")])
+def test_a_clear_edge_far_from_the_femur_dome_is_another_arc(monkeypatch, offset_r, source):
+    """A clear edge circle at the femur fit's head dome is taken within DOME_MAX_MOVE r of the dome circle; further
+    away it is another arc (on radiographs the acetabular roof above the head) and the dome circle stays."""
+    from DeepMorphLib import edge_snap
+
+    assert pipeline.DOME_AGREEMENT < 0.4 < pipeline.DOME_MAX_MOVE < 0.6
+    stub_femur_dome(monkeypatch, 0.9)
+    dome_cx = HEAD[0] + 12
+
+    def clear_edge_above(image, circle, confidence=None, **kw):  # the head network's own circle finds no edge
+        cx, cy, r = circle
+        return edge_snap.EdgeSnap(abs(cx - dome_cx) < 5, cx, cy - offset_r * r, r, 0.9, "edge above")
+
+    monkeypatch.setattr(edge_snap, "snap_circle", clear_edge_above)
+    res = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    assert res.circle["source"] == source
+    cy = HEAD[1] - 5 - (offset_r * HEAD[2] if source == "femur-dome" else 0.0)
+    assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], [dome_cx, cy, HEAD[2]], atol=0.5)
+
+
 def test_ring_contrast_of_crisp_and_diffuse_blobs():
     crisp = disk_mask((448, 448), 200, 220, 60)
     assert pipeline.ring_contrast(crisp, (200, 220, 60)) == pytest.approx(1.0, abs=0.01)

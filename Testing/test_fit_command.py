@@ -113,3 +113,30 @@ def test_weak_polarity_evidence_lets_the_fits_decide(monkeypatch):
     res = fit_image(image, "head", predictor=pred)
     assert res.polarity_mode == "auto-fit" and res.polarity == "bone-bright" and res.detected
     assert pred.calls == 2 and abs(res.circle["r"] - 30) < 1.5
+
+
+def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
+    """``--upright-max-deg DEG|none`` ends in ``fit_options`` (none = off); anything else is refused by name."""
+    from DeepMorphLib import pipeline
+
+    seen = []
+
+    def fake_fit(image, task, **kw):
+        seen.append(kw["fit_options"])
+        res = FitResult(task=task, image_shape=np.shape(image), detected=False, reason="stub", polarity="bone-dark",
+                        polarity_score=None, polarity_mode="given")
+        res.timings_ms = {"total_ms": 1.0}
+        return res
+
+    monkeypatch.setattr(pipeline, "fit_image", fake_fit)
+    for name in ("load_predictor", "load_shape_model", "load_head_anchor", "load_region_net"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
+    write_png(tmp_path / "x.png", np.full((32, 32), 90, np.uint8))
+    for value, expected in (("none", None), ("75", 75.0)):
+        main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--upright-max-deg", value])
+        assert seen[-1]["upright_max_deg"] == expected
+    main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")])
+    assert seen[-1]["upright_max_deg"] == 60.0
+    with pytest.raises(SystemExit):
+        main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--upright-max-deg", "up"])
+    assert "--upright-max-deg" in capsys.readouterr().err

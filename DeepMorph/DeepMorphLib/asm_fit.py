@@ -309,6 +309,33 @@ def _asm(conf, model, transform, b, radius, wide_px, min_search_px, shrink, step
     return points, b, transform, it, converged, stopped
 
 
+def shaft_angle_deg(points: np.ndarray, shaft_axis) -> float:
+    """Angle (degrees, -180..180] of a femur contour's shaft direction from image "down" (+y), positive towards +x:
+    from the head point ``shaft_axis[0]`` to the midpoint of the shaft-cut points ``shaft_axis[1:]``."""
+    head, *ends = (int(i) for i in shaft_axis)
+    v = np.mean(np.asarray(points, dtype=np.float64)[ends], axis=0) - np.asarray(points, dtype=np.float64)[head]
+    return float(np.degrees(np.arctan2(v[0], v[1])))
+
+
+def upright_penalty(points, prior: dict | None) -> float:
+    """Score penalty of a fit whose shaft points more than ``prior["max_deg"]`` from image down
+    (``shaft_angle_deg``): ``prior["penalty"]``, else 0; ``prior`` None = no prior."""
+    if not prior:
+        return 0.0
+    return float(prior["penalty"]) if abs(shaft_angle_deg(points, prior["shaft_axis"])) > float(prior["max_deg"]) else 0.0
+
+
+UPRIGHT_MAX_DEG = 60.0  # upright prior: shaft within this angle of image down (simulated poses: ~94 %)
+UPRIGHT_WEIGHT = 0.15  # ... else this much off a fit's score when fits are compared
+
+
+def upright_prior(shaft_axis, max_deg: float | None = UPRIGHT_MAX_DEG, weight: float = UPRIGHT_WEIGHT) -> dict | None:
+    """The prior ``upright_penalty`` reads; None (no prior) without ``shaft_axis`` or ``max_deg``."""
+    if shaft_axis is None or max_deg is None:
+        return None
+    return {"shaft_axis": tuple(int(i) for i in shaft_axis), "max_deg": float(max_deg), "penalty": float(weight)}
+
+
 ANCHOR_ANGLES_DEG = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0)
 
 
@@ -341,7 +368,8 @@ def head_anchored_starts(pdm: PointDistributionModel, head_dome, circle, angles_
     return starts
 
 
-def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome, opts, anchor, threshold, info):
+def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome, opts, anchor, threshold, info,
+                     upright=None):
     """``best`` (the fit tuple of ``fit_pdm_to_confidence``) or a fit from another start, whichever has the
     highest mean confidence at its points: the shape-constrained CPD (``shape_cpd.fit_pdm_cpd``) from the
     rigid CPD optimum ``cpd_transform`` (None: skipped) and the head-anchored starts (``head_circle`` None:
@@ -351,7 +379,7 @@ def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome,
     def quality(points):  # compared as they will be reported: after the polish
         if anchor["polish_px"] > 0:
             points = polish_points(conf, points, pdm.closed, anchor["polish_px"], opts["step_px"], threshold)
-        return float(sample_bilinear(conf, points).mean())
+        return float(sample_bilinear(conf, points).mean()) - upright_penalty(points, upright)
 
     chosen, chosen_q = best, (quality(best[0]) if not best[5] else -1.0)
     tried = []
@@ -429,6 +457,9 @@ def fit_pdm_to_confidence(
     anchor_angles_deg=ANCHOR_ANGLES_DEG,
     anchor_screen_iterations: int = 4,
     anchor_keep: int = 2,
+    shaft_axis: tuple | None = None,
+    upright_max_deg: float | None = UPRIGHT_MAX_DEG,
+    upright_weight: float = UPRIGHT_WEIGHT,
 ) -> ShapeFit:
     """Fit ``pdm`` to a 2-D confidence map (H, W) in [0, 1]; see the module docstring for the steps.
 
@@ -448,7 +479,10 @@ def fit_pdm_to_confidence(
     ``head_dome`` ((first, last) model point indices of the head dome), starts anchored on the head:
     ``anchor_angles_deg`` shaft directions (model frame rotated by these degrees) x both sides, each
     screened by ``anchor_screen_iterations`` ASM iterations, the ``anchor_keep`` most confident fitted to
-    the end.
+    the end. Upright prior, with ``shaft_axis`` (head point index, shaft-cut point indices; None = off): a fit
+    whose shaft points more than ``upright_max_deg`` from image down (``shaft_angle_deg``) loses
+    ``upright_weight`` when fits are compared (support of the CPD starts, mean confidence of the second
+    opinions) and always asks for the second opinions; the reported quality is not changed.
     """
     if not isinstance(pdm, PointDistributionModel):
         raise ValueError("pdm must be a PointDistributionModel (load one with PointDistributionModel.load).")
@@ -495,7 +529,8 @@ def fit_pdm_to_confidence(
         clip=clip, min_point_confidence=min_point_confidence, regularization=regularization,
         end_search=end_search, rescue=rescue,
     )
-    best = None
+    upright = upright_prior(shaft_axis, upright_max_deg, upright_weight)
+    best, best_score = None, -np.inf
     for k, (transform, b0, radius) in enumerate(starts):
         reflected = transform.reflected
         model = pdm.reflect() if reflected else pdm
@@ -503,20 +538,24 @@ def fit_pdm_to_confidence(
             transform = transform.compose(_MIRROR)
         points, b, transform, it, converged, stopped = _asm(conf, model, transform, b0, radius, **opts)
         support = float(np.mean(sample_bilinear(conf, points) > threshold))
-        if best is None or support > best[-1]:
-            best = (points, b, transform, it, converged, stopped, reflected, k, support)
-        if support >= verify_support:
+        penalty = upright_penalty(points, upright)
+        if best is None or support - penalty > best_score:
+            best, best_score = (points, b, transform, it, converged, stopped, reflected, k, support), support - penalty
+        if support >= verify_support and penalty == 0.0:
             break  # good enough: the other CPD optima are only tried when this fit looks wrong
     first_quality = -1.0 if best[5] else float(sample_bilinear(conf, best[0]).mean())
-    if first_quality < second_opinion_below and (shape_cpd and init is None or head_circle is not None):
+    doubtful = first_quality < second_opinion_below or upright_penalty(best[0], upright) > 0.0
+    if doubtful and (shape_cpd and init is None or head_circle is not None):
         anchor = {"angles_deg": anchor_angles_deg, "screen_iterations": anchor_screen_iterations, "keep": anchor_keep,
                   "shape_cpd_iterations": shape_cpd_iterations, "polish_px": polish_px}
         cpd_transform = cpd.transform if shape_cpd and init is None else None
         best = _second_opinions(conf, pdm, best, subsample_points(xy, max_fixed), cpd_transform, head_circle,
-                                head_dome, opts, anchor, threshold, info)
+                                head_dome, opts, anchor, threshold, info, upright)
         info["first_quality"] = first_quality
     points, b, transform, it, converged, stopped, reflected, k, _ = best
     info["start_used"] = k
+    if upright is not None and not stopped:
+        info["shaft_angle_deg"] = shaft_angle_deg(points, upright["shaft_axis"])
     if stopped:
         return ShapeFit(detected=False, n_pixels=n_px, reflected=reflected, iterations=it, info=info,
                         reason=f"the shape fit failed: {stopped}")

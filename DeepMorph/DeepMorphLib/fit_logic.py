@@ -183,11 +183,13 @@ def _fit_head(conf: np.ndarray, target: str = "outline") -> FitResult:
 
 
 def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None, region_conf=None) -> FitResult:
-    from .pipeline import fit_femur_confidence
+    from .pipeline import fit_femur_confidence, shaft_axis_indices
 
     dome = _head_dome(pdm) if head_circle is not None else None
-    anchor = {"head_circle": head_circle, "head_dome": dome} if dome is not None else {}
-    fit = fit_femur_confidence(conf, target, pdm, anchor, region_conf)
+    options = {"shaft_axis": shaft_axis_indices(getattr(pdm, "landmarks", None))}  # upright prior, as in ``deepmorph fit``
+    if dome is not None:
+        options.update(head_circle=head_circle, head_dome=dome)
+    fit = fit_femur_confidence(conf, target, pdm, options, region_conf)
     if isinstance(fit.quality, dict):  # several named measures
         quality = {str(k): float(v) for k, v in fit.quality.items() if np.isscalar(v) and np.isfinite(v)}
     else:

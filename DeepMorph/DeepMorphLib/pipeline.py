@@ -364,7 +364,17 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
     options = dict(options or {})
     first = _fit_pdm(femur_fit_map(conf, target, threshold), pdm, **options)
     below = float(options.get("second_opinion_below", 0.7))
-    if region_conf is None or target != "outline" or (first.detected and first.quality >= below):
+
+    def score(fit):  # as asm_fit compares its fits: mean confidence, less the upright prior's penalty
+        if options.get("shaft_axis") is None:
+            return fit.quality
+        from DeepMorphLib.asm_fit import UPRIGHT_MAX_DEG, UPRIGHT_WEIGHT, upright_penalty, upright_prior
+
+        prior = upright_prior(options["shaft_axis"], options.get("upright_max_deg", UPRIGHT_MAX_DEG),
+                              options.get("upright_weight", UPRIGHT_WEIGHT))
+        return fit.quality - upright_penalty(fit.points, prior)
+
+    if region_conf is None or target != "outline" or (first.detected and score(first) >= below):
         return first
     region = region_conf()
     if region is None:
@@ -372,7 +382,7 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
     second = _fit_pdm(femur_fit_map(region, "region", threshold), pdm, **options)
     if isinstance(getattr(first, "info", None), dict):
         first.info["region_quality"] = float(second.quality) if second.detected else None
-    if not second.detected or (first.detected and second.quality <= first.quality):
+    if not second.detected or (first.detected and score(second) <= score(first)):
         return first
     import dataclasses
 
@@ -500,7 +510,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             if result.detected and refiner is not None:
                 _refine_head(result, img, cand, refiner, threshold, circle_method)
         else:
-            options = dict(fit_options or {})
+            options = {"shaft_axis": shaft_axis_indices(shape_model.landmark_indices), **(fit_options or {})}
             dome = _head_dome(shape_model)
             if anchor_net is not None and dome is not None and "head_circle" not in options:
                 options.update(head_circle=_anchor_circle(result, img, cand, anchor_net, threshold, min_pixels,
@@ -556,6 +566,17 @@ def head_dome_indices(landmarks: dict):
     return int(np.atleast_1d(landmarks[HEAD_ARC[0]])[0]), int(np.atleast_1d(landmarks[HEAD_ARC[1]])[0])
 
 
+SHAFT_AXIS = ("anchor_head_apex", "anchor_shaft_cut_lateral", "anchor_shaft_cut_medial")
+
+
+def shaft_axis_indices(landmarks: dict):
+    """(head apex, shaft-cut point, shaft-cut point) point indices from a PDM's named landmarks (``SHAFT_AXIS``)
+    for ``asm_fit``'s upright prior, or None (no prior) when they are not named."""
+    if not all(k in (landmarks or {}) for k in SHAFT_AXIS):
+        return None
+    return tuple(int(np.atleast_1d(landmarks[k])[0]) for k in SHAFT_AXIS)
+
+
 def _head_dome(shape_model: ShapeModel):
     return head_dome_indices(shape_model.landmark_indices)
 
@@ -608,7 +629,7 @@ def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=N
     # error on the simulated tuning images grew (rmse_mean 5.55 -> 7.80 px)
     conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
     anchor = {} if head_circle is None else {"head_circle": tuple(head_circle), "head_dome": dome}
-    sf = _fit_pdm(conf, shape_model.pdm, **anchor)
+    sf = _fit_pdm(conf, shape_model.pdm, shaft_axis=shaft_axis_indices(shape_model.landmark_indices), **anchor)
     if not sf.detected:
         return None
     arc = slice(dome[0], dome[1] + 1)
@@ -642,6 +663,7 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
 
 DOME_CONFIDENCE = 0.5  # mean femur confidence along the head dome for the dome circle to replace an unsnapped one
 DOME_AGREEMENT = 0.3  # an edge circle within this fraction of r (centre distance + |radius change|) of the dome circle
+DOME_MAX_MOVE = 0.5  # ... and a clear edge circle further than this fraction of r from it is another structure
 MIN_RING_CONTRAST = 0.5  # an uncorroborated head circle needs this much confidence contrast across its rim
 
 
@@ -708,8 +730,11 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
 def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, head_circle=None):
     """The circle through the head dome of the femur PDM fit (``_femur_head_dome``, its second opinions anchored on
     ``head_circle`` (cx, cy, r) px when given) and the best edge circle around it (``edge_snap.snap_circle``):
-    (seed CircleFit, EdgeSnap, confirmed, dome point confidences), ``confirmed`` when the edge is clear or the
-    edge circle lies within ``DOME_AGREEMENT`` r of the seed; None when there is no femur fit or dome circle."""
+    (seed CircleFit, EdgeSnap, confirmed, dome point confidences), ``confirmed`` when the edge circle lies within
+    ``DOME_AGREEMENT`` r of the seed, or within ``DOME_MAX_MOVE`` r when its edge is clear (further away a clear
+    edge is another arc, most often the acetabular roof concentric with the head: on the real dev radiographs all
+    7 such snaps were wrong, two of them moving a dome circle 1.6-2.0 px off to 30-37 px off); None when there
+    is no femur fit or dome circle."""
     from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
@@ -723,7 +748,8 @@ def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, h
         return None
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), head_conf)
     moved = float(np.hypot(snap.cx - seed.cx, snap.cy - seed.cy)) + abs(snap.r - seed.r)
-    return seed, snap, bool(snap.applied or moved <= DOME_AGREEMENT * seed.r), arc_confidence
+    confirmed = moved <= DOME_AGREEMENT * seed.r or (snap.applied and moved <= DOME_MAX_MOVE * seed.r)
+    return seed, snap, bool(confirmed), arc_confidence
 
 
 def _snap_from_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:

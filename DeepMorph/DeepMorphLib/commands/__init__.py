@@ -1,4 +1,5 @@
 """``deepmorph`` subcommands: one module each, with ``add_arguments(parser)`` and ``run(args)``."""
+from __future__ import annotations
 
 
 def add_head_fit_arguments(parser) -> None:
@@ -26,3 +27,22 @@ def add_femur_fit_arguments(parser) -> None:
                         help="femur: try the second-opinion fits (shape-constrained CPD, head-anchored starts, the "
                              "region network) when "
                              "the first fit's mean confidence is below Q (default 0.7; 0 = never)")
+    parser.add_argument("--upright-max-deg", type=_degrees_or_none, default=60.0, metavar="DEG",
+                        help="femur: upright prior - fits whose shaft points more than DEG degrees away from image "
+                             "down lose when fits are compared (default 60; 'none' = off, for images shown rotated)")
+
+
+def _degrees_or_none(text: str) -> float | None:
+    import argparse
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of degrees or 'none', got {text!r}") from None
+
+
+def femur_fit_options(args) -> dict:
+    """``fit_options`` of ``pipeline.fit_image`` from the options of ``add_femur_fit_arguments``."""
+    return {"second_opinion_below": args.second_opinion_below, "upright_max_deg": args.upright_max_deg}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments
+from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments, femur_fit_options
 
 HELP = "accuracy of network + fit on real images (--real), a dataset (--data) or a fresh held-out set"
 HELDOUT_SEED_BASE = 9_000_000  # evaluation seeds; training seeds stay below TRAINING_SEED_LIMIT
@@ -210,6 +210,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
     from DeepMorphSimulatorLib.files import read_image_2d
 
     records, bad, figures = [], [], []
+    fit_options = femur_fit_options(args)
     report = Path(args.report) if args.report else None
     if report:
         report.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
                                      head_anchor=anchor or False, region=region or False,
-                                     fit_options={"second_opinion_below": args.second_opinion_below})
+                                     fit_options=fit_options)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments
+from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments, femur_fit_options
 
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
@@ -64,6 +64,7 @@ def run(args) -> int:
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
     anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
     region = pipeline.load_region_net(args.region_model, args.device) if args.task == "femur" else None
+    fit_options = femur_fit_options(args)
     used, results, bad, figures = set(), [], [], []
     t0 = time.perf_counter()
     for i, name in enumerate(args.images, 1):
@@ -75,7 +76,7 @@ def run(args) -> int:
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
                                      head_anchor=anchor or False, region=region or False,
-                                     fit_options={"second_opinion_below": args.second_opinion_below})
+                                     fit_options=fit_options)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(path), str(exc)))
             print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
