@@ -321,3 +321,58 @@ def test_a_circle_off_the_femur_is_replaced_by_the_unanchored_femur_dome(monkeyp
     assert res.detected and res.circle["source"] == "femur-dome-unanchored"
     assert res.circle["off_femur"] < pipeline.MIN_ON_FEMUR <= res.circle["on_femur"]
     assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 1.0
+
+
+def test_a_degenerate_huge_circle_is_not_searched():
+    """A nearly straight arc fits a circle far larger than the image (seen: r 3889 px on a 448 px image); the edge
+    search around it would need tens of GiB, so it is refused as a result, not a crash."""
+    snap = snap_circle(sphere_shadow(), (3338.4, -1942.1, 3888.6))
+    assert not snap.applied and "larger than the image" in snap.reason
+    assert (snap.cx, snap.cy, snap.r) == pytest.approx((3338.4, -1942.1, 3888.6))
+
+
+def _femur_outline_of(region: np.ndarray) -> np.ndarray:
+    """What a femur outline network draws: the femur region's boundary, a ridge a few px wide."""
+    from scipy import ndimage as ndi
+
+    edge = region.astype(bool) ^ ndi.binary_erosion(region.astype(bool))
+    return np.clip(ndi.gaussian_filter(edge.astype(np.float32), 1.2) * 4.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("outline_drawn", [True, False])
+def test_the_femur_maps_find_a_head_that_the_femur_fits_missed(monkeypatch, outline_drawn):
+    """Both femur fits (anchored and alone) follow the head network's wrong blob; the last search, a circle Hough
+    on the femur outline and region maps (head_search), finds the head when the outline network drew it, and its
+    clear edge confirms it (``"femur-hough"``), in the pipeline and in the Slicer logic; without it: not found."""
+    from DeepMorphLib import fit_logic
+
+    class FemurWithHeadRegion(FemurRegion):  # the head disk itself + the neck and shaft below it
+        def __call__(self, image):
+            region = disk_mask(np.shape(image), *HEAD)
+            region[int(HEAD[1] + 0.6 * HEAD[2]):, int(HEAD[0] - 40): int(HEAD[0] + 40)] = 1.0
+            return region
+
+    near = stub_femur_dome(monkeypatch, 0.2, region=FemurWithHeadRegion())
+    far = DomeFit(len(near.points), pipeline._head_dome(pipeline.load_shape_model(None)))
+    far.points = near.points - [150.0, -150.0]  # around the head network's wrong blob
+    far.point_confidence = near.point_confidence
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: far)
+    region = FemurWithHeadRegion()(np.zeros((448, 448)))
+    outline = _femur_outline_of(region) if outline_drawn else np.zeros((448, 448), np.float32)
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
+        (lambda image: outline) if task == "femur" else real_load(task, model, device)))
+    img = sphere_shadow()
+    img[:, :80] = img[:, 80:81]  # no edge near the wrong blob
+    res = pipeline.fit_image(img, "head", predictor=FarHead(), polarity="bone-dark", refine=False)
+    assert res.detected is outline_drawn
+    if outline_drawn:
+        assert res.circle["source"] == "femur-hough" and res.circle["snapped"]
+        assert res.circle["off_femur"] < pipeline.MIN_ON_FEMUR <= res.circle["on_femur"]
+        assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 1.0 and abs(res.circle["r"] - HEAD[2]) < 1.0
+    else:
+        assert "not on the femur" in res.reason
+    probe = fit_logic.FitResult("head", True, "", circle=(HEAD[0] - 150, HEAD[1] + 150, HEAD[2]), polarity="bone-dark",
+                                confidence=res.confidence)
+    fit_logic._snap_from_femur(probe, img)
+    assert probe.detected is outline_drawn and ("from_femur_hough" in probe.quality) is outline_drawn

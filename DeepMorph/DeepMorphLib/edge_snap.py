@@ -147,6 +147,8 @@ def snap_circle(image, circle, confidence=None, *, sigma: float = 1.5, n_angles:
     cx0, cy0, r0 = (float(v) for v in circle)
     if not (np.isfinite([cx0, cy0, r0]).all() and r0 > 0):
         raise ValueError(f"snap_circle needs a finite centre and a positive radius, got {circle}.")
+    if r0 > max(img.shape):  # a degenerate circle fit: no edge to look for (and the search grid would not fit memory)
+        return EdgeSnap(False, cx0, cy0, r0, 0.0, f"radius {r0:.0f} px is larger than the image {img.shape}: not searched")
     conf = None if confidence is None else np.asarray(confidence, dtype=np.float32)
     if conf is not None and conf.shape != img.shape:
         raise ValueError(f"confidence map {conf.shape} and image {img.shape} differ in shape.")

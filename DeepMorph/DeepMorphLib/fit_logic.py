@@ -322,10 +322,12 @@ def _snap_from_femur(result: FitResult, image) -> None:
         pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
-    if probe.circle.get("source") in ("femur-dome", "femur-dome-fit", "femur-dome-unanchored"):
+    source = probe.circle.get("source")
+    if source in ("femur-dome", "femur-dome-fit", "femur-dome-unanchored", "femur-hough"):
         result.circle = (probe.circle["cx"], probe.circle["cy"], probe.circle["r"])
-        snapped = probe.circle["source"] != "femur-dome-fit"
-        result.quality = {**result.quality, "from_femur_dome": 1.0, "snapped_from_femur_dome": float(snapped),
+        snapped = source != "femur-dome-fit"
+        found_by = {"from_femur_hough": 1.0} if source == "femur-hough" else {"from_femur_dome": 1.0}
+        result.quality = {**result.quality, **found_by, "snapped_from_femur_dome": float(snapped),
                           **({"edge_support": float(probe.circle["edge_support"])} if snapped else {})}
     checks = {k: float(probe.circle[k]) for k in ("ring_contrast", "on_femur") if k in probe.circle}
     result.quality = {**result.quality, **checks}
