@@ -53,3 +53,21 @@ def test_radii_outside_the_range_are_not_found_and_empty_maps_give_none():
 def test_bad_maps_are_refused():
     with pytest.raises(ValueError, match="one shape"):
         head_circle_hough(np.zeros((10, 10)), np.zeros((12, 10)))
+
+
+def test_the_head_wins_over_the_mid_line_of_a_wide_shaft(monkeypatch):
+    """A shaft 100 px wide (half width inside the radius range) votes for its whole mid-line at r = 50 from two
+    directions only; the head dome above it from half a circle (arc_coverage) and wins."""
+    from DeepMorphLib import head_search
+
+    head = (224.0, 120.0, 60.0)
+    region = disk_mask((448, 448), *head).astype(np.float32)
+    region[150:, 174:274] = 1.0  # shaft, 100 px wide, to the image border
+    from scipy import ndimage as ndi
+
+    edge = region.astype(bool) ^ ndi.binary_erosion(region.astype(bool))
+    outline = np.clip(ndi.gaussian_filter(edge.astype(np.float32), 1.2) * 4.0, 0.0, 1.0)
+    c = head_circle_hough(outline, region)
+    assert np.hypot(c.cx - head[0], c.cy - head[1]) < 2.0 and abs(c.r - head[2]) < 2.0 and c.coverage > 0.5
+    xs = np.array([174.0, 274.0]); ys = np.array([300.0, 300.0])
+    assert head_search.arc_coverage(xs, ys, np.array([1.0, -1.0]), np.array([0.0, 0.0]), 224.0, 300.0, 50.0) == 2 / 24

@@ -4,9 +4,10 @@ The femur *region* network marks the bone, so along its rim the gradient of its 
 at the head dome that direction points at the head's centre. Every pixel on the femur *outline* network's ridge
 (confidence > ``min_outline``) where the region map has a rim votes, weighted by its outline confidence, for the
 centres one radius r inwards along that direction, for every r of the range. The best (cx, cy, r) is where most
-outline per px of circumference agrees: the femur's one round part. Parallel shaft edges vote for their mid-line,
-which is why the radius range must exclude half the shaft width (defaults for 448 x 448 hip crops: head radius
-0.09-0.18 of the image width, 40-80 px; simulated and real dev images: 42-77 px).
+outline per px of circumference agrees, from many directions (``arc_coverage``): the femur's one round part. The
+two parallel edges of the shaft also agree on their mid-line at half the shaft width, but from two directions only.
+Radius range for 448 x 448 hip crops: 0.09-0.18 of the image width, 40-80 px (simulated tuning and real dev images:
+42-77 px).
 
 Points are (x, y) = (column, row) px, as everywhere in DeepMorphLib.
 """
@@ -27,14 +28,18 @@ class HoughCircle:
     r: float
     score: float  # outline confidence accumulated per px of circumference (~1 for a full, confident ring 1 px wide;
     #               network ridges are a few px wide and score more): for comparing circles of one image
+    coverage: float = 1.0  # fraction of directions around the centre with a voting pixel on the circle (arc_coverage)
 
 
 def head_circle_hough(outline: np.ndarray, region: np.ndarray, radius_range=RADIUS_RANGE, min_outline: float = 0.3,
-                      min_rim_gradient: float = 0.03, sigma_px: float = 2.0, min_votes: int = 20) -> HoughCircle | None:
+                      min_rim_gradient: float = 0.03, sigma_px: float = 2.0, min_votes: int = 20,
+                      n_candidates: int = 8, coverage_bins: int = 24) -> HoughCircle | None:
     """The best head circle of the femur ``outline`` and ``region`` networks' confidence maps (H, W, in [0, 1],
     same image): ``HoughCircle`` in px, or None when fewer than ``min_votes`` ridge pixels lie on the region's rim.
     ``radius_range``: radii searched, as fractions of the image width. ``min_rim_gradient``: region confidence per
-    px (after a Gaussian of ``sigma_px``) for a pixel to count as rim."""
+    px (after a Gaussian of ``sigma_px``) for a pixel to count as rim. Of the ``n_candidates`` strongest peaks the
+    one with the highest score x ``arc_coverage`` wins (the shaft's parallel edges vote for its mid-line, as strongly
+    as a head dome at half the shaft width, but from two directions only)."""
     outline = np.asarray(outline, dtype=np.float32)
     region = np.asarray(region, dtype=np.float32)
     if outline.ndim != 2 or outline.shape != region.shape:
@@ -49,13 +54,37 @@ def head_circle_hough(outline: np.ndarray, region: np.ndarray, radius_range=RADI
     weight = outline[ys, xs]
     ux, uy = gx[ys, xs] / magnitude[ys, xs], gy[ys, xs] / magnitude[ys, xs]  # into the femur
     radii = np.arange(max(2, int(radius_range[0] * width)), int(radius_range[1] * width) + 1, dtype=np.float64)
-    votes = np.zeros((len(radii), height, width), np.float32)
-    for k, r in enumerate(radii):
-        cx, cy = np.rint(xs + r * ux).astype(np.int64), np.rint(ys + r * uy).astype(np.int64)
-        inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-        np.add.at(votes[k], (cy[inside], cx[inside]), weight[inside])
+    cx = np.rint(xs[None] + radii[:, None] * ux[None]).astype(np.int64)  # (radius, pixel)
+    cy = np.rint(ys[None] + radii[:, None] * uy[None]).astype(np.int64)
+    inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+    cell = (np.arange(len(radii))[:, None] * height + cy) * width + cx
+    votes = np.bincount(cell[inside], np.broadcast_to(weight, cell.shape)[inside], minlength=len(radii) * height * width)
+    votes = votes.reshape(len(radii), height, width).astype(np.float32)
     spread = (1.0, 2.0, 2.0)  # sd in (radius, y, x) px: votes of one circle land on neighbouring cells
     votes = ndi.gaussian_filter(votes, spread)
     votes *= ((2.0 * np.pi) ** 1.5 * np.prod(spread)) / (2.0 * np.pi * radii)[:, None, None]  # a full ring: ~1
-    k, y, x = np.unravel_index(int(np.argmax(votes)), votes.shape)
-    return HoughCircle(float(x), float(y), float(radii[k]), float(votes[k, y, x]))
+    peaks = (votes == ndi.maximum_filter(votes, size=(5, 9, 9))) & (votes > 0)
+    peaks[[0, -1]] = False  # a "peak" at either end of the radius range is no maximum in r (the shaft's is at the low end)
+    order = np.argsort(votes[peaks])[::-1][:n_candidates]
+    best = None
+    for k, y, x in np.argwhere(peaks)[order]:
+        r = radii[k]
+        coverage = arc_coverage(xs, ys, ux, uy, x, y, r, n_bins=coverage_bins)
+        circle = HoughCircle(float(x), float(y), float(r), float(votes[k, y, x]), coverage)
+        if best is None or circle.score * circle.coverage > best.score * best.coverage:
+            best = circle
+    return best
+
+
+def arc_coverage(xs, ys, ux, uy, cx: float, cy: float, r: float, tolerance_px: float = 2.0, n_bins: int = 24) -> float:
+    """Fraction of ``n_bins`` directions around (cx, cy) in which a voting pixel (xs, ys; inward unit direction
+    ux, uy) lies on the circle of radius ``r`` (within ``tolerance_px``) and points at the centre: a head dome
+    covers half the circle or more, the two parallel edges of the shaft two narrow directions."""
+    dx, dy = cx - xs, cy - ys
+    dist = np.hypot(dx, dy)
+    on = (np.abs(dist - r) <= tolerance_px) & ((ux * dx + uy * dy) > 0.9 * np.maximum(dist, 1e-9))
+    if not np.any(on):
+        return 0.0
+    angle = np.arctan2(-dy[on], -dx[on])  # direction from the centre to the pixel
+    bins = np.floor((angle + np.pi) / (2 * np.pi) * n_bins).astype(np.int64) % n_bins
+    return float(len(np.unique(bins))) / n_bins

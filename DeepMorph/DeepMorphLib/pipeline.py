@@ -676,7 +676,8 @@ def ring_contrast(conf: np.ndarray, circle) -> float:
     return float(inner - outer)
 
 
-MIN_HOUGH_SCORE = 1.0  # head_search score (outline confidence per px of circumference) of a Hough head circle
+MIN_HOUGH_SUPPORT = 0.4  # head_search score x arc coverage of a Hough head circle (simulated tuning images: the
+#                          circles within 5 px of the head scored >= 0.47, those further off <= 0.40 but one 8 px off)
 MIN_ON_FEMUR = 0.5  # mean femur-region confidence inside 0.7 r for a head circle that its own edge did not confirm
 
 
@@ -698,9 +699,11 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     confidence inside it must reach ``MIN_ON_FEMUR`` (``circle["on_femur"]``). A circle off the femur means the head
     network found something else, so the head is looked for once more from the femur fit alone (not anchored on that
     circle): the edge circle at its head dome is taken when confirmed (clear edge or agreement, as above) and on the
-    femur (``source`` "femur-dome-unanchored"); otherwise the head counts as not found (the circle kept for
-    review). On simulated tuning images circles off the femur (on the pelvis, beside the femur) were 100-200 px
-    off, while every circle within 3 px of the truth scored >= 0.93."""
+    femur (``source`` "femur-dome-unanchored"), else from the femur networks' maps (``_hough_head_circle``, ``source``
+    "femur-hough"); failing both, the head counts as not found (the circle kept for review). On simulated tuning
+    images circles off the femur (on the pelvis, beside the femur) were 100-200 px off, while every circle within
+    3 px of the truth scored >= 0.93. (The map search after a diffuse blob was also tried: on the real dev set it
+    added one wrong head, 154 px off, and nothing on the tuning images.)"""
     _snap_from_dome(result, img, polarity, device, threshold)
     region = region_confidence(img, polarity, load_region_net(None, device)) if result.detected else None
     if region is None:
@@ -716,34 +719,33 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
         snap = found[1]
         rescued = on_femur(conf, (snap.cx, snap.cy, snap.r))
         if rescued >= MIN_ON_FEMUR:
-            before = result.circle.get("unsnapped") or {k: result.circle[k] for k in ("cx", "cy", "r")}
-            result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
-                                 unsnapped=before, source="femur-dome-unanchored", on_femur=rescued,
-                                 off_femur=score)
-            result.landmarks = {"head_center": [snap.cx, snap.cy]}
+            _take_rescue(result, snap, "femur-dome-unanchored", rescued, score)
             return
     found = _hough_head_circle(img, polarity, device, conf, result.confidence)
     if found is not None:
-        snap, rescued = found
-        before = result.circle.get("unsnapped") or {k: result.circle[k] for k in ("cx", "cy", "r")}
-        result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
-                             unsnapped=before, source="femur-hough", on_femur=rescued, off_femur=score)
-        result.landmarks = {"head_center": [snap.cx, snap.cy]}
+        _take_rescue(result, found[0], "femur-hough", found[1], score)
         return
     result.detected = False
     result.reason = (f"head not found: the circle is not on the femur (femur region confidence inside it "
-                     f"{score:.2f} < {MIN_ON_FEMUR}), its own edge does not confirm it, and the femur fit's head dome "
-                     "has no clear edge either; the circle is kept in 'circle' for review")
+                     f"{score:.2f} < {MIN_ON_FEMUR}), its own edge does not confirm it, and neither the femur fit's "
+                     "head dome nor the femur maps show a clear head; the circle is kept in 'circle' for review")
+
+
+def _take_rescue(result: FitResult, snap, source: str, on_femur_score: float, off_femur_score: float) -> None:
+    """The head found by a later search (an edge circle ``snap``) replaces the circle off the femur in ``result``
+    (kept as ``circle["unsnapped"]``, its femur score as ``off_femur``)."""
+    before = result.circle.get("unsnapped") or {k: result.circle[k] for k in ("cx", "cy", "r")}
+    result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, snapped=True, edge_support=snap.support,
+                         unsnapped=before, source=source, on_femur=on_femur_score, off_femur=off_femur_score)
+    result.landmarks = {"head_center": [snap.cx, snap.cy]}
 
 
 def _hough_head_circle(img, polarity: str, device, region_conf, head_conf):
     """The last head search, from the femur networks' maps alone (``head_search.head_circle_hough``: the femur
     outline network's ridge where the region network has a rim, voting inwards): the edge circle next to the Hough
-    circle (``edge_snap.snap_circle``) and its ``on_femur`` score, taken only when the Hough circle has at least
-    ``MIN_HOUGH_SCORE`` and its edge circle is clear, within ``DOME_MAX_MOVE`` r of it and on the femur
-    (``on_femur`` >= ``MIN_ON_FEMUR``); else None. On the simulated tuning images it found the 4 heads that the
-    other searches had missed (0.6-1.4 px off; Hough scores 2.2-3.4); on the real dev set one (2.5 px, score 2.1),
-    and it scored 0.6 on the one wrong circle that passed the other checks."""
+    circle (``edge_snap.snap_circle``) and its ``on_femur`` score, taken only when the Hough circle is supported
+    (score x arc coverage >= ``MIN_HOUGH_SUPPORT``) and its edge circle is clear, within ``DOME_MAX_MOVE`` r of it
+    and on the femur (``on_femur`` >= ``MIN_ON_FEMUR``); else None."""
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.head_search import head_circle_hough
     from DeepMorphLib.polarity import apply_polarity
@@ -753,7 +755,7 @@ def _hough_head_circle(img, polarity: str, device, region_conf, head_conf):
         return None
     outline = _resize_to(pred(apply_polarity(img, polarity, getattr(pred, "expected_polarity", "bone-dark"))), img.shape)
     found = head_circle_hough(outline, region_conf)
-    if found is None or found.score < MIN_HOUGH_SCORE:
+    if found is None or found.score * found.coverage < MIN_HOUGH_SUPPORT:
         return None
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (found.cx, found.cy, found.r), head_conf)
     moved = float(np.hypot(snap.cx - found.cx, snap.cy - found.cy)) + abs(snap.r - found.r)
