@@ -339,6 +339,22 @@ def _femur_outline_of(region: np.ndarray) -> np.ndarray:
     return np.clip(ndi.gaussian_filter(edge.astype(np.float32), 1.2) * 4.0, 0.0, 1.0)
 
 
+class FemurWithHeadRegion(FemurRegion):
+    """Stand-in femur region network: the head disk itself + the neck and shaft (80 px wide) below it."""
+
+    def __call__(self, image):
+        region = disk_mask(np.shape(image), *HEAD)
+        region[int(HEAD[1] + 0.6 * HEAD[2]):, int(HEAD[0] - 40): int(HEAD[0] + 40)] = 1.0
+        return region
+
+
+def stub_femur_outline(monkeypatch, outline) -> None:
+    """The shipped femur (outline) network replaced by one that returns ``outline``."""
+    real_load = pipeline.load_predictor
+    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
+        (lambda image: outline) if task == "femur" else real_load(task, model, device)))
+
+
 @pytest.mark.parametrize("net", ["crisp", "diffuse"])
 @pytest.mark.parametrize("outline_drawn", [True, False])
 def test_the_femur_maps_find_a_head_that_the_femur_fits_missed(monkeypatch, outline_drawn, net):
@@ -348,22 +364,13 @@ def test_the_femur_maps_find_a_head_that_the_femur_fits_missed(monkeypatch, outl
     found. A diffuse blob that nothing confirmed stays not found (the map search is only for circles off the femur)."""
     from DeepMorphLib import fit_logic
 
-    class FemurWithHeadRegion(FemurRegion):  # the head disk itself + the neck and shaft below it
-        def __call__(self, image):
-            region = disk_mask(np.shape(image), *HEAD)
-            region[int(HEAD[1] + 0.6 * HEAD[2]):, int(HEAD[0] - 40): int(HEAD[0] + 40)] = 1.0
-            return region
-
     near = stub_femur_dome(monkeypatch, 0.2, region=FemurWithHeadRegion())
     far = DomeFit(len(near.points), pipeline._head_dome(pipeline.load_shape_model(None)))
     far.points = near.points - [150.0, -150.0]  # around the head network's wrong blob
     far.point_confidence = near.point_confidence
     monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: far)
     region = FemurWithHeadRegion()(np.zeros((448, 448)))
-    outline = _femur_outline_of(region) if outline_drawn else np.zeros((448, 448), np.float32)
-    real_load = pipeline.load_predictor
-    monkeypatch.setattr(pipeline, "load_predictor", lambda task, model=None, device="auto": (
-        (lambda image: outline) if task == "femur" else real_load(task, model, device)))
+    stub_femur_outline(monkeypatch, _femur_outline_of(region) if outline_drawn else np.zeros((448, 448), np.float32))
     img = sphere_shadow()
     img[:, :80] = img[:, 80:81]  # no edge near the wrong blob
     head_net = FarHead() if net == "crisp" else DiffuseFarHead()
@@ -380,3 +387,33 @@ def test_the_femur_maps_find_a_head_that_the_femur_fits_missed(monkeypatch, outl
                                 confidence=res.confidence)
     fit_logic._snap_from_femur(probe, img)
     assert probe.detected is found and ("from_femur_hough" in probe.quality) is found
+
+
+class ShaftHead(FarHead):
+    """Stand-in head network whose crisp blob sits on the femoral shaft, 110 px below the head: on the femur, too far
+    for the edge snap."""
+
+    def __call__(self, image):
+        return disk_mask(np.shape(image), HEAD[0], HEAD[1] + 110, 0.8 * HEAD[2])
+
+
+def test_an_edge_confirmed_head_from_the_femur_maps_beats_an_unconfirmed_circle_on_the_femur(monkeypatch):
+    """A crisp blob on the shaft is on the femur, but no edge confirms it (nor a confident femur dome: the femur fit
+    is elsewhere); the femur maps' circle, whose edge is clear, replaces it. Without a map circle it is kept."""
+    near = stub_femur_dome(monkeypatch, 0.2, region=FemurWithHeadRegion())
+    far = DomeFit(len(near.points), pipeline._head_dome(pipeline.load_shape_model(None)))
+    far.points = near.points - [150.0, -150.0]
+    far.point_confidence = near.point_confidence
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: far)
+    img = sphere_shadow()
+    img[:, :80] = img[:, 80:81]  # no edge near the femur fit's dome
+    stub_femur_outline(monkeypatch, np.zeros((448, 448), np.float32))
+    kept = pipeline.fit_image(img, "head", predictor=ShaftHead(), polarity="bone-dark", refine=False)
+    assert kept.detected and not kept.circle["snapped"] and kept.circle["on_femur"] >= pipeline.MIN_ON_FEMUR
+    assert kept.circle["cy"] == pytest.approx(HEAD[1] + 110, abs=3.0)
+    stub_femur_outline(monkeypatch, _femur_outline_of(FemurWithHeadRegion()(img)))
+    res = pipeline.fit_image(img, "head", predictor=ShaftHead(), polarity="bone-dark", refine=False)
+    assert res.detected and res.circle["source"] == "femur-hough" and res.circle["snapped"]
+    assert "off_femur" not in res.circle and res.circle["unsnapped"]["cy"] == pytest.approx(HEAD[1] + 110, abs=3.0)
+    # (the edge snap also weighs the head network's map, whose blob is on the shaft: a little pull downwards)
+    assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 2.0 and abs(res.circle["r"] - HEAD[2]) < 1.5
