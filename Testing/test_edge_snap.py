@@ -417,3 +417,23 @@ def test_an_edge_confirmed_head_from_the_femur_maps_beats_an_unconfirmed_circle_
     assert "off_femur" not in res.circle and res.circle["unsnapped"]["cy"] == pytest.approx(HEAD[1] + 110, abs=3.0)
     # (the edge snap also weighs the head network's map, whose blob is on the shaft: a little pull downwards)
     assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 2.0 and abs(res.circle["r"] - HEAD[2]) < 1.5
+
+
+def test_the_femur_fit_is_anchored_on_the_femur_maps_circle_when_the_head_networks_is_unconfirmed():
+    """head_anchor_callable: the head network's circle (150 px off, no edge to confirm it) anchors the femur fit's
+    second opinions only when the femur maps have no well supported circle; with them, their circle does."""
+    img = flat_image()
+    region = FemurWithHeadRegion()(img)
+    outline = _femur_outline_of(region)
+    result = pipeline.FitResult(task="femur", image_shape=img.shape, detected=False, reason="", polarity="bone-dark",
+                                polarity_score=None, polarity_mode="given")
+    anchored = pipeline.head_anchor_callable(result, img, "bone-dark", FarHead(), outline_conf=outline,
+                                             region=lambda: region)()
+    assert np.hypot(anchored[0] - HEAD[0], anchored[1] - HEAD[1]) < 1.5 and abs(anchored[2] - HEAD[2]) < 1.5
+    assert result.head_anchor["source"] == "femur-hough"
+    assert result.head_anchor["replaced"]["cx"] == pytest.approx(HEAD[0] - 150, abs=3.0)
+    plain = pipeline.head_anchor_callable(None, img, "bone-dark", FarHead())()  # no femur maps at hand
+    assert plain[0] == pytest.approx(HEAD[0] - 150, abs=3.0)
+    blank = pipeline.head_anchor_callable(None, img, "bone-dark", FarHead(), outline_conf=np.zeros_like(outline),
+                                          region=lambda: region)()
+    assert blank[0] == pytest.approx(HEAD[0] - 150, abs=3.0)

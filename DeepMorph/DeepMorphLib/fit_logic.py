@@ -257,19 +257,11 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         if task == "head":
             result = _fit_head(conf, target)
         else:
-            circle = None
-            if head_anchor is not None:
-                @functools.lru_cache(maxsize=1)  # asked by the outline fit and maybe the region fit: run once
-                def circle(pol=pol):
-                    from .pipeline import head_anchor_circle
+            from .pipeline import head_anchor_callable, region_confidence
 
-                    found = head_anchor_circle(image, pol, head_anchor)
-                    return None if found is None else (found["cx"], found["cy"], found["r"])
-            region_conf = None
-            if region is not None:
-                from .pipeline import region_confidence
-
-                region_conf = region_confidence(image, pol, region)
+            region_conf = None if region is None else region_confidence(image, pol, region)
+            circle = None if head_anchor is None else head_anchor_callable(
+                None, image, pol, head_anchor, outline_conf=conf if target == "outline" else None, region=region_conf)
             result = _fit_femur(conf, pdm, target, circle, region_conf)
         if task == "head" and result.detected and refiner is not None:
             _refine(result, image, pol, refiner)

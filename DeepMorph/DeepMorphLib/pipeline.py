@@ -402,6 +402,7 @@ def region_confidence(img, polarity: str, region_net, timings: dict | None = Non
     if region_net is None:
         return None
 
+    @functools.lru_cache(maxsize=1)  # the head anchor and the region fit may both ask: the network runs once
     def region():
         t = time.perf_counter()
         out = _resize_to(region_net(apply_polarity(img, polarity, getattr(region_net, "expected_polarity",
@@ -512,12 +513,13 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
         else:
             options = {"shaft_axis": shaft_axis_indices(shape_model.landmark_indices), **(fit_options or {})}
             dome = _head_dome(shape_model)
-            if anchor_net is not None and dome is not None and "head_circle" not in options:
-                options.update(head_circle=_anchor_circle(result, img, cand, anchor_net, threshold, min_pixels,
-                                                          circle_method), head_dome=dome)
             extra = {}
-            sf = fit_femur_confidence(conf, target, shape_model.pdm, options,
-                                      region_confidence(img, cand, region_net, extra), threshold)
+            region = region_confidence(img, cand, region_net, extra)
+            if anchor_net is not None and dome is not None and "head_circle" not in options:
+                options.update(head_circle=head_anchor_callable(result, img, cand, anchor_net, threshold, min_pixels,
+                                                                circle_method, conf if target == "outline" else None,
+                                                                region), head_dome=dome)
+            sf = fit_femur_confidence(conf, target, shape_model.pdm, options, region, threshold)
             _fill_femur(result, sf, shape_model)
             result.fit_map = (getattr(sf, "info", None) or {}).get("fit_map", target) if result.detected else None
             if result.fit_map == "region" and hasattr(region_net, "describe"):
@@ -598,15 +600,29 @@ def head_anchor_circle(img, polarity: str, head_net, threshold: float = 0.5, min
     return dict(probe.circle)
 
 
-def _anchor_circle(result: FitResult, img, polarity: str, head_net, threshold: float, min_pixels: int, method: str):
+def head_anchor_callable(result: FitResult | None, img, polarity: str, head_net, threshold: float = 0.5,
+                         min_pixels: int = 100, method: str = "algebraic", outline_conf=None, region=None):
     """A callable for ``asm_fit`` (called only when the femur fit needs a second opinion): ``head_anchor_circle``
-    as (cx, cy, r) px, recorded in ``result.head_anchor``; None when the head network finds no head."""
+    as (cx, cy, r) px, recorded in ``result.head_anchor`` (``result`` None: not recorded); None when no head is
+    found. When the head network's circle is not edge-confirmed and the femur maps are at hand (``outline_conf``:
+    the femur outline network's map; ``region``: a callable giving the region network's), a well supported circle
+    of the femur maps (``head_search``, support >= ``MIN_HOUGH_SUPPORT``) anchors instead (``head_anchor["source"]``
+    "femur-hough"; simulated tuning images: femur p2c_mean 6.32 -> 5.42 px; real dev set 23.4 -> 19.9 px)."""
     @functools.lru_cache(maxsize=1)  # the outline and the region fit may both ask: the head network runs once
     def circle():
         found = head_anchor_circle(img, polarity, head_net, threshold, min_pixels, method)
+        if (found is None or not found.get("snapped")) and outline_conf is not None and region is not None:
+            from DeepMorphLib.head_search import head_circle_hough
+
+            region_conf = region()
+            hough = None if region_conf is None else head_circle_hough(outline_conf, region_conf)
+            if hough is not None and hough.score * hough.coverage >= MIN_HOUGH_SUPPORT:
+                found = {"cx": hough.cx, "cy": hough.cy, "r": hough.r, "source": "femur-hough",
+                         "replaced": None if found is None else {k: found[k] for k in ("cx", "cy", "r")}}
         if found is None:
             return None
-        result.head_anchor = found
+        if result is not None:
+            result.head_anchor = found
         return found["cx"], found["cy"], found["r"]
 
     return circle
