@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 RADIUS_RANGE = (0.09, 0.18)  # head radius as a fraction of the image width
+CELL_PX = 2  # centre resolution of the vote accumulator, px
 
 
 @dataclass(frozen=True)
@@ -54,23 +55,26 @@ def head_circle_hough(outline: np.ndarray, region: np.ndarray, radius_range=RADI
     weight = outline[ys, xs]
     ux, uy = gx[ys, xs] / magnitude[ys, xs], gy[ys, xs] / magnitude[ys, xs]  # into the femur
     radii = np.arange(max(2, int(radius_range[0] * width)), int(radius_range[1] * width) + 1, dtype=np.float64)
-    cx = np.rint(xs[None] + radii[:, None] * ux[None]).astype(np.int64)  # (radius, pixel)
-    cy = np.rint(ys[None] + radii[:, None] * uy[None]).astype(np.int64)
-    inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-    cell = (np.arange(len(radii))[:, None] * height + cy) * width + cx
-    votes = np.bincount(cell[inside], np.broadcast_to(weight, cell.shape)[inside], minlength=len(radii) * height * width)
-    votes = votes.reshape(len(radii), height, width).astype(np.float32)
-    spread = (1.0, 2.0, 2.0)  # sd in (radius, y, x) px: votes of one circle land on neighbouring cells
+    # centres are accumulated in cells of CELL_PX x CELL_PX px (4x fewer than pixels: the edge snap refines them)
+    rows, cols = -(-height // CELL_PX), -(-width // CELL_PX)
+    cx = np.floor((xs[None] + radii[:, None] * ux[None] + 0.5) / CELL_PX).astype(np.int64)  # (radius, pixel)
+    cy = np.floor((ys[None] + radii[:, None] * uy[None] + 0.5) / CELL_PX).astype(np.int64)
+    inside = (cx >= 0) & (cx < cols) & (cy >= 0) & (cy < rows)
+    cell = (np.arange(len(radii))[:, None] * rows + cy) * cols + cx
+    votes = np.bincount(cell[inside], np.broadcast_to(weight, cell.shape)[inside], minlength=len(radii) * rows * cols)
+    votes = votes.reshape(len(radii), rows, cols).astype(np.float32)
+    spread = (1.0, 2.0 / CELL_PX, 2.0 / CELL_PX)  # sd in (radius px, cells, cells): one circle's votes spread a little
     votes = ndi.gaussian_filter(votes, spread)
     votes *= ((2.0 * np.pi) ** 1.5 * np.prod(spread)) / (2.0 * np.pi * radii)[:, None, None]  # a full ring: ~1
-    peaks = (votes == ndi.maximum_filter(votes, size=(5, 9, 9))) & (votes > 0)
+    peaks = (votes == ndi.maximum_filter(votes, size=(5, 5, 5))) & (votes > 0)
     peaks[[0, -1]] = False  # a "peak" at either end of the radius range is no maximum in r (the shaft's is at the low end)
     order = np.argsort(votes[peaks])[::-1][:n_candidates]
     best = None
-    for k, y, x in np.argwhere(peaks)[order]:
+    for k, cy_cell, cx_cell in np.argwhere(peaks)[order]:
         r = radii[k]
+        x, y = (cx_cell + 0.5) * CELL_PX - 0.5, (cy_cell + 0.5) * CELL_PX - 0.5  # the cell's centre, px
         coverage = arc_coverage(xs, ys, ux, uy, x, y, r, n_bins=coverage_bins)
-        circle = HoughCircle(float(x), float(y), float(r), float(votes[k, y, x]), coverage)
+        circle = HoughCircle(float(x), float(y), float(r), float(votes[k, cy_cell, cx_cell]), coverage)
         if best is None or circle.score * circle.coverage > best.score * best.coverage:
             best = circle
     return best

@@ -607,7 +607,7 @@ def head_anchor_callable(result: FitResult | None, img, polarity: str, head_net,
     found. When the head network's circle is not edge-confirmed and the femur maps are at hand (``outline_conf``:
     the femur outline network's map; ``region``: a callable giving the region network's), a well supported circle
     of the femur maps (``head_search``, support >= ``MIN_HOUGH_SUPPORT``) anchors instead (``head_anchor["source"]``
-    "femur-hough"; simulated tuning images: femur p2c_mean 6.32 -> 5.42 px; real dev set 23.4 -> 19.9 px)."""
+    "femur-hough"; simulated tuning images: femur p2c_mean 6.32 -> 5.20 px; real dev set 23.4 -> 19.8 px)."""
     @functools.lru_cache(maxsize=1)  # the outline and the region fit may both ask: the head network runs once
     def circle():
         found = head_anchor_circle(img, polarity, head_net, threshold, min_pixels, method)
