@@ -180,3 +180,43 @@ def test_the_upright_prior_breaks_a_near_tie_between_fits(pdm, monkeypatch):
     none = pipeline.fit_femur_confidence(outline, "outline", pdm, {"shaft_axis": _shaft_axis(), "upright_max_deg": None},
                                          lambda: region)
     assert none.info.get("fit_map") is None
+
+
+@pytest.mark.parametrize("reach, left_px", [(5.0, 0.0), (3.0, 1.0)])
+def test_polish_moves_points_onto_a_ridge_within_its_reach(pdm, reach, left_px):
+    """A femur whose outline lies 4 px out along the normals from the model's points (the shape model cannot
+    follow it): a 5 px polish (pipeline.FINAL_POLISH_PX) puts the points on that ridge; a 3 px one moves them as
+    far as it reaches, up the ridge's flank, 1 px short of it."""
+    from DeepMorphLib.asm_fit import polish_points
+
+    points, _, _ = known_shape(pdm, seed=3)
+    normals = contour_normals(points, pdm.closed)
+    outline = points + 4.0 * normals
+    conf = render_confidence(outline, (448, 448), closed=pdm.closed)
+    polished = polish_points(conf, points, pdm.closed, reach)
+    inner = slice(5, -5)  # the ends' normals lean over the tangent
+    short = np.sum((outline - polished) * normals, axis=1)[inner]
+    np.testing.assert_allclose(short, left_px, atol=0.3)
+
+
+def test_the_kept_femur_fit_gets_the_final_polish(pdm, monkeypatch):
+    """``pipeline.fit_femur_confidence`` polishes the kept outline fit's PDM points (``model_points``) with
+    ``final_polish_px`` (default ``FINAL_POLISH_PX`` = 5 px) after the fits are compared: onto a ridge 4 px out,
+    with the point confidences and quality recomputed there; 0 px gives the PDM points themselves."""
+    from DeepMorphLib import pipeline
+
+    points, _, _ = known_shape(pdm, seed=3)
+    normals = contour_normals(points, pdm.closed)
+    outline = points + 4.0 * normals
+    conf = render_confidence(outline, (448, 448), closed=pdm.closed)
+    fit = ShapeFit(detected=True, points=points + 3.0 * normals, model_points=points, quality=0.8, info={})
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda *a, **k: fit)
+    kept = pipeline.fit_femur_confidence(conf, "outline", pdm, {})
+    assert pipeline.FINAL_POLISH_PX == 5.0
+    inner = slice(5, -5)
+    assert np.max(np.hypot(*(kept.points - outline).T)[inner]) < 0.3
+    assert kept.quality > 0.95 and np.allclose(kept.point_confidence.mean(), kept.quality)
+    raw = pipeline.fit_femur_confidence(conf, "outline", pdm, {"final_polish_px": 0.0})
+    np.testing.assert_allclose(raw.points, points)
+    same = pipeline.fit_femur_confidence(conf, "outline", pdm, {"final_polish_px": 3.0})
+    assert same is fit

@@ -115,8 +115,8 @@ def test_weak_polarity_evidence_lets_the_fits_decide(monkeypatch):
     assert pred.calls == 2 and abs(res.circle["r"] - 30) < 1.5
 
 
-def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
-    """``--upright-max-deg DEG|none`` ends in ``fit_options`` (none = off); anything else is refused by name."""
+def _capture_fit_options(monkeypatch, tmp_path) -> list:
+    """Stand-in ``pipeline.fit_image`` (and loaders) recording the ``fit_options`` that ``fit`` passes; writes x.png."""
     from DeepMorphLib import pipeline
 
     seen = []
@@ -132,6 +132,12 @@ def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, c
     for name in ("load_predictor", "load_shape_model", "load_head_anchor", "load_region_net"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
     write_png(tmp_path / "x.png", np.full((32, 32), 90, np.uint8))
+    return seen
+
+
+def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
+    """``--upright-max-deg DEG|none`` ends in ``fit_options`` (none = off); anything else is refused by name."""
+    seen = _capture_fit_options(monkeypatch, tmp_path)
     for value, expected in (("none", None), ("75", 75.0)):
         main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--upright-max-deg", value])
         assert seen[-1]["upright_max_deg"] == expected
@@ -140,3 +146,18 @@ def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, c
     with pytest.raises(SystemExit):
         main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--upright-max-deg", "up"])
     assert "--upright-max-deg" in capsys.readouterr().err
+
+
+def test_the_polish_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
+    """``--polish-px PX`` ends in ``fit_options`` (absent: pipeline.FINAL_POLISH_PX); a negative,
+    nan or non-numeric reach is refused by name."""
+    seen = _capture_fit_options(monkeypatch, tmp_path)
+    args = ["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
+    main(args + ["--polish-px", "0"])
+    assert seen[-1]["final_polish_px"] == 0.0
+    main(args)
+    assert "final_polish_px" not in seen[-1]
+    for bad in ("-1", "nan", "far"):
+        with pytest.raises(SystemExit):
+            main(args + ["--polish-px", bad])
+        assert "--polish-px" in capsys.readouterr().err

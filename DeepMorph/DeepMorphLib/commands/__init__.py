@@ -30,6 +30,10 @@ def add_femur_fit_arguments(parser) -> None:
     parser.add_argument("--upright-max-deg", type=_degrees_or_none, default=60.0, metavar="DEG",
                         help="femur: upright prior - fits whose shaft points more than DEG degrees away from image "
                              "down lose when fits are compared (default 60; 'none' = off, for images shown rotated)")
+    parser.add_argument("--polish-px", type=_non_negative, default=None, metavar="PX",
+                        help="femur: finally move each point of the kept fit along its normal onto the confident outline "
+                             "ridge within PX px (default 5; 0 = the shape model's points; fits are compared after a "
+                             "3 px polish)")
 
 
 def _degrees_or_none(text: str) -> float | None:
@@ -43,6 +47,21 @@ def _degrees_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number of degrees or 'none', got {text!r}") from None
 
 
+def _non_negative(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of px, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of px >= 0, got {text!r}")
+    return value
+
+
 def femur_fit_options(args) -> dict:
     """``fit_options`` of ``pipeline.fit_image`` from the options of ``add_femur_fit_arguments``."""
-    return {"second_opinion_below": args.second_opinion_below, "upright_max_deg": args.upright_max_deg}
+    options = {"second_opinion_below": args.second_opinion_below, "upright_max_deg": args.upright_max_deg}
+    if getattr(args, "polish_px", None) is not None:
+        options["final_polish_px"] = args.polish_px
+    return options
