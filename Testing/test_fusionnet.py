@@ -47,6 +47,28 @@ def test_fused_copy_gives_the_same_confidences():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
 
 
+def test_the_pipeline_predictor_runs_the_fused_copy():
+    """``pipeline.NetworkPredictor`` infers with a fused copy (made once), leaves the given network as it was
+    (batch norms in place, same weights) and gives the unfused network's confidences to float rounding."""
+    from DeepMorphLib.pipeline import NetworkPredictor
+
+    net = tiny(seed=2)
+    net.train()
+    net(torch.randn(4, 1, 32, 32))  # non-trivial running statistics
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    predictor = NetworkPredictor(net, META, device="cpu")
+    image = np.random.default_rng(0).normal(100, 20, (40, 50)).astype(np.float32)
+    conf = predictor(image)
+    fused = predictor._inference_model
+    assert fused is not net and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    predictor(image)
+    assert predictor._inference_model is fused  # made once
+    np.testing.assert_allclose(conf, predict_confidence(net, META, image, device="cpu"), atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
 def test_invalid_architecture_is_refused():
     with pytest.raises(ValueError, match="base_channels"):
         FusionNet(base_channels=0)

@@ -61,19 +61,25 @@ def _resolve_file(path, suffix: str) -> Path:
 
 
 class NetworkPredictor:
-    """A trained network + its sidecar metadata as a confidence-map predictor (``inference.predict_confidence``)."""
+    """A trained network + its sidecar metadata as a confidence-map predictor (``inference.predict_confidence``).
+    The network runs as an inference copy with its batch norms fused into the convolutions
+    (``fusionnet.fuse_for_inference``), made on the first call: ``model`` is taken as trained and frozen."""
 
     def __init__(self, model, metadata: dict, device: str = "auto", path: str | None = None):
         self.model, self.metadata, self.device, self.path = model, dict(metadata or {}), device, path
+        self._inference_model = None
         self.expected_polarity = self.metadata.get("polarity", "bone-dark")
         self.task = self.metadata.get("task")
         self.target = self.metadata.get("target", "outline")  # "outline" band or filled "region" (region.py)
         self.roi = self.metadata.get("roi")  # {"kind": "head", "scale": ...} for a refinement network (roi.py)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        from DeepMorphLib.fusionnet import fuse_for_inference
         from DeepMorphLib.inference import predict_confidence
 
-        return predict_confidence(self.model, self.metadata, image, device=self.device)
+        if self._inference_model is None:
+            self._inference_model = fuse_for_inference(self.model)
+        return predict_confidence(self._inference_model, self.metadata, image, device=self.device)
 
     def describe(self) -> dict:
         keys = ("task", "target", "roi", "input_size", "architecture", "metrics", "created")
