@@ -414,13 +414,14 @@ def _final_polish(conf, fit, pdm, reach_px: float, options: dict, threshold: flo
     onto the confident ridge within ``reach_px`` instead of asm_fit's reach (``polish_px``, 3 px); 0 = the PDM points
     themselves. Its point confidences, quality and support follow. Unchanged when not detected or the reach is the
     same."""
+    model_points = getattr(fit, "model_points", None)  # fits without it (other fitters) stay as they are
+    if not fit.detected or model_points is None or reach_px == float(options.get("polish_px", 3.0)):
+        return fit
     import dataclasses
 
     from DeepMorphLib.asm_fit import polish_points, sample_bilinear
 
-    if not fit.detected or fit.model_points is None or reach_px == float(options.get("polish_px", 3.0)):
-        return fit
-    points = np.asarray(fit.model_points, dtype=np.float64)
+    points = np.asarray(model_points, dtype=np.float64)
     if reach_px > 0:
         points = polish_points(conf, points, bool(getattr(pdm, "closed", False)), reach_px,
                                float(options.get("step_px", 0.5)), threshold)
