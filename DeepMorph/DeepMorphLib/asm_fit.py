@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover
 
 _MIRROR = Similarity(1.0, np.diag([-1.0, 1.0]), np.zeros(2))
 END_WEIGHT = 5.0  # weight of an end point that found the end of the ridge (a normal point: <= 1)
+POLISH_PX = 3.0  # px: default polish reach, also the one fits are compared with (pipeline.FINAL_POLISH_PX: the last)
 
 
 @dataclass(frozen=True)
@@ -446,7 +447,7 @@ def fit_pdm_to_confidence(
     min_quality: float = 0.0,
     end_search: bool = False,
     rescue: bool = True,
-    polish_px: float = 3.0,
+    polish_px: float = POLISH_PX,
     verify_support: float = 0.6,
     seed: int = 0,
     second_opinion_below: float = 0.7,

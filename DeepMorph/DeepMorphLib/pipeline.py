@@ -411,15 +411,18 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
 
 def _final_polish(conf, fit, pdm, reach_px: float, options: dict, threshold: float):
     """``fit`` (an ``asm_fit.ShapeFit`` on the outline map ``conf``) with its PDM points (``model_points``) polished
-    onto the confident ridge within ``reach_px`` instead of asm_fit's reach (``polish_px``, 3 px); 0 = the PDM points
-    themselves. Its point confidences, quality and support follow. Unchanged when not detected or the reach is the
-    same."""
+    onto the confident ridge within ``reach_px`` instead of asm_fit's reach (``polish_px``, default
+    ``asm_fit.POLISH_PX``); 0 = the PDM points themselves. Its point confidences, quality and support follow.
+    Unchanged when not detected or the reach is the same."""
     model_points = getattr(fit, "model_points", None)  # fits without it (other fitters) stay as they are
-    if not fit.detected or model_points is None or reach_px == float(options.get("polish_px", 3.0)):
+    if not fit.detected or model_points is None:
         return fit
     import dataclasses
 
-    from DeepMorphLib.asm_fit import polish_points, sample_bilinear
+    from DeepMorphLib.asm_fit import POLISH_PX, polish_points, sample_bilinear
+
+    if reach_px == float(options.get("polish_px", POLISH_PX)):
+        return fit
 
     points = np.asarray(model_points, dtype=np.float64)
     if reach_px > 0:
