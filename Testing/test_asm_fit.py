@@ -182,6 +182,14 @@ def test_the_upright_prior_breaks_a_near_tie_between_fits(pdm, monkeypatch):
     assert none.info.get("fit_map") is None
 
 
+def _ridge_4px_out(pdm):
+    """A placed PDM instance, its normals, an outline 4 px out along them and that outline's confidence map."""
+    points, _, _ = known_shape(pdm, seed=3)
+    normals = contour_normals(points, pdm.closed)
+    outline = points + 4.0 * normals
+    return points, normals, outline, render_confidence(outline, (448, 448), closed=pdm.closed)
+
+
 @pytest.mark.parametrize("reach, left_px", [(5.0, 0.0), (3.0, 1.0)])
 def test_polish_moves_points_onto_a_ridge_within_its_reach(pdm, reach, left_px):
     """A femur whose outline lies 4 px out along the normals from the model's points (the shape model cannot
@@ -189,10 +197,7 @@ def test_polish_moves_points_onto_a_ridge_within_its_reach(pdm, reach, left_px):
     far as it reaches, up the ridge's flank, 1 px short of it."""
     from DeepMorphLib.asm_fit import polish_points
 
-    points, _, _ = known_shape(pdm, seed=3)
-    normals = contour_normals(points, pdm.closed)
-    outline = points + 4.0 * normals
-    conf = render_confidence(outline, (448, 448), closed=pdm.closed)
+    points, normals, outline, conf = _ridge_4px_out(pdm)
     polished = polish_points(conf, points, pdm.closed, reach)
     inner = slice(5, -5)  # the ends' normals lean over the tangent
     short = np.sum((outline - polished) * normals, axis=1)[inner]
@@ -205,10 +210,7 @@ def test_the_kept_femur_fit_gets_the_final_polish(pdm, monkeypatch):
     with the point confidences and quality recomputed there; 0 px gives the PDM points themselves."""
     from DeepMorphLib import pipeline
 
-    points, _, _ = known_shape(pdm, seed=3)
-    normals = contour_normals(points, pdm.closed)
-    outline = points + 4.0 * normals
-    conf = render_confidence(outline, (448, 448), closed=pdm.closed)
+    points, normals, outline, conf = _ridge_4px_out(pdm)
     fit = ShapeFit(detected=True, points=points + 3.0 * normals, model_points=points, quality=0.8, info={})
     monkeypatch.setattr(pipeline, "_fit_pdm", lambda *a, **k: fit)
     kept = pipeline.fit_femur_confidence(conf, "outline", pdm, {})

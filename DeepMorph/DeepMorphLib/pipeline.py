@@ -388,17 +388,17 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
 
     if target != "outline":
         return first
-    kept = _final_polish(conf, first, pdm, final_polish_px, options, threshold)  # once the fits are compared
+    keep_first = lambda: _final_polish(conf, first, pdm, final_polish_px, options, threshold)  # noqa: E731
     if region_conf is None or (first.detected and score(first) >= below):
-        return kept
+        return keep_first()
     region = region_conf()
     if region is None:
-        return kept
+        return keep_first()
     second = _fit_pdm(femur_fit_map(region, "region", threshold), pdm, **options)
     if isinstance(getattr(first, "info", None), dict):
         first.info["region_quality"] = float(second.quality) if second.detected else None
     if not second.detected or (first.detected and score(second) <= score(first)):
-        return kept
+        return keep_first()
     import dataclasses
 
     from DeepMorphLib.asm_fit import polish_points
