@@ -76,6 +76,15 @@ class Polarity(enum.Enum):
                 "bone-bright": _("Bright (radiograph)")}[self.value]
 
 
+class Side(enum.Enum):
+    AUTO = "auto"
+    LEFT = "left"
+    RIGHT = "right"
+
+    def label(self):
+        return {"auto": _("Either (not known)"), "left": _("Left hip"), "right": _("Right hip")}[self.value]
+
+
 @parameterNodeWrapper
 class DeepMorphParameterNode:
     """Input X-ray, task, model and display choices; the output nodes are kept for re-fits and scene saving."""
@@ -85,6 +94,7 @@ class DeepMorphParameterNode:
     modelSource: ModelSource = ModelSource.SHIPPED
     modelPath: pathlib.Path = pathlib.Path(__file__).parent / "Resources" / "Models" / "head.safetensors"
     polarity: Polarity = Polarity.AUTO
+    side: Side = Side.AUTO
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     interactiveCorrection: bool = True
     resultText: str = "No result yet."
@@ -256,6 +266,7 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         pdm = self.shapeModel() if p.task == Task.FEMUR else None
         self.result, self.nodes = fit_logic.fit_xray_node(
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
+            side=p.side.value,
             nodes=self.nodes, predict=predict, pdm=pdm, editable=p.interactiveCorrection,
         )
         p.confidenceVolume = self.nodes.get("confidence")

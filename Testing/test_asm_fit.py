@@ -55,6 +55,23 @@ def test_full_pipeline_with_cpd_initialisation(pdm, mirror, angle):
     assert "cpd" in fit.info and fit.transform.reflected is False
 
 
+@pytest.mark.parametrize("mirror", [False, True])
+def test_a_known_side_tries_only_that_sides_shape(pdm, mirror):
+    """``reflection`` (the side is known) restricts every start to the PDM as built (False) or its mirror (True):
+    the right one fits as well as the free search; the wrong one is obeyed (and fits worse), never swapped."""
+    truth, _, _ = known_shape(pdm, seed=8, angle=-20.0 if not mirror else 160.0, mirror=mirror)
+    conf = render_confidence(truth, (448, 448))
+    free = fit_pdm_to_confidence(conf, pdm)
+    right = fit_pdm_to_confidence(conf, pdm, reflection=mirror)
+    wrong = fit_pdm_to_confidence(conf, pdm, reflection=not mirror, second_opinion_below=1.1)
+    assert free.reflected == right.reflected == mirror and wrong.reflected == (not mirror)
+    assert np.mean(point_to_curve_distance(right.points, truth)) < 0.4
+    assert wrong.quality < free.quality - 0.1
+    assert "cpd" in wrong.info and wrong.info["cpd"]["reflected"] == (not mirror)
+    with pytest.raises(ValueError, match="reflection must be"):
+        fit_pdm_to_confidence(conf, pdm, reflection="left")
+
+
 def test_stays_plausible_where_the_map_is_blanked(pdm):
     truth, _, _ = known_shape(pdm, seed=11)
     conf = render_confidence(truth, (448, 448))

@@ -157,7 +157,8 @@ def test_parameter_node_defaults_are_valid(modules):
     assert (p.sidMm, p.sodMm, p.detectorWidthPx, p.pixelMm) == (1000.0, 600.0, 448, 0.6)
     dm = modules["DeepMorph"]
     q = dm.DeepMorphLogic().getParameterNode()
-    assert q.task is dm.Task.HEAD and q.polarity is dm.Polarity.AUTO
+    assert q.task is dm.Task.HEAD and q.polarity is dm.Polarity.AUTO and q.side is dm.Side.AUTO
+    assert [s.value for s in dm.Side] == ["auto", "left", "right"]
     assert [t.label() for t in dm.Task] == ["Femoral head circle", "Proximal femur contour"]
 
 

@@ -219,3 +219,18 @@ def test_fit_similarity_with_reflection(rng):
         assert fit.reflected == reflect and np.allclose(fit.apply(src), t.apply(src))
         assert np.allclose(fit.inverse().apply(fit.apply(src)), src)
     assert not fit_similarity(src, t.apply(src)).reflected
+
+
+def test_side_from_the_build_metadata(shapes):
+    """The side is the first word of the build's "side" ("right (left femurs mirrored)", as build-pdm writes it)."""
+    built = PointDistributionModel.fit(shapes, landmarks=landmark_indices(),
+                                       metadata={"side": "right (left femurs mirrored)"})
+    assert built.side == "right" and built.reflect().side == "left" and built.reflect().reflect().side == "right"
+    assert built.reflection_for("right") is False and built.reflection_for("left") is True
+    assert built.reflect().reflection_for("left") is False and built.reflection_for(None) is None
+    with pytest.raises(ValueError, match="'left' or 'right'"):
+        built.reflection_for("both")
+    unknown = PointDistributionModel.fit(shapes, landmarks=landmark_indices())
+    assert unknown.side is None and unknown.reflection_for(None) is None
+    with pytest.raises(ValueError, match="does not say which femur side"):
+        unknown.reflection_for("left")

@@ -405,7 +405,8 @@ def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome,
     if circle is not None:
         screened = []
         screen_opts = {**opts, "max_iterations": max(1, int(anchor["screen_iterations"]))}
-        for start in head_anchored_starts(pdm, head_dome, circle, anchor["angles_deg"]):
+        for start in head_anchored_starts(pdm, head_dome, circle, anchor["angles_deg"],
+                                          anchor.get("reflections", (False, True))):
             model = pdm.reflect() if start.reflected else pdm
             transform = start.compose(_MIRROR) if start.reflected else start
             points, b, transform, _, _, stopped = _asm(conf, model, transform, np.zeros(pdm.n_modes), opts["wide_px"],
@@ -461,6 +462,7 @@ def fit_pdm_to_confidence(
     shaft_axis: tuple | None = None,
     upright_max_deg: float | None = UPRIGHT_MAX_DEG,
     upright_weight: float = UPRIGHT_WEIGHT,
+    reflection: bool | None = None,
 ) -> ShapeFit:
     """Fit ``pdm`` to a 2-D confidence map (H, W) in [0, 1]; see the module docstring for the steps.
 
@@ -484,6 +486,8 @@ def fit_pdm_to_confidence(
     whose shaft points more than ``upright_max_deg`` from image down (``shaft_angle_deg``) loses
     ``upright_weight`` when fits are compared (support of the CPD starts, mean confidence of the second
     opinions) and always asks for the second opinions; the reported quality is not changed.
+    ``reflection``: None = try the PDM and its mirror (either side); False / True = only the PDM as built / only
+    its mirror (``pdm.reflection_for(side)`` when the side is known), for the CPD and the head-anchored starts.
     """
     if not isinstance(pdm, PointDistributionModel):
         raise ValueError("pdm must be a PointDistributionModel (load one with PointDistributionModel.load).")
@@ -497,6 +501,9 @@ def fit_pdm_to_confidence(
             reason=f"only {n_px} foreground pixels above threshold {threshold:g} (fewer than min_pixels={min_pixels}); "
             "femur not detected",
         )
+    if reflection not in (None, False, True):
+        raise ValueError(f"reflection must be None, False or True, got {reflection!r}.")
+    mirrors = (False, True) if reflection is None else (bool(reflection),)
     info: dict = {}
     b = np.zeros(pdm.n_modes)
     starts = []
@@ -504,6 +511,7 @@ def fit_pdm_to_confidence(
         cpd = multistart_cpd(
             pdm.mean, xy, n_rotations=n_rotations, try_reflection=try_reflection, w=w, max_fixed=max_fixed,
             max_iterations=cpd_iterations, tolerance=cpd_tolerance, seed=seed,
+            reflections=mirrors if reflection is not None or try_reflection else (False,),
         )
         starts.append((cpd.transform, b, float(np.clip(3.0 * np.sqrt(cpd.sigma2), min_search_px, search_px))))
         for alt in cpd.info.get("alternatives", []):
@@ -548,7 +556,7 @@ def fit_pdm_to_confidence(
     doubtful = first_quality < second_opinion_below or upright_penalty(best[0], upright) > 0.0
     if doubtful and (shape_cpd and init is None or head_circle is not None):
         anchor = {"angles_deg": anchor_angles_deg, "screen_iterations": anchor_screen_iterations, "keep": anchor_keep,
-                  "shape_cpd_iterations": shape_cpd_iterations, "polish_px": polish_px}
+                  "shape_cpd_iterations": shape_cpd_iterations, "polish_px": polish_px, "reflections": mirrors}
         cpd_transform = cpd.transform if shape_cpd and init is None else None
         best = _second_opinions(conf, pdm, best, subsample_points(xy, max_fixed), cpd_transform, head_circle,
                                 head_dome, opts, anchor, threshold, info, upright)

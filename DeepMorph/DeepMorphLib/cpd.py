@@ -472,8 +472,12 @@ def multistart_cpd(
     cutoff_sigma: float = 7.0,
     backend: str = "auto",
     seed: int = 0,
+    reflections: tuple | None = None,
 ) -> CPDResult:
     """CPD from ``n_rotations`` initial rotations (x2 with the mirrored moving shape), best by likelihood.
+
+    ``reflections``: which starts to make, ``(False,)`` the moving shape as given, ``(True,)`` only its mirror,
+    ``(False, True)`` both; None = both when ``try_reflection``, else the shape as given.
 
     Each start places the moving centroid on the fixed centroid with the RMS-radius scale ratio and one of
     the rotations ``360 k / n_rotations`` deg; it runs ``coarse_iterations`` on thinned sets
@@ -502,7 +506,11 @@ def multistart_cpd(
     s0 = 1.0 / float(np.sqrt(np.mean(np.sum((y - mu_y) ** 2, 1))))  # normalised fixed cloud: RMS radius 1
     starts = []
     first = min(prune_after, coarse_iterations) if prune_keep else coarse_iterations
-    for mirror in (False, True) if try_reflection else (False,):
+    if reflections is None:
+        reflections = (False, True) if try_reflection else (False,)
+    if not reflections or any(m not in (False, True) for m in reflections):
+        raise ValueError(f"reflections must be a non-empty tuple of False/True, got {reflections!r}.")
+    for mirror in reflections:
         yw = np.ascontiguousarray(y * np.array([-1.0, 1.0]) if mirror else y)
         yw_coarse = np.ascontiguousarray(yw[pick])
         mu = yw.mean(0)

@@ -43,6 +43,7 @@ class FitResult:
     landmarks: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> contour index
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
     polarity: str = "bone-dark"  # polarity the image was fitted with
+    side: str | None = None  # femur side the fits assumed ("left" / "right"); None = either
     image_shape: tuple[int, int] = (0, 0)
     pixel_mm: float | None = None
     model: str = ""
@@ -56,6 +57,7 @@ class FitResult:
     def to_dict(self) -> dict:
         d = {
             "task": self.task, "detected": bool(self.detected), "reason": self.reason, "polarity": self.polarity,
+            "side": self.side,
             "image_size_px": [int(self.image_shape[1]), int(self.image_shape[0])], "pixel_mm": self.pixel_mm,
             "model": self.model, "quality": {k: float(v) for k, v in self.quality.items()},
             "frame": "image pixels: u = column, v = row, pixel centres at integers",
@@ -182,11 +184,14 @@ def _fit_head(conf: np.ndarray, target: str = "outline") -> FitResult:
     return FitResult("head", bool(fit.detected), fit.reason or "", circle=circle, quality=quality)
 
 
-def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None, region_conf=None) -> FitResult:
+def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None, region_conf=None,
+               side: str | None = None) -> FitResult:
     from .pipeline import fit_femur_confidence, shaft_axis_indices
 
     dome = _head_dome(pdm) if head_circle is not None else None
     options = {"shaft_axis": shaft_axis_indices(getattr(pdm, "landmarks", None))}  # upright prior, as in ``deepmorph fit``
+    if side is not None:  # only that side's shape (pipeline.fit_image)
+        options["reflection"] = pdm.reflection_for(side)
     if dome is not None:
         options.update(head_circle=head_circle, head_dome=dome)
     fit = fit_femur_confidence(conf, target, pdm, options, region_conf)
@@ -223,7 +228,7 @@ def _score(result: FitResult) -> float:
 
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
-              edge_snap: bool = True, head_anchor=None, region=None) -> FitResult:
+              edge_snap: bool = True, head_anchor=None, region=None, side: str | None = None) -> FitResult:
     """Network confidence map + morphing fit on one X-ray (H, W).
 
     ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
@@ -234,8 +239,13 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     anchors extra PDM starts when the first femur fit is weak (``pipeline.head_anchor_circle``); None = off.
     ``region`` (femur): a femur region-network predictor (``pipeline.load_region_net``) whose fit is the last
     second opinion of a weak femur fit (``pipeline.fit_femur_confidence``); None = off.
+    ``side``: "left" / "right" when the femur's side is known, None or "auto" = either (``pipeline.fit_image``:
+    the fits then only try that side's shape, so the other hip of a wide view is not taken).
     """
+    from .pipeline import check_side
+
     _check_task(task)
+    side = check_side(side)
     if polarity not in POLARITIES:
         raise ValueError(f"Polarity must be one of {POLARITIES}, not {polarity!r}.")
     image = _check_image(image)
@@ -262,7 +272,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
             region_conf = None if region is None else region_confidence(image, pol, region)
             circle = None if head_anchor is None else head_anchor_callable(
                 None, image, pol, head_anchor, outline_conf=conf if target == "outline" else None, region=region_conf)
-            result = _fit_femur(conf, pdm, target, circle, region_conf)
+            result = _fit_femur(conf, pdm, target, circle, region_conf, side)
         if task == "head" and result.detected and refiner is not None:
             _refine(result, image, pol, refiner)
         result.polarity, result.confidence = pol, conf
@@ -270,10 +280,10 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     best = max(results, key=_score)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
-            _snap_from_femur(best, image)
+            _snap_from_femur(best, image, side)
     if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
-        best = _head_from_femur(image, model, metadata, polarity, best)
-    best.image_shape, best.pixel_mm, best.model = image.shape, pixel_mm, model_name
+        best = _head_from_femur(image, model, metadata, polarity, best, side)
+    best.image_shape, best.pixel_mm, best.model, best.side = image.shape, pixel_mm, model_name, side
     return best
 
 
@@ -300,7 +310,7 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
     return bool(snap.applied)
 
 
-def _snap_from_femur(result: FitResult, image) -> None:
+def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
     """The pipeline's second snap attempt (``pipeline._snap_from_femur_dome``): from the head dome of the
     shipped femur network's PDM fit, when the head network's circle could not be snapped; as there, a diffuse
     blob that nothing confirms, or a circle off the femur, is reported as not detected."""
@@ -308,7 +318,7 @@ def _snap_from_femur(result: FitResult, image) -> None:
 
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
                                polarity=result.polarity, polarity_score=None, polarity_mode="given",
-                               confidence=result.confidence)
+                               confidence=result.confidence, side=side)
     probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)))
     try:
         pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
@@ -327,11 +337,11 @@ def _snap_from_femur(result: FitResult, image) -> None:
         result.detected, result.reason = False, probe.reason
 
 
-def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult) -> FitResult:
+def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult, side: str | None = None) -> FitResult:
     """The pipeline's fallback (``pipeline.fit_image``): head circle from the femur network + PDM head dome."""
     from .pipeline import fit_image as pipeline_fit
 
-    r = pipeline_fit(image, "head", model=(model, metadata), polarity=polarity)
+    r = pipeline_fit(image, "head", model=(model, metadata), polarity=polarity, side=side)
     if not r.detected or not r.circle:
         return not_found
     circle = (r.circle["cx"], r.circle["cy"], r.circle["r"])
@@ -345,8 +355,11 @@ def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult
 # MRML
 # --------------------------------------------------------------------------------------------
 def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = "auto", nodes: dict | None = None,
-                  predict=None, pdm=None, editable: bool = True, refine_model=None) -> tuple[FitResult, dict]:
+                  predict=None, pdm=None, editable: bool = True, refine_model=None,
+                  side: str | None = None) -> tuple[FitResult, dict]:
     """Fit the X-ray volume node and show the result in the scene; returns (result, nodes).
+
+    ``side``: the femur's side when known ("left" / "right"; None or "auto" = either), see ``fit_image``.
 
     ``refine_model``: head refinement network (``pipeline.load_refiner``: None = the shipped one when present,
     "none" = off); not used with a stand-in ``predict``."""
@@ -376,7 +389,7 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
             region = NetworkPredictor(*load_task_model("femur", default_region_model_path()))
     result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
                        pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor,
-                       region=region)
+                       region=region, side=side)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 

@@ -258,14 +258,33 @@ class PointDistributionModel:
         point). Returns the plausible shape (N, 2) px; see ``fit_shape`` for b and the transform."""
         return self.fit_shape(shape, weights=weights, clip=clip).points
 
+    @property
+    def side(self) -> str | None:
+        """The femur side the model describes, "right" or "left" (from its build metadata, e.g. "right (left
+        femurs mirrored)"), None when it does not say."""
+        words = str(self.metadata.get("side") or "").split()
+        return words[0] if words and words[0] in ("right", "left") else None
+
+    def reflection_for(self, side: str | None) -> bool | None:
+        """Whether a ``side`` ("left"/"right") femur needs the mirrored model (``reflect()``) in an image shown in
+        the radiological convention (patient's right on the image's left, not flipped; in-plane rotations keep
+        the mirror sense); None for an unknown side. Raises ValueError when the model does not say its side."""
+        if side is None:
+            return None
+        if side not in ("left", "right"):
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+        if self.side is None:
+            raise ValueError("This shape model does not say which femur side it describes (build metadata 'side'); "
+                             "rebuild it with 'deepmorph build-pdm' or leave the side unknown.")
+        return side != self.side
+
     # ------------------------------------------------------------------ variants, I/O
     def reflect(self) -> "PointDistributionModel":
         """The mirrored model (x -> -x) for the other side; same point order and landmarks."""
         mirror = np.tile([-1.0, 1.0], self.n_points)
         meta = dict(self.metadata)
-        side = meta.get("side")
-        if side in ("right", "left"):
-            meta["side"] = "left" if side == "right" else "right"
+        if self.side is not None:
+            meta["side"] = "left" if self.side == "right" else "right"
         meta["reflected"] = not bool(meta.get("reflected", False))
         return PointDistributionModel(
             self.mean * np.array([-1.0, 1.0]),

@@ -257,6 +257,7 @@ class FitResult:
     contour: np.ndarray | None = None  # femur: (N, 2) fitted PDM points (x, y) px
     contour_closed: bool = False  # the PDM outline is open (lateral shaft -> head -> medial shaft) unless True
     reflected: bool | None = None  # femur: the mirrored PDM fitted (the model describes a right femur)
+    side: str | None = None  # femur side the fits assumed ("left" / "right"); None = either (both were tried)
     point_confidence: np.ndarray | None = None  # femur: (N,) confidence at each contour point
     head_anchor: dict | None = None  # femur: head circle (cx, cy, r px) the PDM fit was offered as an anchor
     fit_start: str | None = None  # femur: which start won ("0": CPD, "shape-cpd", "head-anchor k", ...)
@@ -286,8 +287,8 @@ class FitResult:
             return v
 
         keys = ("source", "task", "image_shape", "detected", "reason", "polarity", "polarity_score",
-                "polarity_mode", "circle", "contour", "contour_closed", "reflected", "point_confidence", "head_anchor",
-                "fit_start", "fit_map", "landmarks",
+                "polarity_mode", "side", "circle", "contour", "contour_closed", "reflected", "point_confidence",
+                "head_anchor", "fit_start", "fit_map", "landmarks",
                 "quality", "timings_ms", "model")
         return {k: clean(getattr(self, k)) for k in keys}
 
@@ -471,13 +472,28 @@ def _landmarks(points: np.ndarray, indices: dict) -> dict:
 # polarity 10 times (head rmse_mean 3.50 px with auto-fit below 0.12, 3.11 below 0.01), while the femur PDM fit's
 # quality chose well enough to help (femur p2c_mean 6.00 px below 0.12, 6.38 below 0.01).
 AUTO_FIT_BELOW = {"head": 0.01, "femur": 0.12}
+SIDES = ("left", "right")
+
+
+def check_side(side) -> str | None:
+    """``side`` as ``fit_image`` takes it: "left", "right", or None / "auto" (unknown: either side)."""
+    if side in (None, "auto"):
+        return None
+    if side not in SIDES:
+        raise ValueError(f"side must be 'left', 'right' or 'auto' (unknown), got {side!r}.")
+    return side
+
+
+def _side_option(shape_model: ShapeModel, side: str | None) -> dict:
+    """``asm_fit`` keyword for a known side: {"reflection": bool}; {} when the side is unknown."""
+    return {} if side is None else {"reflection": shape_model.pdm.reflection_for(side)}
 
 
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
               head_fallback: bool = True, refine=None, edge_snap: bool = True, head_anchor=None,
-              region=None) -> FitResult:
+              region=None, side: str | None = None) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -504,11 +520,17 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``region`` (femur): femur region network whose fit is the last second opinion (``fit_femur_confidence``;
     ``fit_map`` says which map the contour comes from): None = the shipped one when present and the femur
     network is the shipped one too, False = off, or a path / predictor (``load_region_net``).
+    ``side``: the femur's side when known ("left" / "right"; None or "auto" = unknown). Images are taken to be
+    shown in the radiological convention (patient's right on the image's left, not mirrored; any in-plane
+    rotation): a left femur is then the mirror image of a right one, so every PDM fit (the femur task's, and
+    the head task's fits that confirm or replace the head circle) only tries the model of that side, and a
+    femur of the other side in view (the contralateral hip of a wide view) is not taken.
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
     from DeepMorphLib.polarity import POLARITIES, apply_polarity, resolve_polarity
 
     _check_task(task)
+    side = check_side(side)
     t_start = time.perf_counter()
     img = _as_image(image)
     timings = {}
@@ -536,7 +558,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
         conf = _resize_to(pred(apply_polarity(img, cand, expected)), img.shape)
         network_ms = 1000 * (time.perf_counter() - t)
         result = FitResult(task=task, image_shape=tuple(img.shape), detected=False, reason="", polarity=cand,
-                           polarity_score=score, polarity_mode=mode, confidence=conf, source=source,
+                           polarity_score=score, polarity_mode=mode, confidence=conf, source=source, side=side,
                            model=pred.describe() if hasattr(pred, "describe") else {"name": type(pred).__name__})
         t = time.perf_counter()
         target = getattr(pred, "target", "outline")
@@ -550,7 +572,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             if result.detected and refiner is not None:
                 _refine_head(result, img, cand, refiner, threshold, circle_method)
         else:
-            options = {"shaft_axis": shaft_axis_indices(shape_model.landmark_indices), **(fit_options or {})}
+            options = {"shaft_axis": shaft_axis_indices(shape_model.landmark_indices),
+                       **_side_option(shape_model, side), **(fit_options or {})}
             dome = _head_dome(shape_model)
             extra = {}
             region = region_confidence(img, cand, region_net, extra)
@@ -667,11 +690,11 @@ def head_anchor_callable(result: FitResult | None, img, polarity: str, head_net,
     return circle
 
 
-def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=None):
+def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=None, side: str | None = None):
     """The shipped femur network + PDM fit on ``img`` (shown with ``polarity``): the head-dome points of the fitted
     contour (K, 2) px, their confidences (K,) and the map the PDM was fitted to; None when the PDM does not name
     its head dome or the fit finds no femur. ``head_circle`` (cx, cy, r) px: anchors the fit's second opinions,
-    as in the femur task (``asm_fit``); None = no anchoring."""
+    as in the femur task (``asm_fit``); None = no anchoring. ``side``: the femur's side when known (``fit_image``)."""
     from DeepMorphLib.polarity import apply_polarity
 
     shape_model = load_shape_model(None)
@@ -684,7 +707,8 @@ def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=N
     # error on the simulated tuning images grew (rmse_mean 5.55 -> 7.80 px)
     conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
     anchor = {} if head_circle is None else {"head_circle": tuple(head_circle), "head_dome": dome}
-    sf = _fit_pdm(conf, shape_model.pdm, shaft_axis=shaft_axis_indices(shape_model.landmark_indices), **anchor)
+    sf = _fit_pdm(conf, shape_model.pdm, shaft_axis=shaft_axis_indices(shape_model.landmark_indices),
+                  **_side_option(shape_model, side), **anchor)
     if not sf.detected:
         return None
     arc = slice(dome[0], dome[1] + 1)
@@ -698,7 +722,7 @@ def _head_from_femur_contour(result: FitResult, img, polarity: str, device, thre
     pixels within a few px of that arc (robust fit). Leaves ``result`` as is when that fails too."""
     from DeepMorphLib.circle_fit import fit_circle_points
 
-    found = _femur_head_dome(img, polarity, device, threshold)
+    found = _femur_head_dome(img, polarity, device, threshold, side=result.side)
     if found is None:
         return
     arc, _, conf = found
@@ -776,7 +800,7 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
                 _take_rescue(result, found[0], "femur-hough", found[1])
         return
     # the head network found something else: look for the head from the femur fit alone, not anchored on that circle
-    found = _dome_edge_circle(img, polarity, device, threshold, result.confidence)
+    found = _dome_edge_circle(img, polarity, device, threshold, result.confidence, side=result.side)
     if found is not None and found[2]:
         snap = found[1]
         rescued = on_femur(conf, (snap.cx, snap.cy, snap.r))
@@ -828,7 +852,8 @@ def _hough_head_circle(img, polarity: str, device, region_conf, head_conf):
     return (snap, score) if score >= MIN_ON_FEMUR else None
 
 
-def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, head_circle=None):
+def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, head_circle=None,
+                      side: str | None = None):
     """The circle through the head dome of the femur PDM fit (``_femur_head_dome``, its second opinions anchored on
     ``head_circle`` (cx, cy, r) px when given) and the best edge circle around it (``edge_snap.snap_circle``):
     (seed CircleFit, EdgeSnap, confirmed, dome point confidences), ``confirmed`` when the edge circle lies within
@@ -840,7 +865,7 @@ def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, h
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
-    found = _femur_head_dome(img, polarity, device, threshold, head_circle=head_circle)
+    found = _femur_head_dome(img, polarity, device, threshold, head_circle=head_circle, side=side)
     if found is None:
         return None
     arc, arc_confidence, _ = found
@@ -865,7 +890,7 @@ def _snap_from_dome(result: FitResult, img, polarity: str, device, threshold: fl
     ~5 px off (the PDM's dome is not the head's silhouette), the edge circle next to it ~1 px."""
     before = {k: result.circle[k] for k in ("cx", "cy", "r")}
     found = _dome_edge_circle(img, polarity, device, threshold, result.confidence,
-                              (before["cx"], before["cy"], before["r"]))
+                              (before["cx"], before["cy"], before["r"]), side=result.side)
     if found is None:
         return
     seed, snap, confirmed, arc_confidence = found

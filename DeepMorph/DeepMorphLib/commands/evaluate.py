@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pdm", help="point distribution model .npz for --task femur (default: shipped)")
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown (default: detected per image)")
+    parser.add_argument("--side", default="auto", choices=("auto", "annotated", "left", "right"),
+                        help="femur side given to the fits: auto = unknown, both sides tried (default); annotated = "
+                             "each image's recorded side, as a clinician would enter it; or the same side for all")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
@@ -118,7 +121,8 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     truth, h, w = sample["truth"], shape[0], shape[1]
     rec = {"id": sample["id"], **{k: v for k, v in sample["meta"].items()},
            "polarity_true": sample["meta"].get("polarity"), "polarity_used": res.polarity,
-           "polarity_score": res.polarity_score, "detected": bool(res.detected), "reason": res.reason,
+           "polarity_score": res.polarity_score, "side_used": res.side, "detected": bool(res.detected),
+           "reason": res.reason,
            "ms": res.timings_ms.get("total_ms")}
     rec.pop("polarity", None)
     if task == "head":
@@ -133,6 +137,7 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     if not outline:
         return None
     rec["p2c"] = None
+    rec["reflected"] = res.reflected
     if res.detected and res.contour is not None:
         if real:
             max_y = truth.get("eval_max_y")
@@ -189,6 +194,7 @@ def run(args) -> int:
     if source == "heldout":
         result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants))
     result["polarity"] = args.polarity
+    result["side"] = args.side
     if args.task == "head":
         result["refiner"] = refiner.describe().get("path") if hasattr(refiner, "describe") else None
     if args.polarity == "auto":
@@ -222,7 +228,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
                                      head_anchor=anchor or False, region=region or False,
-                                     fit_options=fit_options)
+                                     fit_options=fit_options, side=side_of(sample, args.side))
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)
@@ -234,6 +240,15 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
         if report:
             figures.append(_overlay(report, sample, res, image, rec, real))
     return records, bad, figures
+
+
+def side_of(sample: dict, option: str) -> str | None:
+    """The side ``fit_image`` gets for ``sample``: its recorded side for "annotated" (None when it has none or an
+    unknown one), None for "auto", else ``option`` itself."""
+    if option == "annotated":
+        side = sample["meta"].get("side")
+        return side if side in ("left", "right") else None
+    return None if option == "auto" else option
 
 
 def _caption(rec: dict) -> str:

@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pdm", help="point distribution model .npz for --task femur (default: shipped pdm.npz)")
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown in the images (default: detected per image)")
+    parser.add_argument("--side", default="auto", choices=("auto", "left", "right"),
+                        help="the femur's side, when known: fits then only try that side's shape, so the other "
+                             "hip of a wide view is not taken (images in the radiological convention, not "
+                             "mirrored); default auto = either side")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
@@ -76,7 +80,7 @@ def run(args) -> int:
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
                                      head_anchor=anchor or False, region=region or False,
-                                     fit_options=fit_options)
+                                     fit_options=fit_options, side=args.side)
         except (ValueError, FileNotFoundError, OSError) as exc:
             bad.append((str(path), str(exc)))
             print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
@@ -133,14 +137,15 @@ def _write_report(out: Path, args, results, bad, figures, elapsed: float) -> Non
         vals = [d["timings_ms"].get(key) for _, d in results if d["timings_ms"].get(key) is not None]
         if vals:
             timings[f"median_{key}"] = round(float(np.median(vals)), 1)
-    atomic_write_json(out / "results.json", {"task": args.task, "polarity": args.polarity, "model": args.model,
+    atomic_write_json(out / "results.json", {"task": args.task, "polarity": args.polarity, "side": args.side,
+                                             "model": args.model,
                                              "results": {stem: d for stem, d in results},
                                              "bad_files": [{"file": p, "error": e} for p, e in bad],
                                              "timings": timings, "versions": versions})
     write_csv(out / "results.csv", rows, CSV_COLUMNS)
     summary = {"task": args.task, "images given": len(args.images), "fitted": len(results),
                "detected": sum(d["detected"] for _, d in results), "skipped (bad files)": len(bad),
-               "polarity option": args.polarity, "model": args.model or "shipped",
+               "polarity option": args.polarity, "side option": args.side, "model": args.model or "shipped",
                "median ms per image": round(float(np.median(totals)), 1) if totals else None}
     write_html_report(out / "report.html", f"DeepMorph fit ({args.task})", summary=summary, rows=rows,
                       columns=CSV_COLUMNS, figures=figures, bad_files=bad, timings=timings, versions=versions)
