@@ -60,6 +60,19 @@ def test_multistart_handles_large_rotations_and_reflections(rng, angle, reflect)
     assert not multistart_cpd(MOVING, fixed, try_reflection=False, n_rotations=4).transform.reflected
 
 
+def test_reflections_choose_which_starts_are_made(rng):
+    """``reflections=(True,)`` only mirrored starts, ``(False,)`` only proper ones, whatever fits better."""
+    truth = Similarity.from_params(1.1, 100.0, (250.0, 180.0), reflect=True)
+    fixed = target_cloud(truth, rng, n=1500, drop=(0.0, 0.1))
+    mirrored = multistart_cpd(MOVING, fixed, reflections=(True,))
+    assert mirrored.transform.reflected and rms_error(mirrored, truth) < 1.5
+    assert len(mirrored.info["coarse_objectives"]) == 8
+    proper = multistart_cpd(MOVING, fixed, reflections=(False,))
+    assert not proper.transform.reflected and proper.objective > mirrored.objective
+    with pytest.raises(ValueError, match="reflections"):
+        multistart_cpd(MOVING, fixed, reflections=())
+
+
 def test_mirrored_init_keeps_its_mirror(rng):
     truth = Similarity.from_params(1.0, 10.0, (5.0, 5.0), reflect=True)
     fixed = target_cloud(truth, rng, n=600)

@@ -116,13 +116,14 @@ def test_weak_polarity_evidence_lets_the_fits_decide(monkeypatch):
 
 
 def _capture_fit_options(monkeypatch, tmp_path) -> list:
-    """Stand-in ``pipeline.fit_image`` (and loaders) recording the ``fit_options`` that ``fit`` passes; writes x.png."""
+    """Stand-in ``pipeline.fit_image`` (and loaders) recording the keyword arguments that ``fit`` passes (a list of
+    dicts: ``fit_options``, ``side``, ...); writes x.png."""
     from DeepMorphLib import pipeline
 
     seen = []
 
     def fake_fit(image, task, **kw):
-        seen.append(kw["fit_options"])
+        seen.append(kw)
         res = FitResult(task=task, image_shape=np.shape(image), detected=False, reason="stub", polarity="bone-dark",
                         polarity_score=None, polarity_mode="given")
         res.timings_ms = {"total_ms": 1.0}
@@ -140,9 +141,9 @@ def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, c
     seen = _capture_fit_options(monkeypatch, tmp_path)
     for value, expected in (("none", None), ("75", 75.0)):
         main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--upright-max-deg", value])
-        assert seen[-1]["upright_max_deg"] == expected
+        assert seen[-1]["fit_options"]["upright_max_deg"] == expected
     main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")])
-    assert seen[-1]["upright_max_deg"] == 60.0
+    assert seen[-1]["fit_options"]["upright_max_deg"] == 60.0
     with pytest.raises(SystemExit):
         main(["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--upright-max-deg", "up"])
     assert "--upright-max-deg" in capsys.readouterr().err
@@ -154,10 +155,21 @@ def test_the_polish_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
     seen = _capture_fit_options(monkeypatch, tmp_path)
     args = ["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
     main(args + ["--polish-px", "0"])
-    assert seen[-1]["final_polish_px"] == 0.0
+    assert seen[-1]["fit_options"]["final_polish_px"] == 0.0
     main(args)
-    assert "final_polish_px" not in seen[-1]
+    assert "final_polish_px" not in seen[-1]["fit_options"]
     for bad in ("-1", "nan", "far"):
         with pytest.raises(SystemExit):
             main(args + ["--polish-px", bad])
         assert "--polish-px" in capsys.readouterr().err
+
+
+def test_the_side_option_reaches_the_fit(monkeypatch, tmp_path, capsys):
+    seen = _capture_fit_options(monkeypatch, tmp_path)
+    args = ["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
+    main(args + ["--side", "left"])
+    main(args)
+    assert [kw["side"] for kw in seen] == ["left", "auto"]
+    with pytest.raises(SystemExit):
+        main(args + ["--side", "both"])
+    assert "--side" in capsys.readouterr().err

@@ -3,11 +3,9 @@ import numpy as np
 import pytest
 
 from DeepMorphLib import pipeline
-from DeepMorphLib.cli import main
 from DeepMorphLib.commands.evaluate import side_of
 from DeepMorphLib.similarity import Similarity
 from DeepMorphLib.synthetic_shapes import point_to_curve_distance, render_confidence
-from DeepMorphSimulatorLib.files import write_png
 
 
 class OneHip:
@@ -62,29 +60,6 @@ def test_evaluate_gives_each_image_its_recorded_side():
     assert side_of(sample, "annotated") == "left" and side_of(sample, "auto") is None
     assert side_of(sample, "right") == "right" and side_of({"meta": {"side": "unknown"}}, "annotated") is None
     assert side_of({"meta": {}}, "annotated") is None
-
-
-def test_the_side_option_reaches_the_fit(monkeypatch, tmp_path, capsys):
-    seen = []
-
-    def fake_fit(image, task, **kw):
-        seen.append(kw.get("side"))
-        res = pipeline.FitResult(task=task, image_shape=np.shape(image), detected=False, reason="stub",
-                                 polarity="bone-dark", polarity_score=None, polarity_mode="given")
-        res.timings_ms = {"total_ms": 1.0}
-        return res
-
-    monkeypatch.setattr(pipeline, "fit_image", fake_fit)
-    for name in ("load_predictor", "load_shape_model", "load_head_anchor", "load_region_net"):
-        monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
-    write_png(tmp_path / "x.png", np.full((32, 32), 90, np.uint8))
-    args = ["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
-    main(args + ["--side", "left"])
-    main(args)
-    assert seen == ["left", "auto"]
-    with pytest.raises(SystemExit):
-        main(args + ["--side", "both"])
-    assert "--side" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
