@@ -283,6 +283,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
             _snap_from_femur(best, image, side)
     if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
         best = _head_from_femur(image, model, metadata, polarity, best, side)
+    if task == "head" and real_network:
+        _check_with_femur(best, image, model, metadata, side)
     best.image_shape, best.pixel_mm, best.model, best.side = image.shape, pixel_mm, model_name, side
     return best
 
@@ -335,6 +337,33 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
     result.quality = {**result.quality, **checks}
     if not probe.detected:  # a diffuse blob or a circle off the femur: not found (the circle stays for review)
         result.detected, result.reason = False, probe.reason
+
+
+def _check_with_femur(result: FitResult, image, model, metadata, side: str | None) -> None:
+    """The pipeline's femur check (``pipeline._check_with_femur_fit``): a head circle that its own edge does not
+    clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
+    the head elsewhere."""
+    from . import pipeline
+
+    q = result.quality
+    from_femur = any(k in q for k in ("from_femur_dome", "from_femur_hough"))
+    if result.detected and not from_femur and q.get("edge_support", 0.0) >= pipeline.FEMUR_CHECK_EDGE:
+        return
+    probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=result.detected,
+                               reason=result.reason, polarity=result.polarity, polarity_score=None,
+                               polarity_mode="given", confidence=result.confidence, side=side)
+    if result.circle is not None:
+        probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)))
+    try:
+        pipeline._check_with_femur_fit(probe, image, result.polarity, "auto", 0.5, side,
+                                       pipeline.NetworkPredictor(model, metadata))
+    except FileNotFoundError:  # no shipped femur network / PDM
+        return
+    if probe.circle.get("source") == "femur-fit":
+        c = probe.circle
+        result.circle, result.detected, result.reason = (c["cx"], c["cy"], c["r"]), True, probe.reason
+        result.quality = {**result.quality, "from_femur_fit": 1.0, "snapped_from_femur_fit": float(c["snapped"]),
+                          "edge_support": float(c["edge_support"])}
 
 
 def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult, side: str | None = None) -> FitResult:

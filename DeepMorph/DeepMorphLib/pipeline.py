@@ -493,7 +493,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
               head_fallback: bool = True, refine=None, edge_snap: bool = True, head_anchor=None,
-              region=None, side: str | None = None) -> FitResult:
+              region=None, side: str | None = None, femur_check: bool = True) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -520,6 +520,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``region`` (femur): femur region network whose fit is the last second opinion (``fit_femur_confidence``;
     ``fit_map`` says which map the contour comes from): None = the shipped one when present and the femur
     network is the shipped one too, False = off, or a path / predictor (``load_region_net``).
+    ``femur_check`` (head): a head circle that no clear edge of its own confirms (``needs_femur_check``) is checked
+    against the whole femur fit (``_check_with_femur_fit``) and replaced when a confident fit puts the head elsewhere.
     ``side``: the femur's side when known ("left" / "right"; None or "auto" = unknown). Images are taken to be
     shown in the radiological convention (patient's right on the image's left, not mirrored; any in-plane
     rotation): a left femur is then the mirror image of a right one, so every PDM fit (the femur task's, and
@@ -602,6 +604,14 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             except FileNotFoundError:
                 pass
         timings["fit_ms"] += 1000 * (time.perf_counter() - t)
+    if task == "head" and femur_check and head_fallback and isinstance(pred, NetworkPredictor) \
+            and needs_femur_check(best):
+        t = time.perf_counter()
+        try:  # needs the shipped femur networks and PDM
+            _check_with_femur_fit(best, img, best.polarity, device, threshold, side, pred)
+        except FileNotFoundError:
+            pass
+        timings["femur_check_ms"] = 1000 * (time.perf_counter() - t)
     timings["total_ms"] = 1000 * (time.perf_counter() - t_start)
     best.timings_ms = timings
     return best
@@ -815,6 +825,65 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     result.reason = (f"head not found: the circle is not on the femur (femur region confidence inside it "
                      f"{score:.2f} < {MIN_ON_FEMUR}), its own edge does not confirm it, and neither the femur fit's "
                      "head dome nor the femur maps show a clear head; the circle is kept in 'circle' for review")
+
+
+FEMUR_CHECK_EDGE = 0.7  # a head circle snapped onto its own edge with at least this support is not checked
+FEMUR_CHECK_QUALITY = 0.5  # mean confidence of a femur fit that may move the head circle
+FEMUR_CHECK_DOME = 0.7  # ... and its mean confidence along the head dome
+
+
+def needs_femur_check(result: FitResult) -> bool:
+    """Whether the head circle of ``result`` is checked against the femur fit: not found, not snapped onto an edge,
+    snapped with support below ``FEMUR_CHECK_EDGE``, or found by the femur helpers (``source`` set). On simulated
+    tuning images the wrong circles the check fixed were snapped with support 0.65-0.68 (onto the acetabulum or
+    the other hip), while well-placed snaps reached 0.74-0.78."""
+    c = result.circle or {}
+    return (not result.detected or not c.get("snapped") or c.get("source") is not None
+            or float(c.get("edge_support") or 0.0) < FEMUR_CHECK_EDGE)
+
+
+def _check_with_femur_fit(result: FitResult, img, polarity: str, device, threshold: float, side, head_net) -> None:
+    """The femur task's whole fit (``fit_image(img, "femur")``: outline network, second opinions, region network)
+    locates the femur, head dome included, far more often than the head network's blob on its own. When that fit is
+    confident (mean confidence >= ``FEMUR_CHECK_QUALITY``, >= ``FEMUR_CHECK_DOME`` along the head dome), the circle
+    through its head dome, moved onto the head's edge when that edge is clear (``edge_snap``, within
+    ``DOME_MAX_MOVE`` r), replaces a head circle that lies more than ``DOME_AGREEMENT`` r from it, or gives the head
+    when none was found (``circle["source"]`` "femur-fit", ``snapped`` says whether the edge confirmed it). Simulated
+    tuning images (25 phantoms, training seeds): rmse_mean 5.37 -> 4.09 px, detection 0.965 -> 0.980; on the real dev
+    radiographs no femur fit is confident along the dome where the circle disagrees (unchanged)."""
+    from DeepMorphLib.circle_fit import fit_circle_points
+    from DeepMorphLib.edge_snap import snap_circle
+    from DeepMorphLib.polarity import apply_polarity
+
+    femur = fit_image(img, "femur", polarity=polarity, device=device, side=side)
+    shape_model = load_shape_model(None)
+    dome = _head_dome(shape_model)
+    result.circle = dict(result.circle or {}, femur_fit_quality=femur.quality)
+    if dome is None or not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
+            or femur.contour is None or femur.point_confidence is None:
+        return
+    arc = np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1]
+    if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
+        return
+    seed = fit_circle_points(arc, method="algebraic", min_points=3)
+    if not seed.detected or seed.r > 0.5 * max(img.shape):
+        return
+    conf = result.confidence if femur.polarity == result.polarity and result.confidence is not None else \
+        _resize_to(head_net(apply_polarity(img, femur.polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
+                   img.shape)
+    snap = snap_circle(apply_polarity(img, femur.polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), conf)
+    moved = float(np.hypot(snap.cx - seed.cx, snap.cy - seed.cy)) + abs(snap.r - seed.r)
+    edge = snap.applied and moved <= DOME_MAX_MOVE * seed.r
+    cx, cy, r = (snap.cx, snap.cy, snap.r) if edge else (seed.cx, seed.cy, seed.r)
+    c = result.circle
+    if result.detected and "cx" in c and np.hypot(c["cx"] - cx, c["cy"] - cy) <= DOME_AGREEMENT * r:
+        return  # the femur fit agrees
+    before = {k: c[k] for k in ("cx", "cy", "r")} if "cx" in c else None
+    c.update(cx=float(cx), cy=float(cy), r=float(r), snapped=bool(edge), edge_support=float(snap.support),
+             source="femur-fit", replaced=before, replaced_detected=bool(result.detected))
+    result.detected = True
+    result.reason = "head circle from the femur fit's head dome (it put the head elsewhere than the head network)"
+    result.landmarks = {"head_center": [float(cx), float(cy)]}
 
 
 def _take_rescue(result: FitResult, snap, source: str, on_femur_score: float, **replaced) -> None:

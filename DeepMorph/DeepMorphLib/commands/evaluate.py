@@ -132,6 +132,8 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
             c = res.circle
             rec.update(scoring.head_errors((c["cx"], c["cy"], c["r"]), truth["head_circle"]))
             rec.update(cx=c["cx"], cy=c["cy"], r=c["r"])
+        c = res.circle or {}
+        rec.update(head_source=c.get("source"), snapped=c.get("snapped"), edge_support=c.get("edge_support"))
         return rec
     outline = truth.get("femur_outline") if real else truth.get("contour")
     if not outline:

@@ -1,0 +1,118 @@
+"""The head task's femur check: a head circle that its own edge does not clearly confirm is checked against the
+whole femur fit, and a confident femur fit that puts the head elsewhere wins (``pipeline._check_with_femur_fit``)."""
+import numpy as np
+import pytest
+
+from DeepMorphLib import pipeline
+from test_edge_snap import HEAD, FarHead, flat_image, sphere_shadow
+
+
+def femur_result(quality=0.85, dome_confidence=0.9, centre=HEAD[:2], r=HEAD[2]):
+    """A femur FitResult whose head-dome points lie on the circle (centre, r) px."""
+    shape_model = pipeline.load_shape_model(None)
+    d0, d1 = pipeline._head_dome(shape_model)
+    n = shape_model.pdm.n_points
+    contour = np.zeros((n, 2))
+    t = np.linspace(0.2 * np.pi, 1.6 * np.pi, d1 - d0 + 1)  # an arc of 250 degrees, as a head dome
+    contour[d0: d1 + 1] = np.column_stack([centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)])
+    confidence = np.full(n, 0.9)
+    confidence[d0: d1 + 1] = dome_confidence
+    return pipeline.FitResult(task="femur", image_shape=(448, 448), detected=True, reason="", polarity="bone-dark",
+                              polarity_score=None, polarity_mode="given", contour=contour,
+                              point_confidence=confidence, quality=quality)
+
+
+@pytest.fixture
+def femur_fit(monkeypatch):
+    """``pipeline.fit_image`` answers the femur task with ``femur_fit.result`` (the head task runs for real)."""
+    real = pipeline.fit_image
+    calls = []
+
+    def fit_image(image, task, **kw):
+        if task == "femur":
+            calls.append(kw)
+            return fit_image.result
+        return real(image, task, **kw)
+
+    fit_image.result, fit_image.calls = femur_result(), calls
+    monkeypatch.setattr(pipeline, "fit_image", fit_image)
+    return fit_image
+
+
+def head_result(circle=(HEAD[0] - 150, HEAD[1] + 150, HEAD[2]), detected=True, **extra):
+    res = pipeline.FitResult(task="head", image_shape=(448, 448), detected=detected, reason="", polarity="bone-dark",
+                             polarity_score=None, polarity_mode="given")
+    res.circle = None if circle is None else {"cx": circle[0], "cy": circle[1], "r": circle[2], **extra}
+    return res
+
+
+def check(res, image, side=None):
+    pipeline._check_with_femur_fit(res, image, "bone-dark", "cpu", 0.5, side, FarHead())
+    return res
+
+
+def test_which_circles_are_checked():
+    assert pipeline.needs_femur_check(head_result(detected=False))
+    assert pipeline.needs_femur_check(head_result(circle=None, detected=False))
+    assert pipeline.needs_femur_check(head_result(snapped=False, edge_support=0.9))
+    assert pipeline.needs_femur_check(head_result(snapped=True, edge_support=0.68))
+    assert pipeline.needs_femur_check(head_result(snapped=True, edge_support=0.9, source="femur-dome"))
+    assert not pipeline.needs_femur_check(head_result(snapped=True, edge_support=pipeline.FEMUR_CHECK_EDGE))
+
+
+def test_a_confident_femur_fit_moves_a_wrong_circle_onto_the_head_edge(femur_fit):
+    femur_fit.result = femur_result(centre=(HEAD[0] + 8, HEAD[1] - 6))  # the dome circle 10 px off: the edge wins
+    res = check(head_result(snapped=True, edge_support=0.66), sphere_shadow())
+    c = res.circle
+    assert res.detected and c["source"] == "femur-fit" and c["snapped"]
+    assert np.hypot(c["cx"] - HEAD[0], c["cy"] - HEAD[1]) < 1.0 and abs(c["r"] - HEAD[2]) < 1.0
+    assert c["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150, "r": HEAD[2]} and c["replaced_detected"]
+    assert res.landmarks["head_center"] == [c["cx"], c["cy"]]
+    assert femur_fit.calls[-1]["side"] is None and femur_fit.calls[-1]["polarity"] == "bone-dark"
+
+
+def test_without_an_edge_the_dome_circle_itself_gives_the_missing_head(femur_fit):
+    res = check(head_result(circle=None, detected=False), flat_image())
+    c = res.circle
+    assert res.detected and c["source"] == "femur-fit" and not c["snapped"] and c["replaced"] is None
+    assert np.allclose([c["cx"], c["cy"], c["r"]], HEAD, atol=0.01)
+
+
+@pytest.mark.parametrize("quality, dome_confidence", [(0.4, 0.9), (0.85, 0.5)])
+def test_an_unconvincing_femur_fit_changes_nothing(femur_fit, quality, dome_confidence):
+    femur_fit.result = femur_result(quality=quality, dome_confidence=dome_confidence)
+    res = check(head_result(), sphere_shadow())
+    assert "source" not in res.circle and res.circle["cx"] == HEAD[0] - 150
+    assert res.circle["femur_fit_quality"] == quality
+
+
+def test_a_circle_the_femur_fit_agrees_with_is_kept(femur_fit):
+    near = (HEAD[0] + 0.2 * HEAD[2], HEAD[1], HEAD[2])  # within DOME_AGREEMENT r of the femur's head
+    res = check(head_result(circle=near), flat_image())
+    assert "source" not in res.circle and res.circle["cx"] == near[0]
+
+
+def test_the_pipeline_runs_the_check_only_when_asked(femur_fit):
+    img = flat_image()  # no edge anywhere: nothing before the femur check finds the head
+    on = pipeline.fit_image(img, "head", predictor=FarHead(), polarity="bone-dark", refine=False, side="left")
+    assert on.detected and on.circle["source"] == "femur-fit" and on.side == "left"
+    assert np.allclose([on.circle["cx"], on.circle["cy"], on.circle["r"]], HEAD, atol=0.01)
+    assert femur_fit.calls[-1]["side"] == "left" and femur_fit.calls[-1]["polarity"] == on.polarity == "bone-dark"
+    assert "femur_check_ms" in on.timings_ms
+    off = pipeline.fit_image(img, "head", predictor=FarHead(), polarity="bone-dark", refine=False, femur_check=False)
+    assert off.circle.get("source") != "femur-fit"
+
+
+def test_the_slicer_logic_runs_the_same_check(femur_fit):
+    from DeepMorphLib import fit_logic
+
+    far = (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])
+    res = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.5}, polarity="bone-dark",
+                              confidence=np.zeros((448, 448), np.float32))
+    fit_logic._check_with_femur(res, flat_image(), None, {}, "right")
+    assert res.detected and np.allclose(res.circle, HEAD, atol=0.01)
+    assert res.quality["from_femur_fit"] == 1.0 and res.quality["snapped_from_femur_fit"] == 0.0
+    assert femur_fit.calls[-1]["side"] == "right"
+    sure = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.9}, polarity="bone-dark")
+    fit_logic._check_with_femur(sure, flat_image(), None, {}, None)  # clearly on its own edge: not checked
+    assert sure.circle == far and len(femur_fit.calls) == 1
