@@ -97,7 +97,7 @@ def test_the_pipeline_runs_the_check_only_when_asked(femur_fit):
     on = pipeline.fit_image(img, "head", predictor=FarHead(), polarity="bone-dark", refine=False, side="left")
     assert on.detected and on.circle["source"] == "femur-fit" and on.side == "left"
     assert np.allclose([on.circle["cx"], on.circle["cy"], on.circle["r"]], HEAD, atol=0.01)
-    assert femur_fit.calls[-1]["side"] == "left" and femur_fit.calls[-1]["polarity"] == on.polarity == "bone-dark"
+    assert femur_fit.calls[-1]["side"] == "left" and femur_fit.calls[-1]["polarity"] == "bone-dark"
     assert "femur_check_ms" in on.timings_ms
     off = pipeline.fit_image(img, "head", predictor=FarHead(), polarity="bone-dark", refine=False, femur_check=False)
     assert off.circle.get("source") != "femur-fit"
@@ -109,10 +109,10 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit):
     far = (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])
     res = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.5}, polarity="bone-dark",
                               confidence=np.zeros((448, 448), np.float32))
-    fit_logic._check_with_femur(res, flat_image(), None, {}, "right")
+    fit_logic._check_with_femur(res, flat_image(), None, {}, "auto", "right")
     assert res.detected and np.allclose(res.circle, HEAD, atol=0.01)
     assert res.quality["from_femur_fit"] == 1.0 and res.quality["snapped_from_femur_fit"] == 0.0
-    assert femur_fit.calls[-1]["side"] == "right"
+    assert femur_fit.calls[-1]["side"] == "right" and femur_fit.calls[-1]["polarity"] == "auto"
     sure = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.9}, polarity="bone-dark")
-    fit_logic._check_with_femur(sure, flat_image(), None, {}, None)  # clearly on its own edge: not checked
+    fit_logic._check_with_femur(sure, flat_image(), None, {}, "auto", None)  # clearly on its own edge: not checked
     assert sure.circle == far and len(femur_fit.calls) == 1

@@ -164,12 +164,14 @@ def test_the_polish_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
         assert "--polish-px" in capsys.readouterr().err
 
 
-def test_the_side_option_reaches_the_fit(monkeypatch, tmp_path, capsys):
+def test_the_side_and_femur_check_options_reach_the_fit(monkeypatch, tmp_path, capsys):
     seen = _capture_fit_options(monkeypatch, tmp_path)
     args = ["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
     main(args + ["--side", "left"])
     main(args)
     assert [kw["side"] for kw in seen] == ["left", "auto"]
+    main(["fit", "--task", "head", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-femur-check"])
+    assert seen[-1]["femur_check"] is False and seen[0]["femur_check"] is True
     with pytest.raises(SystemExit):
         main(args + ["--side", "both"])
     assert "--side" in capsys.readouterr().err

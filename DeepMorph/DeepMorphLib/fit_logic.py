@@ -284,7 +284,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
         best = _head_from_femur(image, model, metadata, polarity, best, side)
     if task == "head" and real_network:
-        _check_with_femur(best, image, model, metadata, side)
+        _check_with_femur(best, image, model, metadata, polarity, side)
     best.image_shape, best.pixel_mm, best.model, best.side = image.shape, pixel_mm, model_name, side
     return best
 
@@ -339,7 +339,7 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
         result.detected, result.reason = False, probe.reason
 
 
-def _check_with_femur(result: FitResult, image, model, metadata, side: str | None) -> None:
+def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None) -> None:
     """The pipeline's femur check (``pipeline._check_with_femur_fit``): a head circle that its own edge does not
     clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
     the head elsewhere."""
@@ -355,7 +355,7 @@ def _check_with_femur(result: FitResult, image, model, metadata, side: str | Non
     if result.circle is not None:
         probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)))
     try:
-        pipeline._check_with_femur_fit(probe, image, result.polarity, "auto", 0.5, side,
+        pipeline._check_with_femur_fit(probe, image, polarity, "auto", 0.5, side,
                                        pipeline.NetworkPredictor(model, metadata))
     except FileNotFoundError:  # no shipped femur network / PDM
         return

@@ -608,7 +608,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             and needs_femur_check(best):
         t = time.perf_counter()
         try:  # needs the shipped femur networks and PDM
-            _check_with_femur_fit(best, img, best.polarity, device, threshold, side, pred)
+            _check_with_femur_fit(best, img, polarity, device, threshold, side, pred)
         except FileNotFoundError:
             pass
         timings["femur_check_ms"] = 1000 * (time.perf_counter() - t)
@@ -843,7 +843,9 @@ def needs_femur_check(result: FitResult) -> bool:
 
 
 def _check_with_femur_fit(result: FitResult, img, polarity: str, device, threshold: float, side, head_net) -> None:
-    """The femur task's whole fit (``fit_image(img, "femur")``: outline network, second opinions, region network)
+    """The femur task's whole fit (``fit_image(img, "femur", polarity=polarity)`` with the polarity option as given,
+    so "auto" keeps the femur task's own choice, which lets both polarities compete on weak evidence; outline
+    network, second opinions, region network)
     locates the femur, head dome included, far more often than the head network's blob on its own. When that fit is
     confident (mean confidence >= ``FEMUR_CHECK_QUALITY``, >= ``FEMUR_CHECK_DOME`` along the head dome), the circle
     through its head dome, moved onto the head's edge when that edge is clear (``edge_snap``, within

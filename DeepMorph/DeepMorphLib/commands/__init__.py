@@ -7,6 +7,9 @@ def add_head_fit_arguments(parser) -> None:
     parser.add_argument("--no-edge-snap", action="store_true",
                         help="head: keep the network's circle; by default it is moved onto the head's edge in the "
                              "image when that edge is clear")
+    parser.add_argument("--no-femur-check", action="store_true",
+                        help="head: skip the femur check (by default a circle that its own edge does not clearly "
+                             "confirm is compared with the femur fit, whose head dome wins when that fit is confident)")
     parser.add_argument("--refine-model", default=None, metavar="MODEL",
                         help="head: refinement (ROI) network applied around the first circle (default: the shipped "
                              "one when present; 'none' = off)")

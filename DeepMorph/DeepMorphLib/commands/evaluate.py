@@ -229,6 +229,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
                                      predictor=predictor, source=str(sample["path"]),
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
+                                     femur_check=not args.no_femur_check,
                                      head_anchor=anchor or False, region=region or False,
                                      fit_options=fit_options, side=side_of(sample, args.side))
         except (ValueError, FileNotFoundError, OSError) as exc:
