@@ -86,6 +86,16 @@ def test_an_unconvincing_femur_fit_changes_nothing(femur_fit, quality, dome_conf
     assert res.circle["femur_fit_quality"] == quality
 
 
+def test_no_head_and_no_confident_femur_fit_leaves_no_circle(femur_fit):
+    """Not found, without a circle, and a weak femur fit: still no circle (overlays draw the plain 'not detected')."""
+    from DeepMorphLib.overlay import draw_overlay
+
+    femur_fit.result = femur_result(quality=0.3)
+    res = check(head_result(circle=None, detected=False), flat_image())
+    assert not res.detected and res.circle is None
+    assert draw_overlay(flat_image(), res).shape[:2] == (448, 448)
+
+
 def test_a_circle_the_femur_fit_agrees_with_is_kept(femur_fit):
     near = (HEAD[0] + 0.2 * HEAD[2], HEAD[1], HEAD[2])  # within DOME_AGREEMENT r of the femur's head
     res = check(head_result(circle=near), flat_image())

@@ -860,7 +860,8 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     femur = fit_image(img, "femur", polarity=polarity, device=device, side=side)
     shape_model = load_shape_model(None)
     dome = _head_dome(shape_model)
-    result.circle = dict(result.circle or {}, femur_fit_quality=femur.quality)
+    if result.circle is not None:  # a head that stays not found without a circle keeps none (overlays, markups)
+        result.circle["femur_fit_quality"] = femur.quality
     if dome is None or not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
             or femur.contour is None or femur.point_confidence is None:
         return
@@ -877,13 +878,13 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     moved = float(np.hypot(snap.cx - seed.cx, snap.cy - seed.cy)) + abs(snap.r - seed.r)
     edge = snap.applied and moved <= DOME_MAX_MOVE * seed.r
     cx, cy, r = (snap.cx, snap.cy, snap.r) if edge else (seed.cx, seed.cy, seed.r)
-    c = result.circle
+    c = result.circle if result.circle is not None else {}
     if result.detected and "cx" in c and np.hypot(c["cx"] - cx, c["cy"] - cy) <= DOME_AGREEMENT * r:
         return  # the femur fit agrees
     before = {k: c[k] for k in ("cx", "cy", "r")} if "cx" in c else None
     c.update(cx=float(cx), cy=float(cy), r=float(r), snapped=bool(edge), edge_support=float(snap.support),
              source="femur-fit", replaced=before, replaced_detected=bool(result.detected))
-    result.detected = True
+    result.circle, result.detected = c, True
     result.reason = "head circle from the femur fit's head dome (it put the head elsewhere than the head network)"
     result.landmarks = {"head_center": [float(cx), float(cy)]}
 
