@@ -186,12 +186,11 @@ def _fit_head(conf: np.ndarray, target: str = "outline") -> FitResult:
 
 def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None, region_conf=None,
                side: str | None = None) -> FitResult:
-    from .pipeline import fit_femur_confidence, shaft_axis_indices
+    from .pipeline import fit_femur_confidence, shaft_axis_indices, side_option
 
     dome = _head_dome(pdm) if head_circle is not None else None
-    options = {"shaft_axis": shaft_axis_indices(getattr(pdm, "landmarks", None))}  # upright prior, as in ``deepmorph fit``
-    if side is not None:  # only that side's shape (pipeline.fit_image)
-        options["reflection"] = pdm.reflection_for(side)
+    # upright prior, as in ``deepmorph fit``; a known side: only that side's shape (pipeline.fit_image)
+    options = {"shaft_axis": shaft_axis_indices(getattr(pdm, "landmarks", None)), **side_option(pdm, side)}
     if dome is not None:
         options.update(head_circle=head_circle, head_dome=dome)
     fit = fit_femur_confidence(conf, target, pdm, options, region_conf)
@@ -240,7 +239,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     ``region`` (femur): a femur region-network predictor (``pipeline.load_region_net``) whose fit is the last
     second opinion of a weak femur fit (``pipeline.fit_femur_confidence``); None = off.
     ``side``: "left" / "right" when the femur's side is known, None or "auto" = either (``pipeline.fit_image``:
-    the fits then only try that side's shape, so the other hip of a wide view is not taken).
+    the fits then only try that side's shape).
     """
     from .pipeline import check_side
 

@@ -484,9 +484,9 @@ def check_side(side) -> str | None:
     return side
 
 
-def _side_option(shape_model: ShapeModel, side: str | None) -> dict:
-    """``asm_fit`` keyword for a known side: {"reflection": bool}; {} when the side is unknown."""
-    return {} if side is None else {"reflection": shape_model.pdm.reflection_for(side)}
+def side_option(pdm, side: str | None) -> dict:
+    """``asm_fit`` keyword for a known side: {"reflection": bool} (``pdm.reflection_for``); {} when it is unknown."""
+    return {} if side is None else {"reflection": pdm.reflection_for(side)}
 
 
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
@@ -525,8 +525,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``side``: the femur's side when known ("left" / "right"; None or "auto" = unknown). Images are taken to be
     shown in the radiological convention (patient's right on the image's left, not mirrored; any in-plane
     rotation): a left femur is then the mirror image of a right one, so every PDM fit (the femur task's, and
-    the head task's fits that confirm or replace the head circle) only tries the model of that side, and a
-    femur of the other side in view (the contralateral hip of a wide view) is not taken.
+    the head task's fits that confirm or replace the head circle) only tries the model of that side (a fit is
+    never the other side's mirrored shape; a wide view of both hips can still be fitted on the wrong hip).
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
     from DeepMorphLib.polarity import POLARITIES, apply_polarity, resolve_polarity
@@ -575,7 +575,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
                 _refine_head(result, img, cand, refiner, threshold, circle_method)
         else:
             options = {"shaft_axis": shaft_axis_indices(shape_model.landmark_indices),
-                       **_side_option(shape_model, side), **(fit_options or {})}
+                       **side_option(shape_model.pdm, side), **(fit_options or {})}
             dome = _head_dome(shape_model)
             extra = {}
             region = region_confidence(img, cand, region_net, extra)
@@ -718,7 +718,7 @@ def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=N
     conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
     anchor = {} if head_circle is None else {"head_circle": tuple(head_circle), "head_dome": dome}
     sf = _fit_pdm(conf, shape_model.pdm, shaft_axis=shaft_axis_indices(shape_model.landmark_indices),
-                  **_side_option(shape_model, side), **anchor)
+                  **side_option(shape_model.pdm, side), **anchor)
     if not sf.detected:
         return None
     arc = slice(dome[0], dome[1] + 1)

@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
                         help="how bone is shown in the images (default: detected per image)")
     parser.add_argument("--side", default="auto", choices=("auto", "left", "right"),
-                        help="the femur's side, when known: fits then only try that side's shape, so the other "
-                             "hip of a wide view is not taken (images in the radiological convention, not "
-                             "mirrored); default auto = either side")
+                        help="the femur's side, when known: fits then only try that side's shape, never the "
+                             "mirrored one (images in the radiological convention, not mirrored); default auto = "
+                             "either side")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
