@@ -113,6 +113,28 @@ def test_the_pipeline_runs_the_check_only_when_asked(femur_fit):
     assert off.circle.get("source") != "femur-fit"
 
 
+def test_the_femur_check_reuses_the_head_tasks_polarity_detection(femur_fit, monkeypatch):
+    from DeepMorphLib import polarity
+
+    calls = []
+    real = polarity.detect_polarity
+    monkeypatch.setattr(polarity, "detect_polarity", lambda image: calls.append(1) or real(image))
+    res = pipeline.fit_image(flat_image(), "head", predictor=FarHead(), polarity="auto", refine=False)
+    assert res.circle["source"] == "femur-fit" and len(calls) == 1
+    assert femur_fit.calls[-1]["polarity"] == "auto"
+    assert femur_fit.calls[-1]["detected_polarity"] == (res.polarity, res.polarity_score)
+
+
+def test_a_given_polarity_detection_is_used_instead_of_detecting_again(monkeypatch):
+    from DeepMorphLib import polarity
+
+    calls = []
+    monkeypatch.setattr(polarity, "detect_polarity", lambda image: calls.append(1) or ("bone-dark", -0.5))
+    femur = pipeline.fit_image(flat_image(), "femur", predictor=lambda img: np.zeros(img.shape, np.float32),
+                               polarity="auto", detected_polarity=("bone-bright", 0.5), head_anchor=False, region=False)
+    assert not calls and femur.polarity == "bone-bright" and femur.polarity_score == 0.5
+
+
 def test_the_slicer_logic_runs_the_same_check(femur_fit):
     from DeepMorphLib import fit_logic
 

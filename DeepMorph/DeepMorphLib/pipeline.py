@@ -493,7 +493,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
               head_fallback: bool = True, refine=None, edge_snap: bool = True, head_anchor=None,
-              region=None, side: str | None = None, femur_check: bool = True) -> FitResult:
+              region=None, side: str | None = None, femur_check: bool = True,
+              detected_polarity: tuple | None = None) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -527,6 +528,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     rotation): a left femur is then the mirror image of a right one, so every PDM fit (the femur task's, and
     the head task's fits that confirm or replace the head circle) only tries the model of that side (a fit is
     never the other side's mirrored shape; a wide view of both hips can still be fitted on the wrong hip).
+    ``detected_polarity``: (polarity, score) that ``polarity.detect_polarity`` already gave for this very image, used
+    instead of detecting again when ``polarity`` is "auto" (the head task's femur check passes its own).
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
     """
     from DeepMorphLib.polarity import POLARITIES, apply_polarity, resolve_polarity
@@ -537,7 +540,10 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     img = _as_image(image)
     timings = {}
     t = time.perf_counter()
-    used, score = resolve_polarity(img, polarity)
+    if polarity == "auto" and detected_polarity is not None:
+        used, score = detected_polarity
+    else:
+        used, score = resolve_polarity(img, polarity)
     timings["polarity_ms"] = 1000 * (time.perf_counter() - t)
     pred = predictor if predictor is not None else load_predictor(task, model, device)
     default_net = predictor is None and model is None
@@ -608,7 +614,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             and needs_femur_check(best):
         t = time.perf_counter()
         try:  # needs the shipped femur networks and PDM
-            _check_with_femur_fit(best, img, polarity, device, threshold, side, pred)
+            _check_with_femur_fit(best, img, polarity, device, threshold, side, pred, (used, score))
         except FileNotFoundError:
             pass
         timings["femur_check_ms"] = 1000 * (time.perf_counter() - t)
@@ -842,7 +848,8 @@ def needs_femur_check(result: FitResult) -> bool:
             or float(c.get("edge_support") or 0.0) < FEMUR_CHECK_EDGE)
 
 
-def _check_with_femur_fit(result: FitResult, img, polarity: str, device, threshold: float, side, head_net) -> None:
+def _check_with_femur_fit(result: FitResult, img, polarity: str, device, threshold: float, side, head_net,
+                          detected_polarity: tuple | None = None) -> None:
     """The femur task's whole fit (``fit_image(img, "femur", polarity=polarity)`` with the polarity option as given,
     so "auto" keeps the femur task's own choice, which lets both polarities compete on weak evidence; outline
     network, second opinions, region network)
@@ -857,7 +864,7 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
-    femur = fit_image(img, "femur", polarity=polarity, device=device, side=side)
+    femur = fit_image(img, "femur", polarity=polarity, device=device, side=side, detected_polarity=detected_polarity)
     shape_model = load_shape_model(None)
     dome = _head_dome(shape_model)
     if result.circle is not None:  # a head that stays not found without a circle keeps none (overlays, markups)
