@@ -140,6 +140,7 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
         return None
     rec["p2c"] = None
     rec["reflected"] = res.reflected
+    rec["quality"] = res.quality  # the fit's mean confidence at its points
     if res.detected and res.contour is not None:
         if real:
             max_y = truth.get("eval_max_y")
