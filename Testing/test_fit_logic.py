@@ -137,6 +137,33 @@ def fake_femur_fit(monkeypatch):
     monkeypatch.setitem(sys.modules, "DeepMorphLib.asm_fit", module)
 
 
+def test_an_unconvincing_femur_fit_is_shown_unconfirmed_and_locked(app, fake_femur_fit, monkeypatch):
+    """A fit with a mean confidence at its points below pipeline.FEMUR_MIN_QUALITY is "not detected": its contour
+    is kept for review as its own orange, locked curve; a convincing fit hides that curve again."""
+    from DeepMorphLib import pipeline
+
+    fitter = sys.modules["DeepMorphLib.asm_fit"]
+    good = fitter.fit_pdm_to_confidence
+    monkeypatch.setattr(fitter, "fit_pdm_to_confidence",
+                        lambda conf, pdm, **kw: types.SimpleNamespace(**{**vars(good(conf, pdm)), "quality": 0.3}))
+    pdm = make_pdm()
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray weak femur")
+    result, nodes = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
+                                        predict=lambda image: ring(*CIRCLE))
+    assert not result.detected and "not confirmed" in result.summary() and "0.30" in result.reason
+    assert str(pipeline.FEMUR_MIN_QUALITY) in result.reason
+    curve = nodes["unconfirmed_contour"]
+    assert curve.GetDisplayNode().GetVisibility() and curve.GetLocked() and "unconfirmed" in curve.GetName()
+    assert np.allclose(curve.GetDisplayNode().GetSelectedColor(), logic.UNCONFIRMED_COLOR)
+    assert np.allclose(g.markups_to_uv(curve, xray), result.contour, atol=1e-4)
+    assert nodes.get("contour") is None  # nothing the user could take for a confirmed fit
+    monkeypatch.setattr(fitter, "fit_pdm_to_confidence", good)
+    confirmed, nodes2 = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
+                                            predict=lambda image: ring(*CIRCLE), nodes=nodes)
+    assert confirmed.detected and nodes2["contour"].GetDisplayNode().GetVisibility()
+    assert not nodes2["unconfirmed_contour"].GetDisplayNode().GetVisibility()
+
+
 def test_femur_contour_with_named_landmarks_and_constrained_editing(app, fake_femur_fit):
     pdm = make_pdm()
     xray = g.image_to_node(xray_image(), app.scene, "X-ray femur")

@@ -277,6 +277,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         result.polarity, result.confidence = pol, conf
         results.append(result)
     best = max(results, key=_score)
+    if task == "femur":
+        _confirm_femur(best)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
             _snap_from_femur(best, image, side)
@@ -336,6 +338,17 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
     result.quality = {**result.quality, **checks}
     if not probe.detected:  # a diffuse blob or a circle off the femur: not found (the circle stays for review)
         result.detected, result.reason = False, probe.reason
+
+
+def _confirm_femur(result: FitResult, min_quality: float | None = None) -> None:
+    """``pipeline.confirm_femur`` for this module's results: a fit with a mean confidence at its points below
+    ``pipeline.FEMUR_MIN_QUALITY`` is "not detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
+    from .pipeline import FEMUR_MIN_QUALITY, unconfirmed_femur_reason
+
+    limit = FEMUR_MIN_QUALITY if min_quality is None else min_quality
+    q = result.quality.get("quality")
+    if result.detected and q is not None and q < limit:
+        result.detected, result.reason = False, unconfirmed_femur_reason(q, limit)
 
 
 def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None) -> None:
@@ -432,8 +445,9 @@ def image_pixel_mm(xray_node) -> float | None:
     return None if abs(spacing - 1.0) < 1e-9 else spacing
 
 
-MARKUP_KEYS = ("head_circle", "head_centre", "unconfirmed_circle", "unconfirmed_centre", "contour", "landmarks")
-UNCONFIRMED_COLOR = (1.0, 0.45, 0.0)  # a head circle found but not confirmed ("not detected", kept for review): orange
+MARKUP_KEYS = ("head_circle", "head_centre", "unconfirmed_circle", "unconfirmed_centre", "contour", "landmarks",
+               "unconfirmed_contour")
+UNCONFIRMED_COLOR = (1.0, 0.45, 0.0)  # a circle / contour found but not confirmed ("not detected", for review): orange
 
 
 def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, editable: bool = True) -> dict:
@@ -448,6 +462,7 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
     show_circle = result.detected and result.circle is not None
     show_unconfirmed = not result.detected and result.circle is not None  # rejected, kept for the reviewer
     show_contour = result.detected and result.contour is not None
+    show_unconfirmed_contour = not result.detected and result.contour is not None  # locked: for review only
     if show_circle:
         nodes["head_circle"], nodes["head_centre"] = glue.circle_to_markups(
             scene, xray_node, result.circle, name="Femoral head", curve_node=nodes.get("head_circle"),
@@ -465,9 +480,15 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
             scene, xray_node, result.contour, named, name="Femur contour", curve_node=nodes.get("contour"),
             landmarks_node=nodes.get("landmarks"), editable=editable,
         )
+    if show_unconfirmed_contour:
+        nodes["unconfirmed_contour"], _ = glue.contour_to_markups(
+            scene, xray_node, result.contour, None, name="Femur contour (unconfirmed)",
+            curve_node=nodes.get("unconfirmed_contour"), editable=False, color=UNCONFIRMED_COLOR,
+        )
+        nodes["unconfirmed_contour"].SetAttribute("DeepMorph.role", "unconfirmed contour")
     visible = {"head_circle": show_circle, "head_centre": show_circle, "unconfirmed_circle": show_unconfirmed,
                "unconfirmed_centre": show_unconfirmed, "contour": show_contour,
-               "landmarks": show_contour and bool(result.landmarks)}
+               "landmarks": show_contour and bool(result.landmarks), "unconfirmed_contour": show_unconfirmed_contour}
     for key in MARKUP_KEYS:
         if nodes.get(key) is not None:
             nodes[key].GetDisplayNode().SetVisibility(visible[key])

@@ -1,6 +1,6 @@
 """Overlay pictures of fits: the X-ray in grey, the confidence map in cyan, the fit in green (circle) or
 yellow (contour) with named landmarks, the ground truth (when given) in red; a head circle kept for review with a
-"not detected" result dashed in orange. Pure numpy + Pillow."""
+"not detected" result (and a femur contour not confirmed) dashed in orange. Pure numpy + Pillow."""
 from __future__ import annotations
 
 import textwrap
@@ -11,7 +11,7 @@ FIT_CIRCLE = (60, 255, 60)
 FIT_CONTOUR = (255, 220, 0)
 LANDMARK = (255, 60, 255)
 TRUTH = (255, 50, 50)
-UNCONFIRMED = (255, 150, 0)  # a head circle that was found but not confirmed ("not detected", kept for review)
+UNCONFIRMED = (255, 150, 0)  # a circle / contour found but not confirmed ("not detected", kept for review)
 CONFIDENCE = np.array([0, 200, 255], dtype=np.float32)
 
 
@@ -82,6 +82,16 @@ def _dashed_circle(draw, c, colour, width, dash_deg: float = 12.0):
         draw.arc([cx - r, cy - r, cx + r, cy + r], float(start), float(start + dash_deg), fill=colour, width=width)
 
 
+def _dashed_polyline(draw, pts, colour, width, dash_px: float = 6.0):
+    """Every other ``dash_px`` piece of the polyline ``pts`` (N, 2) px."""
+    seg = np.diff(pts, axis=0)
+    at = np.concatenate([[0.0], np.cumsum(np.hypot(seg[:, 0], seg[:, 1]))])
+    for start in np.arange(0.0, at[-1], 2 * dash_px):
+        s = np.linspace(start, min(start + dash_px, at[-1]), 4)
+        piece = np.column_stack([np.interp(s, at, pts[:, 0]), np.interp(s, at, pts[:, 1])])
+        draw.line([tuple(map(float, p)) for p in piece], fill=colour, width=width)
+
+
 def _draw_result(draw, result, width):
     if not _get(result, "detected", False):
         circle = _get(result, "circle")
@@ -89,6 +99,13 @@ def _draw_result(draw, result, width):
             _dashed_circle(draw, (circle["cx"], circle["cy"], circle["r"]), UNCONFIRMED, width)
             draw.text((circle["cx"] + 0.72 * circle["r"], circle["cy"] - 0.72 * circle["r"] - 12), "unconfirmed",
                       fill=UNCONFIRMED)
+        contour = _get(result, "contour")
+        if contour is not None and len(contour):
+            pts = np.asarray(contour, dtype=float)
+            _dashed_polyline(draw, np.vstack([pts, pts[:1]]) if _get(result, "contour_closed", False) else pts,
+                             UNCONFIRMED, width)
+            top = pts[np.argmin(pts[:, 1])]
+            draw.text((float(top[0]) + 6, float(top[1]) - 12), "unconfirmed", fill=UNCONFIRMED)
         lines = textwrap.wrap(f"not detected: {_get(result, 'reason', '')}", 72)[:4]
         if lines:  # on a dark band: radiographs are bright where the text goes
             draw.rectangle([0, 13, 6 * max(len(line) for line in lines) + 8, 15 + 11 * len(lines)], fill=(0, 0, 0))

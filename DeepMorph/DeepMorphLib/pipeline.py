@@ -494,7 +494,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
               head_fallback: bool = True, refine=None, edge_snap: bool = True, head_anchor=None,
               region=None, side: str | None = None, femur_check: bool = True,
-              detected_polarity: tuple | None = None) -> FitResult:
+              detected_polarity: tuple | None = None, femur_min_quality: float | None = None) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -528,6 +528,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     rotation): a left femur is then the mirror image of a right one, so every PDM fit (the femur task's, and
     the head task's fits that confirm or replace the head circle) only tries the model of that side (a fit is
     never the other side's mirrored shape; a wide view of both hips can still be fitted on the wrong hip).
+    ``femur_min_quality`` (femur): a fit whose quality (mean confidence at its points) is below this is reported not
+    detected, its contour kept for review (``confirm_femur``; None = ``FEMUR_MIN_QUALITY``, 0 = off).
     ``detected_polarity``: (polarity, score) that ``polarity.detect_polarity`` already gave for this very image, used
     instead of detecting again when ``polarity`` is "auto" (the head task's femur check passes its own).
     Raises ValueError for unusable input and FileNotFoundError for a missing model; never for "not found".
@@ -599,6 +601,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
         result.timings_ms = {"network_ms": network_ms, "fit_ms": 1000 * (time.perf_counter() - t)}
         results.append(result)
     best = max(results, key=fit_score)  # first wins ties: the detector's choice
+    if task == "femur":
+        confirm_femur(best, FEMUR_MIN_QUALITY if femur_min_quality is None else femur_min_quality)
     timings["network_ms"] = sum(r.timings_ms["network_ms"] for r in results)
     timings["fit_ms"] = sum(r.timings_ms["fit_ms"] for r in results)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
@@ -621,6 +625,28 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     timings["total_ms"] = 1000 * (time.perf_counter() - t_start)
     best.timings_ms = timings
     return best
+
+
+FEMUR_MIN_QUALITY = 0.4  # a femur fit with a lower mean confidence at its points is not confirmed. Simulated tuning
+#   images (tune3-448, training seeds): the 11 of 200 fits below 0.4 were all 12.9-294 px off (point-to-curve), the
+#   next ones start at 0.45 with 1.5 px; p2c_mean of the confirmed fits 7.53 -> 4.39 px, detection 1.0 -> 0.945
+
+
+def unconfirmed_femur_reason(quality: float, min_quality: float) -> str:
+    return (f"femur not confirmed: the fit's mean confidence at its points is {quality:.2f} (< {min_quality:g}), so "
+            "most of its contour is not on the network's outline; the contour is kept for review")
+
+
+def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY) -> None:
+    """A detected femur fit whose ``quality`` (mean confidence at its points) is below ``min_quality`` becomes "not
+    detected" (reason given); its contour, landmarks and point confidences stay in ``result`` for review (overlays
+    draw it dashed orange, the Slicer module as an "unconfirmed" contour). ``min_quality`` 0 = off."""
+    if min_quality < 0:
+        raise ValueError(f"femur_min_quality must be >= 0, got {min_quality}.")
+    if not result.detected or result.quality is None or result.quality >= min_quality:
+        return
+    result.detected = False
+    result.reason = unconfirmed_femur_reason(result.quality, min_quality)
 
 
 def fit_score(result: FitResult) -> float:
@@ -663,8 +689,9 @@ def _head_dome(shape_model: ShapeModel):
 
 def head_anchor_circle(img, polarity: str, head_net, threshold: float = 0.5, min_pixels: int = 100,
                        method: str = "algebraic") -> dict | None:
-    """The head network's circle on ``img`` (H, W; shown with ``polarity``), edge-snapped: a dict (cx, cy, r px,
-    fit details, ``snapped``), or None when the head network finds no head. ``head_net``: a predictor."""
+    """The head network's circle on ``img`` (H, W; shown with ``polarity``), edge-snapped (rim offset
+    ``ANCHOR_RIM_OFFSET_SIGMAS``): a dict (cx, cy, r px, fit details, ``snapped``), or None when the head network
+    finds no head. ``head_net``: a predictor."""
     from DeepMorphLib.polarity import apply_polarity
 
     conf = _resize_to(head_net(apply_polarity(img, polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
@@ -674,8 +701,13 @@ def head_anchor_circle(img, polarity: str, head_net, threshold: float = 0.5, min
     _fill_head(probe, fit_head_confidence(conf, getattr(head_net, "target", "outline"), threshold, min_pixels, method))
     if not probe.detected:
         return None
-    _snap_head(probe, img, polarity, conf)
+    _snap_head(probe, img, polarity, conf, ANCHOR_RIM_OFFSET_SIGMAS)
     return dict(probe.circle)
+
+
+ANCHOR_RIM_OFFSET_SIGMAS = 0.75  # edge snap rim offset of the circle that anchors the femur fit: the anchored starts
+#   were tuned with this (``edge_snap.HOMOGENEOUS_RIM_OFFSET_SIGMAS``); with the head's 0.25, 28 of the 160 tune2 femur
+#   fits changed and p2c_mean went 5.17 -> 5.47 px (000029: 11.7 -> 48.6 px), real dev 21.2 -> 21.3 px
 
 
 def head_anchor_callable(result: FitResult | None, img, polarity: str, head_net, threshold: float = 0.5,
@@ -1006,12 +1038,13 @@ def _refine_head(result: FitResult, img, polarity: str, refiner, threshold: floa
         result.model = {**result.model, "refiner": refiner.describe().get("path")}
 
 
-def _snap_head(result: FitResult, img, polarity: str, conf) -> None:
-    from DeepMorphLib.edge_snap import snap_circle
+def _snap_head(result: FitResult, img, polarity: str, conf, rim_offset_sigmas: float | None = None) -> None:
+    from DeepMorphLib.edge_snap import RIM_OFFSET_SIGMAS, snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
     before = {k: result.circle[k] for k in ("cx", "cy", "r")}
-    snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (before["cx"], before["cy"], before["r"]), conf)
+    snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (before["cx"], before["cy"], before["r"]), conf,
+                       rim_offset_sigmas=RIM_OFFSET_SIGMAS if rim_offset_sigmas is None else rim_offset_sigmas)
     result.circle.update(snapped=snap.applied, edge_support=snap.support)
     if snap.applied:
         result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, unsnapped=before)

@@ -37,6 +37,9 @@ def add_femur_fit_arguments(parser) -> None:
                         help="femur: finally move each point of the kept fit along its normal onto the confident outline "
                              "ridge within PX px (default 5; 0 = the shape model's points; fits are compared after a "
                              "3 px polish)")
+    parser.add_argument("--femur-min-quality", type=_non_negative, default=None, metavar="Q",
+                        help="femur: a fit whose mean confidence at its points is below Q is reported not detected "
+                             "(its contour kept for review, drawn dashed orange; default 0.4; 0 = report every fit)")
 
 
 def _degrees_or_none(text: str) -> float | None:

@@ -141,12 +141,13 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     rec["p2c"] = None
     rec["reflected"] = res.reflected
     rec["quality"] = res.quality  # the fit's mean confidence at its points
-    if res.detected and res.contour is not None:
+    if res.contour is not None:  # a contour kept for review ("not confirmed") is scored apart, never in p2c
         if real:
             max_y = truth.get("eval_max_y")
-            rec["p2c"] = scoring.femur_p2c_real(res.contour, outline, h - 1 if max_y is None else max_y, w, h)
+            p2c = scoring.femur_p2c_real(res.contour, outline, h - 1 if max_y is None else max_y, w, h)
         else:
-            rec["p2c"] = scoring.femur_p2c_sim(res.contour, outline, w, h)
+            p2c = scoring.femur_p2c_sim(res.contour, outline, w, h)
+        rec["p2c" if res.detected else "p2c_unconfirmed"] = p2c
     return rec
 
 
@@ -230,7 +231,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
                                      predictor=predictor, source=str(sample["path"]),
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
-                                     femur_check=not args.no_femur_check,
+                                     femur_check=not args.no_femur_check, femur_min_quality=args.femur_min_quality,
                                      head_anchor=anchor or False, region=region or False,
                                      fit_options=fit_options, side=side_of(sample, args.side))
         except (ValueError, FileNotFoundError, OSError) as exc:

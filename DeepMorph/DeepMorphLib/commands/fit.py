@@ -79,7 +79,7 @@ def run(args) -> int:
                                      threshold=args.threshold, min_pixels=args.min_pixels, source=str(path),
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
-                                     femur_check=not args.no_femur_check,
+                                     femur_check=not args.no_femur_check, femur_min_quality=args.femur_min_quality,
                                      head_anchor=anchor or False, region=region or False,
                                      fit_options=fit_options, side=args.side)
         except (ValueError, FileNotFoundError, OSError) as exc:

@@ -1,0 +1,85 @@
+"""Femur fits that the network does not support (mean confidence at their points < FEMUR_MIN_QUALITY) are "not
+detected", their contour kept for review: pipeline, overlays and evaluate's scoring."""
+import types
+
+import numpy as np
+import pytest
+
+from DeepMorphLib import pipeline
+from DeepMorphLib.overlay import FIT_CONTOUR, UNCONFIRMED, draw_overlay
+
+
+def femur_result(quality, detected=True):
+    t = np.linspace(0.0, np.pi, 40)
+    contour = np.column_stack([100 + 60 * np.cos(t), 120 - 60 * np.sin(t)])
+    return pipeline.FitResult(task="femur", image_shape=(200, 200), detected=detected, reason="", polarity="bone-dark",
+                              polarity_score=None, polarity_mode="given", contour=contour, quality=quality,
+                              landmarks={"head": contour[20].tolist()})
+
+
+@pytest.mark.parametrize("quality, limit, confirmed", [(0.3, 0.4, False), (0.45, 0.4, True), (0.3, 0.0, True),
+                                                       (0.39, 0.4, False), (0.4, 0.4, True)])
+def test_confirm_femur(quality, limit, confirmed):
+    res = femur_result(quality)
+    pipeline.confirm_femur(res, limit)
+    assert res.detected is confirmed
+    assert res.contour is not None and res.landmarks  # kept either way: for review when not confirmed
+    if not confirmed:
+        assert "not confirmed" in res.reason and f"{quality:.2f}" in res.reason and f"{limit:g}" in res.reason
+
+
+def test_confirm_femur_leaves_not_detected_results_and_refuses_a_negative_limit():
+    res = femur_result(None, detected=False)
+    res.reason = "only 3 foreground pixels"
+    pipeline.confirm_femur(res)
+    assert res.reason == "only 3 foreground pixels"
+    with pytest.raises(ValueError, match=">= 0"):
+        pipeline.confirm_femur(femur_result(0.3), -0.1)
+
+
+def test_fit_image_gates_the_femur_fit_and_the_option_turns_it_off(monkeypatch):
+    t = np.linspace(0.0, np.pi, 60)
+    points = np.column_stack([224 + 80 * np.cos(t), 200 - 80 * np.sin(t)])
+    weak = types.SimpleNamespace(detected=True, reason="", quality=0.25, points=points, reflected=False, info={},
+                                 point_confidence=np.full(60, 0.25))
+    monkeypatch.setattr(pipeline, "fit_femur_confidence", lambda *a, **k: weak)
+    image = np.random.default_rng(0).normal(100, 5, (448, 448)).astype(np.float32)
+    net = lambda img: np.zeros(img.shape, np.float32)  # noqa: E731
+    gated = pipeline.fit_image(image, "femur", predictor=net, polarity="bone-dark", head_anchor=False, region=False)
+    assert not gated.detected and "not confirmed" in gated.reason and np.allclose(gated.contour, points)
+    kept = pipeline.fit_image(image, "femur", predictor=net, polarity="bone-dark", head_anchor=False, region=False,
+                              femur_min_quality=0)
+    assert kept.detected and kept.quality == pytest.approx(0.25)
+
+
+def test_the_overlay_draws_an_unconfirmed_contour_dashed_orange():
+    res = femur_result(0.3)
+    pipeline.confirm_femur(res)
+    rgb = draw_overlay(np.full((200, 200), 128, np.float32), res)
+    orange = np.all(rgb == UNCONFIRMED, axis=-1)
+    assert orange.sum() > 50 and not np.all(rgb == FIT_CONTOUR, axis=-1).any()
+    x, y = np.round(res.contour[:, 0]).astype(int), np.round(res.contour[:, 1]).astype(int)
+    near = np.zeros_like(orange)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            near[np.clip(y + dy, 0, 199), np.clip(x + dx, 0, 199)] = True
+    assert orange[near].mean() < 0.95  # dashed: gaps along the contour
+    confirmed = draw_overlay(np.full((200, 200), 128, np.float32), femur_result(0.8))
+    assert np.all(confirmed == FIT_CONTOUR, axis=-1).sum() > 50 and not np.all(confirmed == UNCONFIRMED, axis=-1).any()
+
+
+def test_evaluate_scores_an_unconfirmed_contour_apart():
+    from DeepMorphLib.commands.evaluate import score_sample
+    from DeepMorphLib.scoring import summarize_femur
+
+    res = femur_result(0.3)
+    t = np.linspace(0.0, np.pi, 400)
+    arc = np.column_stack([100 + 62 * np.cos(t), 120 - 62 * np.sin(t)])  # 2 px outside the fitted arc everywhere
+    outline = arc.tolist() + [[38, 300], [162, 300]]
+    sample = {"id": "x", "truth": {"contour": outline}, "meta": {"polarity": "bone-dark"}}
+    pipeline.confirm_femur(res)
+    rec = score_sample("femur", sample, res, real=False, shape=(448, 448))
+    assert rec["p2c"] is None and rec["p2c_unconfirmed"] == pytest.approx(2.0, abs=0.3) and not rec["detected"]
+    ok = score_sample("femur", sample, femur_result(0.8), real=False, shape=(448, 448))
+    summary = summarize_femur([rec, ok])
+    assert summary["detection_rate"] == 0.5 and summary["n_scored"] == 1 and summary["p2c_mean"] == pytest.approx(ok["p2c"])
