@@ -104,8 +104,11 @@ def _draw_result(draw, result, width):
             pts = np.asarray(contour, dtype=float)
             _dashed_polyline(draw, np.vstack([pts, pts[:1]]) if _get(result, "contour_closed", False) else pts,
                              UNCONFIRMED, width)
-            top = pts[np.argmin(pts[:, 1])]
-            draw.text((float(top[0]) + 6, float(top[1]) - 12), "unconfirmed", fill=UNCONFIRMED)
+            w, h = draw.im.size
+            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= 70) & (pts[:, 1] < h)]
+            if len(shown):  # labelled at its highest point in view, below the caption and reason lines
+                top = shown[np.argmin(shown[:, 1])]
+                draw.text((float(top[0]) + 6, float(top[1]) - 12), "unconfirmed", fill=UNCONFIRMED)
         lines = textwrap.wrap(f"not detected: {_get(result, 'reason', '')}", 72)[:4]
         if lines:  # on a dark band: radiographs are bright where the text goes
             draw.rectangle([0, 13, 6 * max(len(line) for line in lines) + 8, 15 + 11 * len(lines)], fill=(0, 0, 0))
