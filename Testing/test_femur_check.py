@@ -86,6 +86,23 @@ def test_an_unconvincing_femur_fit_changes_nothing(femur_fit, quality, dome_conf
     assert res.circle["femur_fit_quality"] == quality
 
 
+@pytest.mark.parametrize("extra, detected", [({}, False), ({"snapped": True, "edge_support": 0.66}, True),
+                                             ({"source": "femur-dome", "snapped": True}, True)])
+def test_without_a_confident_femur_fit_an_unconfirmed_network_circle_is_not_a_detection(femur_fit, extra, detected):
+    """The head network's own circle, with no edge to confirm it and no confident femur fit: "not detected", the
+    circle kept for review. A snapped circle, or one found by the femur helpers, stays."""
+    femur_fit.result = femur_result(quality=0.3)
+    res = check(head_result(**extra), flat_image())
+    assert res.detected is detected and res.circle["cx"] == HEAD[0] - 150
+    if not detected:
+        assert "not confirmed" in res.reason and "kept" in res.reason
+    agreeing = check(head_result(circle=(HEAD[0] + 0.2 * HEAD[2], HEAD[1], HEAD[2])), flat_image())
+    assert not agreeing.detected  # the same weak femur fit: nothing confirms this one either
+    femur_fit.result = femur_result()
+    confirmed = check(head_result(circle=(HEAD[0] + 0.2 * HEAD[2], HEAD[1], HEAD[2])), flat_image())
+    assert confirmed.detected and confirmed.circle["femur_agrees"] and "source" not in confirmed.circle
+
+
 def test_no_head_and_no_confident_femur_fit_leaves_no_circle(femur_fit):
     """Not found, without a circle, and a weak femur fit: still no circle (overlays draw the plain 'not detected')."""
     from DeepMorphLib.overlay import draw_overlay
@@ -148,3 +165,12 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit):
     sure = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.9}, polarity="bone-dark")
     fit_logic._check_with_femur(sure, flat_image(), None, {}, "auto", None)  # clearly on its own edge: not checked
     assert sure.circle == far and len(femur_fit.calls) == 1
+    femur_fit.result = femur_result(quality=0.3)  # no confident femur fit: an unsnapped network circle is not found
+    weak = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.5, "snapped": 0.0},
+                               polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
+    fit_logic._check_with_femur(weak, flat_image(), None, {}, "auto", None)
+    assert not weak.detected and "not confirmed" in weak.reason and weak.circle == far
+    snapped = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.66, "snapped": 1.0},
+                                  polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
+    fit_logic._check_with_femur(snapped, flat_image(), None, {}, "auto", None)
+    assert snapped.detected and snapped.circle == far

@@ -307,7 +307,7 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
     from .edge_snap import snap_circle
 
     snap = snap_circle(bone_dark_image, result.circle, conf)
-    result.quality = {**result.quality, "edge_support": float(snap.support)}
+    result.quality = {**result.quality, "edge_support": float(snap.support), "snapped": float(snap.applied)}
     if snap.applied:
         result.circle = (snap.cx, snap.cy, snap.r)
     return bool(snap.applied)
@@ -366,10 +366,15 @@ def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, 
                                polarity_mode="given", confidence=result.confidence, side=side)
     if result.circle is not None:
         probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)))
+        snapped = q.get("snapped", 0.0) > 0 or q.get("snapped_from_femur_dome", 0.0) > 0
+        probe.circle.update(snapped=snapped, **({"source": "femur-helpers"} if from_femur else {}))
     try:
         pipeline._check_with_femur_fit(probe, image, polarity, "auto", 0.5, side,
                                        pipeline.NetworkPredictor(model, metadata))
     except FileNotFoundError:  # no shipped femur network / PDM
+        return
+    if result.detected and not probe.detected:  # the head network's circle, confirmed by nothing
+        result.detected, result.reason = False, probe.reason
         return
     if probe.circle.get("source") == "femur-fit":
         c = probe.circle

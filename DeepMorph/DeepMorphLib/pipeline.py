@@ -901,15 +901,17 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     dome = _head_dome(shape_model)
     if result.circle is not None:  # a head that stays not found without a circle keeps none (overlays, markups)
         result.circle["femur_fit_quality"] = femur.quality
-    if dome is None or not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
-            or femur.contour is None or femur.point_confidence is None:
+    if dome is None:  # a shape model without a named head dome: nothing to check against
         return
+    if not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
+            or femur.contour is None or femur.point_confidence is None:
+        return _reject_unconfirmed_network_circle(result)
     arc = np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1]
     if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
-        return
+        return _reject_unconfirmed_network_circle(result)
     seed = fit_circle_points(arc, method="algebraic", min_points=3)
     if not seed.detected or seed.r > 0.5 * max(img.shape):
-        return
+        return _reject_unconfirmed_network_circle(result)
     conf = result.confidence if femur.polarity == result.polarity and result.confidence is not None else \
         _resize_to(head_net(apply_polarity(img, femur.polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
                    img.shape)
@@ -919,13 +921,26 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     cx, cy, r = (snap.cx, snap.cy, snap.r) if edge else (seed.cx, seed.cy, seed.r)
     c = result.circle if result.circle is not None else {}
     if result.detected and "cx" in c and np.hypot(c["cx"] - cx, c["cy"] - cy) <= DOME_AGREEMENT * r:
-        return  # the femur fit agrees
+        c["femur_agrees"] = True  # the femur fit confirms the circle
+        return
     before = {k: c[k] for k in ("cx", "cy", "r")} if "cx" in c else None
     c.update(cx=float(cx), cy=float(cy), r=float(r), snapped=bool(edge), edge_support=float(snap.support),
              source="femur-fit", replaced=before, replaced_detected=bool(result.detected))
     result.circle, result.detected = c, True
     result.reason = "head circle from the femur fit's head dome (it put the head elsewhere than the head network)"
     result.landmarks = {"head_center": [float(cx), float(cy)]}
+
+
+def _reject_unconfirmed_network_circle(result: FitResult) -> None:
+    """The end of the femur check when no confident femur fit speaks: a detected circle that is the head network's
+    own (no ``source``) and that no clear edge confirmed (not ``snapped``) becomes "not detected", the circle kept
+    for review. Such circles were all wrong on the simulated tuning sets and the real dev set (tune3 000042 179 px,
+    tune2 000064 24 px and 000133 11 px, cgmh_47_L 168 px: crisp blobs on the other hip or on the pelvis)."""
+    c = result.circle or {}
+    if result.detected and c.get("source") is None and not c.get("snapped"):
+        result.detected = False
+        result.reason = ("head not confirmed: neither a clear edge in the image nor a confident femur fit confirms "
+                         "the head network's circle; the circle is kept in 'circle' for review")
 
 
 def _take_rescue(result: FitResult, snap, source: str, on_femur_score: float, **replaced) -> None:
