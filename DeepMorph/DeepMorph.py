@@ -35,7 +35,8 @@ class DeepMorph(ScriptedLoadableModule):  # noqa: F405
 Finds the femur in an X-ray by <i>deep morphing</i>: a segmentation network predicts the bone outline as a
 confidence map (shown as a coloured overlay), then a circle (femoral head) or a statistical shape model
 (proximal femur contour with the femoral head, neck, greater and lesser trochanter and shaft landmarks) is
-fitted to it. A fit that finds too little outline is reported as <b>not detected</b>, never guessed.
+fitted to it. A fit that finds too little outline is reported as <b>not detected</b>, never guessed; a circle or
+contour that was found but that nothing confirms is shown in orange as "unconfirmed", for review.
 Drag contour points to correct the femur contour: the rest follows the shape model.
 See <a href="https://github.com/deepmorph/SlicerDeepMorph#readme">the documentation</a>.
 """)
