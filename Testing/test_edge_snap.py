@@ -313,6 +313,17 @@ def test_an_unconfirmed_circle_off_the_femur_is_not_a_detection(monkeypatch, net
     assert probe.detected is found and probe.quality["on_femur"] == pytest.approx(res.circle["on_femur"], abs=1e-6)
 
 
+def test_the_femur_check_rejects_an_unconfirmed_circle_unless_asked_to_keep_it(monkeypatch):
+    """A crisp blob on the femur that no edge and no confident femur fit confirm: "not detected" after the femur
+    check (circle kept for review); ``keep_unconfirmed_head`` reports it."""
+    stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
+    kw = dict(predictor=NearHead(), polarity="bone-dark", refine=False)
+    strict = pipeline.fit_image(flat_image(), "head", **kw)
+    assert not strict.detected and "not confirmed" in strict.reason and strict.circle["on_femur"] >= pipeline.MIN_ON_FEMUR
+    kept = pipeline.fit_image(flat_image(), "head", keep_unconfirmed_head=True, **kw)
+    assert kept.detected and kept.circle["cx"] == pytest.approx(strict.circle["cx"])
+
+
 def test_on_femur_scores_the_region_inside_the_circle():
     region = FemurRegion()(np.zeros((448, 448)))
     assert pipeline.on_femur(region, HEAD) == pytest.approx(1.0, abs=1e-3)

@@ -494,7 +494,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
               head_fallback: bool = True, refine=None, edge_snap: bool = True, head_anchor=None,
               region=None, side: str | None = None, femur_check: bool = True,
-              detected_polarity: tuple | None = None, femur_min_quality: float | None = None) -> FitResult:
+              detected_polarity: tuple | None = None, femur_min_quality: float | None = None,
+              keep_unconfirmed_head: bool = False) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
     named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
 
@@ -522,7 +523,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``fit_map`` says which map the contour comes from): None = the shipped one when present and the femur
     network is the shipped one too, False = off, or a path / predictor (``load_region_net``).
     ``femur_check`` (head): a head circle that no clear edge of its own confirms (``needs_femur_check``) is checked
-    against the whole femur fit (``_check_with_femur_fit``) and replaced when a confident fit puts the head elsewhere.
+    against the whole femur fit (``_check_with_femur_fit``) and replaced when a confident fit puts the head elsewhere;
+    the head network's own circle that nothing confirms is then "not detected" unless ``keep_unconfirmed_head``.
     ``side``: the femur's side when known ("left" / "right"; None or "auto" = unknown). Images are taken to be
     shown in the radiological convention (patient's right on the image's left, not mirrored; any in-plane
     rotation): a left femur is then the mirror image of a right one, so every PDM fit (the femur task's, and
@@ -618,7 +620,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
             and needs_femur_check(best):
         t = time.perf_counter()
         try:  # needs the shipped femur networks and PDM
-            _check_with_femur_fit(best, img, polarity, device, threshold, side, pred, (used, score))
+            _check_with_femur_fit(best, img, polarity, device, threshold, side, pred, (used, score),
+                                  reject_unconfirmed=not keep_unconfirmed_head)
         except FileNotFoundError:
             pass
         timings["femur_check_ms"] = 1000 * (time.perf_counter() - t)
@@ -881,7 +884,7 @@ def needs_femur_check(result: FitResult) -> bool:
 
 
 def _check_with_femur_fit(result: FitResult, img, polarity: str, device, threshold: float, side, head_net,
-                          detected_polarity: tuple | None = None) -> None:
+                          detected_polarity: tuple | None = None, reject_unconfirmed: bool = True) -> None:
     """The femur task's whole fit (``fit_image(img, "femur", polarity=polarity)`` with the polarity option as given,
     so "auto" keeps the femur task's own choice, which lets both polarities compete on weak evidence; outline
     network, second opinions, region network)
@@ -891,7 +894,9 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     ``DOME_MAX_MOVE`` r), replaces a head circle that lies more than ``DOME_AGREEMENT`` r from it, or gives the head
     when none was found (``circle["source"]`` "femur-fit", ``snapped`` says whether the edge confirmed it). Simulated
     tuning images (25 phantoms, training seeds): rmse_mean 5.37 -> 4.09 px, detection 0.965 -> 0.980; on the real dev
-    radiographs no femur fit is confident along the dome where the circle disagrees (unchanged)."""
+    radiographs no femur fit is confident along the dome where the circle disagrees (unchanged). When no confident
+    femur fit speaks, ``reject_unconfirmed`` makes an unconfirmed head-network circle "not detected"
+    (``_reject_unconfirmed_network_circle``)."""
     from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
@@ -905,13 +910,13 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
         return
     if not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
             or femur.contour is None or femur.point_confidence is None:
-        return _reject_unconfirmed_network_circle(result)
+        return _reject_unconfirmed_network_circle(result) if reject_unconfirmed else None
     arc = np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1]
     if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
-        return _reject_unconfirmed_network_circle(result)
+        return _reject_unconfirmed_network_circle(result) if reject_unconfirmed else None
     seed = fit_circle_points(arc, method="algebraic", min_points=3)
     if not seed.detected or seed.r > 0.5 * max(img.shape):
-        return _reject_unconfirmed_network_circle(result)
+        return _reject_unconfirmed_network_circle(result) if reject_unconfirmed else None
     conf = result.confidence if femur.polarity == result.polarity and result.confidence is not None else \
         _resize_to(head_net(apply_polarity(img, femur.polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
                    img.shape)

@@ -10,6 +10,9 @@ def add_head_fit_arguments(parser) -> None:
     parser.add_argument("--no-femur-check", action="store_true",
                         help="head: skip the femur check (by default a circle that its own edge does not clearly "
                              "confirm is compared with the femur fit, whose head dome wins when that fit is confident)")
+    parser.add_argument("--keep-unconfirmed-head", action="store_true",
+                        help="head: report the head network's circle even when neither its own edge nor a confident "
+                             "femur fit confirms it (by default it is 'not detected', the circle kept for review)")
     parser.add_argument("--refine-model", default=None, metavar="MODEL",
                         help="head: refinement (ROI) network applied around the first circle (default: the shipped "
                              "one when present; 'none' = off)")

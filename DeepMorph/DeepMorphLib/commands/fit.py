@@ -80,6 +80,7 @@ def run(args) -> int:
                                      circle_method=args.circle_method,
                                      refine=refiner or False, edge_snap=not args.no_edge_snap,
                                      femur_check=not args.no_femur_check, femur_min_quality=args.femur_min_quality,
+                                     keep_unconfirmed_head=args.keep_unconfirmed_head,
                                      head_anchor=anchor or False, region=region or False,
                                      fit_options=fit_options, side=args.side)
         except (ValueError, FileNotFoundError, OSError) as exc:
