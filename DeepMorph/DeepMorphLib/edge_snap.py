@@ -93,27 +93,28 @@ try:
 
     _HAVE_NUMBA = True
 
+    @numba.njit(cache=True, inline="always")
+    def _sample(a, y, x):  # pragma: no cover - compiled; bilinear as ``_bilinear`` (clamped to the array)
+        h, w = a.shape
+        y = min(max(y, 0.0), h - 1.0)
+        x = min(max(x, 0.0), w - 1.0)
+        y0 = min(int(y), h - 2)
+        x0 = min(int(x), w - 2)
+        fy = y - y0
+        fx = x - x0
+        return ((1 - fy) * ((1 - fx) * a[y0, x0] + fx * a[y0, x0 + 1])
+                + fy * ((1 - fx) * a[y0 + 1, x0] + fx * a[y0 + 1, x0 + 1]))
+
     @numba.njit(cache=True)
     def _radial_numba(gx, gy, cx, cy, rad, cos, sin, out, plain=0.0):  # pragma: no cover - compiled
         """Bilinear samples (as ``_bilinear``) on circles: outward derivative vx cos + vy sin, or with
         ``plain`` = 1 the value of ``gx`` itself."""
-        h, w = gx.shape
         for i in range(cx.shape[0]):
             for k in range(cos.shape[0]):
-                y = min(max(cy[i] + rad * sin[k], 0.0), h - 1.0)
-                x = min(max(cx[i] + rad * cos[k], 0.0), w - 1.0)
-                y0 = min(int(y), h - 2)
-                x0 = min(int(x), w - 2)
-                fy = y - y0
-                fx = x - x0
-                vx = ((1 - fy) * ((1 - fx) * gx[y0, x0] + fx * gx[y0, x0 + 1])
-                      + fy * ((1 - fx) * gx[y0 + 1, x0] + fx * gx[y0 + 1, x0 + 1]))
-                if plain > 0:
-                    out[i, k] = vx
-                    continue
-                vy = ((1 - fy) * ((1 - fx) * gy[y0, x0] + fx * gy[y0, x0 + 1])
-                      + fy * ((1 - fx) * gy[y0 + 1, x0] + fx * gy[y0 + 1, x0 + 1]))
-                out[i, k] = vx * cos[k] + vy * sin[k]
+                y = cy[i] + rad * sin[k]
+                x = cx[i] + rad * cos[k]
+                vx = _sample(gx, y, x)
+                out[i, k] = vx if plain > 0 else vx * cos[k] + _sample(gy, y, x) * sin[k]
 except ImportError:  # pragma: no cover
     _HAVE_NUMBA = False
 
@@ -146,18 +147,6 @@ def _circle_scores(grad, conf_padded, cxs, cys, radii, cos, sin, keep: int, edge
 
 
 if _HAVE_NUMBA:
-    @numba.njit(cache=True, inline="always")
-    def _sample(a, y, x):  # pragma: no cover - compiled; bilinear as ``_bilinear`` (clamped to the array)
-        h, w = a.shape
-        y = min(max(y, 0.0), h - 1.0)
-        x = min(max(x, 0.0), w - 1.0)
-        y0 = min(int(y), h - 2)
-        x0 = min(int(x), w - 2)
-        fy = y - y0
-        fx = x - x0
-        return ((1 - fy) * ((1 - fx) * a[y0, x0] + fx * a[y0, x0 + 1])
-                + fy * ((1 - fx) * a[y0 + 1, x0] + fx * a[y0 + 1, x0 + 1]))
-
     @numba.njit(cache=True, parallel=True)
     def _capped_edges_numba(gx, gy, conf, cx, cy, radii, cos, sin, edge_cap, with_conf, edges,
                             rings):  # pragma: no cover - compiled

@@ -49,7 +49,7 @@ def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alp
     if truth is not None:
         _draw_truth(draw, truth, pil.size, w)
     if result is not None:
-        _draw_result(draw, result, w)
+        _draw_result(draw, result, w, pil.size)
     if caption:
         draw.rectangle([0, 0, pil.size[0], 12], fill=(0, 0, 0))
         draw.text((2, 0), caption, fill=(255, 255, 255))
@@ -92,7 +92,7 @@ def _dashed_polyline(draw, pts, colour, width, dash_px: float = 6.0):
         draw.line([tuple(map(float, p)) for p in piece], fill=colour, width=width)
 
 
-def _draw_result(draw, result, width):
+def _draw_result(draw, result, width, size):
     if not _get(result, "detected", False):
         circle = _get(result, "circle")
         if circle:  # found, then rejected: shown for review, dashed
@@ -104,7 +104,7 @@ def _draw_result(draw, result, width):
             pts = np.asarray(contour, dtype=float)
             _dashed_polyline(draw, np.vstack([pts, pts[:1]]) if _get(result, "contour_closed", False) else pts,
                              UNCONFIRMED, width)
-            w, h = draw.im.size
+            w, h = size
             shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= 70) & (pts[:, 1] < h)]
             if len(shown):  # labelled at its highest point in view, below the caption and reason lines
                 top = shown[np.argmin(shown[:, 1])]

@@ -897,7 +897,6 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     radiographs no femur fit is confident along the dome where the circle disagrees (unchanged). When no confident
     femur fit speaks, ``reject_unconfirmed`` makes an unconfirmed head-network circle "not detected"
     (``_reject_unconfirmed_network_circle``)."""
-    from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
@@ -908,15 +907,11 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
         result.circle["femur_fit_quality"] = femur.quality
     if dome is None:  # a shape model without a named head dome: nothing to check against
         return
-    if not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
-            or femur.contour is None or femur.point_confidence is None:
-        return _reject_unconfirmed_network_circle(result) if reject_unconfirmed else None
-    arc = np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1]
-    if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
-        return _reject_unconfirmed_network_circle(result) if reject_unconfirmed else None
-    seed = fit_circle_points(arc, method="algebraic", min_points=3)
-    if not seed.detected or seed.r > 0.5 * max(img.shape):
-        return _reject_unconfirmed_network_circle(result) if reject_unconfirmed else None
+    seed = _confident_dome_circle(femur, dome, img.shape)
+    if seed is None:  # no confident femur fit speaks
+        if reject_unconfirmed:
+            _reject_unconfirmed_network_circle(result)
+        return
     conf = result.confidence if femur.polarity == result.polarity and result.confidence is not None else \
         _resize_to(head_net(apply_polarity(img, femur.polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
                    img.shape)
@@ -934,6 +929,22 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     result.circle, result.detected = c, True
     result.reason = "head circle from the femur fit's head dome (it put the head elsewhere than the head network)"
     result.landmarks = {"head_center": [float(cx), float(cy)]}
+
+
+def _confident_dome_circle(femur: FitResult, dome: tuple, shape: tuple):
+    """The circle (``circle_fit`` result) through the head dome (point indices ``dome``) of a confident femur fit
+    (quality >= ``FEMUR_CHECK_QUALITY``, >= ``FEMUR_CHECK_DOME`` along the dome, radius within half the image
+    ``shape``), or None."""
+    from DeepMorphLib.circle_fit import fit_circle_points
+
+    if not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
+            or femur.contour is None or femur.point_confidence is None:
+        return None
+    if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
+        return None
+    seed = fit_circle_points(np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1], method="algebraic",
+                             min_points=3)
+    return seed if seed.detected and seed.r <= 0.5 * max(shape) else None
 
 
 def _reject_unconfirmed_network_circle(result: FitResult) -> None:
