@@ -75,3 +75,26 @@ def test_simulator_drrs_of_both_polarities():
     assert detect_polarity(drr)[0] == "bone-dark"
     assert detect_polarity(275.0 - drr)[0] == "bone-bright"  # radiograph display of the same projection
     assert detect_polarity(255 * ((275.0 - drr) / 255) ** 0.6)[0] == "bone-bright"
+
+
+def test_compiled_ridge_strength_matches_numpy_and_analytic_ridges():
+    """The numba kernel gives numpy's numbers (float32 rounding); a bright line has a negative dominant
+    curvature across it, a dark line a positive one, and flat noise has next to no ridge strength."""
+    from scipy import ndimage as ndi
+
+    from DeepMorphLib import polarity
+
+    yy, xx = np.mgrid[0:96, 0:80].astype(np.float32)
+    image = np.exp(-0.5 * ((xx - 40.0) / 1.5) ** 2) - np.exp(-0.5 * ((yy - 70.0) / 1.5) ** 2)  # bright | dark
+    image += np.random.default_rng(3).normal(0, 0.01, image.shape).astype(np.float32)
+    g = ndi.gaussian_filter(image.astype(np.float32), 1.5)
+    inner = np.ones(g.shape, bool)
+    inner[:5] = False
+    sign_np, strength_np = polarity._ridge_strength_numpy(g, inner, 1.5)
+    sign, strength = polarity._ridge_strength(g, inner, 1.5)
+    assert np.array_equal(sign, sign_np)
+    np.testing.assert_allclose(strength, strength_np, rtol=1e-5, atol=1e-7)
+    assert not strength[:5].any()
+    assert sign[30, 40] == -1 and strength[30, 40] > 0  # bright vertical line: dark-to-bright-to-dark across x
+    assert sign[70, 20] == 1 and strength[70, 20] > 0  # dark horizontal line
+    assert strength[30, 40] > 10 * strength[30, 20]  # far from both lines: nothing
