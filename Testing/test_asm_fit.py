@@ -199,6 +199,44 @@ def test_the_upright_prior_breaks_a_near_tie_between_fits(pdm, monkeypatch):
     assert none.info.get("fit_map") is None
 
 
+# ------------------------------------------------------------------------------------------------- size prior
+def _dome():
+    from DeepMorphLib.synthetic_shapes import PART_POINTS
+
+    start = landmark_indices()["head_start"]
+    return start, start + PART_POINTS["head"] - 1
+
+
+def test_head_dome_radius_follows_the_placed_shape(pdm):
+    """The synthetic femur's head is a circle of FemurParams.head_radius_px (36 px) in the model frame: placed at scale
+    1.05 its dome radius is ~37.8 px, and it scales exactly with the shape; a straight 'dome' has none (nan)."""
+    from DeepMorphLib.asm_fit import head_dome_radius
+
+    one = pdm.instance(None, Similarity.from_params(1.05, 15.0, (224.0, 230.0)))
+    two = pdm.instance(None, Similarity.from_params(2.10, -40.0, (300.0, 100.0)))
+    r1 = head_dome_radius(one, _dome())
+    assert r1 == pytest.approx(36.0 * 1.05, rel=0.05)
+    assert head_dome_radius(two, _dome()) == pytest.approx(2.0 * r1, rel=1e-9)
+    line = np.column_stack([np.arange(pdm.n_points, dtype=float), np.zeros(pdm.n_points)])
+    assert np.isnan(head_dome_radius(line, _dome()))
+
+
+def test_a_fit_shrunk_onto_the_ridge_is_refused_by_its_head_size(pdm):
+    """Started at a fifth of its size, the ASM shrinks the PDM onto a few px of the head's ridge: every point sits on
+    the outline (mean point-to-curve < 0.5 px, quality > 0.9: neither can tell), yet the head radius is < 5 px, which
+    pipeline.confirm_femur refuses (448 px image: plausible 27-121 px); the true femur's head (~38 px) passes."""
+    from DeepMorphLib import pipeline
+    from DeepMorphLib.asm_fit import head_dome_radius
+
+    truth, _, _ = known_shape(pdm, seed=5)
+    conf = render_confidence(truth, (448, 448), sigma_px=1.5)
+    shrunk = fit_pdm_to_confidence(conf, pdm, init=Similarity.from_params(0.2, 15.0, (224.0, 230.0)))
+    assert shrunk.detected and head_dome_radius(shrunk.points, _dome()) < 5.0 and shrunk.quality > 0.9
+    assert np.mean(point_to_curve_distance(shrunk.points, truth)) < 0.5
+    assert "radius is" in pipeline.implausible_size_reason(shrunk.points, _dome(), (448, 448))
+    assert pipeline.implausible_size_reason(truth, _dome(), (448, 448)) == ""
+
+
 def _ridge_4px_out(pdm):
     """A placed PDM instance, its normals, an outline 4 px out along them and that outline's confidence map."""
     points, _, _ = known_shape(pdm, seed=3)

@@ -37,19 +37,45 @@ def test_confirm_femur_leaves_not_detected_results_and_refuses_a_negative_limit(
         pipeline.confirm_femur(femur_result(0.3), -0.1)
 
 
-def test_fit_image_gates_the_femur_fit_and_the_option_turns_it_off(monkeypatch):
+@pytest.mark.parametrize("radius, confirmed", [(30.0, True), (60.0, False), (8.0, False)])
+def test_confirm_femur_refuses_an_implausibly_sized_head(radius, confirmed):
+    """With the head-dome indices, a contour whose dome radius is outside plausible_head_radius_px (200 x 200 image:
+    0.06-0.27 x 200 = 12-54 px) is not confirmed, reason naming the radius; kept for review either way."""
+    res = femur_result(0.8)
+    t = np.linspace(0.0, np.pi, 40)
+    res.contour = np.column_stack([100 + radius * np.cos(t), 120 - radius * np.sin(t)])
+    assert pipeline.plausible_head_radius_px((200, 200)) == pytest.approx((12.0, 54.0))
+    pipeline.confirm_femur(res, head_dome=(0, 39))
+    assert res.detected is confirmed and res.contour is not None
+    if not confirmed:
+        assert f"radius is {radius:.1f} px" in res.reason and "12-54 px" in res.reason
+
+
+def _fit_image_with(monkeypatch, radius_px, quality, **kwargs):
+    """pipeline.fit_image on noise, its PDM fit replaced by a 60-point half circle of ``radius_px`` and ``quality``."""
     t = np.linspace(0.0, np.pi, 60)
-    points = np.column_stack([224 + 80 * np.cos(t), 200 - 80 * np.sin(t)])
-    weak = types.SimpleNamespace(detected=True, reason="", quality=0.25, points=points, reflected=False, info={},
-                                 point_confidence=np.full(60, 0.25))
-    monkeypatch.setattr(pipeline, "fit_femur_confidence", lambda *a, **k: weak)
+    points = np.column_stack([224 + radius_px * np.cos(t), 200 - radius_px * np.sin(t)])
+    fit = types.SimpleNamespace(detected=True, reason="", quality=quality, points=points, reflected=False, info={},
+                                point_confidence=np.full(60, quality))
+    monkeypatch.setattr(pipeline, "fit_femur_confidence", lambda *a, **k: fit)
     image = np.random.default_rng(0).normal(100, 5, (448, 448)).astype(np.float32)
     net = lambda img: np.zeros(img.shape, np.float32)  # noqa: E731
-    gated = pipeline.fit_image(image, "femur", predictor=net, polarity="bone-dark", head_anchor=False, region=False)
+    res = pipeline.fit_image(image, "femur", predictor=net, polarity="bone-dark", head_anchor=False, region=False,
+                             **kwargs)
+    return res, points
+
+
+def test_fit_image_gates_the_femur_fit_and_the_option_turns_it_off(monkeypatch):
+    gated, points = _fit_image_with(monkeypatch, 80.0, 0.25)
     assert not gated.detected and "not confirmed" in gated.reason and np.allclose(gated.contour, points)
-    kept = pipeline.fit_image(image, "femur", predictor=net, polarity="bone-dark", head_anchor=False, region=False,
-                              femur_min_quality=0)
+    kept, _ = _fit_image_with(monkeypatch, 80.0, 0.25, femur_min_quality=0)
     assert kept.detected and kept.quality == pytest.approx(0.25)
+
+
+def test_fit_image_refuses_a_femur_fit_shrunk_to_a_few_px(monkeypatch):
+    """A confident fit (0.9) whose head dome (the shipped PDM's) has a 5 px radius in a 448 px image is not confirmed."""
+    res, points = _fit_image_with(monkeypatch, 5.0, 0.9)
+    assert not res.detected and "radius is 5.0 px" in res.reason and np.allclose(res.contour, points)
 
 
 def test_the_overlay_draws_an_unconfirmed_contour_dashed_orange():

@@ -318,6 +318,16 @@ def shaft_angle_deg(points: np.ndarray, shaft_axis) -> float:
     return float(np.degrees(np.arctan2(v[0], v[1])))
 
 
+def head_dome_radius(points: np.ndarray, head_dome) -> float:
+    """Radius (px) of the circle through a femur contour's head-dome points ``head_dome[0]..head_dome[1]``
+    (algebraic fit); nan when they are not round enough to fit."""
+    from .circle_fit import fit_circle_points
+
+    i0, i1 = sorted(int(i) for i in head_dome)
+    circle = fit_circle_points(np.asarray(points, dtype=np.float64)[i0: i1 + 1], method="algebraic", min_points=3)
+    return float(circle.r) if circle.detected else float("nan")
+
+
 def upright_penalty(points, prior: dict | None) -> float:
     """Score penalty of a fit whose shaft points more than ``prior["max_deg"]`` from image down
     (``shaft_angle_deg``): ``prior["penalty"]``, else 0; ``prior`` None = no prior."""

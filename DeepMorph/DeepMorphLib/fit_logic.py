@@ -278,7 +278,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         results.append(result)
     best = max(results, key=_score)
     if task == "femur":
-        _confirm_femur(best)
+        _confirm_femur(best, head_dome=_head_dome(pdm), image_shape=image.shape)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
             _snap_from_femur(best, image, side)
@@ -340,15 +340,22 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
         result.detected, result.reason = False, probe.reason
 
 
-def _confirm_femur(result: FitResult, min_quality: float | None = None) -> None:
+def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dome=None, image_shape=None) -> None:
     """``pipeline.confirm_femur`` for this module's results: a fit with a mean confidence at its points below
-    ``pipeline.FEMUR_MIN_QUALITY`` is "not detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
-    from .pipeline import FEMUR_MIN_QUALITY, unconfirmed_femur_reason
+    ``pipeline.FEMUR_MIN_QUALITY``, or (with ``head_dome`` and ``image_shape``) an implausibly sized head, is "not
+    detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
+    from .pipeline import FEMUR_MIN_QUALITY, implausible_size_reason, unconfirmed_femur_reason
 
     limit = FEMUR_MIN_QUALITY if min_quality is None else min_quality
     q = result.quality.get("quality")
-    if result.detected and q is not None and q < limit:
+    if not result.detected:
+        return
+    if q is not None and q < limit:
         result.detected, result.reason = False, unconfirmed_femur_reason(q, limit)
+    elif head_dome is not None and image_shape is not None and result.contour is not None:
+        reason = implausible_size_reason(result.contour, head_dome, image_shape)
+        if reason:
+            result.detected, result.reason = False, reason
 
 
 def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None) -> None:

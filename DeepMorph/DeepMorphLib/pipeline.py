@@ -604,7 +604,7 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
         results.append(result)
     best = max(results, key=fit_score)  # first wins ties: the detector's choice
     if task == "femur":
-        confirm_femur(best, FEMUR_MIN_QUALITY if femur_min_quality is None else femur_min_quality)
+        confirm_femur(best, FEMUR_MIN_QUALITY if femur_min_quality is None else femur_min_quality, _head_dome(shape_model))
     timings["network_ms"] = sum(r.timings_ms["network_ms"] for r in results)
     timings["fit_ms"] = sum(r.timings_ms["fit_ms"] for r in results)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
@@ -640,16 +640,22 @@ def unconfirmed_femur_reason(quality: float, min_quality: float) -> str:
             "most of its contour is not on the network's outline; the contour is kept for review")
 
 
-def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY) -> None:
-    """A detected femur fit whose ``quality`` (mean confidence at its points) is below ``min_quality`` becomes "not
-    detected" (reason given); its contour, landmarks and point confidences stay in ``result`` for review (overlays
-    draw it dashed orange, the Slicer module as an "unconfirmed" contour). ``min_quality`` 0 = off."""
+def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None) -> None:
+    """A detected femur fit whose ``quality`` (mean confidence at its points) is below ``min_quality`` (0 = off), or,
+    with ``head_dome`` (the PDM's head-dome point indices), whose head is implausibly sized for the image
+    (``implausible_size_reason``), becomes "not detected" (reason given); its contour, landmarks and point confidences
+    stay in ``result`` for review (overlays draw it dashed orange, the Slicer module as an "unconfirmed" contour)."""
     if min_quality < 0:
         raise ValueError(f"femur_min_quality must be >= 0, got {min_quality}.")
-    if not result.detected or result.quality is None or result.quality >= min_quality:
+    if not result.detected:
         return
-    result.detected = False
-    result.reason = unconfirmed_femur_reason(result.quality, min_quality)
+    if result.quality is not None and result.quality < min_quality:
+        result.detected = False
+        result.reason = unconfirmed_femur_reason(result.quality, min_quality)
+    elif head_dome is not None and result.contour is not None:
+        reason = implausible_size_reason(result.contour, head_dome, result.image_shape)
+        if reason:
+            result.detected, result.reason = False, reason
 
 
 def fit_score(result: FitResult) -> float:
@@ -688,6 +694,33 @@ def shaft_axis_indices(landmarks: dict):
 
 def _head_dome(shape_model: ShapeModel):
     return head_dome_indices(shape_model.landmark_indices)
+
+
+PLAUSIBLE_HEAD_RADIUS = (0.06, 0.27)  # femoral-head radius / min(H, W) that a confirmed femur fit may have: the
+#   networks are trained on images where it is 0.086-0.19 (train-v2: 21.9-49.0 px of 256; real dev crops 0.10-0.16).
+#   Outside it the PDM has shrunk onto a few px of one ridge (or blown up): not a femur the network can have outlined.
+#   Only the confirmation uses it: as a prior in the fit comparisons (the plausible second opinion wins) it replaced
+#   3 such fits on simulated tuning images (tune2-448) by confident wrong ones (58-315 px), p2c_mean 3.96 -> 4.87 px
+
+
+def plausible_head_radius_px(image_shape) -> tuple[float, float]:
+    """(min, max) femoral-head radius px for an image of ``image_shape`` (H, W): ``PLAUSIBLE_HEAD_RADIUS`` x min(H, W)."""
+    side = float(min(image_shape[:2]))
+    return PLAUSIBLE_HEAD_RADIUS[0] * side, PLAUSIBLE_HEAD_RADIUS[1] * side
+
+
+def implausible_size_reason(contour, head_dome, image_shape) -> str:
+    """Why a femur ``contour`` (N, 2) px is not a femur the networks can have outlined in an image of ``image_shape``:
+    its head-dome radius (points ``head_dome``) is outside ``plausible_head_radius_px``; "" when it is inside."""
+    from DeepMorphLib.asm_fit import head_dome_radius
+
+    lo, hi = plausible_head_radius_px(image_shape)
+    r = head_dome_radius(contour, head_dome)
+    if lo <= r <= hi:
+        return ""
+    return (f"femur not confirmed: the fitted head's radius is {r:.1f} px, outside the {lo:.0f}-{hi:.0f} px "
+            f"({PLAUSIBLE_HEAD_RADIUS[0]:g}-{PLAUSIBLE_HEAD_RADIUS[1]:g} of the image size) the networks know; if the "
+            "femur is that small, crop the image closer; the contour is kept for review")
 
 
 def head_anchor_circle(img, polarity: str, head_net, threshold: float = 0.5, min_pixels: int = 100,
