@@ -36,7 +36,8 @@ Finds the femur in an X-ray by <i>deep morphing</i>: a segmentation network pred
 confidence map (shown as a coloured overlay), then a circle (femoral head) or a statistical shape model
 (proximal femur contour with the femoral head, neck, greater and lesser trochanter and shaft landmarks) is
 fitted to it. A fit that finds too little outline is reported as <b>not detected</b>, never guessed; a circle or
-contour that was found but that nothing confirms is shown in orange as "unconfirmed", for review.
+contour that was found but that nothing confirms is shown in orange as "unconfirmed", for review (the
+<i>Femur minimum confidence</i> and <i>Report a head circle that nothing confirms</i> settings change these rules).
 Drag contour points to correct the femur contour: the rest follows the shape model.
 See <a href="https://github.com/deepmorph/SlicerDeepMorph#readme">the documentation</a>.
 """)
@@ -96,6 +97,8 @@ class DeepMorphParameterNode:
     modelPath: pathlib.Path = pathlib.Path(__file__).parent / "Resources" / "Models" / "head.safetensors"
     polarity: Polarity = Polarity.AUTO
     side: Side = Side.AUTO
+    femurMinQuality: Annotated[float, WithinRange(0.0, 1.0)] = 0.4  # pipeline.FEMUR_MIN_QUALITY
+    keepUnconfirmedHead: bool = False
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     interactiveCorrection: bool = True
     resultText: str = "No result yet."
@@ -267,7 +270,7 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         pdm = self.shapeModel() if p.task == Task.FEMUR else None
         self.result, self.nodes = fit_logic.fit_xray_node(
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
-            side=p.side.value,
+            side=p.side.value, femur_min_quality=p.femurMinQuality, keep_unconfirmed_head=p.keepUnconfirmedHead,
             nodes=self.nodes, predict=predict, pdm=pdm, editable=p.interactiveCorrection,
         )
         p.confidenceVolume = self.nodes.get("confidence")

@@ -157,6 +157,12 @@ def test_an_unconvincing_femur_fit_is_shown_unconfirmed_and_locked(app, fake_fem
     assert np.allclose(curve.GetDisplayNode().GetSelectedColor(), logic.UNCONFIRMED_COLOR)
     assert np.allclose(g.markups_to_uv(curve, xray), result.contour, atol=1e-4)
     assert nodes.get("contour") is None  # nothing the user could take for a confirmed fit
+    kept, _ = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
+                                  predict=lambda image: ring(*CIRCLE), femur_min_quality=0.0)
+    assert kept.detected  # the module's "Femur minimum confidence" 0: every fit is confirmed
+    with pytest.raises(ValueError, match=">= 0"):
+        logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
+                            predict=lambda image: ring(*CIRCLE), femur_min_quality=-0.1)
     monkeypatch.setattr(fitter, "fit_pdm_to_confidence", good)
     confirmed, nodes2 = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
                                             predict=lambda image: ring(*CIRCLE), nodes=nodes)
@@ -251,3 +257,23 @@ def test_refitting_a_fixed_contour_with_another_point_count(app):
     curve2, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(10.0), np.ones(10)], curve_node=curve)
     assert curve2 is curve and curve.GetNumberOfControlPoints() == 10 and curve.GetFixedNumberOfControlPoints()
     assert np.allclose(g.markups_to_uv(curve, xray)[:, 1], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_head_rule_switch_reaches_the_femur_check(monkeypatch, keep):
+    """fit_image(keep_unconfirmed_head=) -> the pipeline's femur check: with the rule on, an unconfirmed head-network
+    circle becomes "not detected" (the pipeline's verdict); switched off, it stays reported."""
+    from DeepMorphLib import pipeline
+
+    seen = {}
+
+    def check(probe, *args, reject_unconfirmed=True, **kwargs):
+        seen["reject"] = reject_unconfirmed
+        if reject_unconfirmed:
+            probe.detected, probe.reason = False, "head not confirmed"
+
+    monkeypatch.setattr(pipeline, "_check_with_femur_fit", check)
+    result = logic.FitResult("head", True, circle=(100.0, 100.0, 40.0), quality={"edge_support": 0.0})
+    logic._check_with_femur(result, np.zeros((64, 64), np.float32), None, {}, "bone-dark", None,
+                            reject_unconfirmed=not keep)
+    assert seen["reject"] is (not keep) and result.detected is keep

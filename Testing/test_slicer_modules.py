@@ -92,6 +92,18 @@ def test_ui_parameter_names_match_connectable_fields(module):
     assert len(params) == len(set(params)), "a parameter is bound to two widgets"
 
 
+def test_confirmation_defaults_match_the_pipeline():
+    """The DeepMorph module's femur minimum confidence starts at pipeline.FEMUR_MIN_QUALITY, the head rule on."""
+    from DeepMorphLib.pipeline import FEMUR_MIN_QUALITY
+
+    _, tree = module_tree("DeepMorph")
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DeepMorphParameterNode")
+    defaults = {i.target.id: ast.literal_eval(i.value) for i in cls.body
+                if isinstance(i, ast.AnnAssign) and isinstance(i.target, ast.Name) and i.target.id in
+                ("femurMinQuality", "keepUnconfirmedHead")}
+    assert defaults == {"femurMinQuality": FEMUR_MIN_QUALITY, "keepUnconfirmedHead": False}
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_ui_custom_widgets_declared_and_scene_connected(module):
     root, widgets = ui_widgets(module)

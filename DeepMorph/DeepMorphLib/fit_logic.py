@@ -227,7 +227,8 @@ def _score(result: FitResult) -> float:
 
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
-              edge_snap: bool = True, head_anchor=None, region=None, side: str | None = None) -> FitResult:
+              edge_snap: bool = True, head_anchor=None, region=None, side: str | None = None,
+              femur_min_quality: float | None = None, keep_unconfirmed_head: bool = False) -> FitResult:
     """Network confidence map + morphing fit on one X-ray (H, W).
 
     ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
@@ -240,6 +241,9 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     second opinion of a weak femur fit (``pipeline.fit_femur_confidence``); None = off.
     ``side``: "left" / "right" when the femur's side is known, None or "auto" = either (``pipeline.fit_image``:
     the fits then only try that side's shape).
+    ``femur_min_quality``: a femur fit with a lower mean confidence at its points is "not detected", contour kept for
+    review (None = ``pipeline.FEMUR_MIN_QUALITY``, 0 = off); ``keep_unconfirmed_head``: report the head network's
+    circle that neither its edge nor a confident femur fit confirms, instead of "not detected" (as ``deepmorph fit``).
     """
     from .pipeline import check_side
 
@@ -278,14 +282,14 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         results.append(result)
     best = max(results, key=_score)
     if task == "femur":
-        _confirm_femur(best, head_dome=_head_dome(pdm), image_shape=image.shape)
+        _confirm_femur(best, femur_min_quality, head_dome=_head_dome(pdm), image_shape=image.shape)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
             _snap_from_femur(best, image, side)
     if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
         best = _head_from_femur(image, model, metadata, polarity, best, side)
     if task == "head" and real_network:
-        _check_with_femur(best, image, model, metadata, polarity, side)
+        _check_with_femur(best, image, model, metadata, polarity, side, reject_unconfirmed=not keep_unconfirmed_head)
     best.image_shape, best.pixel_mm, best.model, best.side = image.shape, pixel_mm, model_name, side
     return best
 
@@ -347,6 +351,8 @@ def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dom
     from .pipeline import FEMUR_MIN_QUALITY, implausible_size_reason, unconfirmed_femur_reason
 
     limit = FEMUR_MIN_QUALITY if min_quality is None else min_quality
+    if limit < 0:
+        raise ValueError(f"The femur's minimum confidence must be >= 0 (0 = off), got {limit}.")
     q = result.quality.get("quality")
     if not result.detected:
         return
@@ -358,10 +364,11 @@ def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dom
             result.detected, result.reason = False, reason
 
 
-def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None) -> None:
+def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None,
+                      reject_unconfirmed: bool = True) -> None:
     """The pipeline's femur check (``pipeline._check_with_femur_fit``): a head circle that its own edge does not
     clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
-    the head elsewhere."""
+    the head elsewhere; ``reject_unconfirmed``: the head network's circle that nothing confirms is "not detected"."""
     from . import pipeline
 
     q = result.quality
@@ -377,7 +384,7 @@ def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, 
         probe.circle.update(snapped=snapped, **({"source": "femur-helpers"} if from_femur else {}))
     try:
         pipeline._check_with_femur_fit(probe, image, polarity, "auto", 0.5, side,
-                                       pipeline.NetworkPredictor(model, metadata))
+                                       pipeline.NetworkPredictor(model, metadata), reject_unconfirmed=reject_unconfirmed)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
     if result.detected and not probe.detected:  # the head network's circle, confirmed by nothing
@@ -409,10 +416,12 @@ def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult
 # --------------------------------------------------------------------------------------------
 def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = "auto", nodes: dict | None = None,
                   predict=None, pdm=None, editable: bool = True, refine_model=None,
-                  side: str | None = None) -> tuple[FitResult, dict]:
+                  side: str | None = None, femur_min_quality: float | None = None,
+                  keep_unconfirmed_head: bool = False) -> tuple[FitResult, dict]:
     """Fit the X-ray volume node and show the result in the scene; returns (result, nodes).
 
-    ``side``: the femur's side when known ("left" / "right"; None or "auto" = either), see ``fit_image``.
+    ``side``: the femur's side when known ("left" / "right"; None or "auto" = either); ``femur_min_quality`` and
+    ``keep_unconfirmed_head``: the confirmation rules; see ``fit_image``.
 
     ``refine_model``: head refinement network (``pipeline.load_refiner``: None = the shipped one when present,
     "none" = off); not used with a stand-in ``predict``."""
@@ -442,7 +451,8 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
             region = NetworkPredictor(*load_task_model("femur", default_region_model_path()))
     result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
                        pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor,
-                       region=region, side=side)
+                       region=region, side=side, femur_min_quality=femur_min_quality,
+                       keep_unconfirmed_head=keep_unconfirmed_head)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 
