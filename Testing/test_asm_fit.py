@@ -237,6 +237,39 @@ def test_a_fit_shrunk_onto_the_ridge_is_refused_by_its_head_size(pdm):
     assert pipeline.implausible_size_reason(truth, _dome(), (448, 448)) == ""
 
 
+def test_outline_coverage_of_the_true_and_a_shrunk_contour(pdm):
+    from DeepMorphLib.asm_fit import outline_coverage
+    from DeepMorphLib.circle_fit import foreground_pixels
+
+    truth, _, t = known_shape(pdm, seed=5)
+    xy, _ = foreground_pixels(render_confidence(truth, (448, 448), sigma_px=1.5), 0.5)
+    shrunk = pdm.instance(None, Similarity(0.2 * t.scale, t.rotation, t.translation))
+    assert outline_coverage(xy, truth) == pytest.approx(1.0)
+    assert outline_coverage(xy, shrunk) < 0.2
+    assert outline_coverage(np.zeros((0, 2)), truth) == 0.0
+
+
+def test_coverage_decides_between_a_shrunk_fit_and_the_whole_femur(pdm):
+    """A faint map (peak 0.65, so the fit asks for second opinions) and a start at a fifth of the size: the shrunk
+    fit on one ridge piece and the head-anchored whole femur have the same mean confidence (~0.62), and by that
+    alone the shrunk one is kept (head radius < 5 px); counting the outline pixels each covers
+    (``coverage_weight``) keeps the whole femur."""
+    from DeepMorphLib.asm_fit import COVERAGE_WEIGHT, head_dome_radius
+    from DeepMorphLib.circle_fit import fit_circle_points
+
+    truth, _, _ = known_shape(pdm, seed=5)
+    conf = 0.65 * render_confidence(truth, (448, 448), sigma_px=1.5)
+    head = fit_circle_points(truth[_dome()[0]: _dome()[1] + 1])
+    kw = dict(init=Similarity.from_params(0.2, 15.0, (224.0, 230.0)), head_dome=_dome(),
+              head_circle=(head.cx, head.cy, head.r))
+    alone = fit_pdm_to_confidence(conf, pdm, coverage_weight=0.0, **kw)
+    assert head_dome_radius(alone.points, _dome()) < 5.0
+    fit = fit_pdm_to_confidence(conf, pdm, **kw)  # default: COVERAGE_WEIGHT
+    assert COVERAGE_WEIGHT > 0 and fit.info["start_used"].startswith("head-anchor")
+    assert head_dome_radius(fit.points, _dome()) == pytest.approx(head.r, abs=1.0)
+    assert np.mean(point_to_curve_distance(fit.points, truth)) < 0.4
+
+
 def _ridge_4px_out(pdm):
     """A placed PDM instance, its normals, an outline 4 px out along them and that outline's confidence map."""
     points, _, _ = known_shape(pdm, seed=3)

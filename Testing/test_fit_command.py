@@ -149,19 +149,20 @@ def test_the_upright_prior_option_reaches_the_femur_fit(monkeypatch, tmp_path, c
     assert "--upright-max-deg" in capsys.readouterr().err
 
 
-def test_the_polish_option_reaches_the_femur_fit(monkeypatch, tmp_path, capsys):
-    """``--polish-px PX`` ends in ``fit_options`` (absent: pipeline.FINAL_POLISH_PX); a negative,
-    nan or non-numeric reach is refused by name."""
+@pytest.mark.parametrize("option, key", [("--polish-px", "final_polish_px"), ("--coverage-weight", "coverage_weight")])
+def test_the_polish_and_coverage_options_reach_the_femur_fit(monkeypatch, tmp_path, capsys, option, key):
+    """``--polish-px PX`` / ``--coverage-weight W`` end in ``fit_options`` (absent: pipeline.FINAL_POLISH_PX /
+    asm_fit.COVERAGE_WEIGHT); a negative, nan or non-numeric value is refused by name."""
     seen = _capture_fit_options(monkeypatch, tmp_path)
     args = ["fit", "--task", "femur", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
-    main(args + ["--polish-px", "0"])
-    assert seen[-1]["fit_options"]["final_polish_px"] == 0.0
+    main(args + [option, "0"])
+    assert seen[-1]["fit_options"][key] == 0.0
     main(args)
-    assert "final_polish_px" not in seen[-1]["fit_options"]
+    assert key not in seen[-1]["fit_options"]
     for bad in ("-1", "nan", "far"):
         with pytest.raises(SystemExit):
-            main(args + ["--polish-px", bad])
-        assert "--polish-px" in capsys.readouterr().err
+            main(args + [option, bad])
+        assert option in capsys.readouterr().err
 
 
 def test_the_side_and_femur_check_options_reach_the_fit(monkeypatch, tmp_path, capsys):

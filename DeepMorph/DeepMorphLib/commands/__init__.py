@@ -40,6 +40,9 @@ def add_femur_fit_arguments(parser) -> None:
                         help="femur: finally move each point of the kept fit along its normal onto the confident outline "
                              "ridge within PX px (default 5; 0 = the shape model's points; fits are compared after a "
                              "3 px polish)")
+    parser.add_argument("--coverage-weight", type=_non_negative, default=None, metavar="W",
+                        help="femur: when the second opinions are compared, each fit's mean confidence gets W x the "
+                             "fraction of the outline pixels within 3 px of it (default 0.25; 0 = mean confidence alone)")
     parser.add_argument("--femur-min-quality", type=_non_negative, default=None, metavar="Q",
                         help="femur: a fit whose mean confidence at its points is below Q is reported not detected "
                              "(its contour kept for review, drawn dashed orange; default 0.4; 0 = report every fit)")
@@ -62,9 +65,9 @@ def _non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of px, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number of px >= 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
 
 
@@ -73,4 +76,6 @@ def femur_fit_options(args) -> dict:
     options = {"second_opinion_below": args.second_opinion_below, "upright_max_deg": args.upright_max_deg}
     if getattr(args, "polish_px", None) is not None:
         options["final_polish_px"] = args.polish_px
+    if getattr(args, "coverage_weight", None) is not None:
+        options["coverage_weight"] = args.coverage_weight
     return options
