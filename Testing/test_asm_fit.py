@@ -237,16 +237,33 @@ def test_a_fit_shrunk_onto_the_ridge_is_refused_by_its_head_size(pdm):
     assert pipeline.implausible_size_reason(truth, _dome(), (448, 448)) == ""
 
 
-def test_outline_coverage_of_the_true_and_a_shrunk_contour(pdm):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_outline_coverage_of_the_true_and_a_shrunk_contour(pdm, backend):
     from DeepMorphLib.asm_fit import outline_coverage
     from DeepMorphLib.circle_fit import foreground_pixels
 
     truth, _, t = known_shape(pdm, seed=5)
     xy, _ = foreground_pixels(render_confidence(truth, (448, 448), sigma_px=1.5), 0.5)
     shrunk = pdm.instance(None, Similarity(0.2 * t.scale, t.rotation, t.translation))
-    assert outline_coverage(xy, truth) == pytest.approx(1.0)
-    assert outline_coverage(xy, shrunk) < 0.2
-    assert outline_coverage(np.zeros((0, 2)), truth) == 0.0
+    assert outline_coverage(xy, truth, backend=backend) == pytest.approx(1.0)
+    assert outline_coverage(xy, shrunk, backend=backend) < 0.2
+    assert outline_coverage(np.zeros((0, 2)), truth, backend=backend) == 0.0
+    # a unit square's edges: of the points (0.5, y), y = -3..4, those within 1 px of the (closed) square
+    square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    column = np.column_stack([np.full(8, 0.5), np.arange(-3.0, 5.0)])
+    assert outline_coverage(column, square, closed=True, within_px=1.0, backend=backend) == pytest.approx(4 / 8)
+
+
+def test_outline_coverage_backends_agree():
+    from DeepMorphLib.asm_fit import outline_coverage
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        xy = rng.uniform(0, 100, (300, 2))
+        contour = np.cumsum(rng.normal(0, 5, (60, 2)), axis=0) + 50
+        for closed in (False, True):
+            assert outline_coverage(xy, contour, closed, backend="numba") == \
+                outline_coverage(xy, contour, closed, backend="numpy")
 
 
 def test_coverage_decides_between_a_shrunk_fit_and_the_whole_femur(pdm):

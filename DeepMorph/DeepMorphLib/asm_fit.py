@@ -249,6 +249,21 @@ if _HAVE_NUMBA:
         return top * (1.0 - fy) + bottom * fy
 
     @numba.njit(cache=True)
+    def _covered_numba(xy, a, b, r2):  # pragma: no cover - compiled; pixels within sqrt(r2) px of any segment a->b
+        count = 0
+        for i in range(xy.shape[0]):
+            for k in range(a.shape[0]):
+                ux, uy = b[k, 0] - a[k, 0], b[k, 1] - a[k, 1]
+                qx, qy = xy[i, 0] - a[k, 0], xy[i, 1] - a[k, 1]
+                t = (qx * ux + qy * uy) / max(ux * ux + uy * uy, 1e-12)
+                t = min(max(t, 0.0), 1.0)
+                dx, dy = qx - t * ux, qy - t * uy
+                if dx * dx + dy * dy <= r2:
+                    count += 1
+                    break
+        return count
+
+    @numba.njit(cache=True)
     def _sample_numba(conf, xy, out):  # pragma: no cover - compiled
         for i in range(xy.shape[0]):
             out[i] = _bilinear(conf, xy[i, 0], xy[i, 1])
@@ -385,14 +400,22 @@ def head_anchored_starts(pdm: PointDistributionModel, head_dome, circle, angles_
     return starts
 
 
-def outline_coverage(xy: np.ndarray, points: np.ndarray, closed: bool = False, within_px: float = COVERAGE_PX) -> float:
+def outline_coverage(xy: np.ndarray, points: np.ndarray, closed: bool = False, within_px: float = COVERAGE_PX,
+                     backend: str = "auto") -> float:
     """Fraction of the outline pixels ``xy`` (N, 2) px within ``within_px`` of the contour ``points`` (a polyline,
-    closed or not); 0 for no pixels."""
+    closed or not); 0 for no pixels. ``backend``: "numba" (compiled, stops at the first segment near enough),
+    "numpy" (``scoring.segment_distances``) or "auto"."""
     from .scoring import polygon_segments, segment_distances
 
     if len(xy) == 0:
         return 0.0
-    return float(np.mean(segment_distances(xy, *polygon_segments(points, closed=closed)) <= within_px))
+    starts, ends = polygon_segments(points, closed=closed)
+    if backend == "numba" or (backend == "auto" and _HAVE_NUMBA):
+        xy = np.ascontiguousarray(xy, dtype=np.float64)
+        count = _covered_numba(xy, np.ascontiguousarray(starts, np.float64), np.ascontiguousarray(ends, np.float64),
+                               float(within_px) ** 2)
+        return count / len(xy)
+    return float(np.mean(segment_distances(xy, starts, ends) <= within_px))
 
 
 def _second_opinions(conf, pdm, best, xy, cpd_transform, head_circle, head_dome, opts, anchor, threshold, info,
