@@ -348,20 +348,12 @@ def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dom
     """``pipeline.confirm_femur`` for this module's results: a fit with a mean confidence at its points below
     ``pipeline.FEMUR_MIN_QUALITY``, or (with ``head_dome`` and ``image_shape``) an implausibly sized head, is "not
     detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
-    from .pipeline import FEMUR_MIN_QUALITY, implausible_size_reason, unconfirmed_femur_reason
+    from .pipeline import FEMUR_MIN_QUALITY, femur_confirmation_reason
 
     limit = FEMUR_MIN_QUALITY if min_quality is None else min_quality
-    if limit < 0:
-        raise ValueError(f"The femur's minimum confidence must be >= 0 (0 = off), got {limit}.")
-    q = result.quality.get("quality")
-    if not result.detected:
-        return
-    if q is not None and q < limit:
-        result.detected, result.reason = False, unconfirmed_femur_reason(q, limit)
-    elif head_dome is not None and image_shape is not None and result.contour is not None:
-        reason = implausible_size_reason(result.contour, head_dome, image_shape)
-        if reason:
-            result.detected, result.reason = False, reason
+    reason = femur_confirmation_reason(result.quality.get("quality"), result.contour, limit, head_dome, image_shape)
+    if result.detected and reason:
+        result.detected, result.reason = False, reason
 
 
 def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None,

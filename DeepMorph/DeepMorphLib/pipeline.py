@@ -645,17 +645,23 @@ def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, hea
     with ``head_dome`` (the PDM's head-dome point indices), whose head is implausibly sized for the image
     (``implausible_size_reason``), becomes "not detected" (reason given); its contour, landmarks and point confidences
     stay in ``result`` for review (overlays draw it dashed orange, the Slicer module as an "unconfirmed" contour)."""
+    reason = femur_confirmation_reason(result.quality, result.contour, min_quality, head_dome, result.image_shape)
+    if result.detected and reason:
+        result.detected, result.reason = False, reason
+
+
+def femur_confirmation_reason(quality, contour, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None,
+                              image_shape=None) -> str:
+    """Why a femur fit (mean confidence ``quality`` at its points, ``contour`` (N, 2) px) is not confirmed
+    (``unconfirmed_femur_reason``, then, with ``head_dome`` and ``image_shape``, ``implausible_size_reason``); ""
+    when it is. Raises for ``min_quality`` < 0."""
     if min_quality < 0:
         raise ValueError(f"femur_min_quality must be >= 0, got {min_quality}.")
-    if not result.detected:
-        return
-    if result.quality is not None and result.quality < min_quality:
-        result.detected = False
-        result.reason = unconfirmed_femur_reason(result.quality, min_quality)
-    elif head_dome is not None and result.contour is not None:
-        reason = implausible_size_reason(result.contour, head_dome, result.image_shape)
-        if reason:
-            result.detected, result.reason = False, reason
+    if quality is not None and quality < min_quality:
+        return unconfirmed_femur_reason(quality, min_quality)
+    if head_dome is not None and contour is not None and image_shape is not None:
+        return implausible_size_reason(contour, head_dome, image_shape)
+    return ""
 
 
 def fit_score(result: FitResult) -> float:
