@@ -45,16 +45,32 @@ def predict_ring_if_bone_dark(image):
     return ring(*CIRCLE) if inside < image.mean() else np.zeros_like(image, dtype=np.float32)
 
 
-def test_head_fit_picks_the_polarity_that_detects():
+def test_auto_polarity_is_detected_and_weak_evidence_lets_the_fits_decide(monkeypatch):
+    """"auto" as in ``deepmorph fit``: the detector's polarity alone when its score is clear; both polarities, the
+    better fit kept, when it is weak (below pipeline.AUTO_FIT_BELOW)."""
+    from DeepMorphLib import polarity
+
     dark = xray_image()
-    result = logic.fit_image(dark, "head", polarity="auto", predict=predict_ring_if_bone_dark)
-    assert result.detected and result.polarity == "bone-dark"
-    assert np.allclose(result.circle, CIRCLE, atol=0.75)
     bright = 255 - dark  # a radiograph: bone bright
-    result = logic.fit_image(bright, "head", polarity="auto", predict=predict_ring_if_bone_dark)
-    assert result.detected and result.polarity == "bone-bright"
-    forced = logic.fit_image(bright, "head", polarity="bone-dark", predict=predict_ring_if_bone_dark)
+    calls = []
+
+    def predict(image):
+        calls.append(1)
+        return predict_ring_if_bone_dark(image)
+
+    monkeypatch.setattr(polarity, "detect_polarity", lambda image: ("bone-dark", -0.004))  # weak, and wrong
+    result = logic.fit_image(bright, "head", polarity="auto", predict=predict)
+    assert result.detected and result.polarity == "bone-bright" and len(calls) == 2
+    assert result.polarity_score == -0.004 and result.to_dict()["polarity_score"] == -0.004
+    assert np.allclose(result.circle, CIRCLE, atol=0.75)
+    calls.clear()
+    monkeypatch.setattr(polarity, "detect_polarity", lambda image: ("bone-bright", 0.4))  # clear: fitted once
+    result = logic.fit_image(bright, "head", polarity="auto", predict=predict)
+    assert result.detected and result.polarity == "bone-bright" and len(calls) == 1
+    calls.clear()
+    forced = logic.fit_image(bright, "head", polarity="bone-dark", predict=predict)
     assert not forced.detected and "NOT DETECTED" in forced.summary() and "foreground pixels" in forced.summary()
+    assert forced.polarity_score is None and len(calls) == 1
 
 
 def test_fit_xray_node_shows_overlay_circle_and_hides_it_when_not_detected(app):

@@ -222,7 +222,8 @@ def test_deepmorph_logic_fit_export_and_edit(modules, monkeypatch, tmp_path):
     dm = modules["DeepMorph"]
     logic = dm.DeepMorphLogic()
     p = logic.getParameterNode()
-    p.inputVolume = g.image_to_node(np.zeros((40, 60), np.uint8), slicer.mrmlScene, "X-ray 1")
+    ramp = np.tile(np.arange(60, dtype=np.uint8) * 4, (40, 1))  # some contrast: "auto" detects the polarity
+    p.inputVolume = g.image_to_node(ramp, slicer.mrmlScene, "X-ray 1")
     p.exportDirectory = tmp_path
     result, nodes = logic.process(p, predict=ring)
     assert result.detected and "Detected" in p.resultText and "radius 10.0 px" in p.resultText

@@ -43,6 +43,7 @@ class FitResult:
     landmarks: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> contour index
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
     polarity: str = "bone-dark"  # polarity the image was fitted with
+    polarity_score: float | None = None  # "auto": polarity.detect_polarity's score (> 0 bone-bright); None if given
     side: str | None = None  # femur side the fits assumed ("left" / "right"); None = either
     image_shape: tuple[int, int] = (0, 0)
     pixel_mm: float | None = None
@@ -57,7 +58,7 @@ class FitResult:
     def to_dict(self) -> dict:
         d = {
             "task": self.task, "detected": bool(self.detected), "reason": self.reason, "polarity": self.polarity,
-            "side": self.side,
+            "polarity_score": self.polarity_score, "side": self.side,
             "image_size_px": [int(self.image_shape[1]), int(self.image_shape[0])], "pixel_mm": self.pixel_mm,
             "model": self.model, "quality": {k: float(v) for k, v in self.quality.items()},
             "frame": "image pixels: u = column, v = row, pixel centres at integers",
@@ -231,7 +232,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
               femur_min_quality: float | None = None, keep_unconfirmed_head: bool = False) -> FitResult:
     """Network confidence map + morphing fit on one X-ray (H, W).
 
-    ``polarity`` "auto" fits both polarities and keeps the better fit. ``predict(image) -> conf``
+    ``polarity`` "auto": detected as by ``deepmorph fit`` (``polarity.detect_polarity``; when its evidence is weak,
+    below ``pipeline.AUTO_FIT_BELOW``, both polarities are fitted and the better fit is kept). ``predict(image) -> conf``
     replaces the network (tests); otherwise ``inference.predict_confidence(model, metadata, image)``.
     ``refiner``: head refinement (ROI) predictor (``pipeline.load_refiner``) applied to each head circle found.
     ``edge_snap``: move each head circle onto the head's edge in the image when it is clear (``edge_snap``).
@@ -261,8 +263,16 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
 
     if task == "femur" and pdm is None:
         pdm = load_shape_model()
+    candidates, score = (polarity,), None
+    if polarity == "auto":
+        from .pipeline import AUTO_FIT_BELOW
+        from .polarity import detect_polarity
+
+        used, score = detect_polarity(image)
+        other = "bone-bright" if used == "bone-dark" else "bone-dark"
+        candidates = (used,) if abs(score) >= AUTO_FIT_BELOW[task] else (used, other)
     results = []
-    for pol in (("bone-dark", "bone-bright") if polarity == "auto" else (polarity,)):
+    for pol in candidates:
         conf = np.asarray(predict(with_polarity(image, pol)), dtype=np.float32)
         if conf.shape != image.shape:
             raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image.shape}.")
@@ -278,9 +288,9 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
             result = _fit_femur(conf, pdm, target, circle, region_conf, side)
         if task == "head" and result.detected and refiner is not None:
             _refine(result, image, pol, refiner)
-        result.polarity, result.confidence = pol, conf
+        result.polarity, result.polarity_score, result.confidence = pol, score, conf
         results.append(result)
-    best = max(results, key=_score)
+    best = max(results, key=_score)  # first wins ties: the detector's choice
     if task == "femur":
         _confirm_femur(best, femur_min_quality, head_dome=_head_dome(pdm), image_shape=image.shape)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only

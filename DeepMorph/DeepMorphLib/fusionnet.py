@@ -146,12 +146,18 @@ def fuse_for_inference(model: FusionNet) -> FusionNet:
     return fused
 
 
-def build_model(architecture: dict) -> FusionNet:
-    """Build a network from a sidecar's ``{"name": "FusionNet", "kwargs": {...}}`` (clear error otherwise)."""
-    if not isinstance(architecture, dict) or architecture.get("name") != ARCHITECTURE_NAME:
-        name = architecture.get("name") if isinstance(architecture, dict) else architecture
-        raise ValueError(f"Unknown network architecture {name!r}; this version builds only {ARCHITECTURE_NAME!r}.")
+def build_model(architecture: dict) -> nn.Module:
+    """Build a network from a sidecar's ``{"name": "FusionNet" | "PolarityNet", "kwargs": {...}}`` (clear error
+    otherwise)."""
+    from DeepMorphLib import polarity_net
+
+    name = architecture.get("name") if isinstance(architecture, dict) else architecture
+    if name not in (ARCHITECTURE_NAME, polarity_net.ARCHITECTURE_NAME):
+        raise ValueError(f"Unknown network architecture {name!r}; this version builds only {ARCHITECTURE_NAME!r} "
+                         f"and {polarity_net.ARCHITECTURE_NAME!r}.")
     kwargs = architecture.get("kwargs", {})
+    if name == polarity_net.ARCHITECTURE_NAME:
+        return polarity_net.build(kwargs)
     allowed = {"base_channels", "depth", "in_channels", "out_channels", "n_convs", "max_channels"}
     unknown = set(kwargs) - allowed
     if unknown:
@@ -159,9 +165,12 @@ def build_model(architecture: dict) -> FusionNet:
     return FusionNet(**kwargs)
 
 
-def architecture_of(model: FusionNet) -> dict:
-    """The sidecar entry that rebuilds ``model`` with :func:`build_model`."""
-    return {"name": ARCHITECTURE_NAME, "kwargs": dict(model.config)}
+def architecture_of(model: nn.Module) -> dict:
+    """The sidecar entry that rebuilds ``model`` (a FusionNet or PolarityNet) with :func:`build_model`."""
+    from DeepMorphLib import polarity_net
+
+    name = polarity_net.ARCHITECTURE_NAME if isinstance(model, polarity_net.PolarityNet) else ARCHITECTURE_NAME
+    return {"name": name, "kwargs": dict(model.config)}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ from DeepMorphLib.inference import DEFAULT_NORMALIZATION, check_normalization
 
 FORMAT = "deepmorph-model"
 FORMAT_VERSION = 1
-TASKS = ("head", "femur")
+TASKS = ("head", "femur", "polarity")  # polarity: the image classifier of polarity_net.py
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".zip"}
 
 

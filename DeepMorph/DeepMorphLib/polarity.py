@@ -16,13 +16,18 @@ Scales: sigma 1.5 and 2 px on the image (block-averaged to <= 512 px) and on its
 
 Checked (see the evalreal report): the 38 bone-bright dev radiographs (all right, |score| >= 0.14) and
 their inverted copies, also after gamma, exp/log display, JPEG, unsharp masking, histogram equalisation,
-noise, blur, resampling and collimation; simulator DRRs of both polarities; 192 realistic dataset samples
-(both polarities, half with implants): all images without implants right, 4 of ~100 with implants wrong.
+noise, blur, resampling and collimation; simulator DRRs of both polarities. With implants and tools in view the
+ridges have little to vote with (simulated tuning images with an implant in every one: 7 of 200 wrong), so a
+second, independent cue is added: the polarity classifier (``polarity_net``, shipped as ``polarity.safetensors``),
+which sees metal (the most attenuating thing in view) and air (the least) at once. ``detect_polarity`` adds the
+two log-odds (``polarity_evidence``); without the classifier file the ridges decide alone.
 A small |score| (< ``CONFIDENT_SCORE``) means little evidence, though its sign is still usually right;
 ``pipeline.fit_image`` lets the network decide below a per-task threshold (``pipeline.AUTO_FIT_BELOW``: fits both
 polarities, keeps the better fit).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -274,12 +279,51 @@ def _ridge_sign(s: np.ndarray, inner: np.ndarray, sigma: float) -> float | None:
     return score / total
 
 
-def detect_polarity(image) -> tuple[str, float]:
+NET_LOGIT_PER_SCORE = 25.0  # log-odds of one unit of ridge score: CONFIDENT_SCORE (0.12) counts as a classifier 95 % sure
+SHIPPED_CLASSIFIER = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "polarity.safetensors"
+_CLASSIFIERS: dict = {}
+
+
+def load_classifier(classifier="default"):
+    """The polarity classifier to use: "default" = the shipped ``polarity.safetensors`` (None when it is not
+    installed), a path (``polarity_net.PolarityClassifier``, loaded once per file), an object with ``logit(image)``,
+    or None / False = ridges alone."""
+    if classifier is None or classifier is False:
+        return None
+    if classifier == "default":
+        if not SHIPPED_CLASSIFIER.is_file():
+            return None
+        classifier = SHIPPED_CLASSIFIER
+    if hasattr(classifier, "logit"):
+        return classifier
+    key = str(Path(classifier).resolve())
+    if key not in _CLASSIFIERS:
+        from DeepMorphLib.polarity_net import PolarityClassifier
+
+        _CLASSIFIERS[key] = PolarityClassifier.load(classifier)
+    return _CLASSIFIERS[key]
+
+
+def polarity_evidence(image, classifier="default") -> dict:
+    """Both cues and their sum: {"ridge_score": ``ridge_polarity_score``, "net_logit": the classifier's logit
+    of bone-bright (None without one), "score": tanh((net_logit + NET_LOGIT_PER_SCORE * ridge_score) /
+    NET_LOGIT_PER_SCORE)}. The two are independent reads of the image (thin bone ridges; metal, air and the whole
+    picture), so their log-odds add; ``score`` is that sum on the ridge score's scale (> 0 bone-bright, about the
+    ridge score itself when the classifier is unsure or absent)."""
+    ridge = ridge_polarity_score(image)
+    net = load_classifier(classifier)
+    logit = None if net is None else float(net.logit(_as_float_image(image)))
+    total = NET_LOGIT_PER_SCORE * ridge + (logit or 0.0)
+    return {"ridge_score": ridge, "net_logit": logit, "score": float(np.tanh(total / NET_LOGIT_PER_SCORE))}
+
+
+def detect_polarity(image, classifier="default") -> tuple[str, float]:
     """Polarity of a grey X-ray (any range/dtype, (H, W)): ("bone-dark" | "bone-bright", score).
 
-    ``score`` is the signed ridge score in [-1, 1] (> 0 bone-bright, < 0 bone-dark); |score| below
-    ``CONFIDENT_SCORE`` means weak evidence (the sign is still the best guess). About 0.1 s for 448 x 448."""
-    score = ridge_polarity_score(image)
+    ``score`` in [-1, 1] (> 0 bone-bright, < 0 bone-dark) combines the ridge score and the polarity classifier
+    (``polarity_evidence``; ``classifier`` as in ``load_classifier``); |score| below ``CONFIDENT_SCORE`` means
+    weak evidence (the sign is still the best guess). About 0.1 s for 448 x 448."""
+    score = polarity_evidence(image, classifier)["score"]
     return ("bone-bright" if score > 0 else "bone-dark"), score
 
 

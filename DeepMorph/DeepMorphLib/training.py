@@ -36,7 +36,7 @@ from DeepMorphLib.roi import crop_rois
 from DeepMorphLib.inference import (DEFAULT_NORMALIZATION, letterbox_shape, normalize_images, resize_image,
                                     resolve_device, torch_threads)
 
-TASKS = ("head", "femur")
+TASKS = ("head", "femur", "polarity")  # polarity: the image classifier of polarity_net.py
 ROIS = ("", "head")
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -101,6 +101,8 @@ class TrainConfig:
         check_target(self.target)
         if self.roi not in ROIS:
             raise ValueError(f"--roi must be one of {ROIS} ('' = whole images), got {self.roi!r}.")
+        if self.task == "polarity" and (self.crop != self.size or self.roi):
+            raise ValueError("--task polarity classifies whole images: use --crop equal to --size and no --roi.")
         if self.roi and self.task != "head":
             raise ValueError("--roi head trains a head refinement network: use it with --task head.")
         if self.roi and not (self.roi_scale > 0 and self.roi_jitter >= 0 and self.roi_size_jitter >= 1
@@ -242,6 +244,26 @@ def load_dataset(dirs: list, task: str, size: int, max_samples: int = 0, progres
     return torch.from_numpy(images), torch.from_numpy(masks), infos
 
 
+def load_polarity_dataset(dirs: list, size: int, max_samples: int = 0, progress: bool = True):
+    """Images and polarity labels for the polarity classifier: (images uint8 (N, S, S) letterboxed as in
+    ``load_dataset``, labels float32 (N,) 1 = bone-bright / 0 = bone-dark from each sample's ``polarity``, infos)."""
+    from DeepMorphLib.polarity_net import POLARITY_LABELS
+
+    labels = []
+    for d in dirs:
+        for _, json_path in list_samples(d, "head", "region"):
+            try:
+                polarity = json.loads(json_path.read_text(encoding="utf-8")).get("polarity")
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"Cannot read {json_path} ({exc}); the dataset is damaged, regenerate that sample.") from None
+            if polarity not in POLARITY_LABELS:
+                raise ValueError(f"{json_path} has no 'polarity' (bone-dark | bone-bright), got {polarity!r}; "
+                                 "regenerate the dataset with this version of 'deepmorph dataset'.")
+            labels.append(POLARITY_LABELS[polarity])
+    images, _, infos = load_dataset(dirs, "head", size, max_samples, progress, "region")
+    return images, torch.tensor(labels[:len(images)], dtype=torch.float32), infos
+
+
 def load_head_circles(dirs: list, size: int, max_samples: int = 0) -> torch.Tensor:
     """(N, 3) float32 ground-truth head circles (cx, cy, r) px in the cached images of ``load_dataset(dirs,
     "head", size, max_samples)`` (same order; letterboxed to ``size``), NaN where the head is not in view."""
@@ -296,6 +318,18 @@ def make_batch(images, masks, idx, cfg: TrainConfig, aug: AugmentConfig, g: torc
     x = images[idx_t].to(device, torch.float32)[:, None] / 255.0
     y = masks[idx_t].to(device, torch.float32)[:, None] / 255.0
     x, y = augment_batch(x, y, g, aug, out_size=cfg.crop)
+    return normalize_images(x, DEFAULT_NORMALIZATION), y
+
+
+def make_polarity_batch(images, labels, idx, cfg: TrainConfig, aug: AugmentConfig, g: torch.Generator, device):
+    """uint8 cache rows -> augmented, normalised (B, 1, S, S) inputs and their labels (B,), half of them inverted
+    with the label flipped (``polarity_net.invert_with_labels``)."""
+    from DeepMorphLib.polarity_net import invert_with_labels
+
+    idx_t = torch.as_tensor(idx, dtype=torch.long, device=images.device)
+    x = images[idx_t].to(device, torch.float32)[:, None] / 255.0
+    x, _ = augment_batch(x, torch.zeros_like(x), g, aug, out_size=cfg.crop)
+    x, y = invert_with_labels(x, labels[idx_t.cpu()].to(device), g)
     return normalize_images(x, DEFAULT_NORMALIZATION), y
 
 
@@ -361,6 +395,28 @@ def evaluate(model, images, masks, idx, cfg: TrainConfig, device, batch: int = 1
     return {"val_loss": loss_sum / len(idx), "val_dice": 2 * inter / total if total else 1.0}
 
 
+@torch.no_grad()
+def evaluate_polarity(model, images, labels, idx, device, batch: int = 32) -> dict:
+    """Validation of the polarity classifier on the images as rendered and inverted (labels flipped): mean BCE
+    and accuracy over both."""
+    if len(idx) == 0:
+        return {}
+    model.eval()
+    loss_sum, right, n = 0.0, 0, 0
+    for i in range(0, len(idx), batch):
+        j = torch.as_tensor(idx[i:i + batch], dtype=torch.long)
+        x = images[j.to(images.device)].to(device, torch.float32)[:, None] / 255.0
+        y = labels[j].to(device)
+        lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        for xx, yy in ((x, y), (lo + hi - x, 1.0 - y)):
+            logits = model(normalize_images(xx, DEFAULT_NORMALIZATION))
+            loss_sum += float(F.binary_cross_entropy_with_logits(logits, yy, reduction="sum"))
+            right += int(((logits > 0).float() == yy).sum())
+            n += len(j)
+    model.train()
+    return {"val_loss": loss_sum / n, "val_accuracy": right / n}
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
     """Model + Adam state + progress in one safetensors file (atomic: a kill leaves the old or the new)."""
@@ -417,9 +473,14 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr * (0.1 if epoch >= milestone and cfg.lr_decay_at < 1 else 1.0)
 
 
-def build_network(cfg: TrainConfig) -> FusionNet:
+def build_network(cfg: TrainConfig) -> torch.nn.Module:
+    """FusionNet of ``base_channels`` and ``depth``; for the polarity task a PolarityNet (``depth`` = its levels)."""
+    from DeepMorphLib.polarity_net import PolarityNet
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
+        if cfg.task == "polarity":
+            return PolarityNet(base_channels=cfg.base_channels, levels=cfg.depth)
         return FusionNet(base_channels=cfg.base_channels, depth=cfg.depth)
 
 
@@ -460,7 +521,10 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     device = resolve_device(cfg.device)
     t_start = time.monotonic()
     source_size = cfg.roi_source if cfg.roi else cfg.size
-    images, masks, infos = load_dataset(cfg.data, cfg.task, source_size, cfg.max_samples, progress, cfg.target)
+    if cfg.task == "polarity":
+        images, masks, infos = load_polarity_dataset(cfg.data, cfg.size, cfg.max_samples, progress)  # masks: labels
+    else:
+        images, masks, infos = load_dataset(cfg.data, cfg.task, source_size, cfg.max_samples, progress, cfg.target)
     heads = None
     if cfg.roi:  # refinement network: only samples with the head in view
         heads = load_head_circles(cfg.data, source_size, cfg.max_samples)
@@ -469,18 +533,34 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
             raise ValueError("--roi head needs samples with the femoral head in view; none of the data has one.")
         images, masks, heads = images[keep], masks[keep], heads[keep]
     if device.type == "cuda":  # keep the uint8 cache on the GPU; cuDNN autotuning (not bit-reproducible)
-        images, masks = images.to(device), masks.to(device)
+        images = images.to(device)
+        masks = masks if cfg.task == "polarity" else masks.to(device)
         torch.backends.cudnn.benchmark = True
     work.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
-    if cfg.roi:
+    def loss_fn(logits, y):
+        return outline_loss(logits, y, cfg.pos_weight, cfg.dice_weight)
+
+    if cfg.task == "polarity":
+        def validate(model):
+            return evaluate_polarity(model, images, masks, val_idx, device)
+
+        def batch_fn(idx, g):
+            return make_polarity_batch(images, masks, idx, cfg, aug, g, device)
+
+        def loss_fn(logits, y):  # noqa: F811 - the classifier's loss
+            return F.binary_cross_entropy_with_logits(logits, y)
+    elif cfg.roi:
         val_images, val_masks = roi_validation_set(images, masks, heads, val_idx, cfg, device)
-        val_set = (val_images, val_masks, np.arange(len(val_idx)))
+
+        def validate(model):
+            return evaluate(model, val_images, val_masks, np.arange(len(val_idx)), cfg, device)
 
         def batch_fn(idx, g):
             return make_roi_batch(images, masks, heads, idx, cfg, aug, g, device)
     else:
-        val_set = (images, masks, val_idx)
+        def validate(model):
+            return evaluate(model, images, masks, val_idx, cfg, device)
 
         def batch_fn(idx, g):
             return make_batch(images, masks, idx, cfg, aug, g, device)
@@ -503,7 +583,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         state = saved
         log(f"resuming from {ckpt_path}: epoch {state['epoch'] + 1}/{cfg.epochs}, step {state['step']}/{steps_per_epoch}")
     log(f"{cfg.task}{' ROI' if cfg.roi else ''}: {len(train_idx)} training / {len(val_idx)} validation images at {cfg.size} px "
-        f"(crops {cfg.crop}), FusionNet base {cfg.base_channels} depth {cfg.depth} "
+        f"(crops {cfg.crop}), {type(model).__name__} base {cfg.base_channels} depth {cfg.depth} "
         f"({count_parameters(model) / 1e6:.2f} M parameters) on {device}")
     model.train()
     last_ckpt = time.monotonic()
@@ -527,7 +607,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         for step in bar:
             idx = perm[step * cfg.batch:(step + 1) * cfg.batch]
             x, y = batch_fn(idx, _generator(cfg.seed, 2, epoch, step))
-            loss = outline_loss(model(x), y, cfg.pos_weight, cfg.dice_weight)
+            loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -552,7 +632,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         n_imgs = (steps_per_epoch - first_step) * cfg.batch
         record = {"epoch": epoch + 1, "lr": learning_rate(cfg, epoch),
                   "train_loss": state["loss_sum"] / max(state["loss_n"], 1),
-                  **evaluate(model, *val_set, cfg, device),
+                  **validate(model),
                   "epoch_seconds": round(seconds, 2), "train_img_per_s": round(n_imgs / max(seconds, 1e-9), 3)}
         state["history"].append(record)
         state.update(epoch=epoch + 1, step=0, loss_sum=0.0, loss_n=0)
@@ -560,7 +640,7 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         last_ckpt = time.monotonic()
         write_metrics(work, state["history"])
         log("epoch {epoch}/{n}: train_loss {train_loss:.4f}".format(n=cfg.epochs, **record)
-            + (" val_loss {val_loss:.4f} val_dice {val_dice:.3f}".format(**record) if "val_loss" in record else "")
+            + "".join(f" {k} {record[k]:.4f}" for k in ("val_loss", "val_dice", "val_accuracy") if k in record)
             + f" ({seconds:.0f} s, {record['train_img_per_s']:.1f} img/s)")
     metadata = model_metadata(cfg, infos, len(train_idx), len(val_idx), state, device)
     weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
@@ -603,25 +683,29 @@ def export_checkpoint(cfg: TrainConfig, log=print) -> str:
 def model_metadata(cfg: TrainConfig, infos, n_train, n_val, state, device) -> dict:
     """The sidecar content written next to the final weights."""
     last = state["history"][-1] if state["history"] else {}
+    if cfg.task == "polarity":
+        role = {"description": "PolarityNet image classifier (logit > 0: bone shown bright, radiograph-like; < 0: bone "
+                               "shown dark, as in fluoroscopy)",
+                "output": "one logit of bone-bright", "polarity": "any"}
+    else:
+        role = {"description": (f"FusionNet {cfg.target} segmenter for the {cfg.task}"
+                                + (f" on ROIs of {cfg.roi_scale:g} head radii around a first estimate" if cfg.roi else "")
+                                + " (sigmoid of the logits = confidence"
+                                + ((" of being inside the projected head disk)" if cfg.task == "head" else
+                                    " of being inside the projected proximal femur)") if cfg.target == "region" else ")")),
+                "target": cfg.target, "polarity": "bone-dark", "output": "logits (1 channel); confidence = sigmoid"}
     return {
         "task": cfg.task,
-        "description": (f"FusionNet {cfg.target} segmenter for the {cfg.task}"
-                        + (f" on ROIs of {cfg.roi_scale:g} head radii around a first estimate" if cfg.roi else "")
-                        + " (sigmoid of the logits = confidence"
-                        + ((" of being inside the projected head disk)" if cfg.task == "head" else
-                            " of being inside the projected proximal femur)") if cfg.target == "region" else ")")),
-        "target": cfg.target,
+        **role,
         **({"roi": {"kind": cfg.roi, "scale": cfg.roi_scale}} if cfg.roi else {}),
         "input_size": cfg.size,
         "normalization": dict(DEFAULT_NORMALIZATION),
-        "polarity": "bone-dark",
-        "output": "logits (1 channel); confidence = sigmoid",
         "training": {
             "data": infos, "n_train": n_train, "n_val": n_val, "command": cfg.command,
             "config": {k: v for k, v in asdict(cfg).items() if k not in ("command", "max_minutes", "work_dir")},
             "device": str(device), "train_seconds": round(state["train_seconds"], 1),
             "python": sys.version.split()[0], "host_cpus": os.cpu_count(),
         },
-        "metrics": {"final": {k: last[k] for k in ("train_loss", "val_loss", "val_dice") if k in last},
+        "metrics": {"final": {k: last[k] for k in ("train_loss", "val_loss", "val_dice", "val_accuracy") if k in last},
                     "history": state["history"]},
     }

@@ -9,7 +9,7 @@ import sys
 # training 4x slower than 1 thread (measured); must be set before torch is imported. Override by setting it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-HELP = "train the FusionNet outline segmenter (head|femur) on 'deepmorph dataset' folders; resumable"
+HELP = "train the FusionNet outline segmenter (head|femur) or the polarity classifier on 'deepmorph dataset' folders; resumable"
 
 EXIT_STOPPED = 3  # stopped by --max-minutes; re-running the same command continues
 
@@ -17,7 +17,9 @@ EXIT_STOPPED = 3  # stopped by --max-minutes; re-running the same command contin
 def add_arguments(p) -> None:
     from DeepMorphLib.training import TrainConfig as C
 
-    p.add_argument("--task", required=True, choices=("head", "femur"), help="which outline to learn")
+    p.add_argument("--task", required=True, choices=("head", "femur", "polarity"),
+                   help="which outline to learn, or 'polarity': the bone-dark / bone-bright image classifier "
+                        "(whole images: give --crop equal to --size)")
     p.add_argument("--data", required=True, action="append", metavar="DIR",
                    help="dataset directory (repeat for several)")
     p.add_argument("--out", required=True, metavar="MODEL",
@@ -81,8 +83,18 @@ def canonical_command(args) -> str:
     return " ".join(parts)
 
 
-def run(args) -> int:
+def augment_settings(args) -> dict:
+    """The augmentation of the run: ``--invert-prob`` for the segmenters; for the polarity classifier no
+    occlusions (a painted dark square is a metal cue of one polarity) and no plain inversion (it inverts half of
+    the images itself, flipping their labels)."""
     from DeepMorphLib.augment import AugmentConfig
+
+    if args.task == "polarity":
+        return AugmentConfig(invert_prob=0.0, occlusion_prob=0.0).to_dict()
+    return AugmentConfig(invert_prob=args.invert_prob).to_dict()
+
+
+def run(args) -> int:
     from DeepMorphLib.training import TrainConfig, export_checkpoint, train
 
     cfg = TrainConfig(
@@ -92,7 +104,7 @@ def run(args) -> int:
         seed=args.seed, init_from=args.init_from, roi=args.roi or "", roi_scale=args.roi_scale,
         roi_jitter=args.roi_jitter, roi_size_jitter=args.roi_size_jitter, roi_source=args.roi_source,
         val_fraction=args.val_fraction, max_samples=args.max_samples,
-        augment=AugmentConfig(invert_prob=args.invert_prob).to_dict(), max_minutes=args.max_minutes,
+        augment=augment_settings(args), max_minutes=args.max_minutes,
         checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, device=args.device,
         command=canonical_command(args),
     )
@@ -105,5 +117,5 @@ def run(args) -> int:
         return EXIT_STOPPED
     hist = result["history"][-1] if result["history"] else {}
     print(f"model: {result['model']}  final: " + ", ".join(f"{k} {v:.4f}" for k, v in hist.items()
-                                                           if k in ("train_loss", "val_loss", "val_dice")))
+                                                           if k in ("train_loss", "val_loss", "val_dice", "val_accuracy")))
     return 0
