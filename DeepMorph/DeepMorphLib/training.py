@@ -23,6 +23,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -538,18 +539,14 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         torch.backends.cudnn.benchmark = True
     work.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
-    def loss_fn(logits, y):
-        return outline_loss(logits, y, cfg.pos_weight, cfg.dice_weight)
-
+    loss_fn = (F.binary_cross_entropy_with_logits if cfg.task == "polarity" else
+               partial(outline_loss, pos_weight=cfg.pos_weight, dice_weight=cfg.dice_weight))
     if cfg.task == "polarity":
         def validate(model):
             return evaluate_polarity(model, images, masks, val_idx, device)
 
         def batch_fn(idx, g):
             return make_polarity_batch(images, masks, idx, cfg, aug, g, device)
-
-        def loss_fn(logits, y):  # noqa: F811 - the classifier's loss
-            return F.binary_cross_entropy_with_logits(logits, y)
     elif cfg.roi:
         val_images, val_masks = roi_validation_set(images, masks, heads, val_idx, cfg, device)
 
