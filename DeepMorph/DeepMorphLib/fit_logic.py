@@ -263,12 +263,13 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
 
     if task == "femur" and pdm is None:
         pdm = load_shape_model()
-    candidates, score = (polarity,), None
+    candidates, score, detected = (polarity,), None, None
     if polarity == "auto":
         from .pipeline import AUTO_FIT_BELOW
         from .polarity import detect_polarity
 
         used, score = detect_polarity(image)
+        detected = (used, score)  # handed on, so the femur check and fallback do not detect again
         other = "bone-bright" if used == "bone-dark" else "bone-dark"
         candidates = (used,) if abs(score) >= AUTO_FIT_BELOW[task] else (used, other)
     results = []
@@ -297,9 +298,10 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
             _snap_from_femur(best, image, side)
     if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
-        best = _head_from_femur(image, model, metadata, polarity, best, side)
+        best = _head_from_femur(image, model, metadata, polarity, best, side, detected)
     if task == "head" and real_network:
-        _check_with_femur(best, image, model, metadata, polarity, side, reject_unconfirmed=not keep_unconfirmed_head)
+        _check_with_femur(best, image, model, metadata, polarity, side, reject_unconfirmed=not keep_unconfirmed_head,
+                          detected_polarity=detected)
     best.image_shape, best.pixel_mm, best.model, best.side = image.shape, pixel_mm, model_name, side
     return best
 
@@ -367,7 +369,7 @@ def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dom
 
 
 def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None,
-                      reject_unconfirmed: bool = True) -> None:
+                      reject_unconfirmed: bool = True, detected_polarity: tuple | None = None) -> None:
     """The pipeline's femur check (``pipeline._check_with_femur_fit``): a head circle that its own edge does not
     clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
     the head elsewhere; ``reject_unconfirmed``: the head network's circle that nothing confirms is "not detected"."""
@@ -386,7 +388,8 @@ def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, 
         probe.circle.update(snapped=snapped, **({"source": "femur-helpers"} if from_femur else {}))
     try:
         pipeline._check_with_femur_fit(probe, image, polarity, "auto", 0.5, side,
-                                       pipeline.NetworkPredictor(model, metadata), reject_unconfirmed=reject_unconfirmed)
+                                       pipeline.NetworkPredictor(model, metadata), detected_polarity,
+                                       reject_unconfirmed=reject_unconfirmed)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
     if result.detected and not probe.detected:  # the head network's circle, confirmed by nothing
@@ -399,11 +402,13 @@ def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, 
                           "edge_support": float(c["edge_support"])}
 
 
-def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult, side: str | None = None) -> FitResult:
+def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult, side: str | None = None,
+                     detected_polarity: tuple | None = None) -> FitResult:
     """The pipeline's fallback (``pipeline.fit_image``): head circle from the femur network + PDM head dome."""
     from .pipeline import fit_image as pipeline_fit
 
-    r = pipeline_fit(image, "head", model=(model, metadata), polarity=polarity, side=side)
+    r = pipeline_fit(image, "head", model=(model, metadata), polarity=polarity, side=side,
+                     detected_polarity=detected_polarity)
     if not r.detected or not r.circle:
         return not_found
     circle = (r.circle["cx"], r.circle["cy"], r.circle["r"])
