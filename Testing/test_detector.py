@@ -83,6 +83,42 @@ def test_random_detector_is_deterministic_and_valid():
     assert {sample_detector(np.random.default_rng(s)).polarity for s in range(40)} == {"bone-dark", "bone-bright"}
 
 
+def _hip_like_line_integrals():
+    """Dense centre (pelvis over the head, A 2.8-3.2 across rows), thinner lateral thigh (A = 1.5) outside
+    the central region holding a bone (A = 1.9) whose edge is at column 112, direct beam (A = 0) from 124."""
+    a = np.repeat(np.linspace(2.8, 3.2, 128)[:, None], 128, axis=1)
+    a[:, 104:124] = 1.5
+    a[30:100, 104:112] = 1.9
+    a[:, 124:] = 0.0
+    return a
+
+
+@pytest.mark.parametrize("display", ["log", "linear"])
+def test_anatomy_saturation_keeps_lateral_bone_visible(display):
+    """Windowed on the central region alone the lateral bone and the thigh around it burn out to the same
+    grey; with ``anatomy_saturation`` the window also covers the body (A > 0.3) and the bone's edge shows.
+    The direct beam still saturates."""
+    a = _hip_like_line_integrals()
+    common = dict(display=display, abc_gain=2.0, window_low=0.0, window_high=1.0, window_margin=0.0,
+                  central_fraction=0.3, low=0.0, high=255.0)
+    burnt = apply_detector(a, DetectorParams(**common), np.random.default_rng(0)).astype(int)
+    shown = apply_detector(a, DetectorParams(anatomy_saturation=0.01, **common), np.random.default_rng(0)).astype(int)
+    bone, thigh, beam, centre = (64, 108), (64, 118), (64, 126), (64, 64)
+    assert burnt[bone] == burnt[thigh] == 255  # the bone is lost
+    assert shown[bone] < shown[thigh] - 20  # bone darker than the thigh beside it (bone-dark)
+    assert shown[centre] < shown[bone]
+    assert shown[beam] == 255
+
+
+def test_sampled_detector_covers_the_anatomy():
+    """Random settings always window over the anatomy (0-3 % of it may burn out) and keep contrast <= 1.1
+    (a stronger display contrast clipped the lateral femur outline)."""
+    for seed in range(40):
+        p = sample_detector(np.random.default_rng(seed))
+        assert p.anatomy_saturation is not None and 0.0 <= p.anatomy_saturation <= 0.03
+        assert p.contrast <= 1.1
+
+
 def test_bad_line_integrals():
     with pytest.raises(ValueError, match="2-D"):
         apply_detector(np.zeros(5), DetectorParams(), np.random.default_rng(0))
