@@ -189,3 +189,14 @@ def test_user_ct_with_mesh_landmarks_and_label_map(tmp_path):
     with pytest.raises(ValueError, match="left femur"):
         ds.generate(bad, tmp_path / "out3", 1, progress=False)
     assert not (tmp_path / "out3").exists()
+
+
+def test_display_window_setting():
+    """--display-window: validated; the default stays out of the manifest identity (older manifests still
+    resume), 'anatomy' is recorded."""
+    from DeepMorphSimulatorLib.dataset import DatasetSettings
+
+    assert "display_window" not in DatasetSettings().identity()
+    assert DatasetSettings(display_window="anatomy").identity()["display_window"] == "anatomy"
+    with pytest.raises(ValueError, match="display-window"):
+        DatasetSettings(display_window="wide").validate()

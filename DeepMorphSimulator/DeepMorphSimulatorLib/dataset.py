@@ -53,6 +53,9 @@ SIDES = ("right", "left")
 MAX_CUT_FRACTION = 0.01  # poses whose rays cross the CT's axial end faces inside the body more often are redrawn
 
 
+DISPLAY_WINDOWS = ("centre", "anatomy")  # detector.sample_detector(window=...)
+
+
 @dataclasses.dataclass
 class DatasetSettings:
     """Everything that determines the samples' content (not ``n``, not ``workers``)."""
@@ -69,6 +72,7 @@ class DatasetSettings:
     phantom_spacing_mm: float = 1.5  # voxel size of generated phantoms
     detector: str = "realistic"  # "realistic" | "plain" (the paper's display, no noise)
     p_bone_bright: float = 0.25  # share of bone-bright (radiograph-like) images
+    display_window: str = "centre"  # "centre" (C-arm brightness control) | "anatomy" (also covers the whole body)
     n_points: int = 64  # corresponding contour points
     band_px: float = 2.0  # outline target band width (px)
     device: str = "auto"  # DRR device: "auto" | "cpu" | "cuda" (results agree to float tolerance, not bytes)
@@ -83,6 +87,8 @@ class DatasetSettings:
             raise ValueError(f"--size must lie in 32-2048 px, got {self.size}.")
         if not 0.0 <= float(self.implants) <= 1.0:
             raise ValueError(f"--implants is a probability in [0, 1], got {self.implants}.")
+        if self.display_window not in DISPLAY_WINDOWS:
+            raise ValueError(f"--display-window must be one of {', '.join(DISPLAY_WINDOWS)}, got {self.display_window!r}.")
         if int(self.group) < 1:
             raise ValueError(f"--group must be >= 1, got {self.group}.")
         if self.detector not in ("realistic", "plain"):
@@ -97,6 +103,8 @@ class DatasetSettings:
     def identity(self) -> dict:
         """The settings that define sample content, as stored in the manifest (paths made absolute)."""
         d = dataclasses.asdict(self)
+        if d["display_window"] == "centre":  # the default before the setting existed: older manifests still match
+            del d["display_window"]
         for k in ("ct", "mesh", "landmarks"):
             if d[k] is not None:
                 d[k] = str(Path(d[k]).resolve())
@@ -267,7 +275,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
         params = plain_params()
         image = np.asarray(drr.to_display(a), dtype=np.uint8)
     else:
-        params = sample_detector(rng["detector"], float(settings.p_bone_bright), geometry)
+        params = sample_detector(rng["detector"], float(settings.p_bone_bright), geometry, window=settings.display_window)
         image = apply_detector(a, params, rng["detector"], metal=None if a_metal is None else a_metal > 0.5)
     exposed = field_mask(image.shape, params) > 0.5
     head_mask = (np.asarray(gt.head_target) > 0) & exposed

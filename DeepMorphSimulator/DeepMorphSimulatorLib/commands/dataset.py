@@ -23,6 +23,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phantom-spacing", type=float, default=1.5, help="phantom voxel size in mm (default 1.5)")
     parser.add_argument("--detector", choices=("realistic", "plain"), default="realistic",
                         help="realistic: noise, blur, collimation, display variety; plain: the paper's display")
+    parser.add_argument("--display-window", choices=("centre", "anatomy"), default="centre",
+                        help="display window of the realistic detector: 'centre' (default; as a C-arm's brightness "
+                        "control, the lateral trochanter can burn out) or 'anatomy' (the bright end also covers the "
+                        "whole body, 0-3 %% of it burns out; display contrast <= 1.1)")
     parser.add_argument("--p-bone-bright", type=float, default=0.25, help="share of bone-bright (radiograph-like) images")
     parser.add_argument("--n-points", type=int, default=64, help="corresponding contour points per sample (default 64)")
     parser.add_argument("--band-px", type=float, default=2.0, help="outline target band width in px (default 2)")
@@ -49,6 +53,7 @@ def settings_from_args(args):
         phantom_spacing_mm=args.phantom_spacing,
         detector=args.detector,
         p_bone_bright=args.p_bone_bright,
+        display_window=args.display_window,
         n_points=args.n_points,
         band_px=args.band_px,
         device=args.device,
