@@ -53,9 +53,6 @@ SIDES = ("right", "left")
 MAX_CUT_FRACTION = 0.01  # poses whose rays cross the CT's axial end faces inside the body more often are redrawn
 
 
-DISPLAY_WINDOWS = ("centre", "anatomy")  # detector.sample_detector(window=...)
-
-
 @dataclasses.dataclass
 class DatasetSettings:
     """Everything that determines the samples' content (not ``n``, not ``workers``)."""
@@ -87,6 +84,8 @@ class DatasetSettings:
             raise ValueError(f"--size must lie in 32-2048 px, got {self.size}.")
         if not 0.0 <= float(self.implants) <= 1.0:
             raise ValueError(f"--implants is a probability in [0, 1], got {self.implants}.")
+        from .detector import DISPLAY_WINDOWS
+
         if self.display_window not in DISPLAY_WINDOWS:
             raise ValueError(f"--display-window must be one of {', '.join(DISPLAY_WINDOWS)}, got {self.display_window!r}.")
         if int(self.group) < 1:

@@ -12,8 +12,8 @@ Pipeline (each step switchable; parameters drawn per image by :func:`sample_dete
    ``I`` (white = ``abc_gain`` x the central median, the direct beam saturates) or logarithmic (``-log I``
    between quantiles); with ``anatomy_saturation`` the bright end also covers the anatomy of the whole
    field (as clinical auto-windowing on the body's histogram does: only that fraction of the least
-   attenuating body pixels burns out, never the bone beside the centre), optionally after dynamic range compression (the large-scale log signal partly
-   removed, as clinical processing does), then gamma, unsharp masking, partial histogram equalisation, spatially
+   attenuating body pixels burns out, never the bone beside the centre), optionally after dynamic range
+   compression (the large-scale log signal partly removed, as clinical processing does), then gamma, unsharp masking, partial histogram equalisation, spatially
    coloured (1/f) noise, brightness/contrast;
 7. polarity: bone-dark (fluoroscopy, default) or bone-bright (radiograph look); circular collimation
    (black outside a disk) or rectangular shutters; quantisation to uint8.
@@ -70,6 +70,9 @@ class DetectorParams:
         return {k: (round(float(v), 5) if isinstance(v, float) else (list(v) if isinstance(v, tuple) else v)) for k, v in d.items()}
 
 
+DISPLAY_WINDOWS = ("centre", "anatomy")  # sample_detector(window=...): central region alone / also the whole body
+
+
 def plain_params() -> DetectorParams:
     """The paper's display (eq. 10, 2.5 % saturated, linear scaling to [20, 255]); no noise, no blur."""
     return DetectorParams()
@@ -85,6 +88,8 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
     Ranges: focal spot 0.3-1.0 mm (penumbra = spot * (M - 1)), scatter-to-primary 0-0.3 (anti-scatter grid), dose 300-10000
     photons per pixel behind the patient (at this pixel size), detector PSF 0.3-1.2 px, vignetting 0-35 %, gamma 0.7-1.4.
     """
+    if window not in DISPLAY_WINDOWS:
+        raise ValueError(f"window must be one of {', '.join(DISPLAY_WINDOWS)}, got {window!r}.")
     p = DetectorParams()
     pixel_mm = 0.6
     mag = 1.5
@@ -119,8 +124,6 @@ def sample_detector(rng: np.random.Generator, p_bone_bright: float = 0.25, geome
     p.equalize = float(rng.uniform(0.0, 0.7)) if rng.uniform() < 0.4 else 0.0
     p.coloured_noise = float(rng.uniform(0.0, 0.04))
     p.coloured_beta = float(rng.uniform(0.5, 2.0))
-    if window not in ("centre", "anatomy"):
-        raise ValueError(f"window must be 'centre' or 'anatomy', got {window!r}.")
     anatomy = window == "anatomy"
     # display contrast > 1 clips both ends (up to 1.25 burnt out 7 of 34 such femur outlines): <= 1.1 with "anatomy"
     p.contrast = float(rng.uniform(0.8, 1.1) if radiograph or anatomy else rng.uniform(0.8, 1.25))

@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phantom-spacing", type=float, default=1.5, help="phantom voxel size in mm (default 1.5)")
     parser.add_argument("--detector", choices=("realistic", "plain"), default="realistic",
                         help="realistic: noise, blur, collimation, display variety; plain: the paper's display")
-    parser.add_argument("--display-window", choices=("centre", "anatomy"), default="centre",
+    parser.add_argument("--display-window", choices=("centre", "anatomy"), default="centre",  # detector.DISPLAY_WINDOWS
                         help="display window of the realistic detector: 'centre' (default; as a C-arm's brightness "
                         "control, the lateral trochanter can burn out) or 'anatomy' (the bright end also covers the "
                         "whole body, 0-3 %% of it burns out; display contrast <= 1.1)")
