@@ -217,15 +217,18 @@ def central_region(shape: tuple[int, int], params: DetectorParams) -> np.ndarray
     return (u - cx) ** 2 + (v - cy) ** 2 <= (params.central_fraction * w) ** 2
 
 
+BODY_MIN_A = 0.3  # line integral below which a pixel is direct beam, not body
+
+
 def _control_pixels(a: np.ndarray, inside: np.ndarray, params: DetectorParams, metal=None) -> np.ndarray:
-    """Pixels that drive dose and brightness control: central region, direct beam (A < 0.3) excluded,
+    """Pixels that drive dose and brightness control: central region, direct beam (A < BODY_MIN_A) excluded,
     metal (a bool mask, when given and ``params.control_ignores_metal``) excluded."""
     centre = inside & central_region(a.shape, params)
     if metal is not None and params.control_ignores_metal:
         no_metal = centre & ~metal
         if no_metal.sum() >= max(16, 0.2 * centre.sum()):
             centre = no_metal
-    body = centre & (a > 0.3)
+    body = centre & (a > BODY_MIN_A)
     if body.sum() >= max(16, 0.05 * centre.sum()):
         return body
     return centre if centre.sum() >= 16 else inside
@@ -235,8 +238,8 @@ LINEAR_MAX_GAIN = 4.0  # linear display with anatomy_saturation: white at most t
 
 
 def _anatomy_pixels(a: np.ndarray, inside: np.ndarray, params: DetectorParams, metal=None) -> np.ndarray | None:
-    """Body pixels of the whole exposed field (A > 0.3; metal left out as in ``_control_pixels``), or None."""
-    body = inside & (a > 0.3)
+    """Body pixels of the whole exposed field (A > BODY_MIN_A; metal left out as in ``_control_pixels``), or None."""
+    body = inside & (a > BODY_MIN_A)
     if metal is not None and params.control_ignores_metal:
         body &= ~metal
     return body if body.sum() >= 16 else None
@@ -277,6 +280,9 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
         raise ValueError(f"Line integrals must be a 2-D array (H, W), got shape {a.shape}.")
     if not np.all(np.isfinite(a)):
         raise ValueError("Line integrals contain NaN/infinite values.")
+    if params.anatomy_saturation is not None and not 0.0 <= params.anatomy_saturation < 1.0:
+        raise ValueError(f"anatomy_saturation is a fraction of the body in [0, 1), got {params.anatomy_saturation}; "
+                         "use None to window on the central region alone.")
     field = field_mask(a.shape, params)
     inside = field > 0.5
     if not inside.any():
