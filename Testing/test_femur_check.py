@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from DeepMorphLib import pipeline
-from test_edge_snap import HEAD, FarHead, flat_image, sphere_shadow
+from test_edge_snap import HEAD, FarHead, dome_points_on_the_head, flat_image, sphere_shadow  # noqa: F401 (autouse)
 
 
 def femur_result(quality=0.85, dome_confidence=0.9, centre=HEAD[:2], r=HEAD[2]):
@@ -174,3 +174,22 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit):
                                   polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
     fit_logic._check_with_femur(snapped, flat_image(), None, {}, "auto", None)
     assert snapped.detected and snapped.circle == far
+
+
+def test_the_check_takes_the_head_circle_of_the_femur_fit_from_dome_circle(femur_fit, monkeypatch):
+    """The femur fit's head comes from ``pipeline.dome_circle`` (the shipped dome-circle model when present) given
+    the fit's head-dome points, not from a circle fitted here."""
+    seen = []
+    offset = (HEAD[0] + 3.0, HEAD[1] - 2.0, HEAD[2] - 1.5)
+
+    def dome_circle(points):
+        seen.append(np.array(points))
+        from DeepMorphLib.circle_fit import CircleFit
+        return CircleFit(True, *offset, method="spy")
+
+    monkeypatch.setattr(pipeline, "dome_circle", dome_circle)
+    d0, d1 = pipeline._head_dome(pipeline.load_shape_model(None))
+    res = check(head_result(), flat_image())
+    assert len(seen) == 1 and np.array_equal(seen[0], femur_fit.result.contour[d0: d1 + 1])
+    assert res.detected and res.circle["source"] == "femur-fit" and not res.circle["snapped"]
+    assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], offset)

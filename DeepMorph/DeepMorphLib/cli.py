@@ -16,6 +16,7 @@ COMMANDS = {
     "drr": "DeepMorphSimulatorLib.commands.drr",
     "dataset": "DeepMorphSimulatorLib.commands.dataset",
     "build-pdm": "DeepMorphLib.commands.build_pdm",
+    "build-dome-circle": "DeepMorphLib.commands.build_dome_circle",
     "train": "DeepMorphLib.commands.train",
     "fit": "DeepMorphLib.commands.fit",
     "evaluate": "DeepMorphLib.commands.evaluate",

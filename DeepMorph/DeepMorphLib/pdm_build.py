@@ -27,30 +27,36 @@ LANDMARK_ALIASES = {
 }
 
 
-def collect_shapes(data_dirs, max_shapes: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
-    """(K, N, 2) right-femur shapes, the anchor indices and the sample names used."""
-    shapes, names, anchors = [], [], None
+def iter_samples(data_dirs):
+    """(data_dir, sample JSON path, its ground truth dict) of every sample of ``deepmorph dataset`` directories, in
+    order; ValueError for a directory without samples."""
     for data_dir in data_dirs:
         samples = sorted(Path(data_dir, "samples").glob("[0-9]*.json"))
         if not samples:
             raise ValueError(f"No samples found in {data_dir}/samples; run 'deepmorph dataset' first.")
         for path in samples:
-            meta = json.loads(path.read_text())
-            points = np.asarray(meta.get("points") or [], dtype=float)
-            if points.ndim != 2 or len(points) < 3 or not np.all(np.isfinite(points)) or not meta.get("anchors_in_order", True):
-                continue
-            if anchors is None:
-                anchors = dict(meta.get("anchor_indices") or {})
-            if "shaft_cut_medial" in anchors:
-                points = points[: anchors["shaft_cut_medial"] + 1]
-            if shapes and len(points) != len(shapes[0]):
-                raise ValueError(f"{path}: {len(points)} points, other samples have {len(shapes[0])}.")
-            if meta.get("side") == "left":
-                points = points * np.array([-1.0, 1.0])
-            shapes.append(points)
-            names.append(f"{Path(data_dir).name}/{path.stem}")
-            if max_shapes and len(shapes) >= max_shapes:
-                break
+            yield data_dir, path, json.loads(path.read_text())
+
+
+def collect_shapes(data_dirs, max_shapes: int | None = None) -> tuple[np.ndarray, dict, list[str]]:
+    """(K, N, 2) right-femur shapes, the anchor indices and the sample names used."""
+    shapes, names, anchors = [], [], None
+    for data_dir, path, meta in iter_samples(data_dirs):
+        points = np.asarray(meta.get("points") or [], dtype=float)
+        if points.ndim != 2 or len(points) < 3 or not np.all(np.isfinite(points)) or not meta.get("anchors_in_order", True):
+            continue
+        if anchors is None:
+            anchors = dict(meta.get("anchor_indices") or {})
+        if "shaft_cut_medial" in anchors:
+            points = points[: anchors["shaft_cut_medial"] + 1]
+        if shapes and len(points) != len(shapes[0]):
+            raise ValueError(f"{path}: {len(points)} points, other samples have {len(shapes[0])}.")
+        if meta.get("side") == "left":
+            points = points * np.array([-1.0, 1.0])
+        shapes.append(points)
+        names.append(f"{Path(data_dir).name}/{path.stem}")
+        if max_shapes and len(shapes) >= max_shapes:
+            break
     if len(shapes) < 10:
         raise ValueError(f"Only {len(shapes)} samples have corresponding femur points in anatomical order; a PDM needs >= 10.")
     return np.stack(shapes), anchors or {}, names

@@ -43,6 +43,12 @@ def default_region_model_path() -> Path:
     return MODELS_DIR / "femur-region.safetensors"
 
 
+def default_dome_circle_path() -> Path:
+    """Shipped head-circle model of the femur contour's head dome (``dome_circle.DomeCircleModel``, optional):
+    ``DeepMorph/Resources/Models/dome-circle.npz`` (+ ``dome-circle.json``)."""
+    return MODELS_DIR / "dome-circle.npz"
+
+
 def default_pdm_path() -> Path:
     """Shipped point distribution model: ``DeepMorph/Resources/Models/pdm.npz`` (+ ``pdm.json``)."""
     return MODELS_DIR / "pdm.npz"
@@ -780,6 +786,31 @@ def head_anchor_callable(result: FitResult | None, img, polarity: str, head_net,
     return circle
 
 
+@functools.lru_cache(maxsize=4)
+def _load_dome_circle_model(path: str, mtime_ns: int):
+    from DeepMorphLib.dome_circle import DomeCircleModel
+
+    return DomeCircleModel.load(path)
+
+
+def dome_circle(dome_points):
+    """Head circle (``circle_fit.CircleFit``, px) of the head-dome points (K, 2) px of a femur fit: the shipped
+    ``dome-circle`` model (``default_dome_circle_path``) when present, learned from simulated ground truth (on the
+    ground-truth points of tuning images 0.16 px off, with 1.5 px noise on the points 1.0 px), else the algebraic
+    circle through the points, which runs down the neck (8.5 px off, radius +4 px; method "algebraic")."""
+    from DeepMorphLib.circle_fit import CircleFit, fit_circle_points
+
+    points = np.asarray(dome_points, dtype=float)
+    path = default_dome_circle_path()
+    if path.is_file():
+        model = _load_dome_circle_model(str(path), path.stat().st_mtime_ns)
+        if len(points) == model.n_dome and np.all(np.isfinite(points)):
+            cx, cy, r = model.circle_of_dome(points)
+            if np.isfinite([cx, cy, r]).all() and r > 0:
+                return CircleFit(True, cx, cy, r, n_pixels=len(points), method="dome-circle-model")
+    return fit_circle_points(points, method="algebraic", min_points=3)
+
+
 def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=None, side: str | None = None):
     """The shipped femur network + PDM fit on ``img`` (shown with ``polarity``): the head-dome points of the fitted
     contour (K, 2) px, their confidences (K,) and the map the PDM was fitted to; None when the PDM does not name
@@ -971,18 +1002,15 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
 
 
 def _confident_dome_circle(femur: FitResult, dome: tuple, shape: tuple):
-    """The circle (``circle_fit`` result) through the head dome (point indices ``dome``) of a confident femur fit
+    """The head circle (``dome_circle``) of the head dome (point indices ``dome``) of a confident femur fit
     (quality >= ``FEMUR_CHECK_QUALITY``, >= ``FEMUR_CHECK_DOME`` along the dome, radius within half the image
     ``shape``), or None."""
-    from DeepMorphLib.circle_fit import fit_circle_points
-
     if not femur.detected or (femur.quality or 0.0) < FEMUR_CHECK_QUALITY \
             or femur.contour is None or femur.point_confidence is None:
         return None
     if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
         return None
-    seed = fit_circle_points(np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1], method="algebraic",
-                             min_points=3)
+    seed = dome_circle(np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1])
     return seed if seed.detected and seed.r <= 0.5 * max(shape) else None
 
 
@@ -1035,14 +1063,13 @@ def _hough_head_circle(img, polarity: str, device, region_conf, head_conf):
 
 def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, head_circle=None,
                       side: str | None = None):
-    """The circle through the head dome of the femur PDM fit (``_femur_head_dome``, its second opinions anchored on
+    """The head circle (``dome_circle``) of the femur PDM fit (``_femur_head_dome``, its second opinions anchored on
     ``head_circle`` (cx, cy, r) px when given) and the best edge circle around it (``edge_snap.snap_circle``):
     (seed CircleFit, EdgeSnap, confirmed, dome point confidences), ``confirmed`` when the edge circle lies within
     ``DOME_AGREEMENT`` r of the seed, or within ``DOME_MAX_MOVE`` r when its edge is clear (further away a clear
     edge is another arc, most often the acetabular roof concentric with the head: on the real dev radiographs all
     7 such snaps were wrong, two of them moving a dome circle 1.6-2.0 px off to 30-37 px off); None when there
     is no femur fit or dome circle."""
-    from DeepMorphLib.circle_fit import fit_circle_points
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
@@ -1050,7 +1077,7 @@ def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, h
     if found is None:
         return None
     arc, arc_confidence, _ = found
-    seed = fit_circle_points(arc, method="algebraic", min_points=3)
+    seed = dome_circle(arc)
     if not seed.detected:
         return None
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (seed.cx, seed.cy, seed.r), head_conf)
@@ -1060,15 +1087,16 @@ def _dome_edge_circle(img, polarity: str, device, threshold: float, head_conf, h
 
 
 def _snap_from_dome(result: FitResult, img, polarity: str, device, threshold: float) -> None:
-    """Second edge-snap attempt for a head circle that could not be snapped: from the circle through the head
-    dome of the femur PDM fit (shipped femur network and PDM, its second opinions anchored on the unsnapped head
+    """Second edge-snap attempt for a head circle that could not be snapped: from the head circle (``dome_circle``)
+    of the femur PDM fit (shipped femur network and PDM, its second opinions anchored on the unsnapped head
     circle, as in the femur task). The best edge circle around the dome circle replaces the head circle when its
     evidence is clear or when it agrees with the dome circle (within ``DOME_AGREEMENT`` r: two independent
     estimates, the femur outline and the image edge, confirm each other); otherwise the dome circle itself does
     when the femur fit is confident along the dome (mean >= ``DOME_CONFIDENCE``). When nothing confirms the head
     circle and its blob is diffuse (``ring_contrast`` < ``MIN_RING_CONTRAST``) the head counts as not found
-    (``detected`` False, the circle kept for review): a blob on the wrong structure. The dome circle alone sits
-    ~5 px off (the PDM's dome is not the head's silhouette), the edge circle next to it ~1 px."""
+    (``detected`` False, the circle kept for review): a blob on the wrong structure. On the tune3 tuning images
+    the dome circles taken alone ("femur-dome-fit") were 8.5 px off (mean, 10 images) as the circle through the
+    dome points, 3.2 px (4 images; the others now snap onto the edge) by the dome-circle model."""
     before = {k: result.circle[k] for k in ("cx", "cy", "r")}
     found = _dome_edge_circle(img, polarity, device, threshold, result.confidence,
                               (before["cx"], before["cy"], before["r"]), side=result.side)
