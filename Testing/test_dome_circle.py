@@ -116,6 +116,8 @@ def test_builds_from_dataset_samples_with_left_femurs_mirrored(tmp_path):
     assert model.metadata["errors_px"]["model_mean"] < 0.3 < model.metadata["errors_px"]["dome_circle_mean"]
     with pytest.raises(ValueError, match="at least 20"):
         build_dome_circle_model([tmp_path / "data"], (24, 39 + 40))
+    with pytest.raises(ValueError, match="16 \\(x, y\\) points"):
+        fit_dome_circle_model(np.zeros((30, 12, 2)), np.zeros((30, 3)), (24, 39))
 
 
 def test_pipeline_uses_the_shipped_model_or_falls_back(monkeypatch, tmp_path, model):

@@ -46,7 +46,8 @@ class DomeCircleModel:
         if k < 4 or self.mean_dome.shape != (k, 2) or self.point_mean.shape != (k, 2) \
                 or self.circle_mean.shape != (3,) or self.weights.shape != (2 * k, 3):
             raise ValueError(f"Inconsistent dome-circle model: dome {self.dome} ({k} points), mean_dome "
-                             f"{self.mean_dome.shape}, circle_mean {self.circle_mean.shape}, weights {self.weights.shape}.")
+                             f"{self.mean_dome.shape}, circle_mean {self.circle_mean.shape}, "
+                             f"weights {self.weights.shape}.")
 
     @property
     def n_dome(self) -> int:
@@ -56,8 +57,8 @@ class DomeCircleModel:
         """The head-dome points (K, 2) of a whole femur contour (N, 2) px in the PDM's point order."""
         contour = np.asarray(contour, dtype=np.float64)
         if contour.ndim != 2 or contour.shape[1] != 2 or len(contour) <= self.dome[1]:
-            raise ValueError(f"A femur contour of at least {self.dome[1] + 1} (x, y) points is needed for the head dome "
-                             f"(points {self.dome[0]}..{self.dome[1]}), got shape {contour.shape}.")
+            raise ValueError(f"A femur contour of at least {self.dome[1] + 1} (x, y) points is needed for the head "
+                             f"dome (points {self.dome[0]}..{self.dome[1]}), got shape {contour.shape}.")
         return contour[self.dome[0]: self.dome[1] + 1]
 
     def circle(self, contour) -> tuple[float, float, float]:
@@ -92,8 +93,8 @@ class DomeCircleModel:
 
         npz, sidecar = _paths(path)
         buf = io.BytesIO()
-        np.savez(buf, mean_dome=self.mean_dome, point_mean=self.point_mean, circle_mean=self.circle_mean, weights=self.weights,
-                 dome=np.asarray(self.dome))
+        np.savez(buf, mean_dome=self.mean_dome, point_mean=self.point_mean, circle_mean=self.circle_mean,
+                 weights=self.weights, dome=np.asarray(self.dome))
         atomic_write_bytes(npz, buf.getvalue())
         atomic_write_json(sidecar, self.sidecar())
         return npz
@@ -115,8 +116,8 @@ class DomeCircleModel:
                 arrays = {k: data[k] for k in ("mean_dome", "point_mean", "circle_mean", "weights", "dome")}
         except (KeyError, ValueError, OSError) as exc:
             raise ValueError(f"{npz} is not a valid dome-circle model file ({exc}).") from None
-        return cls(tuple(arrays["dome"]), arrays["mean_dome"], arrays["point_mean"], arrays["circle_mean"], arrays["weights"],
-                   metadata=meta.get("build", {}))
+        return cls(tuple(arrays["dome"]), arrays["mean_dome"], arrays["point_mean"], arrays["circle_mean"],
+                   arrays["weights"], metadata=meta.get("build", {}))
 
 
 def _paths(path) -> tuple[Path, Path]:
@@ -171,14 +172,18 @@ def _ridge(x, y, weight):
 
 def fit_dome_circle_model(domes, circles, dome, metadata: dict | None = None) -> DomeCircleModel:
     """Learn a ``DomeCircleModel`` from head-dome points (S, K, 2) px and head circles (S, 3) px: the mean dome
-    (generalised Procrustes of the right-femur domes, RMS radius 1), then ridge regression of the aligned circle on the
-    aligned points, its weight (``RIDGE_CANDIDATES``) chosen on every 5th shape. ``metadata["errors_px"]``: the
+    (generalised Procrustes of the right-femur domes, RMS radius 1), then ridge regression of the aligned circle on
+    the aligned points, its weight (``RIDGE_CANDIDATES``) chosen on every 5th shape. ``metadata["errors_px"]``: the
     error (||[cx, cy, r] - truth||, px of the input) of the model on its own shapes and of the circle through the
     dome points, for comparison."""
     from .circle_fit import fit_circle_points
     from .pdm import generalized_procrustes
 
     domes, circles = np.asarray(domes, dtype=float), np.asarray(circles, dtype=float)
+    k = int(dome[1]) - int(dome[0]) + 1
+    if domes.ndim != 3 or domes.shape[1:] != (k, 2) or circles.shape != (len(domes), 3) or len(domes) < 20:
+        raise ValueError(f"Need >= 20 head domes of {k} (x, y) points (dome {tuple(dome)}) and as many (cx, cy, r) "
+                         f"circles; got domes {domes.shape}, circles {circles.shape}.")
     _, mean_dome, _ = generalized_procrustes(domes)  # one side (collect_dome_circles mirrors left femurs)
     mean_dome = mean_dome / np.sqrt(np.mean(np.sum(mean_dome ** 2, axis=1)))
     aligned, model_circles = _align(domes, circles, mean_dome)
