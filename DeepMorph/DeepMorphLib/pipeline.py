@@ -795,7 +795,8 @@ def _load_dome_circle_model(path: str, mtime_ns: int):
 
 def dome_circle(dome_points):
     """Head circle (``circle_fit.CircleFit``, px) of the head-dome points (K, 2) px of a femur fit: the shipped
-    ``dome-circle`` model (``default_dome_circle_path``) when present, learned from simulated ground truth (on the
+    ``dome-circle`` model (``default_dome_circle_path``) when present and made for as many dome points (another PDM's
+    dome falls back), learned from simulated ground truth (on the
     ground-truth points of tuning images 0.16 px off, with 1.5 px noise on the points 1.0 px), else the algebraic
     circle through the points, which runs down the neck (8.5 px off, radius +4 px; method "algebraic")."""
     from DeepMorphLib.circle_fit import CircleFit, fit_circle_points
