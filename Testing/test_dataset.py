@@ -200,3 +200,17 @@ def test_display_window_setting():
     assert DatasetSettings(display_window="anatomy").identity()["display_window"] == "anatomy"
     with pytest.raises(ValueError, match="display-window"):
         DatasetSettings(display_window="wide").validate()
+
+
+def test_the_command_offers_exactly_the_detector_display_windows():
+    """``deepmorph dataset --display-window`` lists its choices without importing the detector (fast --help):
+    they must be the detector's ``DISPLAY_WINDOWS``."""
+    import argparse
+
+    from DeepMorphSimulatorLib.commands import dataset as command
+    from DeepMorphSimulatorLib.detector import DISPLAY_WINDOWS
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "display_window")
+    assert tuple(action.choices) == DISPLAY_WINDOWS and action.default == DISPLAY_WINDOWS[0]

@@ -43,7 +43,8 @@ def collect_shapes(data_dirs, max_shapes: int | None = None) -> tuple[np.ndarray
     shapes, names, anchors = [], [], None
     for data_dir, path, meta in iter_samples(data_dirs):
         points = np.asarray(meta.get("points") or [], dtype=float)
-        if points.ndim != 2 or len(points) < 3 or not np.all(np.isfinite(points)) or not meta.get("anchors_in_order", True):
+        if points.ndim != 2 or len(points) < 3 or not np.all(np.isfinite(points)) \
+                or not meta.get("anchors_in_order", True):
             continue
         if anchors is None:
             anchors = dict(meta.get("anchor_indices") or {})

@@ -87,7 +87,8 @@ class DatasetSettings:
         from .detector import DISPLAY_WINDOWS
 
         if self.display_window not in DISPLAY_WINDOWS:
-            raise ValueError(f"--display-window must be one of {', '.join(DISPLAY_WINDOWS)}, got {self.display_window!r}.")
+            raise ValueError(f"--display-window must be one of {', '.join(DISPLAY_WINDOWS)}, "
+                             f"got {self.display_window!r}.")
         if int(self.group) < 1:
             raise ValueError(f"--group must be >= 1, got {self.group}.")
         if self.detector not in ("realistic", "plain"):
@@ -274,7 +275,8 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
         params = plain_params()
         image = np.asarray(drr.to_display(a), dtype=np.uint8)
     else:
-        params = sample_detector(rng["detector"], float(settings.p_bone_bright), geometry, window=settings.display_window)
+        params = sample_detector(rng["detector"], float(settings.p_bone_bright), geometry,
+                                 window=settings.display_window)
         image = apply_detector(a, params, rng["detector"], metal=None if a_metal is None else a_metal > 0.5)
     exposed = field_mask(image.shape, params) > 0.5
     head_mask = (np.asarray(gt.head_target) > 0) & exposed

@@ -13,8 +13,8 @@ Pipeline (each step switchable; parameters drawn per image by :func:`sample_dete
    between quantiles); with ``anatomy_saturation`` the bright end also covers the anatomy of the whole
    field (as clinical auto-windowing on the body's histogram does: only that fraction of the least
    attenuating body pixels burns out, never the bone beside the centre), optionally after dynamic range
-   compression (the large-scale log signal partly removed, as clinical processing does), then gamma, unsharp masking, partial histogram equalisation, spatially
-   coloured (1/f) noise, brightness/contrast;
+   compression (the large-scale log signal partly removed, as clinical processing does), then gamma, unsharp
+   masking, partial histogram equalisation, spatially coloured (1/f) noise, brightness/contrast;
 7. polarity: bone-dark (fluoroscopy, default) or bone-bright (radiograph look); circular collimation
    (black outside a disk) or rectangular shutters; quantisation to uint8.
 
@@ -332,7 +332,8 @@ def apply_detector(line_integrals: np.ndarray, params: DetectorParams, rng: np.r
         median = max(float(np.median(i[centre])), 1e-30)
         white = params.abc_gain * median
         if anatomy is not None:  # a linear display cannot span the whole body: at most LINEAR_MAX_GAIN x the median
-            white = max(white, min(float(np.quantile(i[anatomy], 1.0 - params.anatomy_saturation)), LINEAR_MAX_GAIN * median))
+            body_white = float(np.quantile(i[anatomy], 1.0 - params.anatomy_saturation))
+            white = max(white, min(body_white, LINEAR_MAX_GAIN * median))
         s = i / white
     else:
         raise ValueError(f"Unknown display {params.display!r}; use 'linear' or 'log'.")
