@@ -55,6 +55,45 @@ def test_rim_offset_of_a_homogeneous_sphere_and_of_a_shelled_head():
     assert snap_circle(shelled, start, rim_offset_sigmas=HOMOGENEOUS_RIM_OFFSET_SIGMAS).r - HEAD[2] > 0.4
 
 
+def acetabular_ring(depth=300.0, ring=(1.1, 1.25), blur=3.0) -> np.ndarray:
+    """``sphere_shadow`` inside a full, denser ring concentric with the head (an acetabulum seen end on: bone from
+    1.1 to 1.25 head radii, edges blurred by ``blur`` px), whose outer edge rises outward as the head's does."""
+    from scipy import ndimage as ndi
+
+    cx, cy, r = HEAD
+    yy, xx = np.mgrid[0:448, 0:448]
+    rho = np.hypot(xx - cx, yy - cy)
+    cup = ndi.gaussian_filter(((rho > ring[0] * r) & (rho < ring[1] * r)).astype(np.float64), blur)
+    return (sphere_shadow(noise=2.0) - depth * cup).astype(np.float32)
+
+
+@pytest.mark.parametrize("start", [(HEAD[0] + 2, HEAD[1] + 2, HEAD[2]), (HEAD[0] - 6.2, HEAD[1] + 3.3, HEAD[2] * 1.25)])
+def test_a_head_nested_in_a_clear_ring_is_taken_over_the_ring(start):
+    img = acetabular_ring()
+    ring = snap_circle(img, start)  # the plain search ends on the ring's outer edge
+    assert ring.applied and abs(ring.r - 1.25 * HEAD[2]) < 2.0
+    snap = snap_circle(img, start, nested=True)
+    assert snap.applied and snap.support >= ring.support
+    assert np.hypot(snap.cx - HEAD[0], snap.cy - HEAD[1]) < 0.6 and abs(snap.r - HEAD[2]) < 0.8
+
+
+class RingHead:
+    """Stand-in head network whose blob covers the acetabular ring around the head (``acetabular_ring``)."""
+
+    expected_polarity = "bone-dark"
+    target = "region"
+
+    def __call__(self, image):
+        return disk_mask(np.shape(image), HEAD[0] + 2, HEAD[1] + 2, HEAD[2] * 1.25)
+
+
+def test_the_pipeline_snaps_the_network_circle_onto_the_nested_head():
+    res = pipeline.fit_image(acetabular_ring(), "head", predictor=RingHead(), polarity="bone-dark", refine=False)
+    c = res.circle
+    assert c["snapped"] and c["unsnapped"]["r"] > 1.2 * HEAD[2]
+    assert np.hypot(c["cx"] - HEAD[0], c["cy"] - HEAD[1]) < 1.5 and abs(c["r"] - HEAD[2]) < 1.0
+
+
 def test_no_clear_edge_leaves_the_estimate():
     noise = np.random.default_rng(1).normal(500, 20, (300, 300)).astype(np.float32)
     snap = snap_circle(noise, (150, 150, 40))

@@ -13,7 +13,10 @@ circle with its centre within ``span`` radii and its radius within ``radius_rang
              of the angles, the map is smooth),
 
 with a coarse grid search and then a fine one (0.5 px centres, 0.25 px radii) around the best (a third, finer
-level was tried and was no better on the tuning images). The strongest
+level was tried and was no better on the tuning images; refining several coarse maxima and taking the best score
+found wrong circles elsewhere). The femoral head lies inside the acetabulum's ring, which often has an outward edge
+of its own a few px outside the head's: with ``nested``, when a nested, nearly concentric ring (``NESTED_*``)
+inside a clear best circle scores as well and has an edge at least as clear, it is taken instead. The strongest
 derivative of a *homogeneous* sphere's edge blurred by the ``sigma`` px Gaussian lies 0.75 ``sigma`` inside the
 rim (numerically, for the 2 sqrt(R^2 - rho^2) profile: ``HOMOGENEOUS_RIM_OFFSET_SIGMAS``); a femoral head has a denser
 cortical shell, whose steep shadow just inside the rim pulls that maximum outward (0.3-1 px less inside for shells
@@ -35,6 +38,17 @@ HOMOGENEOUS_RIM_OFFSET_SIGMAS = 0.75  # strongest derivative of a blurred homoge
 RIM_OFFSET_SIGMAS = 0.25  # what is added to the radius found (sigmas). Calibrated on simulated tuning images (training
 #   seeds; tune3-448 / tune2-448): snapped circles with 0.75 were 1.17 / 0.99 px too large on average (median 0.76 /
 #   0.77) and their RMSE was lowest after removing 0.75 px (tune3 mean 1.57 -> 1.27 px, tune2 1.43 -> 1.13 px)
+NESTED_RADIUS_RANGE = (0.72, 0.94)  # radii of the nested rings tried inside the best circle (fractions of its radius)
+NESTED_CENTRE_REACH = 0.15  # ... with centres this far from its centre (fraction of its radius), 1 px steps
+NESTED_MAX_RADIUS = 0.96  # ... and, refined, below this fraction of its radius
+NESTED_SCORE_RATIO = 0.99  # a nested ring inside a clear best circle replaces it when its edge is at least as clear
+#   (support) and it scores at least this fraction of the best score. Simulated tuning images (training seeds;
+#   tune3-448, tune2-448): the snaps onto the acetabular ring around the head (8-14 px off, radius 5-13 px too large;
+#   6 images) had a nested ring, the head (0.5-1.4 px off), scoring 0.996-1.12 of theirs with a clearer edge; of the
+#   snaps on the head the highest nested ratio was 0.99 (with a less clear edge), the next 0.976 (1.0 -> 2.8 px).
+#   Every change there was a snap of the head network's own circle; applied to the snaps around the head circle of
+#   a femur fit as well it changed 8 of those on the real dev radiographs, mixed (one mature head lost), so the
+#   head task uses it for the network's circle only
 
 
 @dataclass(frozen=True)
@@ -197,9 +211,11 @@ def ring_means(confidence, circle, radius_factors=(0.7, 1.3), n_angles: int = 24
 def snap_circle(image, circle, confidence=None, *, sigma: float = 1.5, n_angles: int = 72, span: float = 0.8,
                 radius_range: tuple = (0.75, 1.3), trim: float = 0.25, conf_weight: float = 0.3,
                 edge_level: float = 0.1, min_support: float = 0.65, edge_cap: float = 0.1,
-                rim_offset_sigmas: float = RIM_OFFSET_SIGMAS) -> EdgeSnap:
+                rim_offset_sigmas: float = RIM_OFFSET_SIGMAS, nested: bool = False) -> EdgeSnap:
     """Best edge circle near ``circle`` (cx, cy, r) px on the bone-dark ``image`` (H, W); ``confidence`` (H, W)
-    in [0, 1] (the head network's map, optional) favours circles around its confident region."""
+    in [0, 1] (the head network's map, optional) favours circles around its confident region. ``nested``: prefer
+    a ring nested inside a clear best circle (``NESTED_SCORE_RATIO``); the head task uses it for the head network's
+    own circle, whose blob may cover the acetabulum, not for circles predicted from a femur fit's head dome."""
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise ValueError(f"snap_circle expects a 2-D image (H, W), got shape {img.shape}.")
@@ -219,21 +235,34 @@ def snap_circle(image, circle, confidence=None, *, sigma: float = 1.5, n_angles:
     ang = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
     cos, sin = np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
     keep = n_angles - int(n_angles * trim)
-    best = (cx0, cy0, r0)
-    searches = [(span * r0, max(1.0, r0 / 15.0), r0 * np.linspace(*radius_range, 16)),
-                (r0 / 10.0, 0.5, None)]  # (centre reach px, centre step px, radii px; None: +-5 % of the best)
-    for reach, step, radii in searches:
-        if radii is None:
-            radii = best[2] + np.arange(-0.05 * best[2], 0.05 * best[2] + 1e-9, 0.25)
+
+    def search(centre, reach, step, radii):  # best (cx, cy, r) px on a centre grid x radii, and its score
         offsets = np.arange(-reach, reach + 1e-9, step)
-        gxs, gys = np.meshgrid(best[0] + offsets, best[1] + offsets)
+        gxs, gys = np.meshgrid(centre[0] + offsets, centre[1] + offsets)
         cxs, cys = gxs.ravel(), gys.ravel()
         scores = _circle_scores(grad, conf if conf_weight else None, cxs, cys, radii, cos, sin, keep, edge_cap,
                                 conf_weight)
         k, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
-        best = (float(cxs[j]), float(cys[j]), float(radii[k]))
-    edge = _radial(grad, np.array([best[0]]), np.array([best[1]]), best[2], cos, sin)[0]
-    support = float(np.mean(edge > edge_level))
+        return (float(cxs[j]), float(cys[j]), float(radii[k])), float(scores[k, j])
+
+    def fine(circle, below=np.inf):  # 0.5 px centres within r0 / 10, radii +-5 % in 0.25 px steps (< ``below``)
+        radii = circle[2] + np.arange(-0.05 * circle[2], 0.05 * circle[2] + 1e-9, 0.25)
+        return search(circle, r0 / 10.0, 0.5, radii[radii < below])
+
+    def support_of(circle):
+        edge = _radial(grad, np.array([circle[0]]), np.array([circle[1]]), circle[2], cos, sin)[0]
+        return float(np.mean(edge > edge_level))
+
+    coarse, _ = search((cx0, cy0), span * r0, max(1.0, r0 / 15.0), r0 * np.linspace(*radius_range, 16))
+    best, score = fine(coarse)
+    support = support_of(best)
+    if nested and support >= min_support:  # a clear ring: is the head a ring nested inside it (the acetabulum's)?
+        lo, hi = NESTED_RADIUS_RANGE
+        inner, _ = search(best, NESTED_CENTRE_REACH * best[2], 1.0, best[2] * np.linspace(lo, hi, 12))
+        inner, inner_score = fine(inner, below=NESTED_MAX_RADIUS * best[2])
+        inner_support = support_of(inner)
+        if inner_score >= NESTED_SCORE_RATIO * score and inner_support >= support:
+            best, support = inner, inner_support
     best = (best[0], best[1], best[2] + rim_offset_sigmas * sigma)
     if support < min_support:
         return EdgeSnap(False, *best, support=support,

@@ -322,7 +322,7 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
     """Edge-snap the head circle in place; True when the snap applied."""
     from .edge_snap import snap_circle
 
-    snap = snap_circle(bone_dark_image, result.circle, conf)
+    snap = snap_circle(bone_dark_image, result.circle, conf, nested=True)  # as pipeline._snap_head
     result.quality = {**result.quality, "edge_support": float(snap.support), "snapped": float(snap.applied)}
     if snap.applied:
         result.circle = (snap.cx, snap.cy, snap.r)

@@ -1143,7 +1143,8 @@ def _snap_head(result: FitResult, img, polarity: str, conf, rim_offset_sigmas: f
 
     before = {k: result.circle[k] for k in ("cx", "cy", "r")}
     snap = snap_circle(apply_polarity(img, polarity, "bone-dark"), (before["cx"], before["cy"], before["r"]), conf,
-                       rim_offset_sigmas=RIM_OFFSET_SIGMAS if rim_offset_sigmas is None else rim_offset_sigmas)
+                       rim_offset_sigmas=RIM_OFFSET_SIGMAS if rim_offset_sigmas is None else rim_offset_sigmas,
+                       nested=True)  # the head network's circle: its blob may cover the acetabular ring
     result.circle.update(snapped=snap.applied, edge_support=snap.support)
     if snap.applied:
         result.circle.update(cx=snap.cx, cy=snap.cy, r=snap.r, unsnapped=before)
