@@ -46,9 +46,8 @@ NESTED_SCORE_RATIO = 0.99  # a nested ring inside a clear best circle replaces i
 #   tune3-448, tune2-448): the snaps onto the acetabular ring around the head (8-14 px off, radius 5-13 px too large;
 #   6 images) had a nested ring, the head (0.5-1.4 px off), scoring 0.996-1.12 of theirs with a clearer edge; of the
 #   snaps on the head the highest nested ratio was 0.99 (with a less clear edge), the next 0.976 (1.0 -> 2.8 px).
-#   Every change there was a snap of the head network's own circle; applied to the snaps around the head circle of
-#   a femur fit as well it changed 8 of those on the real dev radiographs, mixed (one mature head lost), so the
-#   head task uses it for the network's circle only
+#   Every change there was a snap of the head network's own circle, so the head task uses it there only (on the
+#   real dev radiographs it changes no result, applied there only or to every snap)
 
 
 @dataclass(frozen=True)
