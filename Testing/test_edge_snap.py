@@ -77,23 +77,6 @@ def test_a_head_nested_in_a_clear_ring_is_taken_over_the_ring(start):
     assert np.hypot(snap.cx - HEAD[0], snap.cy - HEAD[1]) < 0.6 and abs(snap.r - HEAD[2]) < 0.8
 
 
-class RingHead:
-    """Stand-in head network whose blob covers the acetabular ring around the head (``acetabular_ring``)."""
-
-    expected_polarity = "bone-dark"
-    target = "region"
-
-    def __call__(self, image):
-        return disk_mask(np.shape(image), HEAD[0] + 2, HEAD[1] + 2, HEAD[2] * 1.25)
-
-
-def test_the_pipeline_snaps_the_network_circle_onto_the_nested_head():
-    res = pipeline.fit_image(acetabular_ring(), "head", predictor=RingHead(), polarity="bone-dark", refine=False)
-    c = res.circle
-    assert c["snapped"] and c["unsnapped"]["r"] > 1.2 * HEAD[2]
-    assert np.hypot(c["cx"] - HEAD[0], c["cy"] - HEAD[1]) < 1.5 and abs(c["r"] - HEAD[2]) < 1.0
-
-
 def test_no_clear_edge_leaves_the_estimate():
     noise = np.random.default_rng(1).normal(500, 20, (300, 300)).astype(np.float32)
     snap = snap_circle(noise, (150, 150, 40))
@@ -130,6 +113,20 @@ class RoughHead:
 
     def __call__(self, image):
         return disk_mask(np.shape(image), HEAD[0] + 20, HEAD[1] - 15, HEAD[2] * 1.15)
+
+
+class RingHead(RoughHead):
+    """Stand-in head network whose blob covers the acetabular ring around the head (``acetabular_ring``)."""
+
+    def __call__(self, image):
+        return disk_mask(np.shape(image), HEAD[0] + 2, HEAD[1] + 2, HEAD[2] * 1.25)
+
+
+def test_the_pipeline_snaps_the_network_circle_onto_the_nested_head():
+    res = pipeline.fit_image(acetabular_ring(), "head", predictor=RingHead(), polarity="bone-dark", refine=False)
+    c = res.circle
+    assert c["snapped"] and c["unsnapped"]["r"] > 1.2 * HEAD[2]
+    assert np.hypot(c["cx"] - HEAD[0], c["cy"] - HEAD[1]) < 1.5 and abs(c["r"] - HEAD[2]) < 1.0
 
 
 @pytest.mark.parametrize("polarity", ["bone-dark", "bone-bright"])
