@@ -78,19 +78,48 @@ def test_without_an_edge_the_dome_circle_itself_gives_the_missing_head(femur_fit
     assert np.allclose([c["cx"], c["cy"], c["r"]], HEAD, atol=0.01)
 
 
-@pytest.mark.parametrize("quality, dome_confidence", [(0.4, 0.9), (0.85, 0.5)])
-def test_an_unconvincing_femur_fit_changes_nothing(femur_fit, quality, dome_confidence):
+@pytest.mark.parametrize("quality, dome_confidence", [(0.45, 0.9), (0.85, 0.5)])
+def test_an_unconvincing_femur_fit_does_not_move_a_found_circle(femur_fit, monkeypatch, quality, dome_confidence):
+    """Below ``FEMUR_CHECK_QUALITY`` (or not confident along the dome) a femur fit does not move a circle that an
+    edge found, even a weak one (here on the femur, by the region network)."""
+    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
     femur_fit.result = femur_result(quality=quality, dome_confidence=dome_confidence)
-    res = check(head_result(), sphere_shadow())
-    assert "source" not in res.circle and res.circle["cx"] == HEAD[0] - 150
+    res = check(head_result(snapped=True, edge_support=0.66), sphere_shadow())
+    assert res.detected and "source" not in res.circle and res.circle["cx"] == HEAD[0] - 150
     assert res.circle["femur_fit_quality"] == quality
+
+
+def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirms(femur_fit):
+    """When the head is otherwise not detected, a femur fit above ``FEMUR_MIN_QUALITY`` (the femur task's own
+    confirmation) but below ``FEMUR_CHECK_QUALITY``, confident along its dome, gives the head; a fit the femur
+    task does not confirm, or one not confident along the dome, gives none."""
+    quality = 0.5 * (pipeline.FEMUR_MIN_QUALITY + pipeline.FEMUR_CHECK_QUALITY)
+    femur_fit.result = femur_result(quality=quality)
+    res = check(head_result(circle=None, detected=False), flat_image())
+    c = res.circle
+    assert res.detected and c["source"] == "femur-fit" and not c["snapped"] and c["replaced"] is None
+    assert np.allclose([c["cx"], c["cy"], c["r"]], HEAD, atol=0.01) and "confirmed femur fit" in res.reason
+    unconfirmed = check(head_result(), flat_image())  # the head network's circle, which nothing confirms
+    assert unconfirmed.detected and unconfirmed.circle["source"] == "femur-fit"
+    assert unconfirmed.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150, "r": HEAD[2]}
+    assert not unconfirmed.circle["replaced_detected"]
+    for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01),
+                 femur_result(quality=quality, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.1)):
+        femur_fit.result = weak
+        assert not check(head_result(circle=None, detected=False), flat_image()).detected
+        assert not check(head_result(), flat_image()).detected
+    femur_fit.result = femur_result(quality=quality)
+    femur_fit.result.detected = False  # e.g. an implausible head size: the femur task does not confirm it
+    assert not check(head_result(circle=None, detected=False), flat_image()).detected
 
 
 @pytest.mark.parametrize("extra, detected", [({}, False), ({"snapped": True, "edge_support": 0.66}, True),
                                              ({"source": "femur-dome", "snapped": True}, True)])
-def test_without_a_confident_femur_fit_an_unconfirmed_network_circle_is_not_a_detection(femur_fit, extra, detected):
+def test_without_a_confident_femur_fit_an_unconfirmed_network_circle_is_not_a_detection(femur_fit, monkeypatch, extra,
+                                                                                          detected):
     """The head network's own circle, with no edge to confirm it and no confident femur fit: "not detected", the
-    circle kept for review. A snapped circle, or one found by the femur helpers, stays."""
+    circle kept for review. A snapped circle on the femur, or one found by the femur helpers, stays."""
+    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
     femur_fit.result = femur_result(quality=0.3)
     res = check(head_result(**extra), flat_image())
     assert res.detected is detected and res.circle["cx"] == HEAD[0] - 150
@@ -152,7 +181,7 @@ def test_a_given_polarity_detection_is_used_instead_of_detecting_again(monkeypat
     assert not calls and femur.polarity == "bone-bright" and femur.polarity_score == 0.5
 
 
-def test_the_slicer_logic_runs_the_same_check(femur_fit):
+def test_the_slicer_logic_runs_the_same_check(femur_fit, femur_region_at_the_head, monkeypatch):
     from DeepMorphLib import fit_logic
 
     far = (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])
@@ -173,7 +202,12 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit):
     snapped = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.66, "snapped": 1.0},
                                   polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
     fit_logic._check_with_femur(snapped, flat_image(), None, {}, "auto", None)
-    assert snapped.detected and snapped.circle == far
+    assert not snapped.detected and "not on the femur" in snapped.reason and snapped.circle == far
+    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)  # a weak snap on the femur stays
+    on = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.66, "snapped": 1.0},
+                             polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
+    fit_logic._check_with_femur(on, flat_image(), None, {}, "auto", None)
+    assert on.detected and on.circle == far
 
 
 def test_the_check_takes_the_head_circle_of_the_femur_fit_from_dome_circle(femur_fit, monkeypatch):
@@ -193,3 +227,48 @@ def test_the_check_takes_the_head_circle_of_the_femur_fit_from_dome_circle(femur
     assert len(seen) == 1 and np.array_equal(seen[0], femur_fit.result.contour[d0: d1 + 1])
     assert res.detected and res.circle["source"] == "femur-fit" and not res.circle["snapped"]
     assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], offset)
+
+
+@pytest.fixture
+def femur_region_at_the_head(monkeypatch):
+    """The femur region network marks a disk around the true head ``HEAD`` (and nothing else); the searches from the
+    femur fit and maps find nothing unless a test sets ``femur_region_at_the_head.hough`` (an edge circle)."""
+    from DeepMorphLib.edge_snap import EdgeSnap
+    from DeepMorphLib.region import disk_mask
+
+    region = disk_mask((448, 448), HEAD[0], HEAD[1], 1.5 * HEAD[2]).astype(np.float32)
+    monkeypatch.setattr(pipeline, "region_confidence", lambda img, polarity, net: (lambda: region))
+    monkeypatch.setattr(pipeline, "_dome_edge_circle", lambda *a, **k: None)
+    state = type("State", (), {"hough": None})()
+    monkeypatch.setattr(pipeline, "_hough_head_circle",
+                        lambda img, pol, dev, region_conf, head_conf: None if state.hough is None else
+                        (EdgeSnap(True, *state.hough, support=0.8), pipeline.on_femur(region_conf, state.hough)))
+    return state
+
+
+def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, femur_region_at_the_head):
+    """No confident femur fit: the head network's own circle snapped with support below ``FEMUR_CHECK_EDGE`` must lie
+    on the femur; off it, the femur maps' edge circle replaces it, or the head counts as not found (kept for
+    review), and then a femur fit the femur task confirms still gives the head."""
+    femur_fit.result = femur_result(quality=0.3)
+    far = {"snapped": True, "edge_support": 0.66}
+    res = check(head_result(**far), flat_image())
+    assert not res.detected and "not on the femur" in res.reason and res.circle["cx"] == HEAD[0] - 150
+    assert res.circle["on_femur"] < pipeline.MIN_ON_FEMUR
+    femur_region_at_the_head.hough = HEAD
+    res = check(head_result(**far), flat_image())
+    assert res.detected and res.circle["source"] == "femur-hough" and res.circle["off_femur"] < pipeline.MIN_ON_FEMUR
+    assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], HEAD)
+    femur_region_at_the_head.hough = None
+    femur_fit.result = femur_result(quality=0.45)  # confirmed by the femur task, confident along the dome
+    res = check(head_result(**far), flat_image())
+    assert res.detected and res.circle["source"] == "femur-fit" and not res.circle["replaced_detected"]
+    femur_fit.result = femur_result(quality=0.3)
+    on = check(head_result(circle=HEAD, **far), flat_image())  # a weak snap on the femur stays
+    assert on.detected and "source" not in on.circle and on.circle["on_femur"] >= pipeline.MIN_ON_FEMUR
+    clear = check(head_result(snapped=True, edge_support=pipeline.FEMUR_CHECK_EDGE), flat_image())
+    assert clear.detected and "on_femur" not in clear.circle  # a clear edge is not checked against the femur
+    kept = head_result(**far)
+    pipeline._check_with_femur_fit(kept, flat_image(), "bone-dark", "cpu", 0.5, None, FarHead(),
+                                   reject_unconfirmed=False)
+    assert kept.detected and "on_femur" not in kept.circle  # --keep-unconfirmed-head: as before

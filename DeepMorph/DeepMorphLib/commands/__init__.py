@@ -12,7 +12,8 @@ def add_head_fit_arguments(parser) -> None:
                              "confirm is compared with the femur fit, whose head dome wins when that fit is confident)")
     parser.add_argument("--keep-unconfirmed-head", action="store_true",
                         help="head: report the head network's circle even when neither its own edge nor a confident "
-                             "femur fit confirms it (by default it is 'not detected', the circle kept for review)")
+                             "femur fit confirms it, or when it is only weakly snapped and off the femur (by default "
+                             "it is 'not detected', the circle kept for review, unless the femur fit gives the head)")
     parser.add_argument("--refine-model", default=None, metavar="MODEL",
                         help="head: refinement (ROI) network applied around the first circle (default: the shipped "
                              "one when present; 'none' = off)")
