@@ -228,6 +228,55 @@ def test_augmentation_is_deterministic_and_in_range():
         AugmentConfig.from_dict({"spin": 1})
 
 
+def test_histogram_equalisation_gives_a_uniform_histogram_in_the_same_order():
+    from DeepMorphLib.augment import equalize
+
+    x = torch.rand(2, 1, 16, 16) ** 3  # a skewed histogram
+    e = equalize(x)
+    for i in range(2):
+        values = torch.sort(e[i].flatten())[0]
+        assert torch.allclose(values, torch.linspace(0, 1, 256), atol=1e-6)  # each grey level once
+        order_x, order_e = torch.argsort(x[i].flatten()), torch.argsort(e[i].flatten())
+        assert torch.equal(order_x, order_e)  # a monotone map: the image's order kept
+
+
+def test_display_processing_enhances_edges_and_is_off_by_default():
+    """Unsharp masking over- and undershoots at a step edge (the halo of clinical edge enhancement); with its
+    probabilities at 0 (the default) the appearance step draws nothing, so earlier runs replay unchanged."""
+    from DeepMorphLib.augment import display_processing
+
+    step = torch.zeros(1, 1, 32, 32)
+    step[..., 16:] = 0.8
+    step = step + 0.1
+    cfg = AugmentConfig(unsharp_prob=1.0, unsharp_sigma=(0.1, 0.1), unsharp_amount=(1.0, 1.0))
+    out = display_processing(step, torch.Generator().manual_seed(0), cfg)
+    row = out[0, 0, 16]
+    assert float(row[15]) < 0.1 - 0.05 and float(row[16]) > 0.9 + 0.05  # dark undershoot, bright overshoot
+    assert torch.allclose(row[:4], torch.full((4,), 0.1), atol=0.02)  # far from the edge: unchanged
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(display_processing(step, g, AugmentConfig()), step)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(4).get_state())  # no random number drawn
+    img, mask = disc_batch()
+    on = AugmentConfig(unsharp_prob=0.5, equalize_prob=0.5)
+    a = augment_batch(img, mask, torch.Generator().manual_seed(7), on)
+    b = augment_batch(img, mask, torch.Generator().manual_seed(7), on)
+    assert torch.equal(a[0], b[0]) and float(a[0].min()) >= 0 and float(a[0].max()) <= 1
+
+
+def test_train_display_prob_sets_both_display_steps():
+    import argparse
+
+    from DeepMorphLib.commands.train import augment_settings
+
+    args = argparse.Namespace(task="head", invert_prob=0.25, display_prob=0.4)
+    cfg = AugmentConfig.from_dict(augment_settings(args))
+    assert cfg.unsharp_prob == cfg.equalize_prob == 0.4 and cfg.invert_prob == 0.25
+    off = AugmentConfig.from_dict(augment_settings(argparse.Namespace(task="head", invert_prob=0.25, display_prob=0.0)))
+    assert off == AugmentConfig(invert_prob=0.25)  # the default: as the shipped networks were trained
+    with pytest.raises(ValueError, match="--display-prob"):
+        augment_settings(argparse.Namespace(task="femur", invert_prob=0.25, display_prob=1.5))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_predict_confidence_on_cuda_matches_cpu():
     net = tiny()

@@ -43,6 +43,13 @@ class AugmentConfig:
     noise_std: tuple = (0.0, 0.08)         # additive noise std (image units, image in [0, 1])
     noise_sigma: tuple = (0.0, 3.0)        # px: correlation length of the coloured noise (0 = white)
     invert_prob: float = 0.0               # polarity inversion I -> 1 - I
+    # display processing as clinical X-ray systems apply it (off by default; drawn only when on, so the random
+    # sequence of a configuration without it is unchanged):
+    unsharp_prob: float = 0.0              # unsharp masking I + a (I - blur(I)): edge enhancement
+    unsharp_sigma: tuple = (0.02, 0.08)    # its blur sigma, as a fraction of the image side
+    unsharp_amount: tuple = (0.3, 1.5)     # its amount a
+    equalize_prob: float = 0.0             # blend with the image's histogram-equalised version
+    equalize_blend: tuple = (0.3, 1.0)     # weight of the equalised image
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -185,9 +192,41 @@ def random_appearance(images: torch.Tensor, g: torch.Generator, cfg: AugmentConf
     if bool(noise_on.any()):
         noise = coloured_noise((b, 1, h, w), noise_sigma, g)
         x = x + noise.to(dev) * noise_std.to(dev).view(b, 1, 1, 1)
+    x = display_processing(x.clamp(0.0, 1.0), g, cfg)
     invert = _bernoulli(g, b, cfg.invert_prob).to(dev).view(b, 1, 1, 1)
     x = torch.where(invert, 1.0 - x, x)
     return x.clamp(0.0, 1.0)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Per-image histogram equalisation of (B, 1, H, W) images: each pixel -> its rank / (H W - 1) (ties broken
+    by position), a uniform grey histogram."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, -1)
+    ranks = torch.empty_like(flat)
+    order = torch.argsort(flat, dim=1, stable=True)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=x.device, dtype=x.dtype).expand(b, -1).contiguous())
+    return (ranks / max(flat.shape[1] - 1, 1)).reshape(b, c, h, w)
+
+
+def display_processing(x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Unsharp masking and histogram equalisation of images in [0, 1] (``cfg.unsharp_*``, ``cfg.equalize_*``); a
+    step whose probability is 0 draws no random numbers."""
+    b, _, h, w = x.shape
+    dev = x.device
+    if cfg.unsharp_prob > 0:
+        on = _bernoulli(g, b, cfg.unsharp_prob)
+        sigma = _log_uniform(g, b, *cfg.unsharp_sigma) * min(h, w)
+        amount = torch.where(on, _uniform(g, b, *cfg.unsharp_amount), torch.zeros(b))
+        if bool(on.any()):
+            blurred = blur_per_sample(x, torch.where(on, sigma, torch.zeros(b)))
+            x = (x + amount.to(dev).view(b, 1, 1, 1) * (x - blurred)).clamp(0.0, 1.0)
+    if cfg.equalize_prob > 0:
+        on = _bernoulli(g, b, cfg.equalize_prob)
+        t = torch.where(on, _uniform(g, b, *cfg.equalize_blend), torch.zeros(b)).to(dev).view(b, 1, 1, 1)
+        if bool(on.any()):
+            x = x * (1 - t) + equalize(x) * t
+    return x
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, g: torch.Generator, cfg: AugmentConfig,

@@ -51,6 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dice-weight", type=float, default=C.dice_weight, help="weight of the soft-Dice term (default %(default)s)")
     p.add_argument("--invert-prob", type=float, default=0.25,
                    help="probability of polarity inversion in augmentation (default %(default)s)")
+    p.add_argument("--display-prob", type=float, default=0.0,
+                   help="probability of each display-processing step in augmentation, as clinical X-ray systems "
+                        "apply them: unsharp masking and histogram equalisation (default %(default)s: off)")
     p.add_argument("--seed", type=int, default=C.seed, help="initialisation, split, order, augmentation (default %(default)s)")
     p.add_argument("--val-fraction", type=float, default=C.val_fraction,
                    help="fraction of samples held out for per-epoch validation (default %(default)s)")
@@ -84,14 +87,17 @@ def canonical_command(args) -> str:
 
 
 def augment_settings(args) -> dict:
-    """The augmentation of the run: ``--invert-prob`` for the segmenters; for the polarity classifier no
-    occlusions (a painted dark square is a metal cue of one polarity) and no plain inversion (it inverts half of
-    the images itself, flipping their labels)."""
+    """The augmentation of the run: ``--invert-prob`` and ``--display-prob`` for the segmenters; for the polarity
+    classifier no occlusions (a painted dark square is a metal cue of one polarity) and no plain inversion (it
+    inverts half of the images itself, flipping their labels)."""
     from DeepMorphLib.augment import AugmentConfig
 
     if args.task == "polarity":
         return AugmentConfig(invert_prob=0.0, occlusion_prob=0.0).to_dict()
-    return AugmentConfig(invert_prob=args.invert_prob).to_dict()
+    if not 0.0 <= args.display_prob <= 1.0:
+        raise ValueError(f"--display-prob must be within [0, 1], got {args.display_prob}.")
+    return AugmentConfig(invert_prob=args.invert_prob, unsharp_prob=args.display_prob,
+                         equalize_prob=args.display_prob).to_dict()
 
 
 def run(args) -> int:
