@@ -909,12 +909,10 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
     3 px of the truth scored >= 0.93. (The map search after a diffuse blob was also tried: on the real dev set it
     added one wrong head, 154 px off, and nothing on the tuning images.)"""
     _snap_from_dome(result, img, polarity, device, threshold)
-    region = region_confidence(img, polarity, load_region_net(None, device)) if result.detected else None
-    if region is None:
+    scored = _score_on_femur(result, img, polarity, device) if result.detected else None
+    if scored is None:
         return
-    conf = region()
-    score = on_femur(conf, (result.circle["cx"], result.circle["cy"], result.circle["r"]))
-    result.circle["on_femur"] = score
+    conf, score = scored
     if score >= MIN_ON_FEMUR:
         if not result.circle.get("snapped"):  # on the femur but no edge confirms it: an edge-confirmed head beats it
             found = _hough_head_circle(img, polarity, device, conf, result.confidence)
@@ -922,6 +920,19 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
                 _take_rescue(result, found[0], "femur-hough", found[1])
         return
     _rescue_off_femur(result, img, polarity, device, threshold, conf, score)
+
+
+def _score_on_femur(result: FitResult, img, polarity: str, device):
+    """(region map, score): the shipped femur region network's map of ``img`` (shown with ``polarity``) and the
+    ``on_femur`` score of the circle in ``result``, recorded as ``circle["on_femur"]``; None without a region
+    network."""
+    region = region_confidence(img, polarity, load_region_net(None, device))
+    if region is None:
+        return None
+    conf = region()
+    c = result.circle
+    c["on_femur"] = on_femur(conf, (c["cx"], c["cy"], c["r"]))
+    return conf, c["on_femur"]
 
 
 def _rescue_off_femur(result: FitResult, img, polarity: str, device, threshold: float, region_conf,
@@ -1059,14 +1070,9 @@ def _rescue_weak_snap_off_femur(result: FitResult, img, device, threshold: float
     if not result.detected or c.get("source") is not None or not c.get("snapped") \
             or float(c.get("edge_support") or 0.0) >= FEMUR_CHECK_EDGE:
         return
-    region = region_confidence(img, result.polarity, load_region_net(None, device))
-    if region is None:
-        return
-    conf = region()
-    score = on_femur(conf, (c["cx"], c["cy"], c["r"]))
-    c["on_femur"] = score
-    if score < MIN_ON_FEMUR:
-        _rescue_off_femur(result, img, result.polarity, device, threshold, conf, score)
+    scored = _score_on_femur(result, img, result.polarity, device)
+    if scored is not None and scored[1] < MIN_ON_FEMUR:
+        _rescue_off_femur(result, img, result.polarity, device, threshold, *scored)
 
 
 def _take_rescue(result: FitResult, snap, source: str, on_femur_score: float, **replaced) -> None:
