@@ -109,3 +109,38 @@ def test_evaluate_scores_an_unconfirmed_contour_apart():
     ok = score_sample("femur", sample, femur_result(0.8), real=False, shape=(448, 448))
     summary = summarize_femur([rec, ok])
     assert summary["detection_rate"] == 0.5 and summary["n_scored"] == 1 and summary["p2c_mean"] == pytest.approx(ok["p2c"])
+
+
+def test_extrapolated_segments_need_both_ends_below_the_threshold():
+    from DeepMorphLib.overlay import EXTRAPOLATED_BELOW, extrapolated_segments
+
+    lo, hi = EXTRAPOLATED_BELOW / 2, 0.9
+    conf = [hi, lo, lo, lo, hi]
+    assert extrapolated_segments(conf).tolist() == [False, True, True, False]
+    assert extrapolated_segments([lo, hi, hi, lo], closed=True).tolist() == [False, False, False, True]
+    assert not extrapolated_segments([EXTRAPOLATED_BELOW] * 3).any()  # at the threshold: seen, not extrapolated
+
+
+def _coverage_along(mask, points):
+    """Fraction of the (densely sampled) contour ``points`` with a pixel of ``mask`` within their 3 x 3 neighbourhood."""
+    x, y = np.round(points[:, 0]).astype(int), np.round(points[:, 1]).astype(int)
+    hit = np.zeros(len(points), bool)
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            hit |= mask[np.clip(y + dy, 0, mask.shape[0] - 1), np.clip(x + dx, 0, mask.shape[1] - 1)]
+    return hit.mean()
+
+
+def test_the_overlay_draws_the_extrapolated_part_of_a_contour_dashed():
+    res = femur_result(0.8)
+    n = len(res.contour)
+    res.point_confidence = np.where(np.arange(n) < n // 2, 0.95, 0.05)  # second half: no network support
+    rgb = draw_overlay(np.full((200, 200), 128, np.float32), res)
+    yellow = np.all(rgb == FIT_CONTOUR, axis=-1)
+    dense = lambda pts: np.vstack([np.linspace(a, b, 8) for a, b in zip(pts[:-1], pts[1:])])  # noqa: E731
+    seen, extrapolated = dense(res.contour[: n // 2 - 1]), dense(res.contour[n // 2 + 1:])
+    assert _coverage_along(yellow, seen) > _coverage_along(yellow, extrapolated) + 0.15  # gaps only where extrapolated
+    assert _coverage_along(yellow, extrapolated) > 0.2  # ... but drawn
+    res.point_confidence = np.full(n, 0.95)  # all seen: one solid line, as before
+    solid = np.all(draw_overlay(np.full((200, 200), 128, np.float32), res) == FIT_CONTOUR, axis=-1)
+    assert _coverage_along(solid, extrapolated) > _coverage_along(yellow, extrapolated) + 0.15

@@ -90,8 +90,9 @@ def _kv_table(d: dict) -> str:
                    for k, v in d.items()], ["key", "value"])
 
 
-FIGURE_LEGEND = ("grey: image; cyan: network confidence; green/yellow: fit; magenta: landmarks; red: ground truth "
-                 "(dashed: eval_max_y)")
+FIGURE_LEGEND = ("grey: image; cyan: network confidence; green/yellow: fit (yellow dashed: contour extrapolated by the "
+                 "shape model where the network sees no outline); magenta: landmarks; red: ground truth "
+                 "(dashed: eval_max_y); orange dashed: found but not confirmed")
 
 
 def _img_src(image) -> str:
