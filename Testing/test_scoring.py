@@ -76,3 +76,44 @@ def test_summaries_and_groups():
                              "detection_rate": 0.0, "n": 1}
     f = summarize_femur([{"detected": True, "p2c": 1.0}, {"detected": True, "p2c": 3.0}, {"detected": False}])
     assert f["p2c_mean"] == 2.0 and f["p2c_median"] == 2.0 and f["n"] == 3 and f["n_scored"] == 2
+
+
+def test_head_in_view_fractions_against_geometry():
+    from DeepMorphLib.scoring import head_in_view
+
+    assert head_in_view((100, 100, 30), 200, 200) == 1.0
+    assert head_in_view((400, 100, 30), 200, 200) == 0.0
+    # centred on the right border (x = width - 0.5): half of the disk is in the crop
+    assert abs(head_in_view((199.5, 100, 30), 200, 200) - 0.5) < 0.01
+    # a quarter: centred on the bottom-right corner
+    assert abs(head_in_view((199.5, 199.5, 30), 200, 200) - 0.25) < 0.01
+    # a collimator field covering the left half of the image hides the part of a centred disk right of x = 99.5
+    field = np.zeros((200, 200))
+    field[:, :100] = 1.0
+    assert abs(head_in_view((99.5, 100, 40), 200, 200, field) - 0.5) < 0.01
+
+
+def test_head_in_view_of_a_simulated_sample_follows_its_circular_collimator():
+    from DeepMorphLib.commands.evaluate import _field
+    from DeepMorphLib.scoring import head_in_view
+
+    detector = {"collimation": "circle", "collimation_center": [0.5, 0.5], "collimation_radius": 0.4}
+    field = _field(detector, (200, 200))  # a field of radius 80 px around (99.5, 99.5)
+    assert head_in_view((99.5, 99.5, 30), 200, 200, field) == 1.0
+    # a disk of radius 10 centred on the field's rim: about half of it inside (the rim curves slightly)
+    assert abs(head_in_view((99.5 + 80, 99.5, 10), 200, 200, field) - 0.5) < 0.05
+    assert head_in_view((99.5 + 80, 99.5, 10), 200, 200) == 1.0  # inside the crop, without the field
+    assert _field({"collimation": "none"}, (200, 200)) is None and _field(None, (200, 200)) is None
+
+
+def test_detection_rate_in_view_counts_only_heads_mostly_in_view():
+    from DeepMorphLib.scoring import summarize_head
+
+    recs = [{"detected": True, "rmse": 1.0, "center_err": 1.0, "head_in_view": 1.0},
+            {"detected": False, "head_in_view": 0.9},
+            {"detected": False, "head_in_view": 0.2},
+            {"detected": True, "rmse": 3.0, "center_err": 2.0, "head_in_view": 0.3}]
+    out = summarize_head(recs)
+    assert out["detection_rate"] == 0.5 and out["n"] == 4
+    assert out["detection_rate_in_view"] == 0.5 and out["n_in_view"] == 2
+    assert "detection_rate_in_view" not in summarize_head([{"detected": True, "rmse": 1.0, "center_err": 1.0}])

@@ -85,7 +85,8 @@ def iter_dataset(root: Path, n: int | None = None):
     for f in files[:n]:
         meta = json.loads(f.read_text())
         yield {"id": f.stem, "path": f.with_suffix(".png"),
-               "truth": {"head_circle": meta.get("head_circle"), "contour": meta.get("contour")},
+               "truth": {"head_circle": meta.get("head_circle"), "contour": meta.get("contour"),
+                         "detector": meta.get("detector")},
                "meta": {"polarity": meta.get("polarity"), "side": meta.get("side"),
                         "implants": bool(meta.get("implants")), "modality": "simulated"}}
 
@@ -128,6 +129,7 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     if task == "head":
         if truth.get("head_circle") is None:
             return None
+        rec["head_in_view"] = scoring.head_in_view(truth["head_circle"], w, h, _field(truth.get("detector"), (h, w)))
         if res.detected:
             c = res.circle
             rec.update(scoring.head_errors((c["cx"], c["cy"], c["r"]), truth["head_circle"]))
@@ -151,6 +153,19 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     return rec
 
 
+def _field(detector: dict | None, shape: tuple):
+    """Exposed-field weight (H, W) of a simulated sample from its ``detector`` record (collimation only); None
+    when it has none (real images, or a dataset without collimation)."""
+    if not detector or detector.get("collimation", "none") == "none":
+        return None
+    from DeepMorphSimulatorLib.detector import DetectorParams, field_mask
+
+    params = DetectorParams(collimation=detector["collimation"],
+                            collimation_center=tuple(detector.get("collimation_center", (0.5, 0.5))),
+                            collimation_radius=float(detector.get("collimation_radius", 0.5)))
+    return field_mask(shape, params)
+
+
 def summarize(task: str, records: list[dict], real: bool) -> dict:
     from DeepMorphLib import scoring
 
@@ -166,7 +181,8 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
         return out
     out = fn(records, p95=True)
     if task == "head":
-        out = {k: out[k] for k in ("rmse_mean", "rmse_median", "rmse_p95", "center_err_mean", "detection_rate", "n")}
+        out = {k: out[k] for k in ("rmse_mean", "rmse_median", "rmse_p95", "center_err_mean", "detection_rate", "n",
+                                   "detection_rate_in_view", "n_in_view") if k in out}
     return out
 
 
