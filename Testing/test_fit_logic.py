@@ -195,6 +195,9 @@ def test_femur_contour_with_named_landmarks_and_constrained_editing(app, fake_fe
     contour = nodes["contour"]
     assert contour.IsA("vtkMRMLMarkupsCurveNode") and not contour.GetLocked()  # editable by the user
     assert contour.GetFixedNumberOfControlPoints()  # ... by dragging only: correspondence is kept
+    assert np.allclose(result.point_confidence, 0.9)  # the fit's point confidences reach the markups
+    assert contour.GetAttribute("DeepMorph.extrapolated") == "" and contour.GetNthControlPointDescription(0) == \
+        "network confidence 0.90"
     contour.RemoveNthControlPoint(3)
     assert contour.GetNumberOfControlPoints() == len(result.contour)
     assert np.allclose(g.markups_to_uv(contour, xray), result.contour, atol=1e-4)
@@ -293,3 +296,20 @@ def test_the_head_rule_switch_reaches_the_femur_check(monkeypatch, keep):
     logic._check_with_femur(result, np.zeros((64, 64), np.float32), None, {}, "bone-dark", None,
                             reject_unconfirmed=not keep)
     assert seen["reject"] is (not keep) and result.detected is keep
+
+
+def test_contour_markups_describe_the_points_the_shape_model_extrapolated(app):
+    from DeepMorphLib.overlay import EXTRAPOLATED_BELOW
+
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray support")
+    conf = np.array([0.9, 0.8, EXTRAPOLATED_BELOW / 2, 0.05, EXTRAPOLATED_BELOW, 0.7])
+    curve, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(6.0), np.zeros(6)], point_confidence=conf)
+    assert curve.GetAttribute("DeepMorph.extrapolated") == "2,3"
+    assert curve.GetNthControlPointDescription(3) == "extrapolated by the shape model (network confidence 0.05)"
+    assert curve.GetNthControlPointDescription(4) == f"network confidence {EXTRAPOLATED_BELOW:.2f}"
+    # the same node refitted without confidences: nothing stale is left
+    again, _ = g.contour_to_markups(app.scene, xray, np.c_[np.arange(6.0), np.ones(6)], curve_node=curve)
+    assert again is curve and curve.GetAttribute("DeepMorph.extrapolated") is None
+    assert all(curve.GetNthControlPointDescription(i) == "" for i in range(6))
+    with pytest.raises(ValueError, match="one value per contour point"):
+        g.contour_to_markups(app.scene, xray, np.c_[np.arange(6.0), np.zeros(6)], point_confidence=conf[:4])

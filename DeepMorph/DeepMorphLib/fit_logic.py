@@ -42,6 +42,7 @@ class FitResult:
     contour: np.ndarray | None = None  # (N, 2) px
     landmarks: dict[str, int] = dataclasses.field(default_factory=dict)  # name -> contour index
     quality: dict[str, float] = dataclasses.field(default_factory=dict)
+    point_confidence: np.ndarray | None = None  # (N,) network confidence at each contour point (femur)
     polarity: str = "bone-dark"  # polarity the image was fitted with
     polarity_score: float | None = None  # "auto": polarity.detect_polarity's score (> 0 bone-bright); None if given
     side: str | None = None  # femur side the fits assumed ("left" / "right"); None = either
@@ -205,8 +206,10 @@ def _fit_femur(conf: np.ndarray, pdm, target: str = "outline", head_circle=None,
         quality["region_fit"] = 1.0
     contour = np.asarray(fit.points, dtype=float) if fit.detected else None
     landmarks = contour_landmarks(pdm) if fit.detected else {}
+    point_conf = np.asarray(fit.point_confidence, dtype=float) if fit.detected and fit.point_confidence is not None \
+        else None
     return FitResult("femur", bool(fit.detected), fit.reason or "", contour=contour, landmarks=landmarks,
-                     quality=quality)
+                     quality=quality, point_confidence=point_conf)
 
 
 def _head_dome(pdm):
@@ -507,7 +510,7 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
         named = {LANDMARK_TITLES.get(k, k): i for k, i in result.landmarks.items()}
         nodes["contour"], nodes["landmarks"] = glue.contour_to_markups(
             scene, xray_node, result.contour, named, name="Femur contour", curve_node=nodes.get("contour"),
-            landmarks_node=nodes.get("landmarks"), editable=editable,
+            landmarks_node=nodes.get("landmarks"), editable=editable, point_confidence=result.point_confidence,
         )
     if show_unconfirmed_contour:
         nodes["unconfirmed_contour"], _ = glue.contour_to_markups(

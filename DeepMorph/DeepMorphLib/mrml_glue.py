@@ -80,11 +80,16 @@ def confidence_to_node(scene, confidence: np.ndarray, image_node, node=None, nam
 def contour_to_markups(
     scene, image_node, points_uv: np.ndarray, landmarks: dict[str, int] | None = None, name: str = "Femur contour",
     curve_node=None, landmarks_node=None, closed: bool = False, editable: bool = False, color=COLORS["outline"],
+    point_confidence=None,
 ):
     """A fitted contour (N, 2) px -> curve node (+ a fiducial node with the named landmarks).
 
     ``landmarks`` maps names (e.g. "head", "greater trochanter") to contour point indices. With
     ``editable`` the curve is unlocked and shows small handles so the user can drag points.
+    ``point_confidence`` (N,): the network's confidence at each point, written into the control points'
+    descriptions; points below ``overlay.EXTRAPOLATED_BELOW`` (the shape model's extrapolation, where the network
+    sees no outline) are described as extrapolated and listed in the curve's ``DeepMorph.extrapolated`` attribute
+    (comma-separated point indices, empty when none).
     """
     points_uv = np.asarray(points_uv, dtype=float)
     curve = uv_curve_to_markups(
@@ -93,6 +98,12 @@ def contour_to_markups(
     )
     curve.SetAttribute("DeepMorph.role", "contour")
     curve.SetFixedNumberOfControlPoints(True)  # the points correspond to the shape model's: drag, never add/delete
+    if point_confidence is not None:
+        _describe_support(curve, np.asarray(point_confidence, dtype=float), len(points_uv))
+    elif curve.GetAttribute("DeepMorph.extrapolated") is not None:  # a reused node: no stale descriptions
+        for i in range(curve.GetNumberOfControlPoints()):
+            curve.SetNthControlPointDescription(i, "")
+        curve.RemoveAttribute("DeepMorph.extrapolated")
     lm_node = None
     if landmarks:
         bad = {k: i for k, i in landmarks.items() if not 0 <= int(i) < len(points_uv)}
@@ -104,6 +115,20 @@ def contour_to_markups(
         for index, key in enumerate(names):
             lm_node.SetNthControlPointDescription(index, f"contour point {int(landmarks[key])}")
     return curve, lm_node
+
+
+def _describe_support(curve, point_confidence: np.ndarray, n: int) -> None:
+    """Control point descriptions and the ``DeepMorph.extrapolated`` attribute from the points' network confidence."""
+    from DeepMorphLib.overlay import EXTRAPOLATED_BELOW
+
+    if point_confidence.shape != (n,):
+        raise ValueError(f"point_confidence must hold one value per contour point ({n}), got {point_confidence.shape}.")
+    low = point_confidence < EXTRAPOLATED_BELOW
+    for i, (c, extrapolated) in enumerate(zip(point_confidence, low)):
+        curve.SetNthControlPointDescription(
+            i, f"extrapolated by the shape model (network confidence {c:.2f})" if extrapolated
+            else f"network confidence {c:.2f}")
+    curve.SetAttribute("DeepMorph.extrapolated", ",".join(str(i) for i in np.flatnonzero(low)))
 
 
 def update_landmarks_from_contour(curve_node, landmarks_node, image_node, landmarks: dict[str, int]) -> None:
