@@ -107,6 +107,10 @@ def test_evaluate_scores_an_unconfirmed_contour_apart():
     rec = score_sample("femur", sample, res, real=False, shape=(448, 448))
     assert rec["p2c"] is None and rec["p2c_unconfirmed"] == pytest.approx(2.0, abs=0.3) and not rec["detected"]
     ok = score_sample("femur", sample, femur_result(0.8), real=False, shape=(448, 448))
+    assert "extrapolated" not in ok  # no point confidences given
+    weak = femur_result(0.8)
+    weak.point_confidence = np.r_[np.full(30, 0.9), np.full(10, 0.05)]
+    assert score_sample("femur", sample, weak, real=False, shape=(448, 448))["extrapolated"] == 10
     summary = summarize_femur([rec, ok])
     assert summary["detection_rate"] == 0.5 and summary["n_scored"] == 1 and summary["p2c_mean"] == pytest.approx(ok["p2c"])
 

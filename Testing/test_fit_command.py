@@ -176,3 +176,14 @@ def test_the_side_and_femur_check_options_reach_the_fit(monkeypatch, tmp_path, c
     with pytest.raises(SystemExit):
         main(args + ["--side", "both"])
     assert "--side" in capsys.readouterr().err
+
+
+def test_the_summary_line_counts_extrapolated_contour_points():
+    from DeepMorphLib.commands.fit import _summary
+
+    d = {"detected": True, "polarity": "bone-dark", "polarity_mode": "auto", "contour": [[0, 0]] * 4,
+         "point_confidence": [0.9, 0.05, 0.1, 0.2], "quality": 0.31}
+    assert _summary(d) == ("contour 4 points, 2 extrapolated (network confidence < 0.2), quality 0.31; "
+                           "bone-dark (auto)")
+    d["point_confidence"] = [0.9] * 4
+    assert _summary(d) == "contour 4 points, quality 0.31; bone-dark (auto)"

@@ -143,6 +143,10 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     rec["p2c"] = None
     rec["reflected"] = res.reflected
     rec["quality"] = res.quality  # the fit's mean confidence at its points
+    if res.point_confidence is not None:  # points the shape model extrapolated (overlays draw them dashed)
+        from DeepMorphLib.overlay import EXTRAPOLATED_BELOW
+
+        rec["extrapolated"] = int(np.count_nonzero(np.asarray(res.point_confidence) < EXTRAPOLATED_BELOW))
     if res.contour is not None:  # a contour kept for review ("not confirmed") is scored apart, never in p2c
         if real:
             max_y = truth.get("eval_max_y")
