@@ -87,8 +87,8 @@ def contour_to_markups(
     ``landmarks`` maps names (e.g. "head", "greater trochanter") to contour point indices. With
     ``editable`` the curve is unlocked and shows small handles so the user can drag points.
     ``point_confidence`` (N,): the network's confidence at each point, written into the control points'
-    descriptions; points below ``overlay.EXTRAPOLATED_BELOW`` (the shape model's extrapolation, where the network
-    sees no outline) are described as extrapolated and listed in the curve's ``DeepMorph.extrapolated`` attribute
+    descriptions; ``overlay.extrapolated_points`` (the shape model's extrapolation, where the network sees no
+    outline) are described as extrapolated and listed in the curve's ``DeepMorph.extrapolated`` attribute
     (comma-separated point indices, empty when none).
     """
     points_uv = np.asarray(points_uv, dtype=float)
@@ -119,11 +119,11 @@ def contour_to_markups(
 
 def _describe_support(curve, point_confidence: np.ndarray, n: int) -> None:
     """Control point descriptions and the ``DeepMorph.extrapolated`` attribute from the points' network confidence."""
-    from DeepMorphLib.overlay import EXTRAPOLATED_BELOW
+    from DeepMorphLib.overlay import extrapolated_points
 
     if point_confidence.shape != (n,):
         raise ValueError(f"point_confidence must hold one value per contour point ({n}), got {point_confidence.shape}.")
-    low = point_confidence < EXTRAPOLATED_BELOW
+    low = extrapolated_points(point_confidence)
     for i, (c, extrapolated) in enumerate(zip(point_confidence, low)):
         curve.SetNthControlPointDescription(
             i, f"extrapolated by the shape model (network confidence {c:.2f})" if extrapolated

@@ -98,10 +98,16 @@ def _dashed_polyline(draw, pts, colour, width, dash_px: float = 6.0, gap_px: flo
         draw.line([tuple(map(float, p)) for p in piece], fill=colour, width=width)
 
 
+def extrapolated_points(point_confidence) -> np.ndarray:
+    """bool (N,): contour points whose network confidence is below ``EXTRAPOLATED_BELOW`` (the shape model's
+    extrapolation)."""
+    return np.asarray(point_confidence, dtype=float) < EXTRAPOLATED_BELOW
+
+
 def extrapolated_segments(point_confidence, closed: bool = False) -> np.ndarray:
     """bool (S,): contour segments (point k -> k + 1, and the last back to the first when ``closed``) whose both end
-    points have a network confidence below ``EXTRAPOLATED_BELOW`` (the shape model's extrapolation)."""
-    low = np.asarray(point_confidence, dtype=float) < EXTRAPOLATED_BELOW
+    points are ``extrapolated_points``."""
+    low = extrapolated_points(point_confidence)
     nxt = np.roll(low, -1)
     return (low & nxt) if closed else (low[:-1] & nxt[:-1])
 
@@ -123,8 +129,7 @@ def _draw_contour(draw, pts: np.ndarray, point_confidence, closed: bool, width: 
         else:
             draw.line([tuple(map(float, p)) for p in run], fill=FIT_CONTOUR, width=width)
         k = j + 1
-    seen = np.ones(len(pts), bool) if not dashed.any() else \
-        np.asarray(point_confidence, dtype=float) >= EXTRAPOLATED_BELOW
+    seen = ~extrapolated_points(point_confidence) if dashed.any() else np.ones(len(pts), bool)
     for p in pts[seen]:  # the points the network supports, as dots
         draw.ellipse([p[0] - width, p[1] - width, p[0] + width, p[1] + width], fill=FIT_CONTOUR)
 

@@ -144,9 +144,9 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     rec["reflected"] = res.reflected
     rec["quality"] = res.quality  # the fit's mean confidence at its points
     if res.point_confidence is not None:  # points the shape model extrapolated (overlays draw them dashed)
-        from DeepMorphLib.overlay import EXTRAPOLATED_BELOW
+        from DeepMorphLib.overlay import extrapolated_points
 
-        rec["extrapolated"] = int(np.count_nonzero(np.asarray(res.point_confidence) < EXTRAPOLATED_BELOW))
+        rec["extrapolated"] = int(extrapolated_points(res.point_confidence).sum())
     if res.contour is not None:  # a contour kept for review ("not confirmed") is scored apart, never in p2c
         if real:
             max_y = truth.get("eval_max_y")

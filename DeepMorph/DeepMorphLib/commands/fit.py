@@ -112,9 +112,9 @@ def _summary(d: dict) -> str:
         c = d["circle"]
         return f"circle cx={c['cx']:.1f} cy={c['cy']:.1f} r={c['r']:.1f} px; {pol}"
     source = " (region network's fit)" if d.get("fit_map") == "region" else ""
-    from DeepMorphLib.overlay import EXTRAPOLATED_BELOW
+    from DeepMorphLib.overlay import EXTRAPOLATED_BELOW, extrapolated_points
 
-    low = sum(c < EXTRAPOLATED_BELOW for c in d.get("point_confidence") or [])
+    low = int(extrapolated_points(d.get("point_confidence") or []).sum())
     extrapolated = f", {low} extrapolated (network confidence < {EXTRAPOLATED_BELOW:g})" if low else ""
     return (f"contour {len(d.get('contour') or [])} points{source}{extrapolated}, quality {d.get('quality') or 0:.2f}; "
             f"{pol}")
