@@ -214,3 +214,36 @@ def test_the_command_offers_exactly_the_detector_display_windows():
     command.add_arguments(parser)
     action = next(a for a in parser._actions if a.dest == "display_window")
     assert tuple(action.choices) == DISPLAY_WINDOWS and action.default == DISPLAY_WINDOWS[0]
+
+
+def test_wide_views_record_the_other_hips_femur(scene):
+    """A view centred between the hips shows both femurs: the other one's truth is recorded, on its own projection
+    (label-volume DRR) and with its head centred on its projected head centre; a view of one hip records none."""
+    import dataclasses
+
+    from DeepMorphSimulatorLib import drr, phantom
+    from DeepMorphSimulatorLib.geometry import CArmGeometry
+
+    s = ds.DatasetSettings(**SMALL)
+    ph = phantom.make_phantom(ds.phantom_seed(s.seed, 0), sides=ds.SIDES, spacing_mm=s.phantom_spacing_mm)
+    heads = {k: f.landmarks["head_center"] for k, f in scene.femurs.items()}
+    between = tuple((heads["left"] + heads["right"]) / 2.0)
+    wide = CArmGeometry(width_px=96, height_px=96, pixel_mm=4.0, isocenter_lps=between)  # ~230 mm field
+    others = ds.other_femurs_in_view(scene, "right", wide)
+    assert [o["side"] for o in others] == ["left"]
+    label = ph.femur_label.with_data((ph.femur_label.data == 2).astype(np.float32))  # 2 = left femur
+    proj = drr.line_integrals(label, wide) > 0.5
+    from scipy import ndimage
+
+    edge_dist = np.where(proj, ndimage.distance_transform_edt(proj), ndimage.distance_transform_edt(~proj))
+    pts = np.asarray(others[0]["contour"], float)
+    inside = (pts[:, 0] >= 1) & (pts[:, 0] < 94) & (pts[:, 1] >= 1) & (pts[:, 1] < 94)
+    assert inside.sum() >= 20
+    d = edge_dist[np.rint(pts[inside, 1]).astype(int), np.rint(pts[inside, 0]).astype(int)]
+    assert np.median(d) <= 1.5
+    cx, cy, r = others[0]["head_circle"]
+    assert np.hypot(*(np.array([cx, cy]) - wide.project(heads["left"][None])[0])) < 0.5 and r > 3
+    narrow = dataclasses.replace(wide, pixel_mm=0.6, isocenter_lps=tuple(heads["right"]))  # ~35 mm around one head
+    assert ds.other_femurs_in_view(scene, "right", narrow) == []
+    sample = ds.render_sample(scene, s, 0)["annotation"]
+    assert isinstance(sample["other_femurs"], list)

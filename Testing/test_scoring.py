@@ -117,3 +117,50 @@ def test_detection_rate_in_view_counts_only_heads_mostly_in_view():
     assert out["detection_rate"] == 0.5 and out["n"] == 4
     assert out["detection_rate_in_view"] == 0.5 and out["n_in_view"] == 2
     assert "detection_rate_in_view" not in summarize_head([{"detected": True, "rmse": 1.0, "center_err": 1.0}])
+
+
+def _wide_view_sample():
+    """A simulated sample showing both hips: the annotated (right) femur on the left, the other one 200 px right."""
+    t = np.linspace(0.0, 2 * np.pi, 400, endpoint=False)
+    ring = lambda cx: np.column_stack([cx + 50 * np.cos(t), 150 + 50 * np.sin(t)]).tolist()  # noqa: E731
+    return {"id": "w", "meta": {"polarity": "bone-dark", "side": "right", "implants": False, "modality": "simulated"},
+            "truth": {"head_circle": [100.0, 150.0, 30.0], "contour": ring(100.0), "detector": None,
+                      "other_femurs": [{"side": "left", "head_circle": [300.0, 150.0, 30.0], "contour": ring(300.0)}]}}
+
+
+def _result(task, circle=None, contour=None, detected=True):
+    from DeepMorphLib import pipeline
+
+    return pipeline.FitResult(task=task, image_shape=(448, 448), detected=detected, reason="", polarity="bone-dark",
+                              polarity_score=None, polarity_mode="given", circle=circle, contour=contour)
+
+
+def test_a_fit_on_the_other_hip_is_scored_against_that_femur():
+    from DeepMorphLib.commands.evaluate import score_sample, summarize
+
+    sample = _wide_view_sample()
+    head = _result("head", circle={"cx": 303.0, "cy": 154.0, "r": 30.0})  # 5 px from the other head
+    rec = score_sample("head", sample, head, real=False, shape=(448, 448))
+    assert rec["scored_femur"] == "other" and rec["rmse"] == pytest.approx(5.0)
+    assert rec["rmse_annotated"] == pytest.approx(np.hypot(203.0, 4.0))
+    strict = score_sample("head", sample, head, real=False, shape=(448, 448), side_option="annotated")
+    assert strict["rmse"] == pytest.approx(np.hypot(203.0, 4.0)) and strict["scored_femur"] == "annotated"
+    assert score_sample("head", sample, head, real=False, shape=(448, 448), side_option="left")["rmse"] == pytest.approx(5.0)
+    own = score_sample("head", sample, _result("head", circle={"cx": 100.0, "cy": 153.0, "r": 34.0}), False, (448, 448))
+    assert own["scored_femur"] == "annotated" and own["rmse"] == pytest.approx(5.0) == own["rmse_annotated"]
+    no_own_head = {**sample, "truth": {**sample["truth"], "head_circle": None}}
+    assert score_sample("head", no_own_head, head, real=False, shape=(448, 448)) is None  # the scored images stay
+    out = summarize("head", [rec, own], real=False)
+    assert out["rmse_mean"] == pytest.approx(5.0) and out["n_other_femur"] == 1
+    assert out["annotated_only"]["rmse_mean"] == pytest.approx((np.hypot(203.0, 4.0) + 5.0) / 2)
+
+    t = np.linspace(0.0, np.pi, 50)
+    arc = np.column_stack([300 + 52 * np.cos(t), 150 + 52 * np.sin(t)])  # 2 px outside the other femur's ring
+    femur = score_sample("femur", sample, _result("femur", contour=arc), real=False, shape=(448, 448))
+    assert femur["scored_femur"] == "other" and femur["p2c"] == pytest.approx(2.0, abs=0.05)
+    assert femur["p2c_annotated"] > 140
+    missed = score_sample("femur", sample, _result("femur", contour=arc, detected=False), False, (448, 448))
+    assert missed["p2c"] is None and missed["p2c_unconfirmed"] == pytest.approx(2.0, abs=0.05)
+    fsum = summarize("femur", [femur, missed], real=False)
+    assert fsum["p2c_mean"] == pytest.approx(2.0, abs=0.05) and fsum["n_other_femur"] == 1
+    assert fsum["annotated_only"]["p2c_mean"] == pytest.approx(femur["p2c_annotated"])

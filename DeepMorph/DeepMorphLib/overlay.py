@@ -70,6 +70,8 @@ def _circle(draw, c, colour, width):
 
 
 def _draw_truth(draw, truth, size, width):
+    for other in _get(truth, "other_femurs") or []:  # simulated wide views: the other hip's femur, also truth
+        _draw_truth(draw, {"head_circle": other.get("head_circle"), "femur_outline": other.get("contour")}, size, width)
     if _get(truth, "head_circle") is not None:
         _circle(draw, truth["head_circle"], TRUTH, width)
     outline = _get(truth, "femur_outline")

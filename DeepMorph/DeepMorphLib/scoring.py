@@ -8,7 +8,8 @@ Real images follow the dev set's rules (``real-hip-radiographs-dev/README.md``):
   ground-truth polygon, using only the polygon's segments with both ends inside the crop and at
   ``y <= eval_max_y``; RMS per hip, mean over hips.
 Simulated images: head as above; femur = RMS distance of the fitted points inside the image to the closed
-ground-truth outline polygon (all of its segments).
+ground-truth outline polygon (all of its segments). A simulated view may show both hips: ``deepmorph evaluate``
+then scores a fit against the femur it found (the dataset's ``other_femurs``; ``evaluate.scorable_femurs``).
 A ground-truth head counts wherever its circle overlaps the image, also when most of it lies outside the crop or
 the collimated field; ``head_in_view`` measures how much of it can be seen, and ``detection_rate_in_view`` is the
 detection rate over the heads at least ``HEAD_IN_VIEW_MIN`` in view (``detection_rate`` stays over all heads).

@@ -12,8 +12,8 @@ Directory format (read by the network trainer)::
     DIR/samples/000123.png          uint8 image (H, W)
     DIR/samples/000123_head.png     uint8 femoral-head outline target, 0 or 255
     DIR/samples/000123_femur.png    uint8 proximal-femur outline target, 0 or 255
-    DIR/samples/000123.json         geometry, head_circle, contour, points, visible, side, implants,
-                                    polarity, detector, seed (written LAST: the completion marker)
+    DIR/samples/000123.json         geometry, head_circle, contour, points, visible, side, other_femurs,
+                                    implants, polarity, detector, seed (written LAST: the completion marker)
 
 Crash safety: every file is written to a temporary name and renamed; the JSON goes last, so a sample
 is complete iff its JSON exists. A re-run with the same arguments skips complete samples and
@@ -271,6 +271,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     gt = projection.project_ground_truth(
         femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=int(settings.n_points), band_px=float(settings.band_px)
     )
+    others = other_femurs_in_view(scene, side, geometry)
     if settings.detector == "plain":
         params = plain_params()
         image = np.asarray(drr.to_display(a), dtype=np.uint8)
@@ -300,6 +301,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
         "landmarks_uv": {k: _r(np.asarray(v, float)) for k, v in sorted(getattr(gt, "landmarks_uv", {}).items())},
         "anchor_indices": {k: int(v) for k, v in sorted(getattr(gt, "anchor_indices", {}).items())},
         "anchors_in_order": bool(getattr(gt, "anchors_in_order", True)),
+        "other_femurs": others,
         "implants": [imp.to_dict() for imp in implants],
         "polarity": params.polarity,
         "detector": params.to_dict(),
@@ -313,6 +315,30 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     }
     if return_arrays:
         out.update(line_integrals=a, body_line_integrals=a_body, ground_truth=gt, geometry=geometry, implants=implants)
+    return out
+
+
+def other_femurs_in_view(scene: Scene, side: str, geometry) -> list[dict]:
+    """Ground truth of the scene's other femurs (a phantom has both) that project into the image: a wide view
+    shows both hips, and a fit on the other femur is a femur found, not a miss. Each: ``side``, ``head_circle``
+    (cx, cy, r) px or None, ``contour`` (closed outline polygon, px), as for the annotated femur."""
+    from . import projection
+
+    w, h = int(geometry.width_px), int(geometry.height_px)
+    out = []
+    for other in sorted(s for s in scene.femurs if s != side):
+        f = scene.femurs[other]
+        try:
+            gt = projection.project_ground_truth(f.mesh, f.landmarks, f.head_radius_mm, geometry, n_points=16)
+        except ValueError:  # behind the source or smaller than a pixel: not in view
+            continue
+        contour = np.asarray(gt.contour, float)
+        inside = (contour[:, 0] >= -0.5) & (contour[:, 0] <= w - 0.5) & (contour[:, 1] >= -0.5) & (contour[:, 1] <= h - 0.5)
+        if not inside.any():
+            continue
+        out.append({"side": other,
+                    "head_circle": None if gt.head_circle is None else [round(float(x), 3) for x in gt.head_circle],
+                    "contour": _r(contour)})
     return out
 
 

@@ -86,7 +86,7 @@ def iter_dataset(root: Path, n: int | None = None):
         meta = json.loads(f.read_text())
         yield {"id": f.stem, "path": f.with_suffix(".png"),
                "truth": {"head_circle": meta.get("head_circle"), "contour": meta.get("contour"),
-                         "detector": meta.get("detector")},
+                         "detector": meta.get("detector"), "other_femurs": meta.get("other_femurs") or []},
                "meta": {"polarity": meta.get("polarity"), "side": meta.get("side"),
                         "implants": bool(meta.get("implants")), "modality": "simulated"}}
 
@@ -115,8 +115,27 @@ def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool, workers: 
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict | None:
-    """Per-image record (None when the sample has no ground truth for the task)."""
+def scorable_femurs(sample: dict, side_option: str = "auto") -> list[tuple[str, dict]]:
+    """(label, truth) of the femurs a fit of ``sample`` may be scored against: "annotated" (the sample's own
+    truth) and, on simulated images that show both hips (``other_femurs`` of the dataset), "other" for each
+    other femur in view; with a side given (``--side annotated|left|right``) only the femurs of that side."""
+    truth, own = sample["truth"], sample["meta"].get("side")
+    femurs = [("annotated", truth)] + [("other", {"head_circle": o.get("head_circle"), "contour": o.get("contour"),
+                                                  "detector": truth.get("detector"), "side": o.get("side")})
+                                       for o in truth.get("other_femurs") or []]
+    if side_option == "annotated":
+        return femurs[:1]
+    if side_option in ("left", "right"):
+        return [(k, t) for k, t in femurs if (own if k == "annotated" else t.get("side")) == side_option]
+    return femurs
+
+
+def score_sample(task: str, sample: dict, res, real: bool, shape: tuple, side_option: str = "auto") -> dict | None:
+    """Per-image record (None when the sample has no ground truth for the task). On simulated images that show
+    both hips a fit is scored against the femur it found (the nearest of ``scorable_femurs``): ``scored_femur``
+    says which, and ``rmse_annotated`` / ``p2c_annotated`` hold the error against the annotated femur alone."""
+    if not real and sample["truth"].get("other_femurs"):
+        return _score_nearest_femur(task, sample, res, shape, side_option)
     from DeepMorphLib import scoring
 
     truth, h, w = sample["truth"], shape[0], shape[1]
@@ -157,6 +176,31 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple) -> dict
     return rec
 
 
+def _score_nearest_femur(task: str, sample: dict, res, shape: tuple, side_option: str) -> dict | None:
+    """``score_sample`` of a simulated image with several femurs in view: the record of the femur with the
+    smallest error (head rmse, femur p2c; either one scored or unscored alike), plus the annotated femur's error.
+    Which images are scored does not change: those where the annotated femur has truth for the task (with the side
+    auto or annotated; with ``--side left|right`` those where that side's femur has)."""
+    key = "rmse" if task == "head" else "p2c" if res.detected else "p2c_unconfirmed"
+    recs = []
+    for label, truth in scorable_femurs(sample, side_option):
+        rec = score_sample(task, {**sample, "truth": {**truth, "other_femurs": []}}, res, False, shape)
+        if rec is not None:
+            recs.append((label, rec))
+    annotated = dict(recs).get("annotated")
+    if annotated is None and side_option in ("auto", "annotated"):
+        return None  # the images scored stay those with the annotated femur's truth; the others only compete
+    if not recs:
+        return None
+    scored = [(label, r) for label, r in recs if r.get(key) is not None]
+    label, rec = min(scored, key=lambda lr: lr[1][key]) if scored else recs[0]
+    if task == "head":
+        rec["head_in_view"] = max(r["head_in_view"] for _, r in recs)  # a head of either hip can be seen
+    rec["scored_femur"] = label
+    rec[f"{key.split('_')[0]}_annotated"] = None if annotated is None else annotated.get(key)
+    return rec
+
+
 def _field(detector: dict | None, shape: tuple):
     """Exposed-field weight (H, W) of a simulated sample from its ``detector`` record (collimation only); None
     when it has none (real images, or a dataset without collimation)."""
@@ -187,6 +231,12 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
     if task == "head":
         out = {k: out[k] for k in ("rmse_mean", "rmse_median", "rmse_p95", "center_err_mean", "detection_rate", "n",
                                    "detection_rate_in_view", "n_in_view") if k in out}
+    key = "rmse" if task == "head" else "p2c"
+    others = [r for r in records if r.get("scored_femur") == "other" and r.get(key) is not None]
+    if others or any("scored_femur" in r for r in records):  # images showing both hips: how many fits found the
+        out["n_other_femur"] = len(others)  # other one, and the figures against the annotated femur alone
+        strict = [{**r, key: r[f"{key}_annotated"]} if "scored_femur" in r else r for r in records]
+        out["annotated_only"] = {k: v for k, v in fn(strict, p95=True).items() if k.startswith(key)}
     return out
 
 
@@ -259,7 +309,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)
             continue
-        rec = score_sample(args.task, sample, res, real, image.shape)
+        rec = score_sample(args.task, sample, res, real, image.shape, args.side)
         if rec is None:
             continue
         records.append(rec)
@@ -281,7 +331,8 @@ def _caption(rec: dict) -> str:
     err = (f"rmse {rec['rmse']:.1f} px" if rec.get("rmse") is not None else
            f"p2c {rec['p2c']:.2f} px" if rec.get("p2c") is not None else
            "not detected" if not rec["detected"] else "not scored")
-    return f"{rec['id']}: {err}; polarity {rec['polarity_used']}"
+    other = " (the other hip's femur)" if rec.get("scored_femur") == "other" else ""
+    return f"{rec['id']}: {err}{other}; polarity {rec['polarity_used']}"
 
 
 def _overlay(report: Path, sample: dict, res, image, rec: dict, real: bool):
