@@ -229,7 +229,8 @@ def test_wide_views_record_the_other_hips_femur(scene):
     heads = {k: f.landmarks["head_center"] for k, f in scene.femurs.items()}
     between = tuple((heads["left"] + heads["right"]) / 2.0)
     wide = CArmGeometry(width_px=96, height_px=96, pixel_mm=4.0, isocenter_lps=between)  # ~230 mm field
-    others = ds.other_femurs_in_view(scene, "right", wide)
+    found = ds.other_femurs_in_view(scene, "right", wide)
+    others = [record for record, _ in found]
     assert [o["side"] for o in others] == ["left"]
     label = ph.femur_label.with_data((ph.femur_label.data == 2).astype(np.float32))  # 2 = left femur
     proj = drr.line_integrals(label, wide) > 0.5
@@ -247,3 +248,30 @@ def test_wide_views_record_the_other_hips_femur(scene):
     assert ds.other_femurs_in_view(scene, "right", narrow) == []
     sample = ds.render_sample(scene, s, 0)["annotation"]
     assert isinstance(sample["other_femurs"], list)
+    femur_target = found[0][1].femur_target > 0  # --targets all adds it to the masks: on the left femur's outline
+    assert femur_target.sum() > 20 and np.median(edge_dist[femur_target]) <= 2.0
+
+
+def test_targets_setting():
+    from DeepMorphSimulatorLib.commands import dataset as cmd
+    import argparse
+
+    assert "targets" not in ds.DatasetSettings().identity()  # older manifests (before the setting) still match
+    assert ds.DatasetSettings(targets="all").identity()["targets"] == "all"
+    with pytest.raises(ValueError, match="--targets"):
+        ds.DatasetSettings(targets="both").validate()
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "targets")
+    assert tuple(action.choices) == ds.TARGETS and action.default == ds.TARGETS[0]
+
+
+def test_all_femurs_targets_add_the_other_hip_and_keep_the_rest(scene):
+    """Sample 2 of the small set shows part of the other femur: with targets 'all' its masks gain that femur's
+    outline; image, annotation and the annotated femur's targets stay the same."""
+    one = ds.render_sample(scene, ds.DatasetSettings(**SMALL), 2)
+    every = ds.render_sample(scene, ds.DatasetSettings(targets="all", **SMALL), 2)
+    assert one["annotation"]["other_femurs"] and one["annotation"] == every["annotation"]
+    assert np.array_equal(one["image"], every["image"])
+    a, b = one["femur_mask"] > 0, every["femur_mask"] > 0
+    assert np.all(b[a]) and b.sum() > a.sum()

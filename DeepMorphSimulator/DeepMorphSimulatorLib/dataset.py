@@ -42,6 +42,7 @@ import numpy as np
 from . import files
 
 GENERATOR_VERSION = "deepmorph-dataset/1"
+TARGETS = ("annotated", "all")  # whose head/femur masks a sample's targets hold (``DatasetSettings.targets``)
 FORMAT = {
     "image": "samples/{i:06d}.png",
     "head_mask": "samples/{i:06d}_head.png",
@@ -70,6 +71,7 @@ class DatasetSettings:
     detector: str = "realistic"  # "realistic" | "plain" (the paper's display, no noise)
     p_bone_bright: float = 0.25  # share of bone-bright (radiograph-like) images
     display_window: str = "centre"  # "centre" (C-arm brightness control) | "anatomy" (also covers the whole body)
+    targets: str = "annotated"  # head/femur masks of the annotated femur only, or of every femur in view ("all")
     n_points: int = 64  # corresponding contour points
     band_px: float = 2.0  # outline target band width (px)
     device: str = "auto"  # DRR device: "auto" | "cpu" | "cuda" (results agree to float tolerance, not bytes)
@@ -89,6 +91,8 @@ class DatasetSettings:
         if self.display_window not in DISPLAY_WINDOWS:
             raise ValueError(f"--display-window must be one of {', '.join(DISPLAY_WINDOWS)}, "
                              f"got {self.display_window!r}.")
+        if self.targets not in TARGETS:
+            raise ValueError(f"--targets must be one of {', '.join(TARGETS)}, got {self.targets!r}.")
         if int(self.group) < 1:
             raise ValueError(f"--group must be >= 1, got {self.group}.")
         if self.detector not in ("realistic", "plain"):
@@ -103,8 +107,9 @@ class DatasetSettings:
     def identity(self) -> dict:
         """The settings that define sample content, as stored in the manifest (paths made absolute)."""
         d = dataclasses.asdict(self)
-        if d["display_window"] == "centre":  # the default before the setting existed: older manifests still match
-            del d["display_window"]
+        for key, before in (("display_window", "centre"), ("targets", "annotated")):
+            if d[key] == before:  # the default before the setting existed: older manifests still match
+                del d[key]
         for k in ("ct", "mesh", "landmarks"):
             if d[k] is not None:
                 d[k] = str(Path(d[k]).resolve())
@@ -271,7 +276,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     gt = projection.project_ground_truth(
         femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=int(settings.n_points), band_px=float(settings.band_px)
     )
-    others = other_femurs_in_view(scene, side, geometry)
+    others = other_femurs_in_view(scene, side, geometry, band_px=float(settings.band_px))
     if settings.detector == "plain":
         params = plain_params()
         image = np.asarray(drr.to_display(a), dtype=np.uint8)
@@ -282,6 +287,10 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     exposed = field_mask(image.shape, params) > 0.5
     head_mask = (np.asarray(gt.head_target) > 0) & exposed
     femur_mask = (np.asarray(gt.femur_target) > 0) & exposed
+    if settings.targets == "all":  # a wide view's other femur is a femur too, not background
+        for _, other in others:
+            head_mask |= (np.asarray(other.head_target) > 0) & exposed
+            femur_mask |= (np.asarray(other.femur_target) > 0) & exposed
     points = np.asarray(gt.points, float)
     visible = np.asarray(gt.visible, bool).copy()
     if len(points):
@@ -301,7 +310,7 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
         "landmarks_uv": {k: _r(np.asarray(v, float)) for k, v in sorted(getattr(gt, "landmarks_uv", {}).items())},
         "anchor_indices": {k: int(v) for k, v in sorted(getattr(gt, "anchor_indices", {}).items())},
         "anchors_in_order": bool(getattr(gt, "anchors_in_order", True)),
-        "other_femurs": others,
+        "other_femurs": [record for record, _ in others],
         "implants": [imp.to_dict() for imp in implants],
         "polarity": params.polarity,
         "detector": params.to_dict(),
@@ -318,10 +327,11 @@ def render_sample(scene: Scene, settings: DatasetSettings, index: int, return_ar
     return out
 
 
-def other_femurs_in_view(scene: Scene, side: str, geometry) -> list[dict]:
+def other_femurs_in_view(scene: Scene, side: str, geometry, band_px: float = 2.0) -> list[tuple[dict, object]]:
     """Ground truth of the scene's other femurs (a phantom has both) that project into the image: a wide view
-    shows both hips, and a fit on the other femur is a femur found, not a miss. Each: ``side``, ``head_circle``
-    (cx, cy, r) px or None, ``contour`` (closed outline polygon, px), as for the annotated femur."""
+    shows both hips, and a fit on the other femur is a femur found, not a miss. Each: (record, ``GroundTruth``);
+    the record holds ``side``, ``head_circle`` (cx, cy, r) px or None and ``contour`` (closed outline polygon, px),
+    as for the annotated femur; the ``GroundTruth`` its targets (``band_px`` wide outlines)."""
     from . import projection
 
     w, h = int(geometry.width_px), int(geometry.height_px)
@@ -329,16 +339,17 @@ def other_femurs_in_view(scene: Scene, side: str, geometry) -> list[dict]:
     for other in sorted(s for s in scene.femurs if s != side):
         f = scene.femurs[other]
         try:
-            gt = projection.project_ground_truth(f.mesh, f.landmarks, f.head_radius_mm, geometry, n_points=16)
+            gt = projection.project_ground_truth(f.mesh, f.landmarks, f.head_radius_mm, geometry, n_points=16,
+                                                 band_px=band_px)
         except ValueError:  # behind the source or smaller than a pixel: not in view
             continue
         contour = np.asarray(gt.contour, float)
         inside = (contour[:, 0] >= -0.5) & (contour[:, 0] <= w - 0.5) & (contour[:, 1] >= -0.5) & (contour[:, 1] <= h - 0.5)
         if not inside.any():
             continue
-        out.append({"side": other,
-                    "head_circle": None if gt.head_circle is None else [round(float(x), 3) for x in gt.head_circle],
-                    "contour": _r(contour)})
+        out.append(({"side": other,
+                     "head_circle": None if gt.head_circle is None else [round(float(x), 3) for x in gt.head_circle],
+                     "contour": _r(contour)}, gt))
     return out
 
 

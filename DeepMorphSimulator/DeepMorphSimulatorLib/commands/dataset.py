@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
                         help="display window of the realistic detector: 'centre' (default; as a C-arm's brightness "
                         "control, the lateral trochanter can burn out) or 'anatomy' (the bright end also covers the "
                         "whole body, 0-3 %% of it burns out; display contrast <= 1.1)")
+    parser.add_argument("--targets", choices=("annotated", "all"), default="annotated",  # dataset.TARGETS
+                        help="head/femur target masks of the sample's annotated femur only (default; as the shipped "
+                        "networks were trained) or of every femur in view ('all': a wide view's other hip is marked too)")
     parser.add_argument("--p-bone-bright", type=float, default=0.25, help="share of bone-bright (radiograph-like) images")
     parser.add_argument("--n-points", type=int, default=64, help="corresponding contour points per sample (default 64)")
     parser.add_argument("--band-px", type=float, default=2.0, help="outline target band width in px (default 2)")
@@ -54,6 +57,7 @@ def settings_from_args(args):
         detector=args.detector,
         p_bone_bright=args.p_bone_bright,
         display_window=args.display_window,
+        targets=args.targets,
         n_points=args.n_points,
         band_px=args.band_px,
         device=args.device,
