@@ -164,3 +164,27 @@ def test_a_fit_on_the_other_hip_is_scored_against_that_femur():
     fsum = summarize("femur", [femur, missed], real=False)
     assert fsum["p2c_mean"] == pytest.approx(2.0, abs=0.05) and fsum["n_other_femur"] == 1
     assert fsum["annotated_only"]["p2c_mean"] == pytest.approx(femur["p2c_annotated"])
+
+
+def test_points_in_the_exposed_field_are_scored_apart():
+    """A circular collimator of radius 0.25 x 400 = 100 px around (199.5, 199.5): a fit 2 px off the truth inside
+    the field and 12 px off outside it scores 2 px in the field, the RMS of both over the image."""
+    from DeepMorphLib.commands.evaluate import score_sample, summarize
+    from DeepMorphLib.scoring import points_in_field
+    from DeepMorphSimulatorLib.detector import DetectorParams, field_mask
+
+    detector = {"collimation": "circle", "collimation_center": [0.5, 0.5], "collimation_radius": 0.25}
+    field = field_mask((400, 400), DetectorParams(collimation="circle", collimation_center=(0.5, 0.5),
+                                                  collimation_radius=0.25))
+    assert len(points_in_field([[199.5, 199.5], [199.5, 290.0], [199.5, 310.0], [-5.0, 3.0]], field)) == 2
+    assert len(points_in_field([[1.0, 1.0], [-5.0, 3.0]], None)) == 2  # no collimation: every point
+    truth_x = 150.0  # a straight outline x = 150 from y = 0 to 399
+    outline = [[truth_x, 0.0], [truth_x, 399.0], [truth_x - 1.0, 399.0], [truth_x - 1.0, 0.0]]
+    ys_in, ys_out = np.linspace(140, 260, 13), np.linspace(20, 60, 5)  # the field spans y 113-286 at x ~ 152
+    contour = np.r_[np.column_stack([np.full(13, truth_x + 2.0), ys_in]), np.column_stack([np.full(5, truth_x + 12.0), ys_out])]
+    sample = {"id": "c", "meta": {"polarity": "bone-dark", "side": "right"},
+              "truth": {"head_circle": None, "contour": outline, "detector": detector}}
+    rec = score_sample("femur", sample, _result("femur", contour=contour), real=False, shape=(400, 400))
+    assert rec["p2c_in_field"] == pytest.approx(2.0, abs=1e-6)
+    assert rec["p2c"] == pytest.approx(np.sqrt((13 * 4 + 5 * 144) / 18), abs=1e-6)
+    assert summarize("femur", [rec], real=False)["in_field"]["p2c_mean"] == pytest.approx(2.0, abs=1e-6)

@@ -10,6 +10,8 @@ Real images follow the dev set's rules (``real-hip-radiographs-dev/README.md``):
 Simulated images: head as above; femur = RMS distance of the fitted points inside the image to the closed
 ground-truth outline polygon (all of its segments). A simulated view may show both hips: ``deepmorph evaluate``
 then scores a fit against the femur it found (the dataset's ``other_femurs``; ``evaluate.scorable_femurs``).
+Simulated images may be collimated; ``p2c_in_field`` scores only the fitted points in the exposed field (where
+the image shows anything), as a supplement to ``p2c`` over every point inside the image.
 A ground-truth head counts wherever its circle overlaps the image, also when most of it lies outside the crop or
 the collimated field; ``head_in_view`` measures how much of it can be seen, and ``detection_rate_in_view`` is the
 detection rate over the heads at least ``HEAD_IN_VIEW_MIN`` in view (``detection_rate`` stays over all heads).
@@ -94,6 +96,21 @@ def femur_p2c_sim(points, contour, width: int | None = None, height: int | None 
         return None
     d = segment_distances(pts, *polygon_segments(contour, closed=True))
     return float(np.sqrt(np.mean(d**2)))
+
+
+def points_in_field(points, field=None) -> np.ndarray:
+    """The ``points`` (N, 2) px that lie in the exposed field: ``field`` (H, W) weight > 0.5 at the nearest pixel
+    (e.g. ``detector.field_mask``); points outside the image and outside the field are dropped; all points when
+    ``field`` is None (no collimation)."""
+    pts = _points(points, "points")
+    if field is None:
+        return pts
+    f = np.asarray(field)
+    ij = np.rint(pts).astype(int)
+    inside = (ij[:, 0] >= 0) & (ij[:, 0] < f.shape[1]) & (ij[:, 1] >= 0) & (ij[:, 1] < f.shape[0])
+    keep = np.zeros(len(pts), bool)
+    keep[inside] = f[ij[inside, 1], ij[inside, 0]] > 0.5
+    return pts[keep]
 
 
 HEAD_IN_VIEW_MIN = 0.5  # fraction of the head disk in the crop and field for ``detection_rate_in_view``

@@ -172,6 +172,9 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple, side_op
             p2c = scoring.femur_p2c_real(res.contour, outline, h - 1 if max_y is None else max_y, w, h)
         else:
             p2c = scoring.femur_p2c_sim(res.contour, outline, w, h)
+            if res.detected:  # the same over the points in the exposed (collimated) field only
+                rec["p2c_in_field"] = scoring.femur_p2c_sim(
+                    scoring.points_in_field(res.contour, _field(truth.get("detector"), (h, w))), outline, w, h)
         rec["p2c" if res.detected else "p2c_unconfirmed"] = p2c
     return rec
 
@@ -237,6 +240,9 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
         out["n_other_femur"] = len(others)  # other one, and the figures against the annotated femur alone
         strict = [{**r, key: r[f"{key}_annotated"]} if "scored_femur" in r else r for r in records]
         out["annotated_only"] = {k: v for k, v in fn(strict, p95=True).items() if k.startswith(key)}
+    if task == "femur" and any(r.get("p2c_in_field") is not None for r in records):
+        in_field = [{**r, "p2c": r.get("p2c_in_field")} for r in records]
+        out["in_field"] = {k: v for k, v in fn(in_field, p95=True).items() if k.startswith("p2c")}
     return out
 
 
