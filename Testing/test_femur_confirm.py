@@ -148,3 +148,25 @@ def test_the_overlay_draws_the_extrapolated_part_of_a_contour_dashed():
     res.point_confidence = np.full(n, 0.95)  # all seen: one solid line, as before
     solid = np.all(draw_overlay(np.full((200, 200), 128, np.float32), res) == FIT_CONTOUR, axis=-1)
     assert _coverage_along(solid, extrapolated) > _coverage_along(yellow, extrapolated) + 0.15
+
+
+def test_a_mostly_extrapolated_weak_fit_is_not_confirmed():
+    """40 contour points in the image: 16 (40 %) with confidence < 0.2 and a mean confidence of 0.45 (< 0.5) is
+    mostly the shape model's guess; 15 extrapolated (37.5 %), a mean of 0.55, points outside the image, or
+    ``min_quality`` 0 (confirmation off) keep it confirmed."""
+    def fit(n_low, quality, shift=0.0):
+        res = femur_result(quality)
+        res.contour = res.contour + [shift, 0.0]
+        res.point_confidence = np.r_[np.full(n_low, 0.05), np.full(40 - n_low, 0.9)]
+        return res
+
+    weak = fit(16, 0.45)
+    pipeline.confirm_femur(weak)
+    assert not weak.detected and "40% of its contour in the image is extrapolated" in weak.reason
+    for ok, limit in ((fit(15, 0.45), 0.4), (fit(16, 0.55), 0.4), (fit(16, 0.45), 0.0)):
+        pipeline.confirm_femur(ok, limit)
+        assert ok.detected, ok.reason
+    half_out = fit(16, 0.45, shift=52.0)  # x = 152 + 60 cos t: points 0-8 (9 of the 16 extrapolated) leave the image
+    assert np.all(half_out.contour[:9, 0] > 199.5) and np.all(half_out.contour[9:, 0] < 199.5)  # 200 px wide
+    pipeline.confirm_femur(half_out)
+    assert half_out.detected  # 7 of the 31 points inside are extrapolated: 23 %

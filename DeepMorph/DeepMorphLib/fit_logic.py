@@ -361,12 +361,13 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
 
 def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dome=None, image_shape=None) -> None:
     """``pipeline.confirm_femur`` for this module's results: a fit with a mean confidence at its points below
-    ``pipeline.FEMUR_MIN_QUALITY``, or (with ``head_dome`` and ``image_shape``) an implausibly sized head, is "not
-    detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
+    ``pipeline.FEMUR_MIN_QUALITY``, one that is mostly extrapolated, or (with ``head_dome`` and ``image_shape``) an
+    implausibly sized head, is "not detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
     from .pipeline import FEMUR_MIN_QUALITY, femur_confirmation_reason
 
     limit = FEMUR_MIN_QUALITY if min_quality is None else min_quality
-    reason = femur_confirmation_reason(result.quality.get("quality"), result.contour, limit, head_dome, image_shape)
+    reason = femur_confirmation_reason(result.quality.get("quality"), result.contour, limit, head_dome, image_shape,
+                                       result.point_confidence)
     if result.detected and reason:
         result.detected, result.reason = False, reason
 

@@ -646,28 +646,62 @@ def unconfirmed_femur_reason(quality: float, min_quality: float) -> str:
             "most of its contour is not on the network's outline; the contour is kept for review")
 
 
+FEMUR_MAX_EXTRAPOLATED = 0.4  # a femur fit with at least this share of its contour points inside the image
+FEMUR_EXTRAPOLATED_QUALITY = 0.5  # extrapolated (``overlay.EXTRAPOLATED_BELOW``) and a mean confidence below this
+#   is mostly the shape model's guess: not confirmed. Simulated tuning images (training seeds): tune3-448, the 4 such
+#   of 190 confirmed fits were 5.8-29.6 px off (p2c_mean 3.08 -> 2.85 px, median 1.36 -> 1.35); no fit within 3.3 px
+#   had both >= 0.25 extrapolated and a mean confidence < 0.6. Real dev hips: it drops cgmh_34_L (immature, 75 px off);
+#   the mature fits have at most 0.38 extrapolated
+
+
 def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None) -> None:
-    """A detected femur fit whose ``quality`` (mean confidence at its points) is below ``min_quality`` (0 = off), or,
-    with ``head_dome`` (the PDM's head-dome point indices), whose head is implausibly sized for the image
-    (``implausible_size_reason``), becomes "not detected" (reason given); its contour, landmarks and point confidences
-    stay in ``result`` for review (overlays draw it dashed orange, the Slicer module as an "unconfirmed" contour)."""
-    reason = femur_confirmation_reason(result.quality, result.contour, min_quality, head_dome, result.image_shape)
+    """A detected femur fit whose ``quality`` (mean confidence at its points) is below ``min_quality``, that is mostly
+    extrapolated (``mostly_extrapolated_reason``; both off when ``min_quality`` is 0) or, with ``head_dome`` (the PDM's
+    head-dome point indices), whose head is implausibly sized for the image (``implausible_size_reason``), becomes
+    "not detected" (reason given); its contour, landmarks and point confidences stay in ``result`` for review
+    (overlays draw it dashed orange, the Slicer module as an "unconfirmed" contour)."""
+    reason = femur_confirmation_reason(result.quality, result.contour, min_quality, head_dome, result.image_shape,
+                                       result.point_confidence)
     if result.detected and reason:
         result.detected, result.reason = False, reason
 
 
 def femur_confirmation_reason(quality, contour, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None,
-                              image_shape=None) -> str:
-    """Why a femur fit (mean confidence ``quality`` at its points, ``contour`` (N, 2) px) is not confirmed
-    (``unconfirmed_femur_reason``, then, with ``head_dome`` and ``image_shape``, ``implausible_size_reason``); ""
-    when it is. Raises for ``min_quality`` < 0."""
+                              image_shape=None, point_confidence=None) -> str:
+    """Why a femur fit (mean confidence ``quality`` at its points, ``contour`` (N, 2) px, ``point_confidence`` (N,))
+    is not confirmed (``unconfirmed_femur_reason``, then, with ``point_confidence`` and ``image_shape``,
+    ``mostly_extrapolated_reason`` unless ``min_quality`` is 0, then, with ``head_dome`` and ``image_shape``,
+    ``implausible_size_reason``); "" when it is. Raises for ``min_quality`` < 0."""
     if min_quality < 0:
         raise ValueError(f"femur_min_quality must be >= 0, got {min_quality}.")
     if quality is not None and quality < min_quality:
         return unconfirmed_femur_reason(quality, min_quality)
+    if min_quality > 0 and quality is not None and point_confidence is not None and contour is not None \
+            and image_shape is not None:
+        reason = mostly_extrapolated_reason(quality, contour, point_confidence, image_shape)
+        if reason:
+            return reason
     if head_dome is not None and contour is not None and image_shape is not None:
         return implausible_size_reason(contour, head_dome, image_shape)
     return ""
+
+
+def mostly_extrapolated_reason(quality: float, contour, point_confidence, image_shape) -> str:
+    """Why a femur fit is mostly the shape model's guess: at least ``FEMUR_MAX_EXTRAPOLATED`` of its ``contour``
+    points inside the image (``image_shape`` (H, W)) have network confidence below ``overlay.EXTRAPOLATED_BELOW`` and
+    its mean confidence ``quality`` is below ``FEMUR_EXTRAPOLATED_QUALITY``; "" otherwise."""
+    from DeepMorphLib.overlay import extrapolated_points
+    from DeepMorphLib.scoring import inside_crop
+
+    inside = inside_crop(np.asarray(contour, dtype=float), int(image_shape[1]), int(image_shape[0]))
+    if not inside.any() or quality >= FEMUR_EXTRAPOLATED_QUALITY:
+        return ""
+    share = float(np.mean(extrapolated_points(np.asarray(point_confidence, dtype=float))[inside]))
+    if share < FEMUR_MAX_EXTRAPOLATED:
+        return ""
+    return (f"femur not confirmed: {share:.0%} of its contour in the image is extrapolated by the shape model "
+            f"(network confidence < 0.2) and the rest is weakly supported (mean confidence {quality:.2f} < "
+            f"{FEMUR_EXTRAPOLATED_QUALITY:g}): the fit is mostly a guess; the contour is kept for review")
 
 
 def fit_score(result: FitResult) -> float:
