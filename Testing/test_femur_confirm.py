@@ -170,3 +170,20 @@ def test_a_mostly_extrapolated_weak_fit_is_not_confirmed():
     assert np.all(half_out.contour[:9, 0] > 199.5) and np.all(half_out.contour[9:, 0] < 199.5)  # 200 px wide
     pipeline.confirm_femur(half_out)
     assert half_out.detected  # 7 of the 31 points inside are extrapolated: 23 %
+
+
+def test_the_slicer_logic_confirms_femurs_the_same_way():
+    """``fit_logic`` (the Slicer module's logic) applies the mostly-extrapolated rule too."""
+    from DeepMorphLib import fit_logic
+
+    t = np.linspace(0.0, np.pi, 40)
+    contour = np.column_stack([100 + 60 * np.cos(t), 120 - 60 * np.sin(t)])
+    conf = np.r_[np.full(16, 0.05), np.full(24, 0.9)]
+    weak = fit_logic.FitResult(task="femur", detected=True, contour=contour, quality={"quality": 0.45},
+                               point_confidence=conf, image_shape=(200, 200))
+    fit_logic._confirm_femur(weak, image_shape=(200, 200))
+    assert not weak.detected and "extrapolated" in weak.reason
+    sure = fit_logic.FitResult(task="femur", detected=True, contour=contour, quality={"quality": 0.55},
+                               point_confidence=conf, image_shape=(200, 200))
+    fit_logic._confirm_femur(sure, image_shape=(200, 200))
+    assert sure.detected
