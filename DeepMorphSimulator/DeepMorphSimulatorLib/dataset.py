@@ -338,6 +338,10 @@ def other_femurs_in_view(scene: Scene, side: str, geometry, band_px: float = 2.0
     out = []
     for other in sorted(s for s in scene.femurs if s != side):
         f = scene.femurs[other]
+        uv = geometry.project(_mesh_points(f.mesh))  # cheap test first (most views show one hip only): no vertex
+        m = 8.0  # within 8 px of the image (mesh edges are a few px long), no outline in it
+        if not np.any((uv[:, 0] >= -m) & (uv[:, 0] <= w + m) & (uv[:, 1] >= -m) & (uv[:, 1] <= h + m)):
+            continue
         try:
             gt = projection.project_ground_truth(f.mesh, f.landmarks, f.head_radius_mm, geometry, n_points=16,
                                                  band_px=band_px)
