@@ -103,14 +103,17 @@ def points_in_field(points, field=None) -> np.ndarray:
     (e.g. ``detector.field_mask``); points outside the image and outside the field are dropped; all points when
     ``field`` is None (no collimation)."""
     pts = _points(points, "points")
-    if field is None:
-        return pts
+    return pts if field is None else pts[_exposed(pts, field)]
+
+
+def _exposed(pts: np.ndarray, field) -> np.ndarray:
+    """bool (N,): points (N, 2) px whose nearest pixel lies in ``field`` (H, W) with weight > 0.5."""
     f = np.asarray(field)
     ij = np.rint(pts).astype(int)
     inside = (ij[:, 0] >= 0) & (ij[:, 0] < f.shape[1]) & (ij[:, 1] >= 0) & (ij[:, 1] < f.shape[0])
     keep = np.zeros(len(pts), bool)
     keep[inside] = f[ij[inside, 1], ij[inside, 0]] > 0.5
-    return pts[keep]
+    return keep
 
 
 HEAD_IN_VIEW_MIN = 0.5  # fraction of the head disk in the crop and field for ``detection_rate_in_view``
@@ -130,10 +133,8 @@ def head_in_view(circle, width: int, height: int, field=None) -> float:
     (weight > 0.5 at the nearest pixel)."""
     pts = _disk_samples(*(float(v) for v in np.asarray(circle, dtype=np.float64).reshape(3)))
     seen = inside_crop(pts, width, height)
-    if field is not None and seen.any():
-        f = np.asarray(field)
-        ij = np.rint(pts[seen]).astype(int)
-        seen[np.flatnonzero(seen)] = f[np.clip(ij[:, 1], 0, f.shape[0] - 1), np.clip(ij[:, 0], 0, f.shape[1] - 1)] > 0.5
+    if field is not None:
+        seen &= _exposed(pts, field)
     return float(seen.mean())
 
 

@@ -200,7 +200,7 @@ def _score_nearest_femur(task: str, sample: dict, res, shape: tuple, side_option
     if task == "head":
         rec["head_in_view"] = max(r["head_in_view"] for _, r in recs)  # a head of either hip can be seen
     rec["scored_femur"] = label
-    rec[f"{key.split('_')[0]}_annotated"] = None if annotated is None else annotated.get(key)
+    rec["rmse_annotated" if task == "head" else "p2c_annotated"] = None if annotated is None else annotated.get(key)
     return rec
 
 
