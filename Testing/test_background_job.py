@@ -1,4 +1,6 @@
 """Background jobs for the GUI: output polled without blocking, progress parsed, cancel stops the tree."""
+import os
+import signal
 import sys
 import time
 
@@ -80,6 +82,53 @@ def test_cancel_interrupts_the_process_group():
     while alive(child_pid) and time.monotonic() < deadline:  # the grandchild got the interrupt too
         time.sleep(0.05)
     assert not alive(child_pid)
+
+
+STUBBORN_CHILD = r"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('child ready', flush=True); time.sleep(60)"])
+print("child", child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_cancel_kills_a_child_that_survives_the_interrupt():
+    """A child that outlives Ctrl-C (as one interrupted while Python starts can) holds the output pipe."""
+    job = BackgroundJob([sys.executable, "-c", STUBBORN_CHILD]).start()
+    deadline = time.monotonic() + 20
+    while "child ready" not in job.lines and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    child_pid = int(next(line for line in job.lines if line.startswith("child ")).split()[1])
+    job.cancel(grace_s=5)
+    assert job.wait(timeout=5) is not None and job.state == "cancelled"
+    deadline = time.monotonic() + 5
+    while alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child_pid)
+
+
+LEAVES_A_DAEMON = r"""
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+print("daemon", child.pid, flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_job_ends_when_its_process_exits_even_if_a_child_holds_the_output():
+    job = BackgroundJob([sys.executable, "-c", LEAVES_A_DAEMON]).start()
+    try:
+        assert job.wait(timeout=15) == 0 and job.state == "finished"
+    finally:
+        for line in job.lines:
+            if line.startswith("daemon"):
+                pid = int(line.split()[1])
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+    assert any(line.startswith("daemon") for line in job.lines)
 
 
 def alive(pid):

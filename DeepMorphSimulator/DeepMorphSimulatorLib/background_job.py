@@ -4,6 +4,11 @@ The pattern of SlicerMONAIAuto3DSeg's ``process.py``: a reader thread moves the 
 queue, and the GUI drains it with :meth:`BackgroundJob.poll` from a timer (``qt.QTimer``), so the GUI
 never blocks. Progress is parsed from tqdm bars or ``N/M`` counters. :meth:`BackgroundJob.cancel`
 interrupts the whole process group (SIGINT first, so the command can stop cleanly; then SIGKILL).
+
+A job ends when its own process exits. Children it leaves behind still holding the output pipe (a
+Ctrl-C that reached a child while Python was still starting can be swallowed by ``site``'s .pth
+handling) do not keep it "running": after :data:`STRAGGLER_S` seconds the job ends anyway and, if it
+was cancelled, what is left of its process group is killed.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import time
 
 # tqdm: " 45%|####5     | 45/100 [00:01<00:02, 30.1it/s]"; plain: "sample 45/100", "progress: 45 / 100"
 _TQDM = re.compile(r"(\d+)%\|[^|]*\|\s*(\d+)/(\d+)")
+STRAGGLER_S = 1.0  # s a cancelled job's children get to exit after the job's own process has
+
 _COUNT = re.compile(r"(?:^|[\s\[(:])(\d+)\s*/\s*(\d+)(?=$|[\s\]),:])")
 
 
@@ -55,6 +62,7 @@ class BackgroundJob:
         self._thread: threading.Thread | None = None
         self._cancelled = False
         self._kill_at: float | None = None
+        self._exited_at: float | None = None  # when the job's own process was first seen to have exited
         self.started_at: float | None = None
 
     def start(self) -> "BackgroundJob":
@@ -122,6 +130,12 @@ class BackgroundJob:
             if progress is not None:
                 self.progress = progress
         self.lines.extend(new)
+        if self.returncode is None and self.proc.poll() is not None:
+            self._exited_at = self._exited_at or time.monotonic()
+            if time.monotonic() - self._exited_at > STRAGGLER_S:  # children still hold the output pipe
+                if self._cancelled:
+                    self._kill_leftover_children()
+                self.returncode = self.proc.returncode
         return new
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -153,7 +167,19 @@ class BackgroundJob:
             self._signal(interrupt=False)
             self.proc.wait()
         if self._thread is not None:
-            self._thread.join(timeout=2.0)
+            self._thread.join(timeout=STRAGGLER_S)
+            if self._thread.is_alive():  # a child outlived the interrupt and still holds the output pipe
+                self._kill_leftover_children()
+                self._thread.join(timeout=STRAGGLER_S)
+
+    def _kill_leftover_children(self) -> None:
+        """SIGKILL what is left of the job's process group after its own process has exited."""
+        if os.name == "nt":
+            return  # taskkill /T in _signal already took the tree
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
 
     def _signal(self, interrupt: bool) -> None:
         try:
