@@ -244,9 +244,13 @@ def snap_circle(image, circle, confidence=None, *, sigma: float = 1.5, n_angles:
         k, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
         return (float(cxs[j]), float(cys[j]), float(radii[k])), float(scores[k, j])
 
-    def fine(circle, below=np.inf):  # 0.5 px centres within r0 / 10, radii +-5 % in 0.25 px steps (< ``below``)
-        radii = circle[2] + np.arange(-0.05 * circle[2], 0.05 * circle[2] + 1e-9, 0.25)
-        return search(circle, r0 / 10.0, 0.5, radii[radii < below])
+    def fine(circle, below=np.inf):  # centres within r0 / 10, radii +-5 % (< ``below``): 1 px centres and 0.5 px
+        # radii first, then 0.5 px centres and 0.25 px radii within 1 px / 0.5 px of the best (~7x fewer circles
+        # than the 0.5 px / 0.25 px grid over the whole reach)
+        radii = circle[2] + np.arange(-0.05 * circle[2], 0.05 * circle[2] + 1e-9, 0.5)
+        best, _ = search(circle, r0 / 10.0, 1.0, radii[radii < below])
+        radii = best[2] + np.arange(-0.5, 0.5 + 1e-9, 0.25)
+        return search(best, 1.0, 0.5, radii[radii < below])
 
     def support_of(circle):
         edge = _radial(grad, np.array([circle[0]]), np.array([circle[1]]), circle[2], cos, sin)[0]
