@@ -187,3 +187,88 @@ def test_the_summary_line_counts_extrapolated_contour_points():
                            "bone-dark (auto)")
     d["point_confidence"] = [0.9] * 4
     assert _summary(d) == "contour 4 points, quality 0.31; bone-dark (auto)"
+
+
+def _counting_fits(monkeypatch, interrupt_at=None):
+    """Count pipeline.fit_image calls (the real one runs); with ``interrupt_at`` the n-th call raises Ctrl-C."""
+    from DeepMorphLib import pipeline
+
+    real, calls = pipeline.fit_image, []
+
+    def fit(image, *args, **kwargs):
+        calls.append(kwargs.get("source"))
+        if interrupt_at is not None and len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_image", fit)
+    return calls
+
+
+def test_a_batch_resumes_and_refits_only_what_changed(images, tmp_path, monkeypatch, capsys):
+    import os
+    import shutil
+
+    tmp, paths, pred = images
+    use_standins(monkeypatch, pred)
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in paths:
+        shutil.copy2(p, src / p.name)
+    out = tmp_path / "out"
+    argv = ["fit", "--task", "head", str(src), "--out", str(out), "--report"]  # a folder stands for its images
+    calls = _counting_fits(monkeypatch)
+    assert main(argv) == 0 and len(calls) == 2
+    first = {p.name: p.read_bytes() for p in out.glob("hip*.json")}
+    assert set(first) == {"hip3.json", "hip4.json"}
+    made = json.loads(first["hip3.json"])["provenance"]
+    assert made["input"]["path"] == str((src / "hip3.png").resolve()) and len(made["settings_sha256"]) == 64
+
+    calls.clear()
+    capsys.readouterr()
+    assert main(argv) == 0 and calls == []  # the same files and settings: nothing fitted again
+    assert {p.name: p.read_bytes() for p in out.glob("hip*.json")} == first
+    captured = capsys.readouterr()
+    assert captured.out.count("reused") == 2 and "2 reused from an earlier run" in captured.err
+    assert json.loads((out / "results.json").read_text())["results"].keys() == {"hip3", "hip4"}
+
+    stat = (src / "hip4.png").stat()  # a changed input file is fitted again, the other one reused
+    os.utime(src / "hip4.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    calls.clear()
+    assert main(argv) == 0 and [c.rsplit("/", 1)[-1] for c in calls] == ["hip4.png"]
+
+    calls.clear()  # other settings: everything fitted again
+    assert main(argv + ["--threshold", "0.6"]) == 0 and len(calls) == 2
+    calls.clear()
+    assert main(argv + ["--threshold", "0.6"]) == 0 and calls == []
+    (out / "hip3.json").write_text("{not json")  # a damaged result is fitted again, not trusted
+    assert main(argv + ["--threshold", "0.6"]) == 0 and len(calls) == 1
+    calls.clear()
+    assert main(argv + ["--threshold", "0.6", "--refit"]) == 0 and len(calls) == 2
+
+
+def test_a_stopped_batch_keeps_its_results_and_continues(images, tmp_path, monkeypatch, capsys):
+    tmp, paths, pred = images
+    use_standins(monkeypatch, pred)
+    out = tmp_path / "out"
+    argv = ["fit", "--task", "head", *map(str, paths), "--out", str(out), "--report"]
+    calls = _counting_fits(monkeypatch, interrupt_at=2)  # Ctrl-C while the second image is fitted
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "stopped after 1 of 2 images" in err and "run the same command again" in err
+    assert (out / "hip3.json").is_file() and not (out / "hip4.json").exists()
+    assert list(json.loads((out / "results.json").read_text())["results"]) == ["hip3"]  # the report of what is done
+    calls = _counting_fits(monkeypatch)
+    assert main(argv) == 0 and [c.rsplit("/", 1)[-1] for c in calls] == ["hip4.png"]
+    assert (out / "hip4.json").is_file()
+
+
+def test_a_folder_without_images_is_reported_and_the_rest_go_on(images, tmp_path, monkeypatch, capsys):
+    tmp, paths, pred = images
+    use_standins(monkeypatch, pred)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    argv = ["fit", "--task", "head", str(tmp_path / "empty"), str(paths[0]), "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "empty: a folder without image files" in err and "1 fitted" in err

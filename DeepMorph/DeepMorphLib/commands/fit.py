@@ -2,11 +2,19 @@
 
 Per image ``OUT/<name>.json`` (the ``FitResult``) and ``OUT/<name>_overlay.png``; "not detected" is a result.
 A file that cannot be read is reported and skipped, the others go on (exit code 1 when any was skipped).
-``--report`` adds ``results.json``, ``results.csv`` and a self-contained ``report.html``.
+``--report`` adds ``results.json``, ``results.csv`` and a self-contained ``report.html``. A folder given as IMAGE
+stands for the image files in it (``IMAGE_SUFFIXES``, not its subfolders).
+
+Batches resume: an image whose result ``OUT`` already holds from the same file (path, size, modification time) and
+the same settings (``settings_digest``: the options, DeepMorph's version and the bytes of every model file) is not
+fitted again, so a stopped run (Ctrl-C, a crash, a full disk) continues where it stopped when run again; ``--refit``
+fits every image again.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,6 +22,9 @@ from pathlib import Path
 from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments, femur_fit_options
 
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd",
+                  ".nii", ".nii.gz", ".bmp")  # what a folder given as IMAGE contributes
+RESUME_IGNORES = ("images", "out", "report", "refit", "device", "command")  # options that do not change a fit
 CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
                "polarity_score", "total_ms"]
 
@@ -37,14 +48,88 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-pixels", type=int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
     parser.add_argument("--report", action="store_true", help="also write results.json/.csv and report.html")
+    parser.add_argument("--refit", action="store_true",
+                        help="fit every image again (by default an image whose result OUT already holds, from the same "
+                             "file and settings, is reused: a stopped batch continues where it stopped)")
+
+
+def expand_images(names) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(files, problems): the IMAGE arguments as files, a folder standing for its image files (``IMAGE_SUFFIXES``,
+    sorted by name); a folder without any is a problem (name, message). Anything else is kept as given (a missing
+    or unreadable file is reported when it is read)."""
+    paths, problems = [], []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            if not found:
+                problems.append((str(path), f"a folder without image files ({', '.join(IMAGE_SUFFIXES)})"))
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths, problems
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def settings_digest(args) -> str:
+    """sha256 (hex) of what decides a fit: the options (``RESUME_IGNORES`` aside), DeepMorph's version and the
+    bytes of every model file that can take part (the shipped ``Resources/Models`` and files named by options)."""
+    from DeepMorphLib.pipeline import MODELS_DIR
+    from DeepMorphLib.report import software_versions
+
+    options = {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_IGNORES and not k.startswith("_")}
+    files = {}
+    shipped = sorted(MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
+    for path in shipped:
+        if path.is_file():
+            files[f"shipped/{path.name}"] = _sha256_file(path)
+    for key in ("model", "pdm", "refine_model", "head_anchor", "region_model"):
+        value = options.get(key)
+        if not isinstance(value, str) or value.lower() == "none":
+            continue
+        for path in (Path(value), Path(value + ".safetensors"), Path(value).with_suffix(".json"),
+                     Path(value + ".json")):
+            if path.is_file():
+                files[f"{key}/{path.name}"] = _sha256_file(path)
+    settings = {"options": options, "deepmorph": software_versions().get("deepmorph"), "files": files}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def input_identity(path: Path) -> dict:
+    """The input file as resuming recognises it: absolute path, size (bytes), modification time (ns)."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def reusable_result(json_path: Path, overlay_path: Path, path: Path, digest: str) -> dict | None:
+    """The result in ``json_path`` when it was fitted from this very file with these settings (and its overlay is
+    there), else None."""
+    if not (json_path.is_file() and overlay_path.is_file()):
+        return None
+    try:
+        d = json.loads(json_path.read_text())
+        made = d.get("provenance") or {}
+        if made.get("settings_sha256") == digest and made.get("input") == input_identity(path):
+            return d
+    except (ValueError, OSError, AttributeError):
+        pass  # unreadable or foreign: fitted again (and overwritten)
+    return None
 
 
 def _unique_stem(path: Path, used: set) -> str:
+    """The output name of ``path``: its stem, with _2, _3... when an earlier image of this run took it (not reserved
+    here: the caller adds it to ``used`` once the image is done)."""
     stem = path.stem if path.suffix.lower() != ".gz" else Path(path.stem).stem
     name, k = stem, 2
     while name in used:
         name, k = f"{stem}_{k}", k + 1
-    used.add(name)
     return name
 
 
@@ -69,37 +154,63 @@ def run(args) -> int:
     anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
     region = pipeline.load_region_net(args.region_model, args.device) if args.task == "femur" else None
     fit_options = femur_fit_options(args)
-    used, results, bad, figures = set(), [], [], []
+    images, bad = expand_images(args.images)
+    for name, problem in bad:
+        print(f"deepmorph fit: skipped {name}: {problem}", file=sys.stderr)
+    digest = settings_digest(args)
+    used, results, figures, reused = set(), [], [], 0
     t0 = time.perf_counter()
-    for i, name in enumerate(args.images, 1):
-        path = Path(name)
-        try:
-            image = read_image_2d(path)
-            res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity, predictor=predictor,
-                                     threshold=args.threshold, min_pixels=args.min_pixels, source=str(path),
-                                     circle_method=args.circle_method,
-                                     refine=refiner or False, edge_snap=not args.no_edge_snap,
-                                     femur_check=not args.no_femur_check, femur_min_quality=args.femur_min_quality,
-                                     keep_unconfirmed_head=args.keep_unconfirmed_head,
-                                     head_anchor=anchor or False, region=region or False,
-                                     fit_options=fit_options, side=args.side)
-        except (ValueError, FileNotFoundError, OSError) as exc:
-            bad.append((str(path), str(exc)))
-            print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
-            continue
-        stem = _unique_stem(path, used)
-        d = res.to_dict()
-        atomic_write_json(out / f"{stem}.json", d)
-        overlay = draw_overlay(image, res, caption=f"{path.name}: {_summary(d)}")
-        write_png(out / f"{stem}_overlay.png", overlay)
-        results.append((stem, d))
-        if args.report:
-            figures.append((f"{path.name}: {_summary(d)}", _thumbnail(overlay)))
-        print(f"[{i}/{len(args.images)}] {path}: {_summary(d)} ({d['timings_ms']['total_ms']:.0f} ms)", flush=True)
+    try:
+        for i, path in enumerate(images, 1):
+            stem = _unique_stem(path, used)
+            previous = None if args.refit or not path.is_file() else \
+                reusable_result(out / f"{stem}.json", out / f"{stem}_overlay.png", path, digest)
+            if previous is not None:
+                used.add(stem)
+                results.append((stem, previous))
+                reused += 1
+                if args.report:
+                    figures.append((f"{path.name}: {_summary(previous)}",
+                                    _thumbnail(read_rgb(out / f"{stem}_overlay.png"))))
+                print(f"[{i}/{len(images)}] {path}: {_summary(previous)} (done earlier, reused)", flush=True)
+                continue
+            try:
+                image = read_image_2d(path)
+                identity = input_identity(path)
+                res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
+                                         predictor=predictor, threshold=args.threshold, min_pixels=args.min_pixels,
+                                         source=str(path), circle_method=args.circle_method,
+                                         refine=refiner or False, edge_snap=not args.no_edge_snap,
+                                         femur_check=not args.no_femur_check,
+                                         femur_min_quality=args.femur_min_quality,
+                                         keep_unconfirmed_head=args.keep_unconfirmed_head,
+                                         head_anchor=anchor or False, region=region or False,
+                                         fit_options=fit_options, side=args.side)
+            except (ValueError, FileNotFoundError, OSError) as exc:
+                bad.append((str(path), str(exc)))
+                print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
+                continue
+            used.add(stem)
+            d = res.to_dict()
+            d["provenance"] = {"settings_sha256": digest, "input": identity}
+            overlay = draw_overlay(image, res, caption=f"{path.name}: {_summary(d)}")
+            write_png(out / f"{stem}_overlay.png", overlay)
+            atomic_write_json(out / f"{stem}.json", d)  # last: a result without its overlay is never reused
+            results.append((stem, d))
+            if args.report:
+                figures.append((f"{path.name}: {_summary(d)}", _thumbnail(overlay)))
+            print(f"[{i}/{len(images)}] {path}: {_summary(d)} ({d['timings_ms']['total_ms']:.0f} ms)", flush=True)
+    except KeyboardInterrupt:
+        if args.report and results:
+            _write_report(out, args, results, bad, figures, time.perf_counter() - t0, images, reused)
+        print(f"deepmorph fit: stopped after {len(results)} of {len(images)} images; run the same command again to "
+              "continue (finished images are reused)", file=sys.stderr)
+        raise
     elapsed = time.perf_counter() - t0
     if args.report:
-        _write_report(out, args, results, bad, figures, elapsed)
-    print(f"deepmorph fit: {len(results)} fitted ({sum(d['detected'] for _, d in results)} detected), "
+        _write_report(out, args, results, bad, figures, elapsed, images, reused)
+    done_earlier = f", {reused} reused from an earlier run" if reused else ""
+    print(f"deepmorph fit: {len(results)} fitted ({sum(d['detected'] for _, d in results)} detected{done_earlier}), "
           f"{len(bad)} skipped; results in {out}", file=sys.stderr)
     return 1 if bad else 0
 
@@ -120,6 +231,15 @@ def _summary(d: dict) -> str:
             f"{pol}")
 
 
+def read_rgb(path: Path):
+    """An overlay PNG as an RGB array (for the report of reused results)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 def _thumbnail(rgb, side: int = 300):
     """Overlay shrunk to at most ``side`` px (keeps report.html small)."""
     import numpy as np
@@ -130,7 +250,7 @@ def _thumbnail(rgb, side: int = 300):
     return np.asarray(img)
 
 
-def _write_report(out: Path, args, results, bad, figures, elapsed: float) -> None:
+def _write_report(out: Path, args, results, bad, figures, elapsed: float, images, reused: int) -> None:
     import numpy as np
 
     from DeepMorphLib.report import software_versions, write_csv, write_html_report
@@ -150,7 +270,8 @@ def _write_report(out: Path, args, results, bad, figures, elapsed: float) -> Non
                                              "bad_files": [{"file": p, "error": e} for p, e in bad],
                                              "timings": timings, "versions": versions})
     write_csv(out / "results.csv", rows, CSV_COLUMNS)
-    summary = {"task": args.task, "images given": len(args.images), "fitted": len(results),
+    summary = {"task": args.task, "images given": len(images), "fitted": len(results),
+               "reused from an earlier run": reused,
                "detected": sum(d["detected"] for _, d in results), "skipped (bad files)": len(bad),
                "polarity option": args.polarity, "side option": args.side, "model": args.model or "shipped",
                "median ms per image": round(float(np.median(totals)), 1) if totals else None}
