@@ -61,3 +61,69 @@ def test_sigkill_mid_run_then_resume_gives_identical_files(reference, tmp_path):
     stats = ds.generate(_settings(), out, N, workers=1, progress=False)  # the re-run with the same arguments
     assert stats["skipped"] == partial and stats["written"] == N - partial
     assert _tree(out) == reference
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _all_ended(workers, timeout_s: float = 20.0) -> bool:
+    """True when every worker has ended within ``timeout_s``; those still running are then killed (no leftovers)."""
+    deadline = time.time() + timeout_s
+    while any(_running(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if _running(w)]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    return not left
+
+
+def _start_with_workers(out):
+    proc = _cli(out, 2)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        workers = _children(proc.pid)
+        if len(workers) >= 2 and (out / "samples").exists() and any((out / "samples").glob("*.json")):
+            return proc, workers
+        time.sleep(0.05)
+    raise AssertionError(f"no workers at work: {proc.communicate()[1].decode()[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """SIGKILL (or the OOM killer) gives the parent no chance to stop its workers: they must notice."""
+    proc, workers = _start_with_workers(tmp_path / "orphans")
+    os.kill(proc.pid, signal.SIGKILL)  # the parent alone
+    proc.wait()
+    assert _all_ended(workers)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_cleanly_and_the_run_resumes(reference, tmp_path):
+    out = tmp_path / "terminated"
+    proc, workers = _start_with_workers(out)
+    os.kill(proc.pid, signal.SIGTERM)  # e.g. a batch scheduler's time limit
+    _, err = proc.communicate(timeout=60)
+    assert _all_ended(workers)
+    assert proc.returncode == 143 and b"stopped (SIGTERM)" in err
+    partial = len(list((out / "samples").glob("*.json")))
+    stats = ds.generate(_settings(), out, N, workers=1, progress=False)
+    assert stats["skipped"] == partial and _tree(out) == reference

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 COMMANDS = {
@@ -65,6 +66,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's time limit), raised where Ctrl-C would be so that the same clean-up
+    runs: workers stopped, finished work kept."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
@@ -73,14 +83,25 @@ def main(argv: list[str] | None = None) -> int:
         name = args.command if args.command != "bench" else f"bench {args.benchmark}"
         print(f"deepmorph: the '{name}' command is not available in this version.", file=sys.stderr)
         return 2
+    installed, previous = False, None
+    try:
+        previous, installed = signal.signal(signal.SIGTERM, _raise_terminated), True
+    except ValueError:  # not the main thread (e.g. called from a GUI's worker thread): leave SIGTERM as it is
+        pass
     try:
         return int(run(args) or 0)
+    except Terminated:
+        print("\ndeepmorph: stopped (SIGTERM); finished work is kept and a re-run resumes it.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\ndeepmorph: cancelled (Ctrl-C); finished work is kept and a re-run resumes it.", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as exc:
         print(f"deepmorph {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

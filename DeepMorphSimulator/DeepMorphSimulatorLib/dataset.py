@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -423,10 +424,26 @@ _WORKER: dict = {}
 
 def _init_worker(settings_dict: dict, out_dir: str, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and shuts workers down
+    _exit_with_parent()
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     settings = DatasetSettings(**settings_dict)
     _WORKER.update(settings=settings, out=out_dir, cache=SceneCache(settings))
+
+
+def _exit_with_parent() -> None:
+    """Worker side: end this process as soon as the process that started it is gone. A parent killed without the
+    chance to stop its workers (SIGKILL, the OOM killer) would otherwise leave them waiting for work forever,
+    each holding its phantom in memory. Samples in flight are lost, which is safe (atomic renames)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        parent.join()  # returns when the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _work(indices: list[int]) -> list[int]:
