@@ -188,3 +188,37 @@ def test_points_in_the_exposed_field_are_scored_apart():
     assert rec["p2c_in_field"] == pytest.approx(2.0, abs=1e-6)
     assert rec["p2c"] == pytest.approx(np.sqrt((13 * 4 + 5 * 144) / 18), abs=1e-6)
     assert summarize("femur", [rec], real=False)["in_field"]["p2c_mean"] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_contour_parts_split_at_the_neck_landmarks():
+    from DeepMorphLib.scoring import contour_parts
+
+    parts = contour_parts(60, {"anchor_neck_superior": 24, "anchor_neck_inferior": 39, "head": 31})
+    assert list(parts["lateral"]) == list(range(24)) and list(parts["head_neck"]) == list(range(24, 40))
+    assert list(parts["medial"]) == list(range(40, 60))
+    assert contour_parts(60, {"neck_superior": 5, "neck_inferior": 9})["head_neck"].tolist() == [5, 6, 7, 8, 9]
+    assert contour_parts(60, {"head": 31}) is None  # no neck landmarks: no parts
+    assert contour_parts(10, {"neck_superior": 5, "neck_inferior": 12}) is None  # not inside the contour
+
+
+def test_error_by_part_against_a_known_offset():
+    """An outline with a straight side x = 100; the fitted points sit 1 px off it on the lateral part, 3 px on the
+    head/neck, 5 px on the medial part, and one medial point lies below eval_max_y (left out, as the dev rules say)."""
+    from DeepMorphLib.scoring import contour_parts, femur_distances_real, rms_by_part, summarize_parts
+
+    outline = [[100, 0], [100, 150], [100, 440], [300, 440], [300, 0]]  # closed; x = 100 is near the points
+    offsets = np.r_[np.full(4, 1.0), np.full(3, 3.0), np.full(3, 5.0)]
+    ys = np.linspace(10, 100, 10)
+    points = np.c_[100.0 + offsets, ys]
+    points[-1, 1] = 300.0  # below eval_max_y
+    dist = femur_distances_real(points, outline, 200.0, 448, 448)
+    assert np.isnan(dist[-1]) and np.allclose(dist[:-1], offsets[:-1])
+    parts = contour_parts(10, {"neck_superior": 4, "neck_inferior": 6})
+    by_part = rms_by_part(dist, parts)
+    assert by_part == pytest.approx({"lateral": 1.0, "head_neck": 3.0, "medial": 5.0})
+    summary = summarize_parts([{"detected": True, "p2c_parts": by_part},
+                               {"detected": True, "p2c_parts": {**by_part, "medial": None}},
+                               {"detected": False, "p2c_parts": {"lateral": 99.0}}])
+    assert summary["medial"] == {"p2c_mean": 5.0, "p2c_median": 5.0, "n": 1}
+    assert summary["lateral"]["n"] == 2 and summary["lateral"]["p2c_mean"] == pytest.approx(1.0)
+    assert summarize_parts([{"detected": True}]) is None

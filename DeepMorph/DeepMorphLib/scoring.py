@@ -10,7 +10,8 @@ Real images follow the dev set's rules (``real-hip-radiographs-dev/README.md``):
 Simulated images: head as above; femur = RMS distance of the fitted points inside the image to the closed
 ground-truth outline polygon (all of its segments). A simulated view may show both hips: ``deepmorph evaluate``
 then scores a fit against the femur it found (the dataset's ``other_femurs``; ``evaluate.scorable_femurs``).
-Simulated images may be collimated; ``p2c_in_field`` scores only the fitted points in the exposed field (where
+``by_part`` splits the femur error along the outline (``contour_parts``: lateral shaft and greater trochanter,
+head and neck, lesser trochanter and medial shaft). Simulated images may be collimated; ``p2c_in_field`` scores only the fitted points in the exposed field (where
 the image shows anything), as a supplement to ``p2c`` over every point inside the image.
 A ground-truth head counts wherever its circle overlaps the image, also when most of it lies outside the crop or
 the collimated field; ``head_in_view`` measures how much of it can be seen, and ``detection_rate_in_view`` is the
@@ -72,30 +73,79 @@ def inside_crop(xy, width: int, height: int) -> np.ndarray:
     return (p[:, 0] >= -0.5) & (p[:, 0] <= width - 0.5) & (p[:, 1] >= -0.5) & (p[:, 1] <= height - 0.5)
 
 
-def femur_p2c_real(points, outline, eval_max_y: float, width: int, height: int) -> float | None:
-    """Point-to-curve RMS (px) of fitted contour ``points`` against a real-image outline, dev-set rules
-    (module docstring). None when no fitted point or no outline segment is left to score."""
+def femur_distances_real(points, outline, eval_max_y: float, width: int, height: int) -> np.ndarray | None:
+    """(N,) px: each fitted contour point's distance to a real-image outline under the dev-set rules (module
+    docstring), NaN for the points those rules leave out. None when no outline segment is left to score against."""
     starts, ends = polygon_segments(outline, closed=True)
     keep = inside_crop(starts, width, height) & inside_crop(ends, width, height)
     keep &= (starts[:, 1] <= eval_max_y) & (ends[:, 1] <= eval_max_y)
     pts = _points(points, "points")
-    pts = pts[inside_crop(pts, width, height) & (pts[:, 1] <= eval_max_y)]
-    if not keep.any() or len(pts) == 0:
+    scored = inside_crop(pts, width, height) & (pts[:, 1] <= eval_max_y)
+    if not keep.any():
         return None
-    d = segment_distances(pts, starts[keep], ends[keep])
-    return float(np.sqrt(np.mean(d**2)))
+    dist = np.full(len(pts), np.nan)
+    if scored.any():
+        dist[scored] = segment_distances(pts[scored], starts[keep], ends[keep])
+    return dist
+
+
+def femur_distances_sim(points, contour, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """(N,) px: each fitted point's distance to the closed simulated outline ``contour``; with an image size, NaN
+    for the points outside the image."""
+    pts = _points(points, "points")
+    dist = np.full(len(pts), np.nan)
+    scored = np.ones(len(pts), bool) if width is None or height is None else inside_crop(pts, width, height)
+    if scored.any():
+        dist[scored] = segment_distances(pts[scored], *polygon_segments(contour, closed=True))
+    return dist
+
+
+def rms(distances) -> float | None:
+    """Root mean square of the finite ``distances`` (px); None when there are none."""
+    d = np.asarray(distances, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    return float(np.sqrt(np.mean(d**2))) if d.size else None
+
+
+def femur_p2c_real(points, outline, eval_max_y: float, width: int, height: int) -> float | None:
+    """Point-to-curve RMS (px) of fitted contour ``points`` against a real-image outline, dev-set rules
+    (module docstring). None when no fitted point or no outline segment is left to score."""
+    dist = femur_distances_real(points, outline, eval_max_y, width, height)
+    return None if dist is None else rms(dist)
 
 
 def femur_p2c_sim(points, contour, width: int | None = None, height: int | None = None) -> float | None:
     """Point-to-curve RMS (px) of fitted ``points`` to the closed simulated outline ``contour``; with an image
     size, points outside the image are left out. None when no point is left."""
-    pts = _points(points, "points")
-    if width is not None and height is not None:
-        pts = pts[inside_crop(pts, width, height)]
-    if len(pts) == 0:
+    return rms(femur_distances_sim(points, contour, width, height))
+
+
+CONTOUR_PARTS = ("lateral", "head_neck", "medial")  # of the open PDM outline, lateral shaft -> head -> medial shaft
+
+
+def contour_parts(n_points: int, landmark_indices: dict) -> dict | None:
+    """{part: point indices} of an open femur contour of ``n_points`` points, split at its neck landmarks
+    (``neck_superior`` / ``neck_inferior``, or the ``anchor_`` names of the shipped PDM): "lateral" = lateral shaft
+    and greater trochanter (before the superior neck point), "head_neck" = superior to inferior neck point through
+    the head, "medial" = lesser trochanter and medial shaft (after the inferior neck point). None without those
+    landmarks."""
+    def index(name):
+        for key in (name, f"anchor_{name}"):
+            if key in landmark_indices:
+                return int(landmark_indices[key])
         return None
-    d = segment_distances(pts, *polygon_segments(contour, closed=True))
-    return float(np.sqrt(np.mean(d**2)))
+
+    sup, inf = index("neck_superior"), index("neck_inferior")
+    if sup is None or inf is None or not 0 < sup < inf < n_points - 1:
+        return None
+    idx = np.arange(n_points)
+    return {"lateral": idx[:sup], "head_neck": idx[sup:inf + 1], "medial": idx[inf + 1:]}
+
+
+def rms_by_part(distances, parts: dict) -> dict:
+    """{part: RMS of the finite distances of its points (px) or None} for ``contour_parts``' parts."""
+    d = np.asarray(distances, dtype=np.float64)
+    return {name: rms(d[idx]) for name, idx in parts.items()}
 
 
 def points_in_field(points, field=None) -> np.ndarray:
@@ -175,6 +225,19 @@ def summarize_femur(records: Iterable[dict], p95: bool = False) -> dict:
     out["detection_rate"] = sum(bool(r.get("detected")) for r in recs) / len(recs) if recs else None
     out["n"] = len(recs)
     out["n_scored"] = len(vals)
+    return out
+
+
+def summarize_parts(records: Iterable[dict]) -> dict | None:
+    """{part: {p2c_mean, p2c_median, n}} over the detected fits' ``p2c_parts`` (``rms_by_part``); None when no
+    record has them. Says where along the outline the error lies (``contour_parts``)."""
+    recs = [r for r in records if r.get("detected") and r.get("p2c_parts")]
+    if not recs:
+        return None
+    out = {}
+    for part in CONTOUR_PARTS:
+        vals = [r["p2c_parts"].get(part) for r in recs if r["p2c_parts"].get(part) is not None]
+        out[part] = {**_stats(vals, "p2c", False), "n": len(vals)}
     return out
 
 

@@ -130,12 +130,13 @@ def scorable_femurs(sample: dict, side_option: str = "auto") -> list[tuple[str, 
     return femurs
 
 
-def score_sample(task: str, sample: dict, res, real: bool, shape: tuple, side_option: str = "auto") -> dict | None:
+def score_sample(task: str, sample: dict, res, real: bool, shape: tuple, side_option: str = "auto",
+                 landmark_indices: dict | None = None) -> dict | None:
     """Per-image record (None when the sample has no ground truth for the task). On simulated images that show
     both hips a fit is scored against the femur it found (the nearest of ``scorable_femurs``): ``scored_femur``
     says which, and ``rmse_annotated`` / ``p2c_annotated`` hold the error against the annotated femur alone."""
     if not real and sample["truth"].get("other_femurs"):
-        return _score_nearest_femur(task, sample, res, shape, side_option)
+        return _score_nearest_femur(task, sample, res, shape, side_option, landmark_indices)
     from DeepMorphLib import scoring
 
     truth, h, w = sample["truth"], shape[0], shape[1]
@@ -169,17 +170,22 @@ def score_sample(task: str, sample: dict, res, real: bool, shape: tuple, side_op
     if res.contour is not None:  # a contour kept for review ("not confirmed") is scored apart, never in p2c
         if real:
             max_y = truth.get("eval_max_y")
-            p2c = scoring.femur_p2c_real(res.contour, outline, h - 1 if max_y is None else max_y, w, h)
+            dist = scoring.femur_distances_real(res.contour, outline, h - 1 if max_y is None else max_y, w, h)
         else:
-            p2c = scoring.femur_p2c_sim(res.contour, outline, w, h)
+            dist = scoring.femur_distances_sim(res.contour, outline, w, h)
             if res.detected:  # the same over the points in the exposed (collimated) field only
                 rec["p2c_in_field"] = scoring.femur_p2c_sim(
                     scoring.points_in_field(res.contour, _field(truth.get("detector"), (h, w))), outline, w, h)
+        p2c = None if dist is None else scoring.rms(dist)
         rec["p2c" if res.detected else "p2c_unconfirmed"] = p2c
+        parts = None if not landmark_indices or dist is None else scoring.contour_parts(len(dist), landmark_indices)
+        if res.detected and p2c is not None and parts is not None:  # where along the outline the error lies
+            rec["p2c_parts"] = scoring.rms_by_part(dist, parts)
     return rec
 
 
-def _score_nearest_femur(task: str, sample: dict, res, shape: tuple, side_option: str) -> dict | None:
+def _score_nearest_femur(task: str, sample: dict, res, shape: tuple, side_option: str,
+                         landmark_indices: dict | None = None) -> dict | None:
     """``score_sample`` of a simulated image with several femurs in view: the record of the femur with the
     smallest error (head rmse, femur p2c; either one scored or unscored alike), plus the annotated femur's error.
     Which images are scored does not change: those where the annotated femur has truth for the task (with the side
@@ -187,7 +193,7 @@ def _score_nearest_femur(task: str, sample: dict, res, shape: tuple, side_option
     key = "rmse" if task == "head" else "p2c" if res.detected else "p2c_unconfirmed"
     recs = []
     for label, truth in scorable_femurs(sample, side_option):
-        rec = score_sample(task, {**sample, "truth": {**truth, "other_femurs": []}}, res, False, shape)
+        rec = score_sample(task, {**sample, "truth": {**truth, "other_femurs": []}}, res, False, shape, landmark_indices=landmark_indices)
         if rec is not None:
             recs.append((label, rec))
     annotated = dict(recs).get("annotated")
@@ -229,6 +235,12 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
                               for g in sorted({str(r.get("maturity")) for r in records})}
         out["by_modality"] = {g: pick([r for r in records if str(r.get("modality")) == g])
                               for g in sorted({str(r.get("modality")) for r in records})}
+        if task == "femur" and scoring.summarize_parts(records) is not None:  # where along the outline the error lies
+            out["by_part"] = scoring.summarize_parts(records)
+            for group in out["by_maturity"]:
+                by_part = scoring.summarize_parts([r for r in records if str(r.get("maturity")) == group])
+                if by_part is not None:
+                    out["by_maturity"][group]["by_part"] = by_part
         return out
     out = fn(records, p95=True)
     if task == "head":
@@ -240,6 +252,8 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
         out["n_other_femur"] = len(others)  # other one, and the figures against the annotated femur alone
         strict = [{**r, key: r[f"{key}_annotated"]} if "scored_femur" in r else r for r in records]
         out["annotated_only"] = {k: v for k, v in fn(strict, p95=True).items() if k.startswith(key)}
+    if task == "femur" and scoring.summarize_parts(records) is not None:
+        out["by_part"] = scoring.summarize_parts(records)
     if task == "femur" and any(r.get("p2c_in_field") is not None for r in records):
         in_field = [{**r, "p2c": r.get("p2c_in_field")} for r in records]
         out["in_field"] = {k: v for k, v in fn(in_field, p95=True).items() if k.startswith("p2c")}
@@ -292,11 +306,12 @@ def run(args) -> int:
 def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor=None, region=None):
     from tqdm import tqdm
 
-    from DeepMorphLib import pipeline
+    from DeepMorphLib import pipeline, scoring
     from DeepMorphSimulatorLib.files import read_image_2d
 
     records, bad, figures = [], [], []
     fit_options = femur_fit_options(args)
+    landmarks = None if shape_model is None else getattr(shape_model, "landmark_indices", None)
     report = Path(args.report) if args.report else None
     if report:
         report.mkdir(parents=True, exist_ok=True)
@@ -315,7 +330,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
             bad.append((str(sample["path"]), str(exc)))
             print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)
             continue
-        rec = score_sample(args.task, sample, res, real, image.shape, args.side)
+        rec = score_sample(args.task, sample, res, real, image.shape, args.side, landmarks)
         if rec is None:
             continue
         records.append(rec)
