@@ -73,7 +73,7 @@ class _Shape:
 class StandInPDM:
     """Shape 'model' for the femur stand-in fit: 40 points picked along the confident pixels."""
 
-    landmark_indices = {"greater_trochanter": 10, "shaft": [30, 31]}
+    landmark_indices = {"greater_trochanter": 10, "shaft": [30, 31], "neck_superior": 15, "neck_inferior": 25}
 
 
 def standin_fit_pdm(conf, pdm, **kw):

@@ -51,6 +51,9 @@ def test_evaluate_real_femur_and_given_polarity(real_folder, capsys, monkeypatch
         assert key in out
     assert out["n"] == 3 and out["p2c_mean"] < 2.0
     assert set(out["by_maturity"]["immature"]) >= {"p2c_mean", "p2c_median", "n"}
+    assert set(out["by_part"]) == {"lateral", "head_neck", "medial"}  # split at the shape model's neck landmarks
+    assert all(part["n"] == out["n_scored"] for part in out["by_part"].values())
+    assert out["by_maturity"]["mature"]["by_part"]["medial"]["n"] == out["by_maturity"]["mature"]["n_scored"]
     # a wrong forced polarity reaches the predictor un-inverted for the radiographs: it must notice
     with pytest.raises(AssertionError, match="polarity"):
         main(["evaluate", "--task", "femur", "--real", str(root), "--json", "--polarity", "bone-dark"])

@@ -235,12 +235,13 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
                               for g in sorted({str(r.get("maturity")) for r in records})}
         out["by_modality"] = {g: pick([r for r in records if str(r.get("modality")) == g])
                               for g in sorted({str(r.get("modality")) for r in records})}
-        if task == "femur" and scoring.summarize_parts(records) is not None:  # where along the outline the error lies
-            out["by_part"] = scoring.summarize_parts(records)
+        by_part = scoring.summarize_parts(records) if task == "femur" else None  # where along the outline the error is
+        if by_part is not None:
+            out["by_part"] = by_part
             for group in out["by_maturity"]:
-                by_part = scoring.summarize_parts([r for r in records if str(r.get("maturity")) == group])
-                if by_part is not None:
-                    out["by_maturity"][group]["by_part"] = by_part
+                group_parts = scoring.summarize_parts([r for r in records if str(r.get("maturity")) == group])
+                if group_parts is not None:
+                    out["by_maturity"][group]["by_part"] = group_parts
         return out
     out = fn(records, p95=True)
     if task == "head":
@@ -252,8 +253,9 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
         out["n_other_femur"] = len(others)  # other one, and the figures against the annotated femur alone
         strict = [{**r, key: r[f"{key}_annotated"]} if "scored_femur" in r else r for r in records]
         out["annotated_only"] = {k: v for k, v in fn(strict, p95=True).items() if k.startswith(key)}
-    if task == "femur" and scoring.summarize_parts(records) is not None:
-        out["by_part"] = scoring.summarize_parts(records)
+    by_part = scoring.summarize_parts(records) if task == "femur" else None
+    if by_part is not None:
+        out["by_part"] = by_part
     if task == "femur" and any(r.get("p2c_in_field") is not None for r in records):
         in_field = [{**r, "p2c": r.get("p2c_in_field")} for r in records]
         out["in_field"] = {k: v for k, v in fn(in_field, p95=True).items() if k.startswith("p2c")}
