@@ -52,6 +52,14 @@ def test_failed_job_keeps_its_error_message():
     assert job.state == "failed" and "bad CT" in job.lines[-1]
 
 
+def wait_for_output(job, wanted, timeout_s: float = 20.0) -> None:
+    """Poll ``job`` until one of its output lines satisfies ``wanted`` (or ``timeout_s`` passes)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(wanted(line) for line in job.lines) and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+
+
 SLEEPER = r"""
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -67,10 +75,7 @@ except KeyboardInterrupt:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_cancel_interrupts_the_process_group():
     job = BackgroundJob([sys.executable, "-c", SLEEPER]).start()
-    deadline = time.monotonic() + 20
-    while not any(line.startswith("child") for line in job.lines) and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.02)
+    wait_for_output(job, lambda line: line.startswith("child"))
     child_pid = int(next(line for line in job.lines if line.startswith("child")).split()[1])
     t0 = time.monotonic()
     job.cancel(grace_s=5)
@@ -97,10 +102,7 @@ time.sleep(60)
 def test_cancel_kills_a_child_that_survives_the_interrupt():
     """A child that outlives Ctrl-C (as one interrupted while Python starts can) holds the output pipe."""
     job = BackgroundJob([sys.executable, "-c", STUBBORN_CHILD]).start()
-    deadline = time.monotonic() + 20
-    while "child ready" not in job.lines and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.02)
+    wait_for_output(job, lambda line: line == "child ready")
     child_pid = int(next(line for line in job.lines if line.startswith("child ")).split()[1])
     job.cancel(grace_s=5)
     assert job.wait(timeout=5) is not None and job.state == "cancelled"
@@ -156,10 +158,7 @@ time.sleep(60)
 @pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
 def test_cancel_without_waiting_escalates_to_kill_from_poll():
     job = BackgroundJob([sys.executable, "-c", STUBBORN]).start()
-    deadline = time.monotonic() + 20
-    while "ready" not in job.lines and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.02)
+    wait_for_output(job, lambda line: line == "ready")
     t0 = time.monotonic()
     job.cancel(grace_s=0.3, wait=False)
     assert time.monotonic() - t0 < 0.2 and job.running  # returned at once; SIGINT ignored
