@@ -327,3 +327,25 @@ def test_the_kept_femur_fit_gets_the_final_polish(pdm, monkeypatch):
     np.testing.assert_allclose(raw.points, points)
     same = pipeline.fit_femur_confidence(conf, "outline", pdm, {"final_polish_px": 3.0})
     assert same is fit
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_the_kept_fit_is_refined_under_the_weak_prior(pdm, seed):
+    """Searching under the strong prior (``regularization`` 30) pulls an unusual but plausible femur (|b_i| up
+    to 2.5 sd) towards the mean shape; the refinement under ``final_regularization`` (1) lets the PDM points
+    follow the outline again. Compared without the polish, which would hide the difference."""
+    from DeepMorphLib.asm_fit import FINAL_REGULARIZATION, REGULARIZATION
+
+    rng = np.random.default_rng(seed)
+    b = rng.uniform(-2.5, 2.5, pdm.n_modes) * np.sqrt(pdm.variances)
+    truth = pdm.instance(b, Similarity.from_params(1.05, 15.0, (224.0, 230.0)))
+    conf = render_confidence(truth, (448, 448))
+    assert (REGULARIZATION, FINAL_REGULARIZATION) == (30.0, 1.0)
+    strong = fit_pdm_to_confidence(conf, pdm, polish_px=0.0, final_regularization=None)
+    refined = fit_pdm_to_confidence(conf, pdm, polish_px=0.0)
+    err_strong = np.mean(point_to_curve_distance(strong.points, truth))
+    err_refined = np.mean(point_to_curve_distance(refined.points, truth))
+    assert err_strong > 0.45 and err_refined < 0.3
+    assert refined.detected and refined.converged and refined.iterations > strong.iterations
+    np.testing.assert_allclose(refined.points, refined.model_points)
+    assert np.all(np.abs(refined.b) <= 3 * np.sqrt(pdm.variances) + 1e-9)

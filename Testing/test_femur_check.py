@@ -272,3 +272,18 @@ def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, f
     pipeline._check_with_femur_fit(kept, flat_image(), "bone-dark", "cpu", 0.5, None, FarHead(),
                                    reject_unconfirmed=False)
     assert kept.detected and "on_femur" not in kept.circle  # --keep-unconfirmed-head: as before
+
+
+def test_the_femur_fits_that_give_a_head_keep_one_weak_shape_prior(femur_fit, monkeypatch):
+    """The femur task searches under a strong shape prior and refines under a weak one (``asm_fit``); the femur fits
+    that check or give a head circle keep the single weak prior (``pipeline.HEAD_TASK_SHAPE_PRIOR``): both the femur
+    task's whole fit the check asks for and the head task's own femur-network fit of the head dome."""
+    from DeepMorphLib.asm_fit import ShapeFit
+
+    assert pipeline.HEAD_TASK_SHAPE_PRIOR == {"regularization": 1.0, "final_regularization": None}
+    check(head_result(snapped=True, edge_support=0.66), sphere_shadow())
+    assert femur_fit.calls[-1]["fit_options"] == pipeline.HEAD_TASK_SHAPE_PRIOR
+    seen = []
+    monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: seen.append(kw) or ShapeFit(detected=False))
+    assert pipeline._femur_head_dome(sphere_shadow(), "bone-dark", "cpu", 0.5) is None
+    assert seen and seen[-1]["regularization"] == 1.0 and seen[-1]["final_regularization"] is None

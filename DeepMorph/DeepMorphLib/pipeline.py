@@ -846,6 +846,13 @@ def dome_circle(dome_points):
     return fit_circle_points(points, method="algebraic", min_points=3)
 
 
+HEAD_TASK_SHAPE_PRIOR = {"regularization": 1.0, "final_regularization": None}  # the femur fits that check or give
+#   a head circle keep one weak shape prior: with the femur task's two-stage prior (asm_fit.REGULARIZATION) the
+#   head circles moved either way, on balance worse: tune3 head rmse_mean 1.00 -> 1.07 px (detected 195 -> 196 of
+#   199; 000032 0.45 -> 13.6 px, 000153 1.07 -> 9.77 px), real dev mature 2.68 -> 3.00 px (cgmh_44_L/R and
+#   cgmh_51_L, whose heads come from their femur fits' domes)
+
+
 def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=None, side: str | None = None):
     """The shipped femur network + PDM fit on ``img`` (shown with ``polarity``): the head-dome points of the fitted
     contour (K, 2) px, their confidences (K,) and the map the PDM was fitted to; None when the PDM does not name
@@ -864,7 +871,7 @@ def _femur_head_dome(img, polarity: str, device, threshold: float, head_circle=N
     conf = femur_fit_map(conf, getattr(pred, "target", "outline"), threshold)
     anchor = {} if head_circle is None else {"head_circle": tuple(head_circle), "head_dome": dome}
     sf = _fit_pdm(conf, shape_model.pdm, shaft_axis=shaft_axis_indices(shape_model.landmark_indices),
-                  **side_option(shape_model.pdm, side), **anchor)
+                  **side_option(shape_model.pdm, side), **anchor, **HEAD_TASK_SHAPE_PRIOR)
     if not sf.detected:
         return None
     arc = slice(dome[0], dome[1] + 1)
@@ -1030,7 +1037,8 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
-    femur = fit_image(img, "femur", polarity=polarity, device=device, side=side, detected_polarity=detected_polarity)
+    femur = fit_image(img, "femur", polarity=polarity, device=device, side=side, detected_polarity=detected_polarity,
+                      fit_options=HEAD_TASK_SHAPE_PRIOR)
     shape_model = load_shape_model(None)
     dome = _head_dome(shape_model)
     if result.circle is not None:  # a head that stays not found without a circle keeps none (overlays, markups)
