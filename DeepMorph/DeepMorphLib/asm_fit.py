@@ -541,9 +541,9 @@ def fit_pdm_to_confidence(
     start shape. ``search_px`` is the widest normal search (also used to re-find lost points and the ends
     of the ridge); ``regularization`` adds ``sum b_i^2 / lambda_i`` (in units of one fully confident
     point) to keep unsupported parts plausible while searching and comparing fits; ``final_regularization``
-    replaces it in the kept fit's refinement (step 5; None = no refinement). Returns ``ShapeFit``; ``detected`` is False (with
-    ``reason``) when there are too few foreground pixels or the mean contour confidence is below
-    ``min_quality``. ``polish_px``: finally move the points onto the confidence ridge within this many px
+    replaces it in the kept fit's refinement (step 5; None = no refinement). Returns ``ShapeFit``;
+    ``detected`` is False (with ``reason``) when there are too few foreground pixels or the mean contour
+    confidence is below ``min_quality``. ``polish_px``: finally move the points onto the confidence ridge within this many px
     (``polish_points``; 0 = keep the PDM instance, which ``ShapeFit.model_points`` always holds). Second opinions (module docstring), only when the fit's mean confidence is below
     ``second_opinion_below``: ``shape_cpd`` (``shape_cpd_iterations`` EM steps from the CPD optimum) and,
     with ``head_circle`` ((cx, cy, r) px, or a callable returning it or None, called only then) and
