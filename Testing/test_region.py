@@ -195,6 +195,39 @@ def test_a_convincing_outline_fit_does_not_ask_the_region_network():
     assert weak.detected
 
 
+def test_a_femur_leaving_the_image_is_judged_where_the_network_sees_it(monkeypatch):
+    """A clear outline fit whose shaft leaves the image: its points below the image have no confidence, so its mean
+    confidence is low, but the region network is not asked, because on the points inside the image the fit lies
+    on the outline (``asm_fit.in_view_confidence``); a fit that is weak inside the image still asks."""
+    from DeepMorphLib import pipeline
+    from DeepMorphLib.asm_fit import ShapeFit, in_view_confidence, sample_bilinear
+
+    pdm, truth, region, outline = _femur_maps(decoy_shift_px=0.0, outline_peak=1.0)
+    shift = int(448 - 100 - truth[:, 1].min())  # the femur's top 100 px at the bottom of the image
+    points = truth + [0.0, shift]
+    asked = []
+    for peak in (1.0, 0.6):
+        moved = np.zeros_like(outline)
+        moved[shift:] = peak * outline[: 448 - shift]
+        conf = sample_bilinear(moved, points)
+        fit = ShapeFit(detected=True, points=points, model_points=points, point_confidence=conf,
+                       quality=float(conf.mean()), info={})
+        monkeypatch.setattr(pipeline, "_fit_pdm", lambda *a, **k: fit)  # noqa: B023
+        kept = pipeline.fit_femur_confidence(moved, "outline", pdm, {}, lambda: asked.append(peak) or None)
+        assert kept.detected and kept.quality < 0.7 and np.isclose(kept.quality, kept.point_confidence.mean())
+    assert in_view_confidence(moved / 0.6, points) > 0.9 and asked == [0.6]
+
+
+def test_in_view_confidence_averages_over_the_points_inside_the_map():
+    from DeepMorphLib.asm_fit import in_view_confidence
+
+    conf = np.zeros((10, 20))
+    conf[:, :10] = 0.8
+    points = np.array([[2.0, 3.0], [5.0, 9.0], [15.0, 4.0], [-1.0, 4.0], [5.0, 9.5], [25.0, 4.0]])
+    assert in_view_confidence(conf, points) == pytest.approx((0.8 + 0.8 + 0.0) / 3)
+    assert in_view_confidence(conf, points[3:4]) == 0.0
+
+
 def test_the_region_second_opinion_needs_a_region_network():
     from DeepMorphLib.fusionnet import FusionNet
     from DeepMorphLib.pipeline import NetworkPredictor, default_region_model_path, load_region_net

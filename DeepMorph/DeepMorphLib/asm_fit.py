@@ -14,7 +14,8 @@
    ``tol_px``. After CPD the first search range is ``3 sigma`` of the CPD mixture, between ``min_search_px``
    and ``search_px``.
 
-4. Second opinions, when the fit's mean confidence is below ``second_opinion_below`` (a clean fit is kept as
+4. Second opinions, when the fit's mean confidence over its points inside the map (``in_view_confidence``: a
+   shaft leaving the image is no sign of a bad fit) is below ``second_opinion_below`` (a clean fit is kept as
    it is): the normal search is one-sided and folds the shape where the start is off by more than the gap
    between two parts of the outline (head dome and neck, trochanter and shaft), and CPD can lock onto pelvis
    edges the network lit up. So (a) the shape-constrained CPD (``shape_cpd``: every outline pixel pulls on the
@@ -176,6 +177,15 @@ def polish_points(conf, points, closed: bool = False, search_px: float = 2.0, st
     points = np.asarray(points, dtype=np.float64)
     targets, peak = search_profiles(conf, points, contour_normals(points, closed), search_px, step_px)
     return np.where((peak >= min_confidence)[:, None], targets, points)
+
+
+def in_view_confidence(conf: np.ndarray, points: np.ndarray) -> float:
+    """Mean confidence of ``conf`` (H, W) at the ``points`` (N, 2) px that lie inside it (0 when none does): how well
+    a fit lies on the outline where the network can see, whatever part of the femur leaves the image."""
+    h, w = np.shape(conf)
+    pts = np.asarray(points, dtype=np.float64)
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+    return float(sample_bilinear(conf, pts[inside]).mean()) if np.any(inside) else 0.0
 
 
 def contour_normals(points: np.ndarray, closed: bool = False) -> np.ndarray:
@@ -543,9 +553,10 @@ def fit_pdm_to_confidence(
     point) to keep unsupported parts plausible while searching and comparing fits; ``final_regularization``
     replaces it in the kept fit's refinement (step 5; None = no refinement). Returns ``ShapeFit``;
     ``detected`` is False (with ``reason``) when there are too few foreground pixels or the mean contour
-    confidence is below ``min_quality``. ``polish_px``: finally move the points onto the confidence ridge within this many px
-    (``polish_points``; 0 = keep the PDM instance, which ``ShapeFit.model_points`` always holds). Second opinions (module docstring), only when the fit's mean confidence is below
-    ``second_opinion_below``: ``shape_cpd`` (``shape_cpd_iterations`` EM steps from the CPD optimum) and,
+    confidence is below ``min_quality``. ``polish_px``: finally move the points onto the confidence ridge
+    within this many px (``polish_points``; 0 = keep the PDM instance, which ``ShapeFit.model_points`` always
+    holds). Second opinions (module docstring), only when the fit's mean confidence over its points inside the
+    map is below ``second_opinion_below``: ``shape_cpd`` (``shape_cpd_iterations`` EM steps from the CPD optimum) and,
     with ``head_circle`` ((cx, cy, r) px, or a callable returning it or None, called only then) and
     ``head_dome`` ((first, last) model point indices of the head dome), starts anchored on the head:
     ``anchor_angles_deg`` shaft directions (model frame rotated by these degrees) x both sides, each
@@ -633,7 +644,7 @@ def fit_pdm_to_confidence(
         return (r[0], r[1], r[2], fit[3] + r[3], r[4], "", fit[6], fit[7],
                 float(np.mean(sample_bilinear(conf, r[0]) > threshold)))
 
-    first_quality = -1.0 if best[5] else float(sample_bilinear(conf, best[0]).mean())
+    first_quality = -1.0 if best[5] else in_view_confidence(conf, best[0])
     doubtful = first_quality < second_opinion_below or upright_penalty(best[0], upright) > 0.0
     if doubtful and (shape_cpd and init is None or head_circle is not None):
         anchor = {"angles_deg": anchor_angles_deg, "screen_iterations": anchor_screen_iterations, "keep": anchor_keep,

@@ -372,7 +372,8 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
 
     ``region_conf``: None, or a callable returning a femur *region* network's confidence (H, W) for the same
     image, called only when ``conf`` is an outline network's and its fit is not convincing (not detected, or
-    mean confidence below ``options["second_opinion_below"]``, default 0.7, as for the other second opinions).
+    mean confidence over its points inside the image, ``asm_fit.in_view_confidence``, below
+    ``options["second_opinion_below"]``, default 0.7, as for the other second opinions).
     The PDM is then also fitted to the region map's edges (``region.edge_rim_map``: the region network marks
     the whole bone, so it is not drawn to pelvis and implant edges the way the outline network is) and the fit
     with the higher mean confidence wins; a winning region fit is polished onto the outline network's ridge
@@ -393,10 +394,15 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
                               options.get("upright_weight", UPRIGHT_WEIGHT))
         return fit.quality - upright_penalty(fit.points, prior)
 
+    def in_view_score(fit):  # whether to ask the region network: judged where the network sees the image
+        from DeepMorphLib.asm_fit import in_view_confidence
+
+        return score(fit) - fit.quality + in_view_confidence(conf, fit.points)
+
     if target != "outline":
         return first
     keep_first = lambda: _final_polish(conf, first, pdm, final_polish_px, options, threshold)  # noqa: E731
-    if region_conf is None or (first.detected and score(first) >= below):
+    if region_conf is None or (first.detected and in_view_score(first) >= below):
         return keep_first()
     region = region_conf()
     if region is None:
