@@ -385,24 +385,23 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
     first = _fit_pdm(femur_fit_map(conf, target, threshold), pdm, **options)
     below = float(options.get("second_opinion_below", 0.7))
 
-    def score(fit):  # as asm_fit compares its fits: mean confidence, less the upright prior's penalty
+    def score(fit, quality=None):  # as asm_fit compares its fits: mean confidence (``quality``: another measure
+        #                             of it), less the upright prior's penalty
+        quality = fit.quality if quality is None else quality
         if options.get("shaft_axis") is None:
-            return fit.quality
+            return quality
         from DeepMorphLib.asm_fit import UPRIGHT_MAX_DEG, UPRIGHT_WEIGHT, upright_penalty, upright_prior
 
         prior = upright_prior(options["shaft_axis"], options.get("upright_max_deg", UPRIGHT_MAX_DEG),
                               options.get("upright_weight", UPRIGHT_WEIGHT))
-        return fit.quality - upright_penalty(fit.points, prior)
-
-    def in_view_score(fit):  # whether to ask the region network: judged where the network sees the image
-        from DeepMorphLib.asm_fit import in_view_confidence
-
-        return score(fit) - fit.quality + in_view_confidence(conf, fit.points)
+        return quality - upright_penalty(fit.points, prior)
 
     if target != "outline":
         return first
+    from DeepMorphLib.asm_fit import in_view_confidence
+
     keep_first = lambda: _final_polish(conf, first, pdm, final_polish_px, options, threshold)  # noqa: E731
-    if region_conf is None or (first.detected and in_view_score(first) >= below):
+    if region_conf is None or (first.detected and score(first, in_view_confidence(conf, first.points)) >= below):
         return keep_first()
     region = region_conf()
     if region is None:
