@@ -398,10 +398,12 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
 
     if target != "outline":
         return first
+    keep_first = lambda: _final_polish(conf, first, pdm, final_polish_px, options, threshold)  # noqa: E731
+    if region_conf is None:
+        return keep_first()
     from DeepMorphLib.asm_fit import in_view_confidence
 
-    keep_first = lambda: _final_polish(conf, first, pdm, final_polish_px, options, threshold)  # noqa: E731
-    if region_conf is None or (first.detected and score(first, in_view_confidence(conf, first.points)) >= below):
+    if first.detected and score(first, in_view_confidence(conf, first.points)) >= below:
         return keep_first()
     region = region_conf()
     if region is None:
