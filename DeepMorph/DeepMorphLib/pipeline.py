@@ -385,8 +385,7 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
     first = _fit_pdm(femur_fit_map(conf, target, threshold), pdm, **options)
     below = float(options.get("second_opinion_below", 0.7))
 
-    def score(fit, quality=None):  # as asm_fit compares its fits: mean confidence (``quality``: another measure
-        #                             of it), less the upright prior's penalty
+    def score(fit, quality=None):  # as asm_fit compares fits: mean confidence (or ``quality``) less the upright penalty
         quality = fit.quality if quality is None else quality
         if options.get("shaft_axis") is None:
             return quality

@@ -12,7 +12,8 @@ ground-truth outline polygon (all of its segments). A simulated view may show bo
 then scores a fit against the femur it found (the dataset's ``other_femurs``; ``evaluate.scorable_femurs``).
 ``by_part`` splits the femur error along the outline (``contour_parts``: lateral shaft and greater trochanter,
 head and neck, lesser trochanter and medial shaft). Simulated images may be collimated; ``p2c_in_field`` scores
-only the fitted points in the exposed field (where the image shows anything), as a supplement to ``p2c`` over every point inside the image.
+only the fitted points in the exposed field (where the image shows anything), as a supplement to ``p2c`` over
+every point inside the image.
 A ground-truth head counts wherever its circle overlaps the image, also when most of it lies outside the crop or
 the collimated field; ``head_in_view`` measures how much of it can be seen, and ``detection_rate_in_view`` is the
 detection rate over the heads at least ``HEAD_IN_VIEW_MIN`` in view (``detection_rate`` stays over all heads).

@@ -193,7 +193,8 @@ def _score_nearest_femur(task: str, sample: dict, res, shape: tuple, side_option
     key = "rmse" if task == "head" else "p2c" if res.detected else "p2c_unconfirmed"
     recs = []
     for label, truth in scorable_femurs(sample, side_option):
-        rec = score_sample(task, {**sample, "truth": {**truth, "other_femurs": []}}, res, False, shape, landmark_indices=landmark_indices)
+        rec = score_sample(task, {**sample, "truth": {**truth, "other_femurs": []}}, res, False, shape,
+                           landmark_indices=landmark_indices)
         if rec is not None:
             recs.append((label, rec))
     annotated = dict(recs).get("annotated")
@@ -227,21 +228,18 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
     from DeepMorphLib import scoring
 
     fn = scoring.summarize_head if task == "head" else scoring.summarize_femur
+    by_part = scoring.summarize_parts(records) if task == "femur" else None  # where along the outline the error is
     if real:
         keys = HEAD_KEYS_REAL if task == "head" else FEMUR_KEYS_REAL
         pick = lambda recs: {k: v for k, v in fn(recs).items() if k in keys}  # noqa: E731
         out = pick(records)
-        out["by_maturity"] = {g: pick([r for r in records if str(r.get("maturity")) == g])
-                              for g in sorted({str(r.get("maturity")) for r in records})}
-        out["by_modality"] = {g: pick([r for r in records if str(r.get("modality")) == g])
-                              for g in sorted({str(r.get("modality")) for r in records})}
-        by_part = scoring.summarize_parts(records) if task == "femur" else None  # where along the outline the error is
+        out["by_maturity"] = scoring.summarize_by(records, "maturity", pick)
+        out["by_modality"] = scoring.summarize_by(records, "modality", pick)
         if by_part is not None:
             out["by_part"] = by_part
-            for group in out["by_maturity"]:
-                group_parts = scoring.summarize_parts([r for r in records if str(r.get("maturity")) == group])
-                if group_parts is not None:
-                    out["by_maturity"][group]["by_part"] = group_parts
+            for group, parts in scoring.summarize_by(records, "maturity", scoring.summarize_parts).items():
+                if parts is not None:
+                    out["by_maturity"][group]["by_part"] = parts
         return out
     out = fn(records, p95=True)
     if task == "head":
@@ -253,7 +251,6 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
         out["n_other_femur"] = len(others)  # other one, and the figures against the annotated femur alone
         strict = [{**r, key: r[f"{key}_annotated"]} if "scored_femur" in r else r for r in records]
         out["annotated_only"] = {k: v for k, v in fn(strict, p95=True).items() if k.startswith(key)}
-    by_part = scoring.summarize_parts(records) if task == "femur" else None
     if by_part is not None:
         out["by_part"] = by_part
     if task == "femur" and any(r.get("p2c_in_field") is not None for r in records):
@@ -308,7 +305,7 @@ def run(args) -> int:
 def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor=None, region=None):
     from tqdm import tqdm
 
-    from DeepMorphLib import pipeline, scoring
+    from DeepMorphLib import pipeline
     from DeepMorphSimulatorLib.files import read_image_2d
 
     records, bad, figures = [], [], []
