@@ -8,7 +8,7 @@ import torch
 
 from DeepMorphLib.augment import NO_AUGMENTATION, AugmentConfig, augment_batch, random_affine
 from DeepMorphLib.fusionnet import FusionNet, architecture_of, build_model, count_parameters, fuse_for_inference
-from DeepMorphLib.inference import normalize_images, predict_confidence
+from DeepMorphLib.inference import normalize_images, predict_confidence, row_quantiles
 from DeepMorphLib.model_io import load_model, read_sidecar, save_model
 
 torch.set_num_threads(1)
@@ -171,6 +171,20 @@ def test_normalisation_ignores_affine_intensity_changes():
     assert torch.allclose(normalize_images(x), normalize_images(3.0 * x + 100.0), atol=1e-4)
     y = normalize_images(x)
     assert float(y.min()) >= -1.5 and float(y.max()) <= 1.5
+
+
+def test_row_quantiles_are_torch_quantile_to_the_bit():
+    rng = np.random.default_rng(7)
+    q = torch.tensor([0.01, 0.99])
+    for n in (2, 3, 101, 4097, 65536):  # odd and even ranks, ties (rounded values), several rows
+        for x in (rng.normal(size=(3, n)) * 300.0, np.round(rng.normal(size=(2, n)) * 3.0)):
+            x = torch.from_numpy(x.astype(np.float32))
+            assert torch.equal(row_quantiles(x, q), torch.quantile(x, q, dim=1))
+            assert torch.equal(row_quantiles(x[:, ::2], q), torch.quantile(x[:, ::2], q, dim=1))  # strided rows
+    bad = torch.rand(2, 50)
+    bad[1, 3] = float("nan")  # NaN follows torch.quantile: that row's quantiles are NaN, the other row's are not
+    got = row_quantiles(bad, q)
+    assert torch.isnan(got[:, 1]).all() and torch.equal(got[:, 0], torch.quantile(bad[:1], q, dim=1)[:, 0])
 
 
 def disc_batch(n=4, size=64):
