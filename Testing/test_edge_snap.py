@@ -357,6 +357,38 @@ def test_an_unconfirmed_circle_off_the_femur_is_not_a_detection(monkeypatch, net
     assert probe.detected is found and probe.quality["on_femur"] == pytest.approx(res.circle["on_femur"], abs=1e-6)
 
 
+@pytest.mark.parametrize("must_be_on_femur", [True, False])
+@pytest.mark.parametrize("net, on_the_femur", [(FarHead, False), (NearHead, True)])
+def test_a_clear_round_edge_off_the_femur_is_not_the_head(monkeypatch, net, on_the_femur, must_be_on_femur):
+    """A sphere-like structure with a clear edge under the head network's crisp blob: the snap takes its edge, but a
+    snapped circle must lie on the femur too (obturator ring, pubic ramus and symphysis look like this). Off the
+    femur, with no head from the femur fit or maps, it is not found (the circle kept for review); on the femur it
+    stays. ``SNAPPED_MUST_BE_ON_FEMUR`` False (the rule before) trusts every clear edge. Pipeline and Slicer logic."""
+    from DeepMorphLib import fit_logic
+
+    monkeypatch.setattr(pipeline, "SNAPPED_MUST_BE_ON_FEMUR", must_be_on_femur)
+    stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
+    monkeypatch.setattr(pipeline, "_dome_edge_circle", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline, "_hough_head_circle", lambda *a, **k: None)
+    centre = HEAD if on_the_femur else (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])
+    img = sphere_shadow(circle=centre)
+    res = pipeline.fit_image(img, "head", predictor=net(), polarity="bone-dark", refine=False, femur_check=False)
+    assert res.circle["snapped"] and res.circle["edge_support"] >= pipeline.FEMUR_CHECK_EDGE  # a clear edge
+    assert np.hypot(res.circle["cx"] - centre[0], res.circle["cy"] - centre[1]) < 1.0
+    kept = on_the_femur or not must_be_on_femur
+    assert res.detected is kept
+    if must_be_on_femur:
+        assert (res.circle["on_femur"] >= pipeline.MIN_ON_FEMUR) is on_the_femur
+    else:
+        assert "on_femur" not in res.circle
+    if not kept:
+        assert "not on the femur" in res.reason
+    probe = fit_logic.FitResult("head", True, "", circle=(res.circle["cx"], res.circle["cy"], res.circle["r"]),
+                                polarity="bone-dark", confidence=res.confidence)
+    fit_logic._snap_from_femur(probe, img, snapped=True)
+    assert probe.detected is kept and ("on_femur" in probe.quality) is must_be_on_femur
+
+
 def test_the_femur_check_rejects_an_unconfirmed_circle_unless_asked_to_keep_it(monkeypatch):
     """A crisp blob on the femur that no edge and no confident femur fit confirm: "not detected" after the femur
     check (circle kept for review); ``keep_unconfirmed_head`` reports it."""

@@ -298,8 +298,9 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     if task == "femur":
         _confirm_femur(best, femur_min_quality, head_dome=_head_dome(pdm), image_shape=image.shape)
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
-        if not _snap(best, with_polarity(image, best.polarity), best.confidence) and real_network:
-            _snap_from_femur(best, image, side)
+        snapped = _snap(best, with_polarity(image, best.polarity), best.confidence)
+        if real_network:
+            _snap_from_femur(best, image, side, snapped=snapped)
     if task == "head" and not best.detected and best.circle is None and real_network:  # the head network found none
         best = _head_from_femur(image, model, metadata, polarity, best, side, detected)
     if task == "head" and real_network:
@@ -332,18 +333,23 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
     return bool(snap.applied)
 
 
-def _snap_from_femur(result: FitResult, image, side: str | None = None) -> None:
-    """The pipeline's second snap attempt (``pipeline._snap_from_femur_dome``): from the head dome of the
-    shipped femur network's PDM fit, when the head network's circle could not be snapped; as there, a diffuse
-    blob that nothing confirms, or a circle off the femur, is reported as not detected."""
+def _snap_from_femur(result: FitResult, image, side: str | None = None, snapped: bool = False) -> None:
+    """The pipeline's checks after the edge snap: when the head network's circle could not be snapped, the second
+    snap attempt from the head dome of the shipped femur network's PDM fit (``pipeline._snap_from_femur_dome``);
+    when it was (``snapped``), the check that it lies on the femur (``pipeline._snapped_on_femur``). As there, a
+    diffuse blob that nothing confirms, or a circle off the femur that no later search replaces, is reported as not
+    detected."""
     from . import pipeline
 
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
                                polarity=result.polarity, polarity_score=None, polarity_mode="given",
                                confidence=result.confidence, side=side)
-    probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)))
+    probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)), snapped=snapped)
     try:
-        pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
+        if not snapped:
+            pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
+        elif pipeline.SNAPPED_MUST_BE_ON_FEMUR:
+            pipeline._snapped_on_femur(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
     source = probe.circle.get("source")

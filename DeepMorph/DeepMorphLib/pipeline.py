@@ -521,7 +521,8 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     ``head_fallback``: when the head network finds too few outline pixels, fit the circle to the head dome of
     the femur network's confidence instead, located by the PDM fit (``circle["source"] = "femur-contour"``);
     and when the head network's circle cannot be edge-snapped (its blob is off, often by more than a radius),
-    try the snap again from the head dome of the femur fit (``circle["source"] = "femur-dome"``).
+    try the snap again from the head dome of the femur fit (``circle["source"] = "femur-dome"``); a circle that
+    was snapped must lie on the femur (``_snapped_on_femur``), else the head is looked for from the femur fit and maps.
     ``refine``: head refinement network (see ``load_refiner``; None = the shipped one when present and the
     head network is the shipped one too, False = off): the circle found on the whole image is refined on a ROI
     around it (``refine_head_circle``; ``circle["refined"]`` = iterations done, ``circle["coarse"]`` = before).
@@ -622,9 +623,12 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     if task == "head" and best.detected and edge_snap:  # the chosen circle only
         t = time.perf_counter()
         _snap_head(best, img, best.polarity, best.confidence)
-        if not best.circle.get("snapped") and head_fallback and isinstance(pred, NetworkPredictor):
+        if head_fallback and isinstance(pred, NetworkPredictor):
             try:  # needs the shipped femur network and PDM
-                _snap_from_femur_dome(best, img, best.polarity, device, threshold)
+                if not best.circle.get("snapped"):
+                    _snap_from_femur_dome(best, img, best.polarity, device, threshold)
+                elif SNAPPED_MUST_BE_ON_FEMUR:
+                    _snapped_on_femur(best, img, best.polarity, device, threshold)
             except FileNotFoundError:
                 pass
         timings["fit_ms"] += 1000 * (time.perf_counter() - t)
@@ -967,6 +971,20 @@ def _snap_from_femur_dome(result: FitResult, img, polarity: str, device, thresho
                 _take_rescue(result, found[0], "femur-hough", found[1])
         return
     _rescue_off_femur(result, img, polarity, device, threshold, conf, score)
+
+
+SNAPPED_MUST_BE_ON_FEMUR = True
+
+
+def _snapped_on_femur(result: FitResult, img, polarity: str, device, threshold: float) -> None:
+    """The head network's circle snapped onto an edge must lie on the femur as well (``on_femur`` >= ``MIN_ON_FEMUR``
+    on the femur region network's map): a clear round edge off the femur is another structure (obturator ring,
+    pubic ramus, the symphysis), and the head is then looked for as for an unsnapped circle off the femur
+    (``_rescue_off_femur``)."""
+    scored = _score_on_femur(result, img, polarity, device)
+    if scored is None or scored[1] >= MIN_ON_FEMUR:
+        return
+    _rescue_off_femur(result, img, polarity, device, threshold, scored[0], scored[1])
 
 
 def _score_on_femur(result: FitResult, img, polarity: str, device):
