@@ -81,12 +81,13 @@ def test_evaluate_dataset_folder(tmp_path, capsys, monkeypatch):
         pred.register(image if polarity == "bone-dark" else image.max() + image.min() - image.astype(float), truth)
         write_png(tmp_path / "ds" / "samples" / f"{i:06d}.png", image)
         sample = {"head_circle": truth["head_circle"], "contour": truth["femur_outline"], "polarity": polarity,
-                  "side": "right", "implants": [], "seed": i}
+                  "side": "right", "implants": [], "seed": i, "source": {"kind": "phantom", "phantom_seed": 7}}
         (tmp_path / "ds" / "samples" / f"{i:06d}.json").write_text(json.dumps(sample))
     use_standins(monkeypatch, pred)
     out = run_json(capsys, ["evaluate", "--task", "femur", "--data", str(tmp_path / "ds"), "--json"])
     assert out["source"] == "data" and out["n"] == 2 and out["polarity_accuracy"] == 1.0
     assert out["p2c_mean"] < 2.0 and out["p2c_p95"] >= out["p2c_median"]
+    assert out["n_phantoms"] == 1  # both views of the same phantom: the figures rest on one anatomy
 
 
 def test_default_heldout_set_uses_disjoint_seeds(capsys, monkeypatch):

@@ -88,7 +88,8 @@ def iter_dataset(root: Path, n: int | None = None):
                "truth": {"head_circle": meta.get("head_circle"), "contour": meta.get("contour"),
                          "detector": meta.get("detector"), "other_femurs": meta.get("other_femurs") or []},
                "meta": {"polarity": meta.get("polarity"), "side": meta.get("side"),
-                        "implants": bool(meta.get("implants")), "modality": "simulated"}}
+                        "implants": bool(meta.get("implants")), "modality": "simulated",
+                        "phantom": (meta.get("source") or {}).get("phantom_seed")}}
 
 
 def heldout_settings(seed: int, implants: bool, size: int = 448):
@@ -245,6 +246,9 @@ def summarize(task: str, records: list[dict], real: bool) -> dict:
     if task == "head":
         out = {k: out[k] for k in ("rmse_mean", "rmse_median", "rmse_p95", "center_err_mean", "detection_rate", "n",
                                    "detection_rate_in_view", "n_in_view") if k in out}
+    phantoms = {r["phantom"] for r in records if r.get("phantom") is not None}
+    if phantoms:  # how many anatomies the figures rest on (the generator's default: 48 views per phantom)
+        out["n_phantoms"] = len(phantoms)
     key = "rmse" if task == "head" else "p2c"
     others = [r for r in records if r.get("scored_femur") == "other" and r.get(key) is not None]
     if others or any("scored_femur" in r for r in records):  # images showing both hips: how many fits found the
