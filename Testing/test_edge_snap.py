@@ -270,6 +270,28 @@ def test_a_weak_edge_next_to_the_femur_dome_is_taken(monkeypatch, edge_offset_px
     assert kw["head_circle"][0] == pytest.approx(HEAD[0] - 150, abs=1.0)
 
 
+@pytest.mark.parametrize("radius_ratio", [1.05, 1.15])
+def test_a_weak_edge_of_another_radius_gives_way_to_the_dome_circle(monkeypatch, radius_ratio):
+    """A weak edge circle concentric with the dome circle agrees with it (within DOME_AGREEMENT r), but one whose
+    radius differs by more than DOME_RADIUS_AGREEMENT is another arc (often the acetabular rim around the head): the
+    dome circle itself is taken; within it, the edge circle."""
+    from DeepMorphLib import edge_snap
+
+    assert pipeline.DOME_RADIUS_AGREEMENT < 0.15 < pipeline.DOME_AGREEMENT and pipeline.DOME_RADIUS_AGREEMENT > 0.05
+    stub_femur_dome(monkeypatch, 0.9)
+
+    def weak_wider_edge(image, circle, confidence=None, **kw):  # never clear enough
+        cx, cy, r = circle
+        return edge_snap.EdgeSnap(False, cx, cy, radius_ratio * r, 0.3, "weak")
+
+    monkeypatch.setattr(edge_snap, "snap_circle", weak_wider_edge)
+    res = pipeline.fit_image(sphere_shadow(), "head", predictor=FarHead(), polarity="bone-dark", refine=False,
+                             femur_check=False)
+    assert res.circle["source"] == "femur-dome"
+    r = HEAD[2] * (radius_ratio if radius_ratio < 1.1 else 1.0)
+    assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], [HEAD[0] + 12, HEAD[1] - 5, r], atol=0.5)
+
+
 @pytest.mark.parametrize("offset_r, source", [(0.4, "femur-dome"), (0.6, "femur-dome-fit")])
 def test_a_clear_edge_far_from_the_femur_dome_is_another_arc(monkeypatch, offset_r, source):
     """A clear edge circle at the femur fit's head dome is taken within DOME_MAX_MOVE r of the dome circle; further
