@@ -103,13 +103,39 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirm
     assert unconfirmed.detected and unconfirmed.circle["source"] == "femur-fit"
     assert unconfirmed.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150, "r": HEAD[2]}
     assert not unconfirmed.circle["replaced_detected"]
-    for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01),
+    for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.1),
                  femur_result(quality=quality, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.1)):
         femur_fit.result = weak
         assert not check(head_result(circle=None, detected=False), flat_image()).detected
         assert not check(head_result(), flat_image()).detected
-    femur_fit.result = femur_result(quality=quality)
-    femur_fit.result.detected = False  # e.g. an implausible head size: the femur task does not confirm it
+
+
+def test_a_head_nothing_else_found_comes_from_a_femur_fit_confident_along_its_dome_only(femur_fit, monkeypatch):
+    """A femur fit the femur task does not confirm (low mean confidence: a close-up whose shaft the network does not
+    see; or not detected) still gives a head found nowhere else when it is confident along its head dome and the
+    head's radius is plausible for the image; not with an implausible radius, not when the dome is not confident,
+    and not with ``HEAD_FROM_CONFIDENT_DOME`` off. It never replaces a circle found otherwise."""
+    for unconfirmed in (femur_result(quality=0.2), femur_result(quality=0.6)):
+        unconfirmed.detected = False  # below FEMUR_MIN_QUALITY, or e.g. mostly extrapolated
+        femur_fit.result = unconfirmed
+        res = check(head_result(circle=None, detected=False), flat_image())
+        c = res.circle
+        assert res.detected and c["source"] == "femur-fit" and not c["snapped"] and c["replaced"] is None
+        assert np.allclose([c["cx"], c["cy"], c["r"]], HEAD, atol=0.01) and "dome only" in res.reason
+        network = check(head_result(), flat_image())  # the head network's circle, which nothing confirms
+        assert network.detected and network.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150,
+                                                                    "r": HEAD[2]}
+    lo, hi = pipeline.plausible_head_radius_px((448, 448))
+    for weak in (femur_result(quality=0.2, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.05),
+                 femur_result(quality=0.2, r=lo - 2.0), femur_result(quality=0.2, r=hi + 2.0)):
+        femur_fit.result = weak
+        assert not check(head_result(circle=None, detected=False), flat_image()).detected
+    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
+    femur_fit.result = femur_result(quality=0.2, centre=(HEAD[0] + 60, HEAD[1]))
+    found = check(head_result(snapped=True, edge_support=0.66, circle=HEAD), sphere_shadow())
+    assert found.detected and "source" not in found.circle and found.circle["cx"] == HEAD[0]  # kept
+    monkeypatch.setattr(pipeline, "HEAD_FROM_CONFIDENT_DOME", False)
+    femur_fit.result = femur_result(quality=0.2)
     assert not check(head_result(circle=None, detected=False), flat_image()).detected
 
 
@@ -120,7 +146,7 @@ def test_without_a_confident_femur_fit_an_unconfirmed_network_circle_is_not_a_de
     """The head network's own circle, with no edge to confirm it and no confident femur fit: "not detected", the
     circle kept for review. A snapped circle on the femur, or one found by the femur helpers, stays."""
     monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
-    femur_fit.result = femur_result(quality=0.3)
+    femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)
     res = check(head_result(**extra), flat_image())
     assert res.detected is detected and res.circle["cx"] == HEAD[0] - 150
     if not detected:
@@ -136,7 +162,7 @@ def test_no_head_and_no_confident_femur_fit_leaves_no_circle(femur_fit):
     """Not found, without a circle, and a weak femur fit: still no circle (overlays draw the plain 'not detected')."""
     from DeepMorphLib.overlay import draw_overlay
 
-    femur_fit.result = femur_result(quality=0.3)
+    femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)
     res = check(head_result(circle=None, detected=False), flat_image())
     assert not res.detected and res.circle is None
     assert draw_overlay(flat_image(), res).shape[:2] == (448, 448)
@@ -194,7 +220,7 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit, femur_region_at_the_hea
     sure = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.9}, polarity="bone-dark")
     fit_logic._check_with_femur(sure, flat_image(), None, {}, "auto", None)  # clearly on its own edge: not checked
     assert sure.circle == far and len(femur_fit.calls) == 1
-    femur_fit.result = femur_result(quality=0.3)  # no confident femur fit: an unsnapped network circle is not found
+    femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)  # no confident femur fit: an unsnapped network circle is not found
     weak = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.5, "snapped": 0.0},
                                polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
     fit_logic._check_with_femur(weak, flat_image(), None, {}, "auto", None)
@@ -250,7 +276,7 @@ def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, f
     """No confident femur fit: the head network's own circle snapped with support below ``FEMUR_CHECK_EDGE`` must lie
     on the femur; off it, the femur maps' edge circle replaces it, or the head counts as not found (kept for
     review), and then a femur fit the femur task confirms still gives the head."""
-    femur_fit.result = femur_result(quality=0.3)
+    femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)
     far = {"snapped": True, "edge_support": 0.66}
     res = check(head_result(**far), flat_image())
     assert not res.detected and "not on the femur" in res.reason and res.circle["cx"] == HEAD[0] - 150

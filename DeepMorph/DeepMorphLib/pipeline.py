@@ -1031,6 +1031,11 @@ def _rescue_off_femur(result: FitResult, img, polarity: str, device, threshold: 
 FEMUR_CHECK_EDGE = 0.7  # a head circle snapped onto its own edge with at least this support is not checked
 FEMUR_CHECK_QUALITY = 0.5  # mean confidence of a femur fit that may move the head circle
 FEMUR_CHECK_DOME = 0.7  # ... and its mean confidence along the head dome
+HEAD_FROM_CONFIDENT_DOME = True  # a head found nowhere else is taken from a femur fit confident along its head dome
+#   (>= FEMUR_CHECK_DOME) even when the femur task does not confirm that fit (close-up views whose shaft the outline
+#   network does not see; low mean confidence). Simulated tuning set tune7 (training seeds), the 16 heads missed before:
+#   000389 (dome confidence 1.00) found 0.5 px off, 000230 (0.72) 3.1 px off; no other missed head had a dome
+#   confidence above 0.54 (the wrong domes 0.15-0.54)
 
 
 def needs_femur_check(result: FitResult) -> bool:
@@ -1062,7 +1067,9 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     confident along the dome (>= ``FEMUR_CHECK_DOME``), as above (``FEMUR_CHECK_QUALITY`` only guards replacing a
     circle that was found): the head and femur tasks no longer disagree on whether the image shows a femoral head.
     Real dev radiographs: 2 of 9 heads not detected found, 3.5 and 3.9 px off (a mature and an indeterminate hip;
-    their femur fits' quality 0.41-0.43); simulated tuning sets: tune3 1 of 5 (0.8 px), tune2 none changed."""
+    their femur fits' quality 0.41-0.43); simulated tuning sets: tune3 1 of 5 (0.8 px), tune2 none changed. Failing
+    that, with ``HEAD_FROM_CONFIDENT_DOME``, a femur fit that the femur task does not confirm but that is confident
+    along its head dome (a close-up whose shaft the network does not see) gives the head the same way."""
     from DeepMorphLib.edge_snap import snap_circle
     from DeepMorphLib.polarity import apply_polarity
 
@@ -1084,10 +1091,14 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
             return
         # no head otherwise: the head of a femur fit that the femur task itself confirms, when its dome is confident
         seed = _confident_dome_circle(femur, dome, img.shape, min_quality=FEMUR_MIN_QUALITY)
-        if seed is None:
-            return
         reason = ("head circle from the head dome of the confirmed femur fit (nothing else found or confirmed the "
                   "head)")
+        if seed is None and HEAD_FROM_CONFIDENT_DOME:
+            seed = _confident_dome_circle(femur, dome, img.shape, min_quality=0.0, confirmed=False)
+            reason = ("head circle from the head dome of a femur fit that is confident along the dome only (the "
+                      "femur itself is not confirmed; nothing else found or confirmed the head)")
+        if seed is None:
+            return
     conf = result.confidence if femur.polarity == result.polarity and result.confidence is not None else \
         _resize_to(head_net(apply_polarity(img, femur.polarity, getattr(head_net, "expected_polarity", "bone-dark"))),
                    img.shape)
@@ -1106,17 +1117,23 @@ def _check_with_femur_fit(result: FitResult, img, polarity: str, device, thresho
     result.landmarks = {"head_center": [float(cx), float(cy)]}
 
 
-def _confident_dome_circle(femur: FitResult, dome: tuple, shape: tuple, min_quality: float = FEMUR_CHECK_QUALITY):
+def _confident_dome_circle(femur: FitResult, dome: tuple, shape: tuple, min_quality: float = FEMUR_CHECK_QUALITY,
+                           confirmed: bool = True):
     """The head circle (``dome_circle``) of the head dome (point indices ``dome``) of a detected femur fit that is
     confident (quality >= ``min_quality``, >= ``FEMUR_CHECK_DOME`` along the dome, radius within half the image
-    ``shape``), or None."""
-    if not femur.detected or (femur.quality or 0.0) < min_quality \
+    ``shape``), or None. ``confirmed=False``: also a fit the femur task did not confirm (``detected`` False, e.g. a
+    close-up view whose shaft the network does not see), when it is confident along the dome and its head radius is
+    plausible for the image (``plausible_head_radius_px``)."""
+    if (confirmed and not femur.detected) or (femur.quality or 0.0) < min_quality \
             or femur.contour is None or femur.point_confidence is None:
         return None
     if float(np.mean(np.asarray(femur.point_confidence)[dome[0]: dome[1] + 1])) < FEMUR_CHECK_DOME:
         return None
     seed = dome_circle(np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1])
-    return seed if seed.detected and seed.r <= 0.5 * max(shape) else None
+    if not seed.detected or seed.r > 0.5 * max(shape):
+        return None
+    lo, hi = plausible_head_radius_px(shape)
+    return seed if confirmed or lo <= seed.r <= hi else None
 
 
 def _reject_unconfirmed_network_circle(result: FitResult) -> None:
