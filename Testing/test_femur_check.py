@@ -103,8 +103,9 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirm
     assert unconfirmed.detected and unconfirmed.circle["source"] == "femur-fit"
     assert unconfirmed.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150, "r": HEAD[2]}
     assert not unconfirmed.circle["replaced_detected"]
-    for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.1),
-                 femur_result(quality=quality, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.1)):
+    weak_dome = pipeline.FEMUR_CHECK_DOME - 0.1
+    for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01, dome_confidence=weak_dome),
+                 femur_result(quality=quality, dome_confidence=weak_dome)):
         femur_fit.result = weak
         assert not check(head_result(circle=None, detected=False), flat_image()).detected
         assert not check(head_result(), flat_image()).detected
@@ -220,7 +221,8 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit, femur_region_at_the_hea
     sure = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.9}, polarity="bone-dark")
     fit_logic._check_with_femur(sure, flat_image(), None, {}, "auto", None)  # clearly on its own edge: not checked
     assert sure.circle == far and len(femur_fit.calls) == 1
-    femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)  # no confident femur fit: an unsnapped network circle is not found
+    # no confident femur fit (nor dome): an unsnapped network circle is not found
+    femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)
     weak = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.5, "snapped": 0.0},
                                polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
     fit_logic._check_with_femur(weak, flat_image(), None, {}, "auto", None)
