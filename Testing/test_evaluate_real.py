@@ -103,10 +103,35 @@ def test_default_heldout_set_uses_disjoint_seeds(capsys, monkeypatch):
     assert settings.seed == 9_000_003 and settings.size == 448 and settings.implants == 1.0
     assert evaluate.heldout_settings(0, implants=False).implants == 0.0
     original = evaluate.heldout_settings
-    monkeypatch.setattr(evaluate, "heldout_settings", lambda seed, implants: dataclasses.replace(
-        original(seed, implants), size=64, phantom_spacing_mm=3.0))  # small and coarse: keeps the test fast
+    monkeypatch.setattr(evaluate, "heldout_settings", lambda seed, implants, **kw: dataclasses.replace(
+        original(seed, implants, **kw), size=64, phantom_spacing_mm=3.0))  # small and coarse: keeps the test fast
     nothing = lambda image: np.zeros(np.shape(image), np.float32)  # noqa: E731 - stand-in net: finds nothing
     use_standins(monkeypatch, nothing)
     out = run_json(capsys, ["evaluate", "--task", "head", "--n", "2", "--seed", "1", "--json"])
     assert out["source"] == "heldout" and out["seed"] == 9_000_001 and out["n"] == 2
     assert out["detection_rate"] == 0.0 and out["rmse_mean"] is None
+    assert out["views_per_phantom"] == 48 and out["n_phantoms"] == 1  # the generator's default: one anatomy
+
+
+def test_heldout_views_per_phantom_sets_how_many_anatomies(capsys, monkeypatch):
+    """``--views-per-phantom K``: K images per phantom in the generated held-out set, so more anatomies; the JSON
+    says so (``views_per_phantom``, ``n_phantoms``); K < 1 is refused with a clear message."""
+    pytest.importorskip("DeepMorphSimulatorLib.dataset")
+    import dataclasses
+
+    import numpy as np
+
+    from DeepMorphLib.commands import evaluate
+
+    assert evaluate.heldout_settings(0, False, views_per_phantom=8).group == 8
+    assert evaluate.heldout_settings(0, False).group == evaluate._default_views_per_phantom()
+    with pytest.raises(ValueError, match="views-per-phantom"):
+        evaluate.heldout_settings(0, False, views_per_phantom=0)
+    original = evaluate.heldout_settings
+    monkeypatch.setattr(evaluate, "heldout_settings", lambda seed, implants, **kw: dataclasses.replace(
+        original(seed, implants, **kw), size=64, phantom_spacing_mm=3.0))
+    use_standins(monkeypatch, lambda image: np.zeros(np.shape(image), np.float32))
+    out = run_json(capsys, ["evaluate", "--task", "head", "--n", "2", "--views-per-phantom", "1", "--json"])
+    assert out["views_per_phantom"] == 1 and out["n_phantoms"] == 2 and out["n"] == 2
+    assert main(["evaluate", "--task", "head", "--n", "2", "--views-per-phantom", "0", "--json"]) == 2
+    assert "--views-per-phantom must be >= 1" in capsys.readouterr().err

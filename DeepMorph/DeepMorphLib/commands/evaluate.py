@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of images (held-out default 200; --real/--data: the first N, default all)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"held-out set seed; generated with seed {HELDOUT_SEED_BASE:_} + SEED (default 0)")
+    parser.add_argument("--views-per-phantom", type=int, default=None, metavar="K",
+                        help="held-out set: images per phantom anatomy (default: the dataset generator's --group); "
+                             "fewer views per phantom = more anatomies in the set (ignored with --real/--data)")
     parser.add_argument("--model", help="network .safetensors (default: the shipped model of the task)")
     parser.add_argument("--pdm", help="point distribution model .npz for --task femur (default: shipped)")
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"),
@@ -92,26 +95,43 @@ def iter_dataset(root: Path, n: int | None = None):
                         "phantom": (meta.get("source") or {}).get("phantom_seed")}}
 
 
-def heldout_settings(seed: int, implants: bool, size: int = 448):
+def _default_views_per_phantom():
+    """The dataset generator's images per phantom (``DatasetSettings.group``), or None without the simulator."""
+    try:
+        from DeepMorphSimulatorLib.dataset import DatasetSettings
+    except ModuleNotFoundError:
+        return None
+    return DatasetSettings.group
+
+
+def heldout_settings(seed: int, implants: bool, size: int = 448, views_per_phantom: int | None = None):
     """Dataset settings of the held-out set: the generator's defaults (as for training) except the image
-    size (448 px, as the paper reports), the master seed ``HELDOUT_SEED_BASE + seed`` and implants in every
-    image (``implants``) or in none. Samples and phantoms derive from the master seed, so sets generated with
+    size (448 px, as the paper reports), the master seed ``HELDOUT_SEED_BASE + seed``, implants in every
+    image (``implants``) or in none, and ``views_per_phantom`` images per phantom when given (the generator's
+    ``group``; None = its default). Samples and phantoms derive from the master seed, so sets generated with
     master seeds < TRAINING_SEED_LIMIT (training) share no random stream with these."""
+    import dataclasses
+
     from DeepMorphSimulatorLib.dataset import DatasetSettings
 
     if seed < 0 or HELDOUT_SEED_BASE + seed < TRAINING_SEED_LIMIT:
         raise ValueError(f"--seed must be >= 0, got {seed}.")
-    return DatasetSettings(size=size, seed=HELDOUT_SEED_BASE + seed, implants=1.0 if implants else 0.0)
+    if views_per_phantom is not None and int(views_per_phantom) < 1:
+        raise ValueError(f"--views-per-phantom must be >= 1, got {views_per_phantom}.")
+    settings = DatasetSettings(size=size, seed=HELDOUT_SEED_BASE + seed, implants=1.0 if implants else 0.0)
+    return settings if views_per_phantom is None else dataclasses.replace(settings, group=int(views_per_phantom))
 
 
-def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool, workers: int = 1) -> Path:
+def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool, workers: int = 1,
+                     views_per_phantom: int | None = None) -> Path:
     """Write a fresh held-out set of ``n`` samples (448 x 448) to ``out_dir`` with the dataset generator."""
     try:
         from DeepMorphSimulatorLib import dataset
     except ModuleNotFoundError as exc:
         raise ValueError("The dataset generator is not available in this version; evaluate a folder instead "
                          "(--data DIR from 'deepmorph dataset', or --real DIR).") from exc
-    dataset.generate(heldout_settings(seed, implants), out_dir, n, workers=workers, progress=sys.stderr.isatty())
+    settings = heldout_settings(seed, implants, views_per_phantom=views_per_phantom)
+    dataset.generate(settings, out_dir, n, workers=workers, progress=sys.stderr.isatty())
     return Path(out_dir)
 
 
@@ -284,12 +304,14 @@ def run(args) -> int:
             source, real, samples = "data", False, iter_dataset(Path(args.data), args.n)
         else:
             n = args.n or 200
-            root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers)
+            root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers,
+                                    args.views_per_phantom)
             source, real, samples = "heldout", False, iter_dataset(Path(root), n)
         records, bad, figures = _evaluate(args, samples, predictor, refiner, shape_model, real, anchor, region)
     result = {"task": args.task, "source": source, **summarize(args.task, records, real)}
     if source == "heldout":
-        result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants))
+        result.update(seed=HELDOUT_SEED_BASE + args.seed, implants=bool(args.implants),
+                      views_per_phantom=args.views_per_phantom or _default_views_per_phantom())
     result["polarity"] = args.polarity
     result["side"] = args.side
     if args.task == "head":
