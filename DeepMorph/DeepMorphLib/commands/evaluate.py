@@ -95,12 +95,10 @@ def iter_dataset(root: Path, n: int | None = None):
                         "phantom": (meta.get("source") or {}).get("phantom_seed")}}
 
 
-def _default_views_per_phantom():
-    """The dataset generator's images per phantom (``DatasetSettings.group``), or None without the simulator."""
-    try:
-        from DeepMorphSimulatorLib.dataset import DatasetSettings
-    except ModuleNotFoundError:
-        return None
+def _default_views_per_phantom() -> int:
+    """The dataset generator's images per phantom (``DatasetSettings.group``)."""
+    from DeepMorphSimulatorLib.dataset import DatasetSettings
+
     return DatasetSettings.group
 
 
@@ -110,16 +108,14 @@ def heldout_settings(seed: int, implants: bool, size: int = 448, views_per_phant
     image (``implants``) or in none, and ``views_per_phantom`` images per phantom when given (the generator's
     ``group``; None = its default). Samples and phantoms derive from the master seed, so sets generated with
     master seeds < TRAINING_SEED_LIMIT (training) share no random stream with these."""
-    import dataclasses
-
     from DeepMorphSimulatorLib.dataset import DatasetSettings
 
     if seed < 0 or HELDOUT_SEED_BASE + seed < TRAINING_SEED_LIMIT:
         raise ValueError(f"--seed must be >= 0, got {seed}.")
     if views_per_phantom is not None and int(views_per_phantom) < 1:
         raise ValueError(f"--views-per-phantom must be >= 1, got {views_per_phantom}.")
-    settings = DatasetSettings(size=size, seed=HELDOUT_SEED_BASE + seed, implants=1.0 if implants else 0.0)
-    return settings if views_per_phantom is None else dataclasses.replace(settings, group=int(views_per_phantom))
+    group = {} if views_per_phantom is None else {"group": int(views_per_phantom)}
+    return DatasetSettings(size=size, seed=HELDOUT_SEED_BASE + seed, implants=1.0 if implants else 0.0, **group)
 
 
 def generate_heldout(out_dir: Path, n: int, seed: int, implants: bool, workers: int = 1,
