@@ -152,3 +152,5 @@ def test_bench_fit_prints_one_json_line(capsys):
         assert key in out
     assert out["cpd_err_ours"] < 1.0 and out["cpd_err_ours"] == pytest.approx(out["cpd_err_pycpd"], abs=1e-3)
     assert out["morph_all_detected"] and out["morph_err_px"] < 1.0
+    # the shape CPD's fused E-step against the full-matrix numpy path, same fit
+    assert out["shape_cpd_max_diff_px"] < 1e-2 and out["shape_cpd_ms"] > 0 and out["shape_cpd_numpy_ms"] > 0

@@ -7,6 +7,9 @@
   unit RMS radius), which our code uses internally anyway and without which pycpd's outlier term swamps
   px data. Ours runs without target subsampling here (``max_fixed=None``) so both solve the same problem.
   Errors are RMS distances (px) between the moving points under the estimated and the true transform.
+* Shape CPD (the femur fit's second opinion, ``shape_cpd.fit_pdm_cpd``): the fused numba E-step against the
+  full (K, N) posterior matrix in numpy on the same synthetic outline pixels, clutter and start; both run the
+  same number of EM iterations, ``shape_cpd_max_diff_px`` is the largest difference of their contour points.
 * Morph: multi-start CPD + ASM (``fit_pdm_to_confidence``) on 448x448 synthetic confidence maps drawn from
   random femur outlines (half of them mirrored), with a PDM built from 60 other synthetic outlines.
 
@@ -93,6 +96,31 @@ def _cpd_cases(sizes, repeats, pycpd_repeats, seed=0):
     return cases, ours_ms, ours_cpu, py_ms, py_cpu
 
 
+def _shape_cpd_case(repeats, seed=0):
+    import numpy as np
+
+    from DeepMorphLib.circle_fit import foreground_pixels
+    from DeepMorphLib.pdm import PointDistributionModel
+    from DeepMorphLib.shape_cpd import fit_pdm_cpd
+    from DeepMorphLib.similarity import Similarity
+    from DeepMorphLib.synthetic_shapes import femur_outline, femur_training_set, random_params, render_confidence
+
+    pdm = PointDistributionModel.fit(femur_training_set(60, seed=seed + 1)[:, ::3])  # 67 points, as the shipped 60
+    rng = np.random.default_rng(seed + 3)
+    truth = femur_outline(random_params(rng, pose=True))
+    xy, _ = foreground_pixels(render_confidence(truth, (448, 448), sigma_px=1.5), 0.5)
+    xy = np.vstack([xy, rng.uniform(0, 448, (len(xy) // 10, 2))])
+    start = Similarity.from_params(1.0, 0.0, tuple(truth.mean(axis=0) + 15.0))
+    out = {}
+    for backend in ("numba", "numpy"):
+        fit_pdm_cpd(xy, pdm, start, max_iterations=2, backend=backend)  # warm-up (numba cache)
+        fit, walls, _ = _timed(lambda: fit_pdm_cpd(xy, pdm, start, w=0.2, max_iterations=40, backend=backend), repeats)
+        out[backend] = (fit, statistics.median(walls))
+    return {"shape_cpd_ms": round(out["numba"][1], 2), "shape_cpd_numpy_ms": round(out["numpy"][1], 2),
+            "shape_cpd_max_diff_px": round(float(np.max(np.abs(out["numba"][0].points - out["numpy"][0].points))), 5),
+            "shape_cpd_fixed": int(len(xy)), "shape_cpd_iterations": int(out["numba"][0].iterations)}
+
+
 def _morph_cases(n_maps, repeats, seed=0):
     import numpy as np
 
@@ -147,6 +175,11 @@ def run(args) -> int:
         "morph_side_correct": all(reflect_ok),
         "morph_maps": n_maps,
     }
+    try:
+        import numba  # noqa: F401
+        out.update(_shape_cpd_case(repeats))
+    except ImportError:  # pragma: no cover - the fused path needs numba
+        pass
     if py_ms:
         pycpd_ms = statistics.median(py_ms)
         out.update(
