@@ -349,3 +349,46 @@ def test_the_kept_fit_is_refined_under_the_weak_prior(pdm, seed):
     assert refined.detected and refined.converged and refined.iterations > strong.iterations
     np.testing.assert_allclose(refined.points, refined.model_points)
     assert np.all(np.abs(refined.b) <= 3 * np.sqrt(pdm.variances) + 1e-9)
+
+
+def test_unseen_points_are_extrapolated_from_the_seen_ones(pdm):
+    from DeepMorphLib.asm_fit import extrapolate_unseen
+
+    truth, b, t = known_shape(pdm, seed=8)
+    hidden = np.arange(len(truth)) < 45  # lateral shaft and greater trochanter: not in the map (burned out)
+    conf = render_confidence(truth[~hidden], (448, 448), sigma_px=1.5)
+    swung = truth.copy()
+    swung[hidden] += contour_normals(truth)[hidden] * np.linspace(0.0, 12.0, hidden.sum())[:, None]  # a wider shaft
+    start = pdm.fit_shape(swung)
+    points, n = extrapolate_unseen(conf, pdm, swung, start.transform, start.b)
+    assert n == hidden.sum()  # every point off the lit outline is unseen, every point on it seen
+    moved = np.any(points != swung, axis=1)
+    assert np.all(points[~moved] == swung[~moved]) and not np.any(moved & ~hidden)  # seen points stay
+    before = point_to_curve_distance(swung[hidden], truth)
+    after = point_to_curve_distance(points[hidden], truth)
+    assert np.mean(before) > 5.0 and np.mean(after) < 0.4 * np.mean(before)  # the prior pulls towards the mean shape
+    exact, _ = extrapolate_unseen(conf, pdm, swung, start.transform, start.b, regularization=0.0)
+    assert np.mean(point_to_curve_distance(exact[hidden], truth)) < 0.5  # without it, the truth (a PDM instance)
+    # nothing to do when every point is seen, nothing to go by when almost none is
+    full = render_confidence(truth, (448, 448), sigma_px=1.5)
+    assert extrapolate_unseen(full, pdm, truth, t, b)[1] == 0
+    assert extrapolate_unseen(np.zeros((448, 448), np.float32), pdm, swung, start.transform, start.b)[1] == 0
+
+
+def test_extrapolated_femur_keeps_the_confidences_it_was_confirmed_by(pdm):
+    from DeepMorphLib import pipeline
+
+    truth, b, t = known_shape(pdm, seed=9)
+    hidden = np.arange(len(truth)) < 45
+    conf = render_confidence(truth[~hidden], (448, 448), sigma_px=1.5)
+    swung = truth.copy()
+    swung[hidden] += contour_normals(truth)[hidden] * 10.0
+    start = pdm.fit_shape(swung)
+    pc = np.where(hidden, 0.05, 0.95)
+    fit = ShapeFit(detected=True, points=swung, b=start.b, transform=start.transform, point_confidence=pc,
+                   quality=float(pc.mean()), reflected=False)
+    out = pipeline._extrapolate_unseen(conf, fit, pdm)
+    assert out.info["unseen_extrapolated"] > 0
+    assert np.mean(point_to_curve_distance(out.points[hidden], truth)) < 0.4 * 10.0
+    assert out.quality == fit.quality and np.array_equal(out.point_confidence, pc)
+    assert pipeline._extrapolate_unseen(conf, ShapeFit(detected=False), pdm).detected is False

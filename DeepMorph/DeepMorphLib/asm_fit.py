@@ -68,6 +68,13 @@ REGULARIZATION = 30.0  # weight of sum b_i^2 / lambda_i while searching and comp
 #   of 200), tune2 3.30 / 1.81 -> 2.47 / 1.50 (146 -> 145 of 160); searching at 10 or 100: tune3 2.17 / 2.14;
 #   one prior of 3 / 10 / 30 without the refinement: tune3 2.96 / 2.28 / 2.17, medians 1.46 / 1.38 / 1.77.
 FINAL_REGULARIZATION = 1.0
+UNSEEN_BELOW = 0.2  # a point of a final femur fit with a lower confidence is unseen (``extrapolate_unseen``)
+UNSEEN_REGULARIZATION = 10.0  # prior of the refit that extrapolates the unseen points from the seen ones. The weak
+#   refinement prior (FINAL_REGULARIZATION) lets the seen parts follow the outline, but also lets them swing the
+#   unseen parts (a burned-out greater trochanter, a shaft leaving the image). Simulated tuning sets (training seeds),
+#   femur task (pipeline.EXTRAPOLATE_UNSEEN), p2c_mean / median: tune3 1.988 / 0.971 -> 1.812 / 1.026 px (181 of 200
+#   detected both), tune7 2.696 / 1.091 -> 2.589 / 1.060 px (354 -> 353 of 400). Prior 1 / 3 / 10 / 30 / 100 on tune3
+#   (the fits' own final points, offline): 1.91, 1.86, 1.81, 1.79, 1.82 px mean, medians 0.96-1.10
 COVERAGE_PX = 3.0  # px: an outline pixel this close to a fit's contour is covered by it
 COVERAGE_WEIGHT = 0.25  # weight of the coverage when the second opinions are compared. Simulated tuning images
 #   (training seeds): femur p2c_mean tune3 4.39 -> 4.29 px (p95 11.1 -> 10.5), tune2 3.92 -> 3.49 (p95 16.6 -> 13.2),
@@ -177,6 +184,26 @@ def polish_points(conf, points, closed: bool = False, search_px: float = 2.0, st
     points = np.asarray(points, dtype=np.float64)
     targets, peak = search_profiles(conf, points, contour_normals(points, closed), search_px, step_px)
     return np.where((peak >= min_confidence)[:, None], targets, points)
+
+
+def extrapolate_unseen(conf, model: PointDistributionModel, points, transform: Similarity, b,
+                       regularization: float = UNSEEN_REGULARIZATION, below: float = UNSEEN_BELOW, clip: float = 3.0,
+                       min_seen: float = 0.25) -> tuple[np.ndarray, int]:
+    """A final fit's contour with its unseen parts extrapolated under a stronger prior: (points (N, 2) px, number
+    replaced). ``points`` (polished) whose confidence is below ``below`` are unseen; they are replaced by the
+    ``model`` instance (the fit's reflection) fitted (``fit_shape``, prior ``regularization``, from ``transform`` and
+    ``b``) to the seen points. The seen points stay. Unchanged when every point is seen or fewer than ``min_seen``
+    of them are (nothing to extrapolate from)."""
+    points = np.asarray(points, dtype=np.float64)
+    seen = sample_bilinear(conf, points) >= below
+    n_seen = int(np.count_nonzero(seen))
+    if n_seen == len(points) or n_seen < max(3, min_seen * len(points)):
+        return points, 0
+    refit = model.fit_shape(points, weights=seen.astype(np.float64), clip=clip, init=transform, b0=b,
+                            regularization=regularization)
+    out = points.copy()
+    out[~seen] = refit.points[~seen]
+    return out, len(points) - n_seen
 
 
 def in_view_confidence(conf: np.ndarray, points: np.ndarray) -> float:

@@ -367,6 +367,15 @@ FINAL_POLISH_PX = 5.0  # px: the kept outline fit's PDM points move onto the out
 
 def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, region_conf=None,
                          threshold: float = 0.5):
+    """``second_opinion_fit`` (the PDM fit with a region network's second opinion), then, for an outline network's
+    map, the fit's unseen points extrapolated from its seen ones under a stronger prior (``EXTRAPOLATE_UNSEEN``,
+    ``_extrapolate_unseen``). The femur task and the Slicer logic both fit through here."""
+    fit = second_opinion_fit(conf, target, pdm, options, region_conf, threshold)
+    return _extrapolate_unseen(conf, fit, pdm) if target == "outline" and EXTRAPOLATE_UNSEEN else fit
+
+
+def second_opinion_fit(conf, target: str, pdm, options: dict | None = None, region_conf=None,
+                       threshold: float = 0.5):
     """PDM fit (``asm_fit.ShapeFit``) to a femur network's confidence ``conf`` (H, W; the map of ``femur_fit_map``),
     with a last second opinion from a region network.
 
@@ -420,6 +429,29 @@ def fit_femur_confidence(conf, target: str, pdm, options: dict | None = None, re
                            float(options.get("step_px", 0.5)), threshold)
     return dataclasses.replace(second, points=points,
                                info={**second.info, "fit_map": "region", "outline_quality": float(first.quality)})
+
+
+EXTRAPOLATE_UNSEEN = True  # the femur fit's unseen points from its seen ones under a stronger prior
+#   (``asm_fit.extrapolate_unseen``, ``asm_fit.UNSEEN_REGULARIZATION``)
+
+
+def _extrapolate_unseen(conf, fit, pdm):
+    """``fit`` (a detected ``asm_fit.ShapeFit``) with its unseen points extrapolated (``asm_fit.extrapolate_unseen``).
+    Its point confidences and quality stay those of the fit as found: they say what the network supports (the
+    confirmation, ``confirm_femur``, and the dashed extrapolated parts of the overlay go by them), and a moved
+    unseen point stays unseen even where it happens to land on another ridge. Unchanged without a transform
+    (other fitters) or when nothing moved."""
+    if not fit.detected or getattr(fit, "transform", None) is None or getattr(fit, "b", None) is None:
+        return fit
+    import dataclasses
+
+    from DeepMorphLib.asm_fit import extrapolate_unseen
+
+    model = pdm.reflect() if fit.reflected else pdm
+    points, n = extrapolate_unseen(conf, model, fit.points, fit.transform, fit.b)
+    if n == 0:
+        return fit
+    return dataclasses.replace(fit, points=points, info={**(fit.info or {}), "unseen_extrapolated": n})
 
 
 def _final_polish(conf, fit, pdm, reach_px: float, options: dict, threshold: float):
