@@ -107,8 +107,9 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
     x32 = x.astype(np.float32)
     k = len(a)
     fused = backend == "numba" or (backend == "auto" and _cpd._HAVE_NUMBA)
+    dense = a @ points  # (K, 2) the densified contour, kept up to date with ``points``
     if sigma2 is None or not fused:
-        d2 = _squared_distances(x32, a @ points)  # (K, N) float32: the E-step is the hot loop
+        d2 = _squared_distances(x32, dense)  # (K, N) float32: the E-step is the hot loop
     if sigma2 is None:
         sigma2 = float(d2.mean(dtype=np.float64)) / 2.0
     if fused:
@@ -121,7 +122,7 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
         # E-step: posteriors of each pixel over the dense contour points (+ uniform outliers)
         c = (2.0 * np.pi * sigma2) * w / (1.0 - w) * k / area
         if fused:
-            p1, pt1, px = _fused_estep(x, a @ points, sigma2, c)
+            p1, pt1, px = _fused_estep(x, dense, sigma2, c)
         else:
             g = np.exp(np.maximum(d2 * np.float32(-0.5 / sigma2), np.float32(-80.0)))  # no denormals (slow)
             p = g / (g.sum(axis=0, keepdims=True) + np.float32(c))
@@ -143,11 +144,11 @@ def fit_pdm_cpd(fixed, model, transform: Similarity, b=None, *, w: float = 0.1, 
                              max_iterations=3)
         moved = float(np.mean(np.hypot(*(sp.points - points).T)))
         points, b, transform = sp.points, sp.b, sp.transform
+        dense = a @ points
         if fused:  # sum_kn p_kn |x_n - y_k|^2 from the posteriors' sums, without the (K, N) matrix
-            dense = a @ points
             spread = float(pt1 @ xx) - 2.0 * float(np.vdot(dense, px)) + float(p1 @ np.sum(dense ** 2, axis=1))
         else:
-            d2 = _squared_distances(x32, a @ points)
+            d2 = _squared_distances(x32, dense)
             spread = float(np.vdot(p, d2))
         sigma2 = max(spread / (2.0 * np_), floor)
         if moved < tol_px and sigma2 <= floor * 1.0001:
