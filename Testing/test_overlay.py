@@ -33,3 +33,25 @@ def test_a_rejected_circle_is_kept_dashed_for_review_with_the_reason():
     assert not len(_pixels_of(rgb, FIT_CIRCLE)[0])  # not drawn as a fit
     band = rgb[13:40, 0:200]  # the reason, on a dark band over the (grey) image
     assert (band == 0).all(axis=-1).mean() > 0.5 and ((band[..., 0] > 200) & (band[..., 1] < 120)).any()  # red text
+
+
+def test_a_long_caption_wraps_to_the_image_width_and_the_reason_goes_below_it():
+    from DeepMorphLib.overlay import CHAR_PX, caption_rows
+
+    caption = "cgmh_44_L.png: contour 60 points, 24 extrapolated (network confidence < 0.2), quality 0.56; bone-bright"
+    rows = caption_rows(caption, 240)
+    assert len(rows) == 3 and all(CHAR_PX * len(r) <= 240 - 4 for r in rows)
+    assert " ".join(rows).split() == caption.split()  # nothing lost
+    assert caption_rows(caption * 3, 240)[-1].endswith("...") and len(caption_rows(caption * 3, 240)) == 3
+    assert caption_rows(None, 240) == [] and caption_rows("short", 240) == ["short"]
+
+    image = np.full((200, 240), 100.0)
+    result = {"detected": False, "reason": "femur not confirmed: mean confidence 0.2 < 0.4"}
+    rgb = draw_overlay(image, result, caption=caption)
+    white = rgb.min(axis=-1) > 200  # antialiased text
+    for k in range(3):  # a line of white text in each of the three caption rows
+        assert white[12 * k:12 * k + 11].any()
+    assert not white[37:].any()
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 120)
+    rows_red = np.nonzero(red.any(axis=1))[0]
+    assert len(rows_red) and rows_red.min() >= 37  # the reason starts below the caption's band

@@ -52,14 +52,32 @@ def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alp
     pil = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     w = max(1, round(max(pil.size) / 300))
+    caption_lines = caption_rows(caption, pil.size[0])
+    band = 12 * len(caption_lines) + 1 if caption_lines else 13  # the reason lines go below the caption
     if truth is not None:
         _draw_truth(draw, truth, pil.size, w)
     if result is not None:
-        _draw_result(draw, result, w, pil.size)
-    if caption:
-        draw.rectangle([0, 0, pil.size[0], 12], fill=(0, 0, 0))
-        draw.text((2, 0), caption, fill=(255, 255, 255))
+        _draw_result(draw, result, w, pil.size, band)
+    if caption_lines:
+        draw.rectangle([0, 0, pil.size[0], band - 1], fill=(0, 0, 0))
+        for k, line in enumerate(caption_lines):
+            draw.text((2, 12 * k), line, fill=(255, 255, 255))
     return np.asarray(pil)
+
+
+CHAR_PX = 6  # width of a character of PIL's default bitmap font
+
+
+def caption_rows(caption: str | None, width_px: int, max_rows: int = 3) -> list[str]:
+    """``caption`` wrapped to the image width (``CHAR_PX`` px per character), at most ``max_rows`` lines (the last
+    one ends in '...' when the text is longer)."""
+    if not caption:
+        return []
+    rows = textwrap.wrap(caption, max(8, (width_px - 4) // CHAR_PX))
+    if len(rows) > max_rows:
+        rows = rows[:max_rows]
+        rows[-1] = rows[-1][:max(0, len(rows[-1]) - 3)] + "..."
+    return rows
 
 
 def _circle(draw, c, colour, width):
@@ -136,7 +154,8 @@ def _draw_contour(draw, pts: np.ndarray, point_confidence, closed: bool, width: 
         draw.ellipse([p[0] - width, p[1] - width, p[0] + width, p[1] + width], fill=FIT_CONTOUR)
 
 
-def _draw_result(draw, result, width, size):
+def _draw_result(draw, result, width, size, text_top: int = 13):
+    """``text_top``: px below the caption band, where the 'not detected' reason starts."""
     if not _get(result, "detected", False):
         circle = _get(result, "circle")
         if circle:  # found, then rejected: shown for review, dashed
@@ -149,15 +168,16 @@ def _draw_result(draw, result, width, size):
             _dashed_polyline(draw, np.vstack([pts, pts[:1]]) if _get(result, "contour_closed", False) else pts,
                              UNCONFIRMED, width)
             w, h = size
-            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= 70) & (pts[:, 1] < h)]
+            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= text_top + 57) & (pts[:, 1] < h)]
             if len(shown):  # labelled at its highest point in view, below the caption and reason lines
                 top = shown[np.argmin(shown[:, 1])]
                 draw.text((float(top[0]) + 6, float(top[1]) - 12), "unconfirmed", fill=UNCONFIRMED)
         lines = textwrap.wrap(f"not detected: {_get(result, 'reason', '')}", 72)[:4]
         if lines:  # on a dark band: radiographs are bright where the text goes
-            draw.rectangle([0, 13, 6 * max(len(line) for line in lines) + 8, 15 + 11 * len(lines)], fill=(0, 0, 0))
+            draw.rectangle([0, text_top, CHAR_PX * max(len(line) for line in lines) + 8, text_top + 2 + 11 * len(lines)],
+                           fill=(0, 0, 0))
         for k, line in enumerate(lines):
-            draw.text((4, 14 + 11 * k), line, fill=(255, 80, 80))
+            draw.text((4, text_top + 1 + 11 * k), line, fill=(255, 80, 80))
         return
     circle = _get(result, "circle")
     if circle:
