@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from DeepMorphLib.cli import main
-from DeepMorphLib.pipeline import FitResult, fit_image, load_predictor
+from DeepMorphLib.pipeline import HEAD_TASK_VIEWS, FitResult, fit_image, load_predictor, with_task_views
 from DeepMorphSimulatorLib.files import write_png
 from standins import TruthPredictor, _key, use_standins
 from synthetic_hip import make_hip
@@ -272,3 +272,46 @@ def test_a_folder_without_images_is_reported_and_the_rest_go_on(images, tmp_path
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "empty: a folder without image files" in err and "1 fitted" in err
+
+
+def test_test_time_views_come_from_the_sidecar_unless_tta_is_given(images, tmp_path, capsys):
+    """A model's sidecar says how many flipped/transposed views its maps average (``tta_views``); the head task runs
+    its networks at ``HEAD_TASK_VIEWS`` and ``--tta`` overrides both for every network of the run; the views used
+    are reported per image; a bad value is refused with its name."""
+    import torch
+
+    from DeepMorphLib.fusionnet import FusionNet
+    from DeepMorphLib.model_io import load_model, save_model
+
+    torch.manual_seed(0)
+    net = FusionNet(base_channels=4, depth=2).eval()
+    save_model(net, tmp_path / "tiny", {"task": "head", "input_size": 32, "tta_views": 2})
+    _, paths, _ = images
+    for extra, views in (([], HEAD_TASK_VIEWS), (["--tta", "8"], 8), (["--tta", "2"], 2)):
+        out = tmp_path / f"out-{views}"
+        assert main(["fit", "--task", "head", str(paths[1]), "--model", str(tmp_path / "tiny"), "--out", str(out),
+                     *extra]) == 0
+        assert json.loads((out / "hip4.json").read_text())["model"]["tta_views"] == views
+    with pytest.raises(SystemExit):
+        main(["fit", "--task", "head", str(paths[1]), "--tta", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="tta_views"):
+        save_model(net, tmp_path / "bad", {"task": "head", "input_size": 32, "tta_views": 3})
+    sidecar = json.loads((tmp_path / "tiny.json").read_text())
+    (tmp_path / "tiny.json").write_text(json.dumps({**sidecar, "tta_views": "two"}))  # edited by hand
+    with pytest.raises(ValueError, match="tta_views"):
+        load_model(tmp_path / "tiny")
+
+
+def test_the_head_task_runs_its_networks_at_its_own_views_and_the_femur_task_at_the_sidecars():
+    from DeepMorphLib.inference import test_time_views, views_for
+
+    meta = {"task": "femur", "input_size": 32, "tta_views": 2}  # as the shipped femur networks' sidecars
+
+    @with_task_views
+    def fit(image, task, nested=None):
+        return views_for(meta), nested and nested(image, "femur")
+
+    assert fit(None, "femur") == (2, None)
+    assert fit(None, "head", nested=fit) == (HEAD_TASK_VIEWS, (HEAD_TASK_VIEWS, None))  # the femur check inside
+    with test_time_views(4):  # --tta
+        assert fit(None, "head", nested=fit) == (4, (4, None)) and fit(None, "femur") == (4, None)

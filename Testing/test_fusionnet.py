@@ -320,3 +320,54 @@ def test_confidence_map_is_registered_to_the_image(shape):
     scale = max(h, w) / 32  # one network pixel in image pixels
     assert abs(ex - cx) < 0.25 * scale and abs(ey - cy) < 0.25 * scale
     assert conf[0, 0] < 0.01 and conf[-1, -1] < 0.01  # background stays background
+
+
+@pytest.mark.parametrize("tta", [2, 4, 8])
+def test_test_time_augmentation_keeps_the_map_registered(tta):
+    """A model that commutes with flips and transposes (here the identity) gives the same map with any number of
+    averaged views, on a non-square image whose letterbox padding is not symmetric."""
+    rng = np.random.default_rng(1)
+    img = rng.random((45, 70)).astype(np.float32)
+    one = predict_confidence(Identity(), {"input_size": 32}, img, device="cpu")
+    many = predict_confidence(Identity(), {"input_size": 32}, img, device="cpu", tta=tta)
+    assert np.allclose(one, many, atol=1e-6)
+
+
+def test_test_time_augmentation_averages_the_flipped_and_transposed_views():
+    """tta=8 is the mean of the network's maps of the 8 flipped/transposed images, each mapped back, computed
+    here one image at a time; a network that is not symmetric gives a different map than tta=1."""
+    net = tiny(3)
+    img = np.random.default_rng(2).random((64, 64)).astype(np.float32)  # square: no letterbox padding
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            v = np.rot90(img, k)
+            v = v[:, ::-1] if flip else v
+            conf = predict_confidence(net, META, np.ascontiguousarray(v), device="cpu")
+            conf = conf[:, ::-1] if flip else conf
+            views.append(np.rot90(conf, -k))
+    expected = np.mean(views, axis=0)
+    got = predict_confidence(net, META, img, device="cpu", tta=8)
+    assert np.allclose(got, expected, atol=1e-5)
+    assert np.abs(got - predict_confidence(net, META, img, device="cpu")).max() > 1e-3
+    with pytest.raises(ValueError, match="tta"):
+        predict_confidence(net, META, img, tta=3)
+
+
+def test_the_views_averaged_come_from_the_call_the_block_or_the_sidecar():
+    from DeepMorphLib.inference import test_time_views, views_for
+
+    net = tiny(3)
+    img = np.random.default_rng(4).random((40, 40)).astype(np.float32)
+    meta2 = {**META, "tta_views": 2}
+    two = predict_confidence(net, META, img, device="cpu", tta=2)
+    assert views_for(META) == 1 and views_for(meta2) == 2
+    assert np.array_equal(predict_confidence(net, meta2, img, device="cpu"), two)
+    with test_time_views(1):
+        assert views_for(meta2) == 1 and views_for(meta2, 4) == 4
+        assert np.array_equal(predict_confidence(net, meta2, img, device="cpu"), predict_confidence(net, META, img))
+    with test_time_views(None):
+        assert views_for(meta2) == 2
+    assert views_for(meta2) == 2
+    with pytest.raises(ValueError, match="tta"):
+        views_for({**META, "tta_views": 5})

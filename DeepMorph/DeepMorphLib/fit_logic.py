@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .pipeline import with_task_views
+
 TASKS = ("head", "femur")
 POLARITIES = ("auto", "bone-dark", "bone-bright")
 MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
@@ -229,6 +231,7 @@ def _score(result: FitResult) -> float:
     return q.get("quality", q.get("mean_point_confidence", 0.0))
 
 
+@with_task_views
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
               edge_snap: bool = True, head_anchor=None, region=None, side: str | None = None,

@@ -11,10 +11,16 @@ The pipeline is shared with training so both see the same input statistics:
 
 The nets are trained on bone-dark images (fluoroscopy display, low = high attenuation) with some polarity
 inversion; ``polarity="invert"`` flips a bone-bright radiograph before step 2.
+
+Test-time augmentation: the nets were trained with reflections and rotations, so step 3 may run the net on
+several flipped/transposed copies of the square input (one batch) and average the confidence maps mapped
+back. How many: the call's ``tta``, else the block's ``test_time_views(n)``, else the model sidecar's
+``tta_views`` (chosen for each shipped model on the tuning sets), else 1.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import numpy as np
 import torch
@@ -132,13 +138,69 @@ def prepare_input(image: np.ndarray | torch.Tensor, metadata: dict, polarity: st
     return x, (nh, nw, top, left)
 
 
+TTA_VIEWS = (1, 2, 4, 8)
+_TTA_OVERRIDE: contextvars.ContextVar = contextvars.ContextVar("deepmorph_tta_views", default=None)
+
+
+def check_tta(n, where: str = "tta") -> int:
+    """``n`` as the number of averaged views (1, 2, 4 or 8); ValueError naming ``where`` otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) not in TTA_VIEWS:
+        raise ValueError(f"{where} must be one of {TTA_VIEWS} (flipped/transposed views averaged), got {n!r}.")
+    return int(n)
+
+
+@contextlib.contextmanager
+def test_time_views(n: int | None, unless_set: bool = False):
+    """Within the block, every ``predict_confidence`` call that does not pass ``tta`` averages ``n`` views
+    (None = each model's own ``tta_views``): one setting for all the networks a fit runs. ``unless_set``: keep
+    the setting of an enclosing block that gave a number (a user's ``--tta``)."""
+    if unless_set and _TTA_OVERRIDE.get() is not None:
+        n = _TTA_OVERRIDE.get()
+    token = _TTA_OVERRIDE.set(None if n is None else check_tta(n))
+    try:
+        yield
+    finally:
+        _TTA_OVERRIDE.reset(token)
+
+
+def views_for(metadata: dict, tta: int | None = None) -> int:
+    """Views a call averages: ``tta``, else the ``test_time_views`` block's, else the sidecar's ``tta_views``, else 1."""
+    if tta is None:
+        tta = _TTA_OVERRIDE.get()
+    if tta is None:
+        tta = (metadata or {}).get("tta_views", 1)
+    return check_tta(tta)
+
+
+def _dihedral_views(x: torch.Tensor, n: int) -> list[tuple[torch.Tensor, callable]]:
+    """The first ``n`` (1, 2, 4 or 8) of the square's 8 symmetries applied to (B, C, S, S) ``x``, each with the
+    function that maps a network output of that view back: identity, left-right, up-down and 180 degree flips,
+    then the same four of the transposed image (the networks are trained with reflections and any rotation)."""
+    views = []
+    for transpose in (False, True):
+        for dims in ((), (3,), (2,), (2, 3)):
+            if len(views) == n:
+                return views
+            fwd = x.transpose(2, 3) if transpose else x
+            fwd = fwd.flip(dims) if dims else fwd
+
+            def back(y, dims=dims, transpose=transpose):
+                y = y.flip(dims) if dims else y
+                return y.transpose(2, 3) if transpose else y
+            views.append((fwd, back))
+    return views
+
+
 def predict_confidence(model: torch.nn.Module, metadata: dict, image, device: str = "auto",
-                       polarity: str = "as-is", threads: int | None = None) -> np.ndarray:
+                       polarity: str = "as-is", threads: int | None = None, tta: int | None = None) -> np.ndarray:
     """Confidence map float32 (H, W) in [0, 1] of ``image`` (float/int (H, W), any size and range).
 
     ``metadata`` is the model's sidecar (needs ``input_size`` and ``normalization``). The model is moved to
     the device ("auto": CUDA when available, else CPU with ``threads`` threads, None = torch's setting).
+    ``tta`` (1, 2, 4, 8; None = ``views_for(metadata)``) > 1 averages the confidence over that many
+    flipped/transposed views of the input (test-time augmentation, one batch; ~``tta`` x the network's time).
     """
+    n_views = views_for(metadata, tta)
     dev = resolve_device(device)
     h, w = np.shape(image)[:2] if not torch.is_tensor(image) else tuple(image.shape[:2])
     first = next(model.parameters(), None)
@@ -148,6 +210,9 @@ def predict_confidence(model: torch.nn.Module, metadata: dict, image, device: st
         model.to(dev).eval()
     with torch_threads(threads if dev.type == "cpu" else None), torch.inference_mode():
         x, (nh, nw, top, left) = prepare_input(image, metadata, polarity, dev)
-        conf = torch.sigmoid(model(x))[:, :1, top:top + nh, left:left + nw]
+        views = _dihedral_views(x, n_views)
+        out = torch.sigmoid(model(torch.cat([v for v, _ in views])))[:, :1]
+        conf = torch.stack([back(out[i:i + 1]) for i, (_, back) in enumerate(views)]).mean(0)
+        conf = conf[:, :, top:top + nh, left:left + nw]
         conf = resize_image(conf, (h, w)).clamp(0.0, 1.0)
     return conf[0, 0].float().cpu().numpy().astype(np.float32, copy=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from DeepMorphLib.fusionnet import architecture_of, build_model
-from DeepMorphLib.inference import DEFAULT_NORMALIZATION, check_normalization
+from DeepMorphLib.inference import DEFAULT_NORMALIZATION, check_normalization, check_tta
 
 FORMAT = "deepmorph-model"
 FORMAT_VERSION = 1
@@ -71,6 +71,8 @@ def validate_metadata(meta: dict, where: str = "sidecar") -> dict:
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"{where}: input_size must be an integer >= 8 (px), got {size!r}.")
     check_normalization(meta.get("normalization"))
+    if "tta_views" in meta:
+        check_tta(meta["tta_views"], f"{where}: tta_views")
     build_model(meta.get("architecture"))  # raises on unknown/invalid architecture
     return meta
 

@@ -54,6 +54,27 @@ def default_pdm_path() -> Path:
     return MODELS_DIR / "pdm.npz"
 
 
+HEAD_TASK_VIEWS = 1
+"""Test-time views of every network the head task runs (its head network and the femur check's femur fits), unless
+``--tta`` says otherwise: the head task's rules were tuned on single-view maps, and the femur networks' 2 views
+(their sidecars' ``tta_views``, which the femur task uses) gave it no gain on the tuning sets (session 36)."""
+
+
+def with_task_views(fit):
+    """Decorate ``fit(image, task, ...)`` so that a head fit runs its networks at ``HEAD_TASK_VIEWS`` views
+    (``inference.test_time_views``; a number set by an enclosing block, e.g. ``--tta``, is kept)."""
+
+    @functools.wraps(fit)
+    def run(image, task, *args, **kwargs):
+        if task != "head":
+            return fit(image, task, *args, **kwargs)
+        from DeepMorphLib.inference import test_time_views
+
+        with test_time_views(HEAD_TASK_VIEWS, unless_set=True):
+            return fit(image, task, *args, **kwargs)
+    return run
+
+
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"task must be 'head' or 'femur', not {task!r}.")
@@ -88,8 +109,10 @@ class NetworkPredictor:
         return predict_confidence(self._inference_model, self.metadata, image, device=self.device)
 
     def describe(self) -> dict:
+        from DeepMorphLib.inference import views_for
+
         keys = ("task", "target", "roi", "input_size", "architecture", "metrics", "created")
-        return {"path": self.path, "polarity": self.expected_polarity,
+        return {"path": self.path, "polarity": self.expected_polarity, "tta_views": views_for(self.metadata),
                 **{k: self.metadata[k] for k in keys if k in self.metadata}}
 
 
@@ -533,6 +556,7 @@ def side_option(pdm, side: str | None) -> dict:
     return {} if side is None else {"reflection": pdm.reflection_for(side)}
 
 
+@with_task_views
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,

@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 
+def add_tta_argument(parser) -> None:
+    """``--tta N``: views averaged per network call (``inference.test_time_views``; ``cli.main`` applies it)."""
+    parser.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8), metavar="N",
+                        help="test-time augmentation: average every network's confidence over N flipped/transposed "
+                             "views of the image (1, 2, 4 or 8; costs ~N x the network time; default: each model's "
+                             "sidecar 'tta_views', 2 for the shipped femur networks, else 1)")
+
+
 def add_head_fit_arguments(parser) -> None:
     """Options of the head circle fit shared by ``fit`` and ``evaluate``."""
     parser.add_argument("--no-edge-snap", action="store_true",

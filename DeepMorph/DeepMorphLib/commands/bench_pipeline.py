@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+from DeepMorphLib.commands import add_tta_argument
+
 HELP = "time one 448x448 image through network + fit on the CPU (2 threads); prints pipeline_ms"
 
 
@@ -23,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per task (default 10)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch/numba (default 2)")
     parser.add_argument("--polarity", default="auto", choices=("auto", "bone-dark", "bone-bright"))
+    add_tta_argument(parser)
     parser.add_argument("--json", action="store_true", help="(always one JSON line; kept for symmetry)")
 
 
@@ -81,6 +84,7 @@ def run(args) -> int:
         for key in ("polarity_ms", "network_ms", "fit_ms", "total_ms"):
             out[f"{task}_{key}"] = round(float(np.median([r[key] for r in runs])), 1)
         out[f"{task}_detected"] = bool(first.detected)
+        out[f"{task}_tta_views"] = first.model.get("tta_views")
         totals[task] = out[f"{task}_total_ms"]
     out["pipeline_ms"] = max(totals.values())
     print(json.dumps(out))

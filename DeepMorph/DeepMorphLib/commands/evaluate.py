@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments, femur_fit_options
+from DeepMorphLib.commands import (add_femur_fit_arguments, add_head_fit_arguments, add_tta_argument,
+                                   femur_fit_options)
 
 HELP = "accuracy of network + fit on real images (--real), a dataset (--data) or a fresh held-out set"
 HELDOUT_SEED_BASE = 9_000_000  # evaluation seeds; training seeds stay below TRAINING_SEED_LIMIT
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="femur side given to the fits: auto = unknown, both sides tried (default); annotated = "
                              "each image's recorded side, as a clinician would enter it; or the same side for all")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    add_tta_argument(parser)
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
     parser.add_argument("--workers", type=int, default=1, help="processes generating the held-out set (default 1)")

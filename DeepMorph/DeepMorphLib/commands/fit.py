@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from DeepMorphLib.commands import add_femur_fit_arguments, add_head_fit_arguments, femur_fit_options
+from DeepMorphLib.commands import (add_femur_fit_arguments, add_head_fit_arguments, add_tta_argument,
+                                   femur_fit_options)
 
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd",
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mirrored one (images in the radiological convention, not mirrored); default auto = "
                              "either side")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    add_tta_argument(parser)
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.5, help="head: confidence threshold (default 0.5)")
