@@ -15,12 +15,13 @@ inversion; ``polarity="invert"`` flips a bone-bright radiograph before step 2.
 Test-time augmentation: the nets were trained with reflections and rotations, so step 3 may run the net on
 several flipped/transposed copies of the square input (one batch) and average the confidence maps mapped
 back. How many: the call's ``tta``, else the block's ``test_time_views(n)``, else the model sidecar's
-``tta_views`` (chosen for each shipped model on the tuning sets), else 1.
+``tta_views`` (1 for the shipped models: README, Method step 2), else 1.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -172,7 +173,7 @@ def views_for(metadata: dict, tta: int | None = None) -> int:
     return check_tta(tta)
 
 
-def _dihedral_views(x: torch.Tensor, n: int) -> list[tuple[torch.Tensor, callable]]:
+def _dihedral_views(x: torch.Tensor, n: int) -> list[tuple[torch.Tensor, Callable]]:
     """The first ``n`` (1, 2, 4 or 8) of the square's 8 symmetries applied to (B, C, S, S) ``x``, each with the
     function that maps a network output of that view back: identity, left-right, up-down and 180 degree flips,
     then the same four of the transposed image (the networks are trained with reflections and any rotation)."""
@@ -210,9 +211,12 @@ def predict_confidence(model: torch.nn.Module, metadata: dict, image, device: st
         model.to(dev).eval()
     with torch_threads(threads if dev.type == "cpu" else None), torch.inference_mode():
         x, (nh, nw, top, left) = prepare_input(image, metadata, polarity, dev)
-        views = _dihedral_views(x, n_views)
-        out = torch.sigmoid(model(torch.cat([v for v, _ in views])))[:, :1]
-        conf = torch.stack([back(out[i:i + 1]) for i, (_, back) in enumerate(views)]).mean(0)
+        if n_views == 1:
+            conf = torch.sigmoid(model(x))[:, :1]
+        else:
+            views = _dihedral_views(x, n_views)
+            out = torch.sigmoid(model(torch.cat([v for v, _ in views])))[:, :1]
+            conf = torch.stack([back(out[i:i + 1]) for i, (_, back) in enumerate(views)]).mean(0)
         conf = conf[:, :, top:top + nh, left:left + nw]
         conf = resize_image(conf, (h, w)).clamp(0.0, 1.0)
     return conf[0, 0].float().cpu().numpy().astype(np.float32, copy=False)

@@ -56,8 +56,9 @@ def default_pdm_path() -> Path:
 
 HEAD_TASK_VIEWS = 1
 """Test-time views of every network the head task runs (its head network and the femur check's femur fits), unless
-``--tta`` says otherwise: the head task's rules were tuned on single-view maps, and the femur networks' 2 views
-(their sidecars' ``tta_views``, which the femur task uses) gave it no gain on the tuning sets (session 36)."""
+``--tta`` says otherwise, whatever the models' sidecars say (``tta_views``, which the femur task uses): the head
+task's rules were tuned on single-view maps, and 2 views of the femur networks gave it no gain on the tuning sets
+(session 36)."""
 
 
 def with_task_views(fit):

@@ -7,7 +7,7 @@ def add_tta_argument(parser) -> None:
     parser.add_argument("--tta", type=int, default=None, choices=(1, 2, 4, 8), metavar="N",
                         help="test-time augmentation: average every network's confidence over N flipped/transposed "
                              "views of the image (1, 2, 4 or 8; costs ~N x the network time; default: each model's "
-                             "sidecar 'tta_views', 2 for the shipped femur networks, else 1)")
+                             "sidecar 'tta_views', 1 for the shipped models; the head task runs at 1)")
 
 
 def add_head_fit_arguments(parser) -> None:
