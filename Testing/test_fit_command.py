@@ -305,7 +305,7 @@ def test_test_time_views_come_from_the_sidecar_unless_tta_is_given(images, tmp_p
 def test_the_head_task_runs_its_networks_at_its_own_views_and_the_femur_task_at_the_sidecars():
     from DeepMorphLib.inference import test_time_views, views_for
 
-    meta = {"task": "femur", "input_size": 32, "tta_views": 2}  # as the shipped femur networks' sidecars
+    meta = {"task": "femur", "input_size": 32, "tta_views": 2}  # a femur network whose sidecar asks for 2 views
 
     @with_task_views
     def fit(image, task, nested=None):
