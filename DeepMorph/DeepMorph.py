@@ -87,6 +87,23 @@ class Side(enum.Enum):
         return {"auto": _("Either (not known)"), "left": _("Left hip"), "right": _("Right hip")}[self.value]
 
 
+class TestTimeViews(enum.Enum):
+    MODEL = "model"
+    ONE = "1"
+    TWO = "2"
+    FOUR = "4"
+    EIGHT = "8"
+
+    def label(self):
+        if self == TestTimeViews.MODEL:
+            return _("As the model says (1 for the shipped ones)")
+        return _("1 (fastest)") if self == TestTimeViews.ONE else _("{n} flipped views averaged").format(n=self.value)
+
+    def views(self):
+        """Views for ``fit_logic.fit_xray_node(test_time_views=)``: None = each model's sidecar."""
+        return None if self == TestTimeViews.MODEL else int(self.value)
+
+
 @parameterNodeWrapper
 class DeepMorphParameterNode:
     """Input X-ray, task, model and display choices; the output nodes are kept for re-fits and scene saving."""
@@ -99,6 +116,7 @@ class DeepMorphParameterNode:
     side: Side = Side.AUTO
     femurMinQuality: Annotated[float, WithinRange(0.0, 1.0)] = 0.4  # pipeline.FEMUR_MIN_QUALITY
     keepUnconfirmedHead: bool = False
+    testTimeViews: TestTimeViews = TestTimeViews.MODEL
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     interactiveCorrection: bool = True
     resultText: str = "No result yet."
@@ -271,7 +289,7 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         self.result, self.nodes = fit_logic.fit_xray_node(
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
             side=p.side.value, femur_min_quality=p.femurMinQuality, keep_unconfirmed_head=p.keepUnconfirmedHead,
-            nodes=self.nodes, predict=predict, pdm=pdm, editable=p.interactiveCorrection,
+            test_time_views=p.testTimeViews.views(), nodes=self.nodes, predict=predict, pdm=pdm, editable=p.interactiveCorrection,
         )
         p.confidenceVolume = self.nodes.get("confidence")
         p.resultText = self.resultHtml(self.result)

@@ -268,6 +268,14 @@ def test_fit_logic_with_real_pieces(app, tmp_path):
     assert result.detected
     assert np.hypot(result.circle[0] - truth[0], result.circle[1] - truth[1]) < 2.0
     assert abs(result.circle[2] - truth[2]) < 2.0 and result.quality["edge_support"] >= 0.65
+    assert result.test_time_views == 1  # the head task runs at pipeline.HEAD_TASK_VIEWS unless told
+    averaged, _ = logic.fit_xray_node(app.scene, xray, "head", nodes=nodes, test_time_views=4)
+    assert averaged.test_time_views == 4 and averaged.to_dict()["test_time_views"] == 4
+    assert "averaged over 4 flipped views" in averaged.summary()
+    assert np.hypot(averaged.circle[0] - truth[0], averaged.circle[1] - truth[1]) < 2.0
+    assert not np.array_equal(averaged.confidence, result.confidence)  # the 4 views' mean, not the first view
+    with pytest.raises(ValueError, match="test_time_views must be one of"):
+        logic.fit_xray_node(app.scene, xray, "head", test_time_views=3)
 
 
 def test_refitting_a_fixed_contour_with_another_point_count(app):

@@ -160,6 +160,30 @@ def test_parameter_node_defaults_are_valid(modules):
     assert q.task is dm.Task.HEAD and q.polarity is dm.Polarity.AUTO and q.side is dm.Side.AUTO
     assert [s.value for s in dm.Side] == ["auto", "left", "right"]
     assert [t.label() for t in dm.Task] == ["Femoral head circle", "Proximal femur contour"]
+    assert q.testTimeViews is dm.TestTimeViews.MODEL and q.testTimeViews.views() is None
+    assert [v.views() for v in dm.TestTimeViews] == [None, 1, 2, 4, 8]
+
+
+def test_deepmorph_logic_hands_the_test_time_views_to_the_fit(modules, monkeypatch):
+    """The module's "Test-time views" choice reaches fit_logic.fit_xray_node (None = the models' sidecars)."""
+    import slicer
+    from DeepMorphLib import fit_logic
+
+    seen = []
+
+    def fit_xray_node(scene, volume, task, **kw):
+        seen.append(kw["test_time_views"])
+        return fit_logic.FitResult(task, False, reason="stand-in"), {}
+
+    monkeypatch.setattr(fit_logic, "fit_xray_node", fit_xray_node)
+    dm = modules["DeepMorph"]
+    logic = dm.DeepMorphLogic()
+    p = logic.getParameterNode()
+    p.inputVolume = g.image_to_node(np.zeros((8, 8), np.uint8), slicer.mrmlScene, "X-ray views")
+    logic.process(p)
+    p.testTimeViews = dm.TestTimeViews.FOUR
+    logic.process(p)
+    assert seen == [None, 4]
 
 
 def test_simulator_logic_renders_through_the_lib(modules, monkeypatch):

@@ -8,6 +8,7 @@ Pixel coordinates: u = column, v = row of the X-ray (px); ``pixel_mm`` converts 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -51,6 +52,7 @@ class FitResult:
     image_shape: tuple[int, int] = (0, 0)
     pixel_mm: float | None = None
     model: str = ""
+    test_time_views: int | None = None  # views the task network averaged (``inference.views_for``); None = stand-in
     confidence: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     def landmarks_uv(self) -> dict[str, np.ndarray]:
@@ -63,7 +65,8 @@ class FitResult:
             "task": self.task, "detected": bool(self.detected), "reason": self.reason, "polarity": self.polarity,
             "polarity_score": self.polarity_score, "side": self.side,
             "image_size_px": [int(self.image_shape[1]), int(self.image_shape[0])], "pixel_mm": self.pixel_mm,
-            "model": self.model, "quality": {k: float(v) for k, v in self.quality.items()},
+            "model": self.model, "test_time_views": self.test_time_views,
+            "quality": {k: float(v) for k, v in self.quality.items()},
             "frame": "image pixels: u = column, v = row, pixel centres at integers",
         }
         if self.circle is not None:
@@ -81,6 +84,8 @@ class FitResult:
         if not self.detected:
             return f"NOT DETECTED ({self.reason or 'no confident outline'})."
         quality = ", ".join(_format_quality(k, v) for k, v in self.quality.items())
+        if (self.test_time_views or 1) > 1:
+            quality += f" (network maps averaged over {self.test_time_views} flipped views)"
         if self.circle is not None:
             cx, cy, r = self.circle
             mm = f" = {r * self.pixel_mm:.1f} mm" if self.pixel_mm else ""
@@ -310,6 +315,10 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
         _check_with_femur(best, image, model, metadata, polarity, side, reject_unconfirmed=not keep_unconfirmed_head,
                           detected_polarity=detected)
     best.image_shape, best.pixel_mm, best.model, best.side = image.shape, pixel_mm, model_name, side
+    if real_network:
+        from .inference import views_for
+
+        best.test_time_views = views_for(metadata)
     return best
 
 
@@ -437,11 +446,13 @@ def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult
 def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = "auto", nodes: dict | None = None,
                   predict=None, pdm=None, editable: bool = True, refine_model=None,
                   side: str | None = None, femur_min_quality: float | None = None,
-                  keep_unconfirmed_head: bool = False) -> tuple[FitResult, dict]:
+                  keep_unconfirmed_head: bool = False, test_time_views: int | None = None) -> tuple[FitResult, dict]:
     """Fit the X-ray volume node and show the result in the scene; returns (result, nodes).
 
     ``side``: the femur's side when known ("left" / "right"; None or "auto" = either); ``femur_min_quality`` and
     ``keep_unconfirmed_head``: the confirmation rules; see ``fit_image``.
+    ``test_time_views``: 1, 2, 4 or 8 flipped/transposed views that every network of the fit averages (as
+    ``deepmorph fit --tta``); None = each model's sidecar ``tta_views`` (1 for the shipped ones; the head task 1).
 
     ``refine_model``: head refinement network (``pipeline.load_refiner``: None = the shipped one when present,
     "none" = off); not used with a stand-in ``predict``."""
@@ -449,6 +460,11 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
 
     if xray_node is None:
         raise ValueError("Select an X-ray image (a single-slice volume) first.")
+    views = contextlib.nullcontext()
+    if test_time_views is not None:
+        from .inference import check_tta, test_time_views as views_block
+
+        views = views_block(check_tta(test_time_views, "test_time_views"))
     image = glue.node_to_image(xray_node)
     model = metadata = None
     if predict is None:
@@ -469,10 +485,11 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
             anchor = NetworkPredictor(*load_task_model("head", None))
         if default_region_model_path().is_file():  # and the shipped region network gives a last second opinion
             region = NetworkPredictor(*load_task_model("femur", default_region_model_path()))
-    result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
-                       pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor,
-                       region=region, side=side, femur_min_quality=femur_min_quality,
-                       keep_unconfirmed_head=keep_unconfirmed_head)
+    with views:
+        result = fit_image(image, task, model, metadata, pdm=pdm, polarity=polarity, predict=predict,
+                           pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor,
+                           region=region, side=side, femur_min_quality=femur_min_quality,
+                           keep_unconfirmed_head=keep_unconfirmed_head)
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 
