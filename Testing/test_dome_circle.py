@@ -121,17 +121,17 @@ def test_builds_from_dataset_samples_with_left_femurs_mirrored(tmp_path):
 
 
 def test_pipeline_uses_the_shipped_model_or_falls_back(monkeypatch, tmp_path, model):
-    from DeepMorphLib import pipeline
+    from DeepMorphLib import head_femur_check, pipeline
 
     rng = np.random.default_rng(21)
     dome, truth = posed(rng, *synthetic_dome(rng), mirror=False)
     model.save(tmp_path / "dome-circle")
     monkeypatch.setattr(pipeline, "default_dome_circle_path", lambda: tmp_path / "dome-circle.npz")
-    cf = pipeline.dome_circle(dome)
+    cf = head_femur_check.dome_circle(dome)
     assert cf.detected and cf.method == "dome-circle-model"
     assert np.linalg.norm(np.subtract((cf.cx, cf.cy, cf.r), truth)) < 0.5
     monkeypatch.setattr(pipeline, "default_dome_circle_path", lambda: tmp_path / "absent.npz")
-    cf = pipeline.dome_circle(dome)
+    cf = head_femur_check.dome_circle(dome)
     assert cf.detected and cf.method == "algebraic"  # the circle through the points
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from DeepMorphLib import pipeline
+from DeepMorphLib import head_femur_check, pipeline
 from DeepMorphLib.edge_snap import snap_circle
 from DeepMorphLib.region import disk_mask
 
@@ -13,7 +13,7 @@ HEAD = (231.4, 187.6, 57.3)  # cx, cy, r px
 def dome_points_on_the_head(monkeypatch):
     """The stand-in femur fits here put their head-dome points on the head circle itself, so the circle through
     them is the head: the shipped dome-circle model (learned from femur outlines whose dome runs down the neck;
-    test_dome_circle.py) is set aside and ``pipeline.dome_circle`` fits the circle through the points."""
+    test_dome_circle.py) is set aside and ``head_femur_check.dome_circle`` fits the circle through the points."""
     monkeypatch.setattr(pipeline, "default_dome_circle_path", lambda: pipeline.MODELS_DIR / "absent-dome-circle.npz")
 
 
@@ -277,7 +277,7 @@ def test_a_weak_edge_of_another_radius_gives_way_to_the_dome_circle(monkeypatch,
     dome circle itself is taken; within it, the edge circle."""
     from DeepMorphLib import edge_snap
 
-    assert pipeline.DOME_RADIUS_AGREEMENT < 0.15 < pipeline.DOME_AGREEMENT and pipeline.DOME_RADIUS_AGREEMENT > 0.05
+    assert head_femur_check.DOME_RADIUS_AGREEMENT < 0.15 < head_femur_check.DOME_AGREEMENT and head_femur_check.DOME_RADIUS_AGREEMENT > 0.05
     stub_femur_dome(monkeypatch, 0.9)
 
     def weak_wider_edge(image, circle, confidence=None, **kw):  # never clear enough
@@ -298,7 +298,7 @@ def test_a_clear_edge_far_from_the_femur_dome_is_another_arc(monkeypatch, offset
     away it is another arc (on radiographs the acetabular roof above the head) and the dome circle stays."""
     from DeepMorphLib import edge_snap
 
-    assert pipeline.DOME_AGREEMENT < 0.4 < pipeline.DOME_MAX_MOVE < 0.6
+    assert head_femur_check.DOME_AGREEMENT < 0.4 < head_femur_check.DOME_MAX_MOVE < 0.6
     stub_femur_dome(monkeypatch, 0.9)
     dome_cx = HEAD[0] + 12
 
@@ -315,13 +315,13 @@ def test_a_clear_edge_far_from_the_femur_dome_is_another_arc(monkeypatch, offset
 
 def test_ring_contrast_of_crisp_and_diffuse_blobs():
     crisp = disk_mask((448, 448), 200, 220, 60)
-    assert pipeline.ring_contrast(crisp, (200, 220, 60)) == pytest.approx(1.0, abs=0.01)
-    assert pipeline.ring_contrast(crisp, (200 + 240, 220, 60)) == pytest.approx(0.0, abs=0.01)  # off the blob
+    assert head_femur_check.ring_contrast(crisp, (200, 220, 60)) == pytest.approx(1.0, abs=0.01)
+    assert head_femur_check.ring_contrast(crisp, (200 + 240, 220, 60)) == pytest.approx(0.0, abs=0.01)  # off the blob
     yy, xx = np.mgrid[:448, :448]
     diffuse = np.exp(-((xx - 200.0) ** 2 + (yy - 220.0) ** 2) / (2 * 90.0 ** 2)).astype(np.float32)
     # analytic: exp(-(0.7 r)^2 / 2 s^2) - exp(-(1.3 r)^2 / 2 s^2) with r = 60, s = 90
     expected = np.exp(-(42.0 ** 2) / (2 * 90.0 ** 2)) - np.exp(-(78.0 ** 2) / (2 * 90.0 ** 2))
-    assert pipeline.ring_contrast(diffuse, (200, 220, 60)) == pytest.approx(expected, abs=0.01)
+    assert head_femur_check.ring_contrast(diffuse, (200, 220, 60)) == pytest.approx(expected, abs=0.01)
 
 
 class DiffuseFarHead(FarHead):
@@ -345,7 +345,7 @@ def test_an_unconfirmed_diffuse_blob_is_not_a_detection(monkeypatch, net, found)
     res = pipeline.fit_image(flat, "head", predictor=net(), polarity="bone-dark", refine=False, femur_check=False)
     assert res.detected is found and "source" not in res.circle
     assert res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=3.0)  # kept for review either way
-    assert (res.circle["ring_contrast"] >= pipeline.MIN_RING_CONTRAST) is found
+    assert (res.circle["ring_contrast"] >= head_femur_check.MIN_RING_CONTRAST) is found
     if not found:
         assert "diffuse" in res.reason and "not found" in res.reason
     probe = fit_logic.FitResult("head", True, "", circle=(res.circle["cx"], res.circle["cy"], res.circle["r"]),
@@ -369,8 +369,8 @@ def test_an_unconfirmed_circle_off_the_femur_is_not_a_detection(monkeypatch, net
     stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
     flat = flat_image()
     res = pipeline.fit_image(flat, "head", predictor=net(), polarity="bone-dark", refine=False, femur_check=False)
-    assert res.detected is found and (res.circle["on_femur"] >= pipeline.MIN_ON_FEMUR) is found
-    assert res.circle["ring_contrast"] >= pipeline.MIN_RING_CONTRAST  # crisp: only the femur check decides
+    assert res.detected is found and (res.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR) is found
+    assert res.circle["ring_contrast"] >= head_femur_check.MIN_RING_CONTRAST  # crisp: only the femur check decides
     if not found:
         assert "not on the femur" in res.reason and res.circle["cx"] == pytest.approx(HEAD[0] - 150, abs=3.0)
     probe = fit_logic.FitResult("head", True, "", circle=(res.circle["cx"], res.circle["cy"], res.circle["r"]),
@@ -388,19 +388,19 @@ def test_a_clear_round_edge_off_the_femur_is_not_the_head(monkeypatch, net, on_t
     stays. ``SNAPPED_MUST_BE_ON_FEMUR`` False (the rule before) trusts every clear edge. Pipeline and Slicer logic."""
     from DeepMorphLib import fit_logic
 
-    monkeypatch.setattr(pipeline, "SNAPPED_MUST_BE_ON_FEMUR", must_be_on_femur)
+    monkeypatch.setattr(head_femur_check, "SNAPPED_MUST_BE_ON_FEMUR", must_be_on_femur)
     stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
-    monkeypatch.setattr(pipeline, "_dome_edge_circle", lambda *a, **k: None)
-    monkeypatch.setattr(pipeline, "_hough_head_circle", lambda *a, **k: None)
+    monkeypatch.setattr(head_femur_check, "_dome_edge_circle", lambda *a, **k: None)
+    monkeypatch.setattr(head_femur_check, "_hough_head_circle", lambda *a, **k: None)
     centre = HEAD if on_the_femur else (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])
     img = sphere_shadow(circle=centre)
     res = pipeline.fit_image(img, "head", predictor=net(), polarity="bone-dark", refine=False, femur_check=False)
-    assert res.circle["snapped"] and res.circle["edge_support"] >= pipeline.FEMUR_CHECK_EDGE  # a clear edge
+    assert res.circle["snapped"] and res.circle["edge_support"] >= head_femur_check.FEMUR_CHECK_EDGE  # a clear edge
     assert np.hypot(res.circle["cx"] - centre[0], res.circle["cy"] - centre[1]) < 1.0
     kept = on_the_femur or not must_be_on_femur
     assert res.detected is kept
     if must_be_on_femur:
-        assert (res.circle["on_femur"] >= pipeline.MIN_ON_FEMUR) is on_the_femur
+        assert (res.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR) is on_the_femur
     else:
         assert "on_femur" not in res.circle
     if not kept:
@@ -417,16 +417,16 @@ def test_the_femur_check_rejects_an_unconfirmed_circle_unless_asked_to_keep_it(m
     stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
     kw = dict(predictor=NearHead(), polarity="bone-dark", refine=False)
     strict = pipeline.fit_image(flat_image(), "head", **kw)
-    assert not strict.detected and "not confirmed" in strict.reason and strict.circle["on_femur"] >= pipeline.MIN_ON_FEMUR
+    assert not strict.detected and "not confirmed" in strict.reason and strict.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR
     kept = pipeline.fit_image(flat_image(), "head", keep_unconfirmed_head=True, **kw)
     assert kept.detected and kept.circle["cx"] == pytest.approx(strict.circle["cx"])
 
 
 def test_on_femur_scores_the_region_inside_the_circle():
     region = FemurRegion()(np.zeros((448, 448)))
-    assert pipeline.on_femur(region, HEAD) == pytest.approx(1.0, abs=1e-3)
-    assert pipeline.on_femur(region, (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])) == pytest.approx(0.0, abs=1e-3)
-    assert pipeline.on_femur(region, (-500.0, -500.0, 20.0)) == 0.0  # entirely outside the image
+    assert head_femur_check.on_femur(region, HEAD) == pytest.approx(1.0, abs=1e-3)
+    assert head_femur_check.on_femur(region, (HEAD[0] - 150, HEAD[1] + 150, HEAD[2])) == pytest.approx(0.0, abs=1e-3)
+    assert head_femur_check.on_femur(region, (-500.0, -500.0, 20.0)) == 0.0  # entirely outside the image
 
 
 def test_a_circle_off_the_femur_is_replaced_by_the_unanchored_femur_dome(monkeypatch):
@@ -449,7 +449,7 @@ def test_a_circle_off_the_femur_is_replaced_by_the_unanchored_femur_dome(monkeyp
                              femur_check=False)  # this stage alone: the femur check after it has its own tests
     assert calls == [True, False]  # anchored first, then alone
     assert res.detected and res.circle["source"] == "femur-dome-unanchored"
-    assert res.circle["off_femur"] < pipeline.MIN_ON_FEMUR <= res.circle["on_femur"]
+    assert res.circle["off_femur"] < head_femur_check.MIN_ON_FEMUR <= res.circle["on_femur"]
     assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 1.0
 
 
@@ -509,7 +509,7 @@ def test_the_femur_maps_find_a_head_that_the_femur_fits_missed(monkeypatch, outl
     assert res.detected is found
     if found:
         assert res.circle["source"] == "femur-hough" and res.circle["snapped"]
-        assert res.circle["off_femur"] < pipeline.MIN_ON_FEMUR <= res.circle["on_femur"]
+        assert res.circle["off_femur"] < head_femur_check.MIN_ON_FEMUR <= res.circle["on_femur"]
         assert np.hypot(res.circle["cx"] - HEAD[0], res.circle["cy"] - HEAD[1]) < 1.0 and abs(res.circle["r"] - HEAD[2]) < 1.0
     else:
         assert ("not on the femur" if net == "crisp" else "diffuse") in res.reason
@@ -540,7 +540,7 @@ def test_an_edge_confirmed_head_from_the_femur_maps_beats_an_unconfirmed_circle_
     stub_femur_outline(monkeypatch, np.zeros((448, 448), np.float32))
     kept = pipeline.fit_image(img, "head", predictor=ShaftHead(), polarity="bone-dark", refine=False,
                               femur_check=False)  # (the femur check would reject it: test_femur_check)
-    assert kept.detected and not kept.circle["snapped"] and kept.circle["on_femur"] >= pipeline.MIN_ON_FEMUR
+    assert kept.detected and not kept.circle["snapped"] and kept.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR
     assert kept.circle["cy"] == pytest.approx(HEAD[1] + 110, abs=3.0)
     stub_femur_outline(monkeypatch, _femur_outline_of(FemurWithHeadRegion()(img)))
     res = pipeline.fit_image(img, "head", predictor=ShaftHead(), polarity="bone-dark", refine=False)

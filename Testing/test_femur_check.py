@@ -1,9 +1,9 @@
 """The head task's femur check: a head circle that its own edge does not clearly confirm is checked against the
-whole femur fit, and a confident femur fit that puts the head elsewhere wins (``pipeline._check_with_femur_fit``)."""
+whole femur fit, and a confident femur fit that puts the head elsewhere wins (``head_femur_check.check_with_femur_fit``)."""
 import numpy as np
 import pytest
 
-from DeepMorphLib import pipeline
+from DeepMorphLib import head_femur_check, pipeline
 from test_edge_snap import HEAD, FarHead, dome_points_on_the_head, flat_image, sphere_shadow  # noqa: F401 (autouse)
 
 
@@ -47,17 +47,17 @@ def head_result(circle=(HEAD[0] - 150, HEAD[1] + 150, HEAD[2]), detected=True, *
 
 
 def check(res, image, side=None):
-    pipeline._check_with_femur_fit(res, image, "bone-dark", "cpu", 0.5, side, FarHead())
+    head_femur_check.check_with_femur_fit(res, image, "bone-dark", "cpu", 0.5, side, FarHead())
     return res
 
 
 def test_which_circles_are_checked():
-    assert pipeline.needs_femur_check(head_result(detected=False))
-    assert pipeline.needs_femur_check(head_result(circle=None, detected=False))
-    assert pipeline.needs_femur_check(head_result(snapped=False, edge_support=0.9))
-    assert pipeline.needs_femur_check(head_result(snapped=True, edge_support=0.68))
-    assert pipeline.needs_femur_check(head_result(snapped=True, edge_support=0.9, source="femur-dome"))
-    assert not pipeline.needs_femur_check(head_result(snapped=True, edge_support=pipeline.FEMUR_CHECK_EDGE))
+    assert head_femur_check.needs_femur_check(head_result(detected=False))
+    assert head_femur_check.needs_femur_check(head_result(circle=None, detected=False))
+    assert head_femur_check.needs_femur_check(head_result(snapped=False, edge_support=0.9))
+    assert head_femur_check.needs_femur_check(head_result(snapped=True, edge_support=0.68))
+    assert head_femur_check.needs_femur_check(head_result(snapped=True, edge_support=0.9, source="femur-dome"))
+    assert not head_femur_check.needs_femur_check(head_result(snapped=True, edge_support=head_femur_check.FEMUR_CHECK_EDGE))
 
 
 def test_a_confident_femur_fit_moves_a_wrong_circle_onto_the_head_edge(femur_fit):
@@ -82,7 +82,7 @@ def test_without_an_edge_the_dome_circle_itself_gives_the_missing_head(femur_fit
 def test_an_unconvincing_femur_fit_does_not_move_a_found_circle(femur_fit, monkeypatch, quality, dome_confidence):
     """Below ``FEMUR_CHECK_QUALITY`` (or not confident along the dome) a femur fit does not move a circle that an
     edge found, even a weak one (here on the femur, by the region network)."""
-    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
+    monkeypatch.setattr(head_femur_check, "on_femur", lambda conf, circle: 0.9)
     femur_fit.result = femur_result(quality=quality, dome_confidence=dome_confidence)
     res = check(head_result(snapped=True, edge_support=0.66), sphere_shadow())
     assert res.detected and "source" not in res.circle and res.circle["cx"] == HEAD[0] - 150
@@ -93,7 +93,7 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirm
     """When the head is otherwise not detected, a femur fit above ``FEMUR_MIN_QUALITY`` (the femur task's own
     confirmation) but below ``FEMUR_CHECK_QUALITY``, confident along its dome, gives the head; a fit the femur
     task does not confirm, or one not confident along the dome, gives none."""
-    quality = 0.5 * (pipeline.FEMUR_MIN_QUALITY + pipeline.FEMUR_CHECK_QUALITY)
+    quality = 0.5 * (pipeline.FEMUR_MIN_QUALITY + head_femur_check.FEMUR_CHECK_QUALITY)
     femur_fit.result = femur_result(quality=quality)
     res = check(head_result(circle=None, detected=False), flat_image())
     c = res.circle
@@ -103,7 +103,7 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirm
     assert unconfirmed.detected and unconfirmed.circle["source"] == "femur-fit"
     assert unconfirmed.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150, "r": HEAD[2]}
     assert not unconfirmed.circle["replaced_detected"]
-    weak_dome = pipeline.FEMUR_CHECK_DOME - 0.1
+    weak_dome = head_femur_check.FEMUR_CHECK_DOME - 0.1
     for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01, dome_confidence=weak_dome),
                  femur_result(quality=quality, dome_confidence=weak_dome)):
         femur_fit.result = weak
@@ -127,15 +127,15 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_confident_along_its_do
         assert network.detected and network.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150,
                                                                     "r": HEAD[2]}
     lo, hi = pipeline.plausible_head_radius_px((448, 448))
-    for weak in (femur_result(quality=0.2, dome_confidence=pipeline.FEMUR_CHECK_DOME - 0.05),
+    for weak in (femur_result(quality=0.2, dome_confidence=head_femur_check.FEMUR_CHECK_DOME - 0.05),
                  femur_result(quality=0.2, r=lo - 2.0), femur_result(quality=0.2, r=hi + 2.0)):
         femur_fit.result = weak
         assert not check(head_result(circle=None, detected=False), flat_image()).detected
-    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
+    monkeypatch.setattr(head_femur_check, "on_femur", lambda conf, circle: 0.9)
     femur_fit.result = femur_result(quality=0.2, centre=(HEAD[0] + 60, HEAD[1]))
     found = check(head_result(snapped=True, edge_support=0.66, circle=HEAD), sphere_shadow())
     assert found.detected and "source" not in found.circle and found.circle["cx"] == HEAD[0]  # kept
-    monkeypatch.setattr(pipeline, "HEAD_FROM_CONFIDENT_DOME", False)
+    monkeypatch.setattr(head_femur_check, "HEAD_FROM_CONFIDENT_DOME", False)
     femur_fit.result = femur_result(quality=0.2)
     assert not check(head_result(circle=None, detected=False), flat_image()).detected
 
@@ -146,7 +146,7 @@ def test_without_a_confident_femur_fit_an_unconfirmed_network_circle_is_not_a_de
                                                                                           detected):
     """The head network's own circle, with no edge to confirm it and no confident femur fit: "not detected", the
     circle kept for review. A snapped circle on the femur, or one found by the femur helpers, stays."""
-    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)
+    monkeypatch.setattr(head_femur_check, "on_femur", lambda conf, circle: 0.9)
     femur_fit.result = femur_result(quality=0.3, dome_confidence=0.5)
     res = check(head_result(**extra), flat_image())
     assert res.detected is detected and res.circle["cx"] == HEAD[0] - 150
@@ -231,7 +231,7 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit, femur_region_at_the_hea
                                   polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
     fit_logic._check_with_femur(snapped, flat_image(), None, {}, "auto", None)
     assert not snapped.detected and "not on the femur" in snapped.reason and snapped.circle == far
-    monkeypatch.setattr(pipeline, "on_femur", lambda conf, circle: 0.9)  # a weak snap on the femur stays
+    monkeypatch.setattr(head_femur_check, "on_femur", lambda conf, circle: 0.9)  # a weak snap on the femur stays
     on = fit_logic.FitResult("head", True, "", circle=far, quality={"edge_support": 0.66, "snapped": 1.0},
                              polarity="bone-dark", confidence=np.zeros((448, 448), np.float32))
     fit_logic._check_with_femur(on, flat_image(), None, {}, "auto", None)
@@ -239,7 +239,7 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit, femur_region_at_the_hea
 
 
 def test_the_check_takes_the_head_circle_of_the_femur_fit_from_dome_circle(femur_fit, monkeypatch):
-    """The femur fit's head comes from ``pipeline.dome_circle`` (the shipped dome-circle model when present) given
+    """The femur fit's head comes from ``head_femur_check.dome_circle`` (the shipped dome-circle model when present) given
     the fit's head-dome points, not from a circle fitted here."""
     seen = []
     offset = (HEAD[0] + 3.0, HEAD[1] - 2.0, HEAD[2] - 1.5)
@@ -249,7 +249,7 @@ def test_the_check_takes_the_head_circle_of_the_femur_fit_from_dome_circle(femur
         from DeepMorphLib.circle_fit import CircleFit
         return CircleFit(True, *offset, method="spy")
 
-    monkeypatch.setattr(pipeline, "dome_circle", dome_circle)
+    monkeypatch.setattr(head_femur_check, "dome_circle", dome_circle)
     d0, d1 = pipeline._head_dome(pipeline.load_shape_model(None))
     res = check(head_result(), flat_image())
     assert len(seen) == 1 and np.array_equal(seen[0], femur_fit.result.contour[d0: d1 + 1])
@@ -266,11 +266,11 @@ def femur_region_at_the_head(monkeypatch):
 
     region = disk_mask((448, 448), HEAD[0], HEAD[1], 1.5 * HEAD[2]).astype(np.float32)
     monkeypatch.setattr(pipeline, "region_confidence", lambda img, polarity, net: (lambda: region))
-    monkeypatch.setattr(pipeline, "_dome_edge_circle", lambda *a, **k: None)
+    monkeypatch.setattr(head_femur_check, "_dome_edge_circle", lambda *a, **k: None)
     state = type("State", (), {"hough": None})()
-    monkeypatch.setattr(pipeline, "_hough_head_circle",
+    monkeypatch.setattr(head_femur_check, "_hough_head_circle",
                         lambda img, pol, dev, region_conf, head_conf: None if state.hough is None else
-                        (EdgeSnap(True, *state.hough, support=0.8), pipeline.on_femur(region_conf, state.hough)))
+                        (EdgeSnap(True, *state.hough, support=0.8), head_femur_check.on_femur(region_conf, state.hough)))
     return state
 
 
@@ -282,10 +282,10 @@ def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, f
     far = {"snapped": True, "edge_support": 0.66}
     res = check(head_result(**far), flat_image())
     assert not res.detected and "not on the femur" in res.reason and res.circle["cx"] == HEAD[0] - 150
-    assert res.circle["on_femur"] < pipeline.MIN_ON_FEMUR
+    assert res.circle["on_femur"] < head_femur_check.MIN_ON_FEMUR
     femur_region_at_the_head.hough = HEAD
     res = check(head_result(**far), flat_image())
-    assert res.detected and res.circle["source"] == "femur-hough" and res.circle["off_femur"] < pipeline.MIN_ON_FEMUR
+    assert res.detected and res.circle["source"] == "femur-hough" and res.circle["off_femur"] < head_femur_check.MIN_ON_FEMUR
     assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], HEAD)
     femur_region_at_the_head.hough = None
     femur_fit.result = femur_result(quality=0.45)  # confirmed by the femur task, confident along the dome
@@ -293,25 +293,25 @@ def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, f
     assert res.detected and res.circle["source"] == "femur-fit" and not res.circle["replaced_detected"]
     femur_fit.result = femur_result(quality=0.3)
     on = check(head_result(circle=HEAD, **far), flat_image())  # a weak snap on the femur stays
-    assert on.detected and "source" not in on.circle and on.circle["on_femur"] >= pipeline.MIN_ON_FEMUR
-    clear = check(head_result(snapped=True, edge_support=pipeline.FEMUR_CHECK_EDGE), flat_image())
+    assert on.detected and "source" not in on.circle and on.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR
+    clear = check(head_result(snapped=True, edge_support=head_femur_check.FEMUR_CHECK_EDGE), flat_image())
     assert clear.detected and "on_femur" not in clear.circle  # a clear edge is not checked against the femur
     kept = head_result(**far)
-    pipeline._check_with_femur_fit(kept, flat_image(), "bone-dark", "cpu", 0.5, None, FarHead(),
+    head_femur_check.check_with_femur_fit(kept, flat_image(), "bone-dark", "cpu", 0.5, None, FarHead(),
                                    reject_unconfirmed=False)
     assert kept.detected and "on_femur" not in kept.circle  # --keep-unconfirmed-head: as before
 
 
 def test_the_femur_fits_that_give_a_head_keep_one_weak_shape_prior(femur_fit, monkeypatch):
     """The femur task searches under a strong shape prior and refines under a weak one (``asm_fit``); the femur fits
-    that check or give a head circle keep the single weak prior (``pipeline.HEAD_TASK_SHAPE_PRIOR``): both the femur
+    that check or give a head circle keep the single weak prior (``head_femur_check.HEAD_TASK_SHAPE_PRIOR``): both the femur
     task's whole fit the check asks for and the head task's own femur-network fit of the head dome."""
     from DeepMorphLib.asm_fit import ShapeFit
 
-    assert pipeline.HEAD_TASK_SHAPE_PRIOR == {"regularization": 1.0, "final_regularization": None}
+    assert head_femur_check.HEAD_TASK_SHAPE_PRIOR == {"regularization": 1.0, "final_regularization": None}
     check(head_result(snapped=True, edge_support=0.66), sphere_shadow())
-    assert femur_fit.calls[-1]["fit_options"] == pipeline.HEAD_TASK_SHAPE_PRIOR
+    assert femur_fit.calls[-1]["fit_options"] == head_femur_check.HEAD_TASK_SHAPE_PRIOR
     seen = []
     monkeypatch.setattr(pipeline, "_fit_pdm", lambda conf, pdm, **kw: seen.append(kw) or ShapeFit(detected=False))
-    assert pipeline._femur_head_dome(sphere_shadow(), "bone-dark", "cpu", 0.5) is None
+    assert head_femur_check._femur_head_dome(sphere_shadow(), "bone-dark", "cpu", 0.5) is None
     assert seen and seen[-1]["regularization"] == 1.0 and seen[-1]["final_regularization"] is None

@@ -290,7 +290,7 @@ def test_refitting_a_fixed_contour_with_another_point_count(app):
 def test_the_head_rule_switch_reaches_the_femur_check(monkeypatch, keep):
     """fit_image(keep_unconfirmed_head=) -> the pipeline's femur check: with the rule on, an unconfirmed head-network
     circle becomes "not detected" (the pipeline's verdict); switched off, it stays reported."""
-    from DeepMorphLib import pipeline
+    from DeepMorphLib import head_femur_check
 
     seen = {}
 
@@ -299,7 +299,7 @@ def test_the_head_rule_switch_reaches_the_femur_check(monkeypatch, keep):
         if reject_unconfirmed:
             probe.detected, probe.reason = False, "head not confirmed"
 
-    monkeypatch.setattr(pipeline, "_check_with_femur_fit", check)
+    monkeypatch.setattr(head_femur_check, "check_with_femur_fit", check)
     result = logic.FitResult("head", True, circle=(100.0, 100.0, 40.0), quality={"edge_support": 0.0})
     logic._check_with_femur(result, np.zeros((64, 64), np.float32), None, {}, "bone-dark", None,
                             reject_unconfirmed=not keep)

@@ -347,11 +347,11 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
 
 def _snap_from_femur(result: FitResult, image, side: str | None = None, snapped: bool = False) -> None:
     """The pipeline's checks after the edge snap: when the head network's circle could not be snapped, the second
-    snap attempt from the head dome of the shipped femur network's PDM fit (``pipeline._snap_from_femur_dome``);
-    when it was (``snapped``), the check that it lies on the femur (``pipeline._snapped_on_femur``). As there, a
+    snap attempt from the head dome of the shipped femur network's PDM fit (``head_femur_check.snap_from_femur_dome``);
+    when it was (``snapped``), the check that it lies on the femur (``head_femur_check.snapped_on_femur``). As there, a
     diffuse blob that nothing confirms, or a circle off the femur that no later search replaces, is reported as not
     detected."""
-    from . import pipeline
+    from . import head_femur_check, pipeline
 
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
                                polarity=result.polarity, polarity_score=None, polarity_mode="given",
@@ -359,9 +359,9 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None, snapped:
     probe.circle = dict(zip(("cx", "cy", "r"), (float(v) for v in result.circle)), snapped=snapped)
     try:
         if not snapped:
-            pipeline._snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
-        elif pipeline.SNAPPED_MUST_BE_ON_FEMUR:
-            pipeline._snapped_on_femur(probe, image, result.polarity, "auto", 0.5)
+            head_femur_check.snap_from_femur_dome(probe, image, result.polarity, "auto", 0.5)
+        elif head_femur_check.SNAPPED_MUST_BE_ON_FEMUR:
+            head_femur_check.snapped_on_femur(probe, image, result.polarity, "auto", 0.5)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
     source = probe.circle.get("source")
@@ -392,14 +392,14 @@ def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dom
 
 def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None,
                       reject_unconfirmed: bool = True, detected_polarity: tuple | None = None) -> None:
-    """The pipeline's femur check (``pipeline._check_with_femur_fit``): a head circle that its own edge does not
+    """The pipeline's femur check (``head_femur_check.check_with_femur_fit``): a head circle that its own edge does not
     clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
     the head elsewhere; ``reject_unconfirmed``: the head network's circle that nothing confirms is "not detected"."""
-    from . import pipeline
+    from . import head_femur_check, pipeline
 
     q = result.quality
     from_femur = any(k in q for k in ("from_femur_dome", "from_femur_hough"))
-    if result.detected and not from_femur and q.get("edge_support", 0.0) >= pipeline.FEMUR_CHECK_EDGE:
+    if result.detected and not from_femur and q.get("edge_support", 0.0) >= head_femur_check.FEMUR_CHECK_EDGE:
         return
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=result.detected,
                                reason=result.reason, polarity=result.polarity, polarity_score=None,
@@ -409,9 +409,9 @@ def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, 
         snapped = q.get("snapped", 0.0) > 0 or q.get("snapped_from_femur_dome", 0.0) > 0
         probe.circle.update(snapped=snapped, **({"source": "femur-helpers"} if from_femur else {}))
     try:
-        pipeline._check_with_femur_fit(probe, image, polarity, "auto", 0.5, side,
-                                       pipeline.NetworkPredictor(model, metadata), detected_polarity,
-                                       reject_unconfirmed=reject_unconfirmed)
+        head_femur_check.check_with_femur_fit(probe, image, polarity, "auto", 0.5, side,
+                                              pipeline.NetworkPredictor(model, metadata), detected_polarity,
+                                              reject_unconfirmed=reject_unconfirmed)
     except FileNotFoundError:  # no shipped femur network / PDM
         return
     if result.detected and not probe.detected:  # the head network's circle, confirmed by nothing
