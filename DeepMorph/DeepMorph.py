@@ -289,7 +289,8 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         self.result, self.nodes = fit_logic.fit_xray_node(
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
             side=p.side.value, femur_min_quality=p.femurMinQuality, keep_unconfirmed_head=p.keepUnconfirmedHead,
-            test_time_views=p.testTimeViews.views(), nodes=self.nodes, predict=predict, pdm=pdm, editable=p.interactiveCorrection,
+            test_time_views=p.testTimeViews.views(), nodes=self.nodes, predict=predict, pdm=pdm,
+            editable=p.interactiveCorrection,
         )
         p.confidenceVolume = self.nodes.get("confidence")
         p.resultText = self.resultHtml(self.result)

@@ -277,7 +277,8 @@ def test_a_weak_edge_of_another_radius_gives_way_to_the_dome_circle(monkeypatch,
     dome circle itself is taken; within it, the edge circle."""
     from DeepMorphLib import edge_snap
 
-    assert head_femur_check.DOME_RADIUS_AGREEMENT < 0.15 < head_femur_check.DOME_AGREEMENT and head_femur_check.DOME_RADIUS_AGREEMENT > 0.05
+    check = head_femur_check
+    assert check.DOME_RADIUS_AGREEMENT < 0.15 < check.DOME_AGREEMENT and check.DOME_RADIUS_AGREEMENT > 0.05
     stub_femur_dome(monkeypatch, 0.9)
 
     def weak_wider_edge(image, circle, confidence=None, **kw):  # never clear enough
@@ -417,7 +418,8 @@ def test_the_femur_check_rejects_an_unconfirmed_circle_unless_asked_to_keep_it(m
     stub_femur_dome(monkeypatch, 0.2, region=FemurRegion())
     kw = dict(predictor=NearHead(), polarity="bone-dark", refine=False)
     strict = pipeline.fit_image(flat_image(), "head", **kw)
-    assert not strict.detected and "not confirmed" in strict.reason and strict.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR
+    assert not strict.detected and "not confirmed" in strict.reason
+    assert strict.circle["on_femur"] >= head_femur_check.MIN_ON_FEMUR
     kept = pipeline.fit_image(flat_image(), "head", keep_unconfirmed_head=True, **kw)
     assert kept.detected and kept.circle["cx"] == pytest.approx(strict.circle["cx"])
 

@@ -1,5 +1,6 @@
 """The head task's femur check: a head circle that its own edge does not clearly confirm is checked against the
-whole femur fit, and a confident femur fit that puts the head elsewhere wins (``head_femur_check.check_with_femur_fit``)."""
+whole femur fit, and a confident femur fit that puts the head elsewhere wins
+(``head_femur_check.check_with_femur_fit``)."""
 import numpy as np
 import pytest
 
@@ -57,7 +58,8 @@ def test_which_circles_are_checked():
     assert head_femur_check.needs_femur_check(head_result(snapped=False, edge_support=0.9))
     assert head_femur_check.needs_femur_check(head_result(snapped=True, edge_support=0.68))
     assert head_femur_check.needs_femur_check(head_result(snapped=True, edge_support=0.9, source="femur-dome"))
-    assert not head_femur_check.needs_femur_check(head_result(snapped=True, edge_support=head_femur_check.FEMUR_CHECK_EDGE))
+    clear = head_result(snapped=True, edge_support=head_femur_check.FEMUR_CHECK_EDGE)
+    assert not head_femur_check.needs_femur_check(clear)
 
 
 def test_a_confident_femur_fit_moves_a_wrong_circle_onto_the_head_edge(femur_fit):
@@ -239,8 +241,8 @@ def test_the_slicer_logic_runs_the_same_check(femur_fit, femur_region_at_the_hea
 
 
 def test_the_check_takes_the_head_circle_of_the_femur_fit_from_dome_circle(femur_fit, monkeypatch):
-    """The femur fit's head comes from ``head_femur_check.dome_circle`` (the shipped dome-circle model when present) given
-    the fit's head-dome points, not from a circle fitted here."""
+    """The femur fit's head comes from ``head_femur_check.dome_circle`` (the shipped dome-circle model when present)
+    given the fit's head-dome points, not from a circle fitted here."""
     seen = []
     offset = (HEAD[0] + 3.0, HEAD[1] - 2.0, HEAD[2] - 1.5)
 
@@ -268,9 +270,12 @@ def femur_region_at_the_head(monkeypatch):
     monkeypatch.setattr(pipeline, "region_confidence", lambda img, polarity, net: (lambda: region))
     monkeypatch.setattr(head_femur_check, "_dome_edge_circle", lambda *a, **k: None)
     state = type("State", (), {"hough": None})()
-    monkeypatch.setattr(head_femur_check, "_hough_head_circle",
-                        lambda img, pol, dev, region_conf, head_conf: None if state.hough is None else
-                        (EdgeSnap(True, *state.hough, support=0.8), head_femur_check.on_femur(region_conf, state.hough)))
+    def hough(img, pol, dev, region_conf, head_conf):
+        if state.hough is None:
+            return None
+        return EdgeSnap(True, *state.hough, support=0.8), head_femur_check.on_femur(region_conf, state.hough)
+
+    monkeypatch.setattr(head_femur_check, "_hough_head_circle", hough)
     return state
 
 
@@ -285,7 +290,8 @@ def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, f
     assert res.circle["on_femur"] < head_femur_check.MIN_ON_FEMUR
     femur_region_at_the_head.hough = HEAD
     res = check(head_result(**far), flat_image())
-    assert res.detected and res.circle["source"] == "femur-hough" and res.circle["off_femur"] < head_femur_check.MIN_ON_FEMUR
+    assert res.detected and res.circle["source"] == "femur-hough"
+    assert res.circle["off_femur"] < head_femur_check.MIN_ON_FEMUR
     assert np.allclose([res.circle["cx"], res.circle["cy"], res.circle["r"]], HEAD)
     femur_region_at_the_head.hough = None
     femur_fit.result = femur_result(quality=0.45)  # confirmed by the femur task, confident along the dome
@@ -304,8 +310,8 @@ def test_a_weak_snap_off_the_femur_is_looked_for_again_on_the_femur(femur_fit, f
 
 def test_the_femur_fits_that_give_a_head_keep_one_weak_shape_prior(femur_fit, monkeypatch):
     """The femur task searches under a strong shape prior and refines under a weak one (``asm_fit``); the femur fits
-    that check or give a head circle keep the single weak prior (``head_femur_check.HEAD_TASK_SHAPE_PRIOR``): both the femur
-    task's whole fit the check asks for and the head task's own femur-network fit of the head dome."""
+    that check or give a head circle keep the single weak prior (``head_femur_check.HEAD_TASK_SHAPE_PRIOR``): both
+    the femur task's whole fit the check asks for and the head task's own femur-network fit of the head dome."""
     from DeepMorphLib.asm_fit import ShapeFit
 
     assert head_femur_check.HEAD_TASK_SHAPE_PRIOR == {"regularization": 1.0, "final_regularization": None}

@@ -347,10 +347,10 @@ def _snap(result: FitResult, bone_dark_image, conf) -> bool:
 
 def _snap_from_femur(result: FitResult, image, side: str | None = None, snapped: bool = False) -> None:
     """The pipeline's checks after the edge snap: when the head network's circle could not be snapped, the second
-    snap attempt from the head dome of the shipped femur network's PDM fit (``head_femur_check.snap_from_femur_dome``);
-    when it was (``snapped``), the check that it lies on the femur (``head_femur_check.snapped_on_femur``). As there, a
-    diffuse blob that nothing confirms, or a circle off the femur that no later search replaces, is reported as not
-    detected."""
+    snap attempt from the head dome of the shipped femur network's PDM fit
+    (``head_femur_check.snap_from_femur_dome``); when it was (``snapped``), the check that it lies on the femur
+    (``head_femur_check.snapped_on_femur``). As there, a diffuse blob that nothing confirms, or a circle off the
+    femur that no later search replaces, is reported as not detected."""
     from . import head_femur_check, pipeline
 
     probe = pipeline.FitResult(task="head", image_shape=tuple(image.shape), detected=True, reason="",
@@ -392,8 +392,8 @@ def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dom
 
 def _check_with_femur(result: FitResult, image, model, metadata, polarity: str, side: str | None,
                       reject_unconfirmed: bool = True, detected_polarity: tuple | None = None) -> None:
-    """The pipeline's femur check (``head_femur_check.check_with_femur_fit``): a head circle that its own edge does not
-    clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
+    """The pipeline's femur check (``head_femur_check.check_with_femur_fit``): a head circle that its own edge does
+    not clearly confirm, or none, is replaced by the circle at the head dome of a confident whole femur fit that puts
     the head elsewhere; ``reject_unconfirmed``: the head network's circle that nothing confirms is "not detected"."""
     from . import head_femur_check, pipeline
 
