@@ -92,10 +92,11 @@ def test_an_unconvincing_femur_fit_does_not_move_a_found_circle(femur_fit, monke
 
 
 def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirms(femur_fit):
-    """When the head is otherwise not detected, a femur fit above ``FEMUR_MIN_QUALITY`` (the femur task's own
-    confirmation) but below ``FEMUR_CHECK_QUALITY``, confident along its dome, gives the head; a fit the femur
-    task does not confirm, or one not confident along the dome, gives none."""
-    quality = 0.5 * (pipeline.FEMUR_MIN_QUALITY + head_femur_check.FEMUR_CHECK_QUALITY)
+    """When the head is otherwise not detected, a femur fit that the femur task confirms (with the rules the check
+    was tuned with, ``CHECK_CONFIRMATION``) but below ``FEMUR_CHECK_QUALITY``, confident along its dome, gives the
+    head; a fit the femur task does not confirm, or one not confident along the dome, gives none."""
+    min_quality = head_femur_check.CHECK_CONFIRMATION["min_quality"]
+    quality = 0.5 * (min_quality + head_femur_check.FEMUR_CHECK_QUALITY)
     femur_fit.result = femur_result(quality=quality)
     res = check(head_result(circle=None, detected=False), flat_image())
     c = res.circle
@@ -106,11 +107,32 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_the_femur_task_confirm
     assert unconfirmed.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150, "r": HEAD[2]}
     assert not unconfirmed.circle["replaced_detected"]
     weak_dome = head_femur_check.FEMUR_CHECK_DOME - 0.1
-    for weak in (femur_result(quality=pipeline.FEMUR_MIN_QUALITY - 0.01, dome_confidence=weak_dome),
+    for weak in (femur_result(quality=min_quality - 0.01, dome_confidence=weak_dome),
                  femur_result(quality=quality, dome_confidence=weak_dome)):
         femur_fit.result = weak
         assert not check(head_result(circle=None, detected=False), flat_image()).detected
         assert not check(head_result(), flat_image()).detected
+
+
+def test_the_check_confirms_the_femur_fit_with_the_rules_it_was_tuned_with(femur_fit):
+    """The femur task's fit is asked for with its quality rules off and confirmed by ``CHECK_CONFIRMATION`` (0.4;
+    40 % extrapolated below 0.5), not by the femur task's own (0.35; 30 % below 0.55, session 37)."""
+    assert head_femur_check.CHECK_CONFIRMATION == {"min_quality": 0.4, "extrapolated_rule": (0.4, 0.5)}
+    femur_fit.result = femur_result(quality=0.37)  # the femur task's rules confirm it, the check's do not
+    res = check(head_result(circle=None, detected=False), flat_image())
+    assert femur_fit.calls[-1]["femur_min_quality"] == 0.0
+    assert res.detected and "dome only" in res.reason  # the head of a fit confident along its dome, not confirmed
+    mostly_guessed = femur_result(quality=0.45)
+    n = len(mostly_guessed.point_confidence)
+    d0, d1 = pipeline._head_dome(pipeline.load_shape_model(None))
+    off_dome = [i for i in range(n) if not d0 <= i <= d1]
+    mostly_guessed.point_confidence[off_dome[:int(0.35 * n)]] = 0.05  # 35 % extrapolated
+    mostly_guessed.contour[off_dome] = [224.0, 300.0]  # in the image
+    assert "extrapolated" in pipeline.femur_confirmation_reason(  # the femur task's own rules would not confirm it
+        0.45, mostly_guessed.contour, image_shape=(448, 448), point_confidence=mostly_guessed.point_confidence)
+    femur_fit.result = mostly_guessed
+    res = check(head_result(circle=None, detected=False), flat_image())
+    assert res.detected and "confirmed femur fit" in res.reason and mostly_guessed.detected
 
 
 def test_a_head_nothing_else_found_comes_from_a_femur_fit_confident_along_its_dome_only(femur_fit, monkeypatch):

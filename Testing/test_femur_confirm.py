@@ -151,25 +151,27 @@ def test_the_overlay_draws_the_extrapolated_part_of_a_contour_dashed():
 
 
 def test_a_mostly_extrapolated_weak_fit_is_not_confirmed():
-    """40 contour points in the image: 16 (40 %) with confidence < 0.2 and a mean confidence of 0.45 (< 0.5) is
-    mostly the shape model's guess; 15 extrapolated (37.5 %), a mean of 0.55, points outside the image, or
+    """40 contour points in the image: 12 (30 %) with confidence < 0.2 and a mean confidence of 0.5 (< 0.55) is
+    mostly the shape model's guess; 11 extrapolated (27.5 %), a mean of 0.6, points outside the image, or
     ``min_quality`` 0 (confirmation off) keep it confirmed."""
+    assert (pipeline.FEMUR_MAX_EXTRAPOLATED, pipeline.FEMUR_EXTRAPOLATED_QUALITY) == (0.3, 0.55)
+
     def fit(n_low, quality, shift=0.0):
         res = femur_result(quality)
         res.contour = res.contour + [shift, 0.0]
         res.point_confidence = np.r_[np.full(n_low, 0.05), np.full(40 - n_low, 0.9)]
         return res
 
-    weak = fit(16, 0.45)
+    weak = fit(12, 0.5)
     pipeline.confirm_femur(weak)
-    assert not weak.detected and "40% of its contour in the image is extrapolated" in weak.reason
-    for ok, limit in ((fit(15, 0.45), 0.4), (fit(16, 0.55), 0.4), (fit(16, 0.45), 0.0)):
+    assert not weak.detected and "30% of its contour in the image is extrapolated" in weak.reason
+    for ok, limit in ((fit(11, 0.5), 0.35), (fit(12, 0.6), 0.35), (fit(12, 0.5), 0.0)):
         pipeline.confirm_femur(ok, limit)
         assert ok.detected, ok.reason
-    half_out = fit(16, 0.45, shift=52.0)  # x = 152 + 60 cos t: points 0-8 (9 of the 16 extrapolated) leave the image
+    half_out = fit(12, 0.5, shift=52.0)  # x = 152 + 60 cos t: points 0-8 (9 of the 12 extrapolated) leave the image
     assert np.all(half_out.contour[:9, 0] > 199.5) and np.all(half_out.contour[9:, 0] < 199.5)  # 200 px wide
     pipeline.confirm_femur(half_out)
-    assert half_out.detected  # 7 of the 31 points inside are extrapolated: 23 %
+    assert half_out.detected  # 3 of the 31 points inside are extrapolated: 10 %
 
 
 def test_the_slicer_logic_confirms_femurs_the_same_way():
@@ -183,7 +185,7 @@ def test_the_slicer_logic_confirms_femurs_the_same_way():
                                point_confidence=conf, image_shape=(200, 200))
     fit_logic._confirm_femur(weak, image_shape=(200, 200))
     assert not weak.detected and "extrapolated" in weak.reason
-    sure = fit_logic.FitResult(task="femur", detected=True, contour=contour, quality={"quality": 0.55},
+    sure = fit_logic.FitResult(task="femur", detected=True, contour=contour, quality={"quality": 0.6},
                                point_confidence=conf, image_shape=(200, 200))
     fit_logic._confirm_femur(sure, image_shape=(200, 200))
     assert sure.detected

@@ -707,9 +707,10 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
     return best
 
 
-FEMUR_MIN_QUALITY = 0.4  # a femur fit with a lower mean confidence at its points is not confirmed. Simulated tuning
-#   images (tune3-448, training seeds): the 11 of 200 fits below 0.4 were all 12.9-294 px off (point-to-curve), the
-#   next ones start at 0.45 with 1.5 px; p2c_mean of the confirmed fits 7.53 -> 4.39 px, detection 1.0 -> 0.945
+FEMUR_MIN_QUALITY = 0.35  # a femur fit with a lower mean confidence at its points is not confirmed. Simulated tuning
+#   images (tune3-448, training seeds; session 25): the 11 of 200 fits below 0.4 were all 12.9-294 px off
+#   (point-to-curve); p2c_mean of the confirmed fits 7.53 -> 4.39 px, detection 1.0 -> 0.945. Session 37 lowered it
+#   to 0.35 together with the mostly-extrapolated rule below (the three constants chosen jointly)
 
 
 def unconfirmed_femur_reason(quality: float, min_quality: float) -> str:
@@ -717,12 +718,13 @@ def unconfirmed_femur_reason(quality: float, min_quality: float) -> str:
             "most of its contour is not on the network's outline; the contour is kept for review")
 
 
-FEMUR_MAX_EXTRAPOLATED = 0.4  # a femur fit with at least this share of its contour points inside the image
-FEMUR_EXTRAPOLATED_QUALITY = 0.5  # extrapolated (``overlay.EXTRAPOLATED_BELOW``) and a mean confidence below this
-#   is mostly the shape model's guess: not confirmed. Simulated tuning images (training seeds): tune3-448, the 4 such
-#   of 190 confirmed fits were 5.8-29.6 px off (p2c_mean 3.08 -> 2.85 px, median 1.36 -> 1.35); no fit within 3.3 px
-#   had both >= 0.25 extrapolated and a mean confidence < 0.6. Real dev hips: it drops cgmh_34_L (immature, 75 px off);
-#   the mature fits have at most 0.38 extrapolated
+FEMUR_MAX_EXTRAPOLATED = 0.3  # a femur fit with at least this share of its contour points inside the image
+FEMUR_EXTRAPOLATED_QUALITY = 0.55  # extrapolated (``overlay.EXTRAPOLATED_BELOW``) and a mean confidence below this
+#   is mostly the shape model's guess: not confirmed. Chosen in session 37 with ``FEMUR_MIN_QUALITY`` on the three
+#   simulated tuning sets together (tune3, tune2, tune7: 760 images, training seeds), as the lowest mean p2c_mean that
+#   keeps the detections within 1 % (grid of 180; was 0.4 / 0.4 / 0.5 from tune3 alone): tune3 1.812 -> 1.704 px
+#   (181 -> 178 detected), tune2 2.220 -> 2.199 (143 -> 144), tune7 2.589 -> 2.176 (353 -> 350); chosen on two sets,
+#   the third moved 1.812 -> 1.704, 2.220 -> 2.231, 2.589 -> 2.176 px (docs/experiments.md, session 37)
 
 
 def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None) -> None:
@@ -738,18 +740,18 @@ def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, hea
 
 
 def femur_confirmation_reason(quality, contour, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None,
-                              image_shape=None, point_confidence=None) -> str:
+                              image_shape=None, point_confidence=None, extrapolated_rule=None) -> str:
     """Why a femur fit (mean confidence ``quality`` at its points, ``contour`` (N, 2) px, ``point_confidence`` (N,))
     is not confirmed (``unconfirmed_femur_reason``, then, with ``point_confidence`` and ``image_shape``,
-    ``mostly_extrapolated_reason`` unless ``min_quality`` is 0, then, with ``head_dome`` and ``image_shape``,
-    ``implausible_size_reason``); "" when it is. Raises for ``min_quality`` < 0."""
+    ``mostly_extrapolated_reason`` (``extrapolated_rule`` as there) unless ``min_quality`` is 0, then, with
+    ``head_dome`` and ``image_shape``, ``implausible_size_reason``); "" when it is. Raises for ``min_quality`` < 0."""
     if min_quality < 0:
         raise ValueError(f"femur_min_quality must be >= 0, got {min_quality}.")
     if quality is not None and quality < min_quality:
         return unconfirmed_femur_reason(quality, min_quality)
     if min_quality > 0 and quality is not None and point_confidence is not None and contour is not None \
             and image_shape is not None:
-        reason = mostly_extrapolated_reason(quality, contour, point_confidence, image_shape)
+        reason = mostly_extrapolated_reason(quality, contour, point_confidence, image_shape, extrapolated_rule)
         if reason:
             return reason
     if head_dome is not None and contour is not None and image_shape is not None:
@@ -757,22 +759,24 @@ def femur_confirmation_reason(quality, contour, min_quality: float = FEMUR_MIN_Q
     return ""
 
 
-def mostly_extrapolated_reason(quality: float, contour, point_confidence, image_shape) -> str:
+def mostly_extrapolated_reason(quality: float, contour, point_confidence, image_shape, rule=None) -> str:
     """Why a femur fit is mostly the shape model's guess: at least ``FEMUR_MAX_EXTRAPOLATED`` of its ``contour``
     points inside the image (``image_shape`` (H, W)) have network confidence below ``overlay.EXTRAPOLATED_BELOW`` and
-    its mean confidence ``quality`` is below ``FEMUR_EXTRAPOLATED_QUALITY``; "" otherwise."""
+    its mean confidence ``quality`` is below ``FEMUR_EXTRAPOLATED_QUALITY``; "" otherwise. ``rule``: (share,
+    quality) instead of those two."""
     from DeepMorphLib.overlay import extrapolated_points
     from DeepMorphLib.scoring import inside_crop
 
+    max_share, below = (FEMUR_MAX_EXTRAPOLATED, FEMUR_EXTRAPOLATED_QUALITY) if rule is None else rule
     inside = inside_crop(np.asarray(contour, dtype=float), int(image_shape[1]), int(image_shape[0]))
-    if not inside.any() or quality >= FEMUR_EXTRAPOLATED_QUALITY:
+    if not inside.any() or quality >= below:
         return ""
     share = float(np.mean(extrapolated_points(np.asarray(point_confidence, dtype=float))[inside]))
-    if share < FEMUR_MAX_EXTRAPOLATED:
+    if share < max_share:
         return ""
     return (f"femur not confirmed: {share:.0%} of its contour in the image is extrapolated by the shape model "
             f"(network confidence < 0.2) and the rest is weakly supported (mean confidence {quality:.2f} < "
-            f"{FEMUR_EXTRAPOLATED_QUALITY:g}): the fit is mostly a guess; the contour is kept for review")
+            f"{below:g}): the fit is mostly a guess; the contour is kept for review")
 
 
 def fit_score(result: FitResult) -> float:

@@ -54,7 +54,7 @@ def add_femur_fit_arguments(parser) -> None:
                              "fraction of the outline pixels within 3 px of it (default 0.25; 0 = mean confidence alone)")
     parser.add_argument("--femur-min-quality", type=_non_negative, default=None, metavar="Q",
                         help="femur: a fit whose mean confidence at its points is below Q is reported not detected "
-                             "(its contour kept for review, drawn dashed orange; default 0.4; 0 = report every fit)")
+                             "(its contour kept for review, drawn dashed orange; default 0.35; 0 = report every fit)")
 
 
 def _degrees_or_none(text: str) -> float | None:
