@@ -7,7 +7,6 @@ stays fast and a heavy dependency (torch, vtk) is loaded only where needed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import signal
 import sys
@@ -76,15 +75,6 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def _tta_block(views: int | None):
-    """``inference.test_time_views(views)``, imported (with torch) only when ``--tta`` was given."""
-    if views is None:
-        return contextlib.nullcontext()
-    from DeepMorphLib.inference import test_time_views
-
-    return test_time_views(views)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
@@ -98,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         previous, installed = signal.signal(signal.SIGTERM, _raise_terminated), True
     except ValueError:  # not the main thread (e.g. called from a GUI's worker thread): leave SIGTERM as it is
         pass
+    from DeepMorphLib.pipeline import test_time_views_block
+
     try:
-        with _tta_block(getattr(args, "tta", None)):  # --tta: one setting for every network the command runs
+        with test_time_views_block(getattr(args, "tta", None)):  # --tta: one setting for every network of the command
             return int(run(args) or 0)
     except Terminated:
         print("\ndeepmorph: stopped (SIGTERM); finished work is kept and a re-run resumes it.", file=sys.stderr)

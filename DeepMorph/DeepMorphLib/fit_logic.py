@@ -8,7 +8,6 @@ Pixel coordinates: u = column, v = row of the X-ray (px); ``pixel_mm`` converts 
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import functools
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import with_task_views
+from .pipeline import test_time_views_block, with_task_views
 
 TASKS = ("head", "femur")
 POLARITIES = ("auto", "bone-dark", "bone-bright")
@@ -460,11 +459,7 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
 
     if xray_node is None:
         raise ValueError("Select an X-ray image (a single-slice volume) first.")
-    views = contextlib.nullcontext()
-    if test_time_views is not None:
-        from .inference import check_tta, test_time_views as views_block
-
-        views = views_block(check_tta(test_time_views, "test_time_views"))
+    views = test_time_views_block(test_time_views, "test_time_views")
     image = glue.node_to_image(xray_node)
     model = metadata = None
     if predict is None:

@@ -9,6 +9,7 @@ The head task's use of the femur fit (head from the femur's dome, the femur chec
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import time
@@ -60,6 +61,16 @@ HEAD_TASK_VIEWS = 1
 ``--tta`` says otherwise, whatever the models' sidecars say (``tta_views``, which the femur task uses): the head
 task's rules were tuned on single-view maps, and 2 views of the femur networks gave it no gain on the tuning sets
 (session 36)."""
+
+
+def test_time_views_block(views: int | None, where: str = "--tta"):
+    """``inference.test_time_views(views)`` for every network of a fit or command (``views`` checked, the error
+    naming ``where``), or a no-op when ``views`` is None (each model's sidecar); torch is imported only when used."""
+    if views is None:
+        return contextlib.nullcontext()
+    from DeepMorphLib.inference import check_tta, test_time_views
+
+    return test_time_views(check_tta(views, where))
 
 
 def with_task_views(fit):
@@ -759,15 +770,17 @@ def femur_confirmation_reason(quality, contour, min_quality: float = FEMUR_MIN_Q
     return ""
 
 
-def mostly_extrapolated_reason(quality: float, contour, point_confidence, image_shape, rule=None) -> str:
+def mostly_extrapolated_reason(quality: float, contour, point_confidence, image_shape,
+                               extrapolated_rule=None) -> str:
     """Why a femur fit is mostly the shape model's guess: at least ``FEMUR_MAX_EXTRAPOLATED`` of its ``contour``
     points inside the image (``image_shape`` (H, W)) have network confidence below ``overlay.EXTRAPOLATED_BELOW`` and
-    its mean confidence ``quality`` is below ``FEMUR_EXTRAPOLATED_QUALITY``; "" otherwise. ``rule``: (share,
-    quality) instead of those two."""
+    its mean confidence ``quality`` is below ``FEMUR_EXTRAPOLATED_QUALITY``; "" otherwise. ``extrapolated_rule``:
+    (share, quality) instead of those two."""
     from DeepMorphLib.overlay import extrapolated_points
     from DeepMorphLib.scoring import inside_crop
 
-    max_share, below = (FEMUR_MAX_EXTRAPOLATED, FEMUR_EXTRAPOLATED_QUALITY) if rule is None else rule
+    max_share, below = (FEMUR_MAX_EXTRAPOLATED, FEMUR_EXTRAPOLATED_QUALITY) if extrapolated_rule is None \
+        else extrapolated_rule
     inside = inside_crop(np.asarray(contour, dtype=float), int(image_shape[1]), int(image_shape[0]))
     if not inside.any() or quality >= below:
         return ""
