@@ -56,6 +56,23 @@ def test_fit_reports_bad_files_and_continues(images, capsys, monkeypatch):
     assert "corrupt.png" in html and "data:image/png;base64" in html and "Software" in html
 
 
+def test_images_without_an_xray_in_them_are_skipped_with_the_problem_and_the_fix(tmp_path, capsys):
+    """A TIFF with NaN pixels names how many and what to do; a constant image is refused by the polarity
+    detection as holding no X-ray (nothing reaches a network: no model is needed)."""
+    import SimpleITK as sitk
+
+    nan = np.full((64, 64), 100.0, np.float32)
+    nan[3:5, 3:8] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.tif"))
+    write_png(tmp_path / "flat.png", np.full((64, 64), 90, np.uint8))
+    assert main(["fit", "--task", "head", str(tmp_path / "nan.tif"), str(tmp_path / "flat.png"),
+                 "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "nan.tif contains NaN/infinite pixels (10 of 4096)" in err and "replace them" in err
+    assert "flat.png: Polarity detection got an image without contrast" in err and "check the file" in err
+    assert "0 fitted" in err
+
+
 def test_fit_image_result_is_json_ready(images, monkeypatch):
     tmp, paths, pred = images
     use_standins(monkeypatch, pred)

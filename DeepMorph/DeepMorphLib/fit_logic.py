@@ -178,7 +178,8 @@ def _check_image(image) -> np.ndarray:
     if image.ndim != 2 or min(image.shape) < 16:
         raise ValueError(f"Expected a 2-D X-ray of at least 16 x 16 pixels, got shape {image.shape}.")
     if not np.all(np.isfinite(image)):
-        raise ValueError("The X-ray contains NaN/infinite pixels.")
+        raise ValueError(f"The X-ray contains NaN/infinite pixels ({int(image.size - np.isfinite(image).sum())} of "
+                         f"{image.size}); replace them (e.g. with the background value) or crop them away first.")
     return image
 
 

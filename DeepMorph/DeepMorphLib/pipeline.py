@@ -344,7 +344,9 @@ def _as_image(image) -> np.ndarray:
     if min(img.shape) < 16:
         raise ValueError(f"Image of {img.shape[1]}x{img.shape[0]} px is too small to fit (at least 16x16).")
     if not np.all(np.isfinite(img)):
-        raise ValueError("Image contains NaN/infinite pixels.")
+        bad = int(img.size - np.isfinite(img).sum())
+        raise ValueError(f"Image contains NaN/infinite pixels ({bad} of {img.size}); replace them (e.g. with the "
+                         "image's background value) or crop them away, then try again.")
     return img
 
 

@@ -112,8 +112,9 @@ def ridge_polarity_score(image) -> float:
     if valid.sum() < 0.1 * img.size:  # almost nothing left: use the whole image
         valid = np.ones(img.shape, bool)
     lo, hi = np.percentile(img[valid], [1, 99])
-    if hi - lo <= 0:
-        raise ValueError("Polarity detection got an image without contrast (constant inside the field).")
+    if hi - lo <= 1e-6 * max(1.0, abs(hi)):  # float rounding (e.g. of the enlargement) is not contrast
+        raise ValueError("Polarity detection got an image without contrast (constant inside the field): it holds "
+                         "no X-ray; check the file, or the window / level it was exported with.")
     s = ((img - lo) / (hi - lo)).astype(np.float32)
     valid &= ~non_anatomy(s, valid)
     dist = ndi.distance_transform_edt(np.pad(valid, 1))[1:-1, 1:-1]  # px to the nearest excluded pixel/edge

@@ -75,7 +75,9 @@ def read_image_2d(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"Image {path} is not 2-D after squeezing (shape {arr.shape}); give one X-ray frame.")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"Image {path} contains NaN/infinite pixels.")
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise ValueError(f"Image {path} contains NaN/infinite pixels ({bad} of {arr.size}); replace them (e.g. with "
+                         "the image's background value) or crop them away, then try again.")
     return arr
 
 
