@@ -411,7 +411,9 @@ class DeepMorphTest(ScriptedLoadableModuleTest):  # noqa: F405
 
         from DeepMorphSimulatorLib.mrml_glue import image_to_node
 
-        blank = image_to_node(np.full((128, 128), 200, np.uint8), slicer.mrmlScene, "blank")
+        stripes = np.full((128, 128), 200, np.uint8)
+        stripes[::2] = 210  # some contrast (a constant image is refused as holding no X-ray), and no femur
+        blank = image_to_node(stripes, slicer.mrmlScene, "blank")
         logic = DeepMorphLogic()
         p = logic.getParameterNode()
         p.inputVolume = blank
