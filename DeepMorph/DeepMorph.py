@@ -114,7 +114,7 @@ class DeepMorphParameterNode:
     modelPath: pathlib.Path = pathlib.Path(__file__).parent / "Resources" / "Models" / "head.safetensors"
     polarity: Polarity = Polarity.AUTO
     side: Side = Side.AUTO
-    femurMinQuality: Annotated[float, WithinRange(0.0, 1.0)] = 0.35  # pipeline.FEMUR_MIN_QUALITY
+    femurMinQuality: Annotated[float, WithinRange(0.0, 1.0)] = 0.35  # femur_confirm.FEMUR_MIN_QUALITY
     keepUnconfirmedHead: bool = False
     testTimeViews: TestTimeViews = TestTimeViews.MODEL
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5

@@ -224,8 +224,8 @@ def test_head_dome_radius_follows_the_placed_shape(pdm):
 def test_a_fit_shrunk_onto_the_ridge_is_refused_by_its_head_size(pdm):
     """Started at a fifth of its size, the ASM shrinks the PDM onto a few px of the head's ridge: every point sits on
     the outline (mean point-to-curve < 0.5 px, quality > 0.9: neither can tell), yet the head radius is < 5 px, which
-    pipeline.confirm_femur refuses (448 px image: plausible 27-121 px); the true femur's head (~38 px) passes."""
-    from DeepMorphLib import pipeline
+    femur_confirm.confirm_femur refuses (448 px image: plausible 27-121 px); the true femur's head (~38 px) passes."""
+    from DeepMorphLib import femur_confirm
     from DeepMorphLib.asm_fit import head_dome_radius
 
     truth, _, _ = known_shape(pdm, seed=5)
@@ -233,8 +233,8 @@ def test_a_fit_shrunk_onto_the_ridge_is_refused_by_its_head_size(pdm):
     shrunk = fit_pdm_to_confidence(conf, pdm, init=Similarity.from_params(0.2, 15.0, (224.0, 230.0)))
     assert shrunk.detected and head_dome_radius(shrunk.points, _dome()) < 5.0 and shrunk.quality > 0.9
     assert np.mean(point_to_curve_distance(shrunk.points, truth)) < 0.5
-    assert "radius is" in pipeline.implausible_size_reason(shrunk.points, _dome(), (448, 448))
-    assert pipeline.implausible_size_reason(truth, _dome(), (448, 448)) == ""
+    assert "radius is" in femur_confirm.implausible_size_reason(shrunk.points, _dome(), (448, 448))
+    assert femur_confirm.implausible_size_reason(truth, _dome(), (448, 448)) == ""
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])

@@ -4,7 +4,7 @@ whole femur fit, and a confident femur fit that puts the head elsewhere wins
 import numpy as np
 import pytest
 
-from DeepMorphLib import head_femur_check, pipeline
+from DeepMorphLib import femur_confirm, head_femur_check, pipeline
 from test_edge_snap import HEAD, FarHead, dome_points_on_the_head, flat_image, sphere_shadow  # noqa: F401 (autouse)
 
 
@@ -128,7 +128,7 @@ def test_the_check_confirms_the_femur_fit_with_the_rules_it_was_tuned_with(femur
     off_dome = [i for i in range(n) if not d0 <= i <= d1]
     mostly_guessed.point_confidence[off_dome[:int(0.35 * n)]] = 0.05  # 35 % extrapolated
     mostly_guessed.contour[off_dome] = [224.0, 300.0]  # in the image
-    assert "extrapolated" in pipeline.femur_confirmation_reason(  # the femur task's own rules would not confirm it
+    assert "extrapolated" in femur_confirm.femur_confirmation_reason(  # the femur task's own rules would not confirm it
         0.45, mostly_guessed.contour, image_shape=(448, 448), point_confidence=mostly_guessed.point_confidence)
     femur_fit.result = mostly_guessed
     res = check(head_result(circle=None, detected=False), flat_image())
@@ -150,7 +150,7 @@ def test_a_head_nothing_else_found_comes_from_a_femur_fit_confident_along_its_do
         network = check(head_result(), flat_image())  # the head network's circle, which nothing confirms
         assert network.detected and network.circle["replaced"] == {"cx": HEAD[0] - 150, "cy": HEAD[1] + 150,
                                                                     "r": HEAD[2]}
-    lo, hi = pipeline.plausible_head_radius_px((448, 448))
+    lo, hi = femur_confirm.plausible_head_radius_px((448, 448))
     for weak in (femur_result(quality=0.2, dome_confidence=head_femur_check.FEMUR_CHECK_DOME - 0.05),
                  femur_result(quality=0.2, r=lo - 2.0), femur_result(quality=0.2, r=hi + 2.0)):
         femur_fit.result = weak

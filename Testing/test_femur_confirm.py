@@ -5,7 +5,7 @@ import types
 import numpy as np
 import pytest
 
-from DeepMorphLib import pipeline
+from DeepMorphLib import femur_confirm, pipeline
 from DeepMorphLib.overlay import FIT_CONTOUR, UNCONFIRMED, draw_overlay
 
 
@@ -21,7 +21,7 @@ def femur_result(quality, detected=True):
                                                        (0.39, 0.4, False), (0.4, 0.4, True)])
 def test_confirm_femur(quality, limit, confirmed):
     res = femur_result(quality)
-    pipeline.confirm_femur(res, limit)
+    femur_confirm.confirm_femur(res, limit)
     assert res.detected is confirmed
     assert res.contour is not None and res.landmarks  # kept either way: for review when not confirmed
     if not confirmed:
@@ -31,10 +31,10 @@ def test_confirm_femur(quality, limit, confirmed):
 def test_confirm_femur_leaves_not_detected_results_and_refuses_a_negative_limit():
     res = femur_result(None, detected=False)
     res.reason = "only 3 foreground pixels"
-    pipeline.confirm_femur(res)
+    femur_confirm.confirm_femur(res)
     assert res.reason == "only 3 foreground pixels"
     with pytest.raises(ValueError, match=">= 0"):
-        pipeline.confirm_femur(femur_result(0.3), -0.1)
+        femur_confirm.confirm_femur(femur_result(0.3), -0.1)
 
 
 @pytest.mark.parametrize("radius, confirmed", [(30.0, True), (60.0, False), (8.0, False)])
@@ -44,8 +44,8 @@ def test_confirm_femur_refuses_an_implausibly_sized_head(radius, confirmed):
     res = femur_result(0.8)
     t = np.linspace(0.0, np.pi, 40)
     res.contour = np.column_stack([100 + radius * np.cos(t), 120 - radius * np.sin(t)])
-    assert pipeline.plausible_head_radius_px((200, 200)) == pytest.approx((12.0, 54.0))
-    pipeline.confirm_femur(res, head_dome=(0, 39))
+    assert femur_confirm.plausible_head_radius_px((200, 200)) == pytest.approx((12.0, 54.0))
+    femur_confirm.confirm_femur(res, head_dome=(0, 39))
     assert res.detected is confirmed and res.contour is not None
     if not confirmed:
         assert f"radius is {radius:.1f} px" in res.reason and "12-54 px" in res.reason
@@ -80,7 +80,7 @@ def test_fit_image_refuses_a_femur_fit_shrunk_to_a_few_px(monkeypatch):
 
 def test_the_overlay_draws_an_unconfirmed_contour_dashed_orange():
     res = femur_result(0.3)
-    pipeline.confirm_femur(res)
+    femur_confirm.confirm_femur(res)
     rgb = draw_overlay(np.full((200, 200), 128, np.float32), res)
     orange = np.all(rgb == UNCONFIRMED, axis=-1)
     assert orange.sum() > 50 and not np.all(rgb == FIT_CONTOUR, axis=-1).any()
@@ -103,7 +103,7 @@ def test_evaluate_scores_an_unconfirmed_contour_apart():
     arc = np.column_stack([100 + 62 * np.cos(t), 120 - 62 * np.sin(t)])  # 2 px outside the fitted arc everywhere
     outline = arc.tolist() + [[38, 300], [162, 300]]
     sample = {"id": "x", "truth": {"contour": outline}, "meta": {"polarity": "bone-dark"}}
-    pipeline.confirm_femur(res)
+    femur_confirm.confirm_femur(res)
     rec = score_sample("femur", sample, res, real=False, shape=(448, 448))
     assert rec["p2c"] is None and rec["p2c_unconfirmed"] == pytest.approx(2.0, abs=0.3) and not rec["detected"]
     ok = score_sample("femur", sample, femur_result(0.8), real=False, shape=(448, 448))
@@ -154,7 +154,7 @@ def test_a_mostly_extrapolated_weak_fit_is_not_confirmed():
     """40 contour points in the image: 12 (30 %) with confidence < 0.2 and a mean confidence of 0.5 (< 0.55) is
     mostly the shape model's guess; 11 extrapolated (27.5 %), a mean of 0.6, points outside the image, or
     ``min_quality`` 0 (confirmation off) keep it confirmed."""
-    assert (pipeline.FEMUR_MAX_EXTRAPOLATED, pipeline.FEMUR_EXTRAPOLATED_QUALITY) == (0.3, 0.55)
+    assert (femur_confirm.FEMUR_MAX_EXTRAPOLATED, femur_confirm.FEMUR_EXTRAPOLATED_QUALITY) == (0.3, 0.55)
 
     def fit(n_low, quality, shift=0.0):
         res = femur_result(quality)
@@ -163,14 +163,14 @@ def test_a_mostly_extrapolated_weak_fit_is_not_confirmed():
         return res
 
     weak = fit(12, 0.5)
-    pipeline.confirm_femur(weak)
+    femur_confirm.confirm_femur(weak)
     assert not weak.detected and "30% of its contour in the image is extrapolated" in weak.reason
     for ok, limit in ((fit(11, 0.5), 0.35), (fit(12, 0.6), 0.35), (fit(12, 0.5), 0.0)):
-        pipeline.confirm_femur(ok, limit)
+        femur_confirm.confirm_femur(ok, limit)
         assert ok.detected, ok.reason
     half_out = fit(12, 0.5, shift=52.0)  # x = 152 + 60 cos t: points 0-8 (9 of the 12 extrapolated) leave the image
     assert np.all(half_out.contour[:9, 0] > 199.5) and np.all(half_out.contour[9:, 0] < 199.5)  # 200 px wide
-    pipeline.confirm_femur(half_out)
+    femur_confirm.confirm_femur(half_out)
     assert half_out.detected  # 3 of the 31 points inside are extrapolated: 10 %
 
 

@@ -154,9 +154,9 @@ def fake_femur_fit(monkeypatch):
 
 
 def test_an_unconvincing_femur_fit_is_shown_unconfirmed_and_locked(app, fake_femur_fit, monkeypatch):
-    """A fit with a mean confidence at its points below pipeline.FEMUR_MIN_QUALITY is "not detected": its contour
+    """A fit with a mean confidence at its points below femur_confirm.FEMUR_MIN_QUALITY is "not detected": its contour
     is kept for review as its own orange, locked curve; a convincing fit hides that curve again."""
-    from DeepMorphLib import pipeline
+    from DeepMorphLib import femur_confirm
 
     fitter = sys.modules["DeepMorphLib.asm_fit"]
     good = fitter.fit_pdm_to_confidence
@@ -167,7 +167,7 @@ def test_an_unconvincing_femur_fit_is_shown_unconfirmed_and_locked(app, fake_fem
     result, nodes = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
                                         predict=lambda image: ring(*CIRCLE))
     assert not result.detected and "not confirmed" in result.summary() and "0.30" in result.reason
-    assert str(pipeline.FEMUR_MIN_QUALITY) in result.reason
+    assert str(femur_confirm.FEMUR_MIN_QUALITY) in result.reason
     curve = nodes["unconfirmed_contour"]
     assert curve.GetDisplayNode().GetVisibility() and curve.GetLocked() and "unconfirmed" in curve.GetName()
     assert np.allclose(curve.GetDisplayNode().GetSelectedColor(), logic.UNCONFIRMED_COLOR)

@@ -93,8 +93,8 @@ def test_ui_parameter_names_match_connectable_fields(module):
 
 
 def test_confirmation_defaults_match_the_pipeline():
-    """The DeepMorph module's femur minimum confidence starts at pipeline.FEMUR_MIN_QUALITY, the head rule on."""
-    from DeepMorphLib.pipeline import FEMUR_MIN_QUALITY
+    """The DeepMorph module's femur minimum confidence starts at femur_confirm.FEMUR_MIN_QUALITY, the head rule on."""
+    from DeepMorphLib.femur_confirm import FEMUR_MIN_QUALITY
 
     _, tree = module_tree("DeepMorph")
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "DeepMorphParameterNode")

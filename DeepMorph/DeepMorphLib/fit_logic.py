@@ -255,7 +255,7 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
     ``side``: "left" / "right" when the femur's side is known, None or "auto" = either (``pipeline.fit_image``:
     the fits then only try that side's shape).
     ``femur_min_quality``: a femur fit with a lower mean confidence at its points is "not detected", contour kept for
-    review (None = ``pipeline.FEMUR_MIN_QUALITY``, 0 = off); ``keep_unconfirmed_head``: report the head network's
+    review (None = ``femur_confirm.FEMUR_MIN_QUALITY``, 0 = off); ``keep_unconfirmed_head``: report the head network's
     circle that neither its edge nor a confident femur fit confirms, instead of "not detected" (as ``deepmorph fit``).
     """
     from .pipeline import check_side
@@ -378,10 +378,10 @@ def _snap_from_femur(result: FitResult, image, side: str | None = None, snapped:
 
 
 def _confirm_femur(result: FitResult, min_quality: float | None = None, head_dome=None, image_shape=None) -> None:
-    """``pipeline.confirm_femur`` for this module's results: a fit with a mean confidence at its points below
-    ``pipeline.FEMUR_MIN_QUALITY``, one that is mostly extrapolated, or (with ``head_dome`` and ``image_shape``) an
+    """``femur_confirm.confirm_femur`` for this module's results: a fit with a mean confidence at its points below
+    ``femur_confirm.FEMUR_MIN_QUALITY``, one that is mostly extrapolated, or (with ``head_dome`` and ``image_shape``) an
     implausibly sized head, is "not detected", its contour kept (shown as "Femur contour (unconfirmed)")."""
-    from .pipeline import FEMUR_MIN_QUALITY, femur_confirmation_reason
+    from .femur_confirm import FEMUR_MIN_QUALITY, femur_confirmation_reason
 
     limit = FEMUR_MIN_QUALITY if min_quality is None else min_quality
     reason = femur_confirmation_reason(result.quality.get("quality"), result.contour, limit, head_dome, image_shape,

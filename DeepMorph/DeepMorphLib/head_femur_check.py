@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from DeepMorphLib import pipeline
+from DeepMorphLib import femur_confirm, pipeline
 
 
 def _network_map(net, img, polarity: str) -> np.ndarray:
@@ -310,7 +310,7 @@ def check_with_femur_fit(result: pipeline.FitResult, img, polarity: str, device,
 
 
 CHECK_CONFIRMATION = {"min_quality": 0.4, "extrapolated_rule": (0.4, 0.5)}  # the femur task's confirmation as the
-#   femur check was tuned with (``pipeline.femur_confirmation_reason``; the femur task's own rules were re-tuned in
+#   femur check was tuned with (``femur_confirm.femur_confirmation_reason``; the femur task's own rules were re-tuned in
 #   session 37 to 0.35 and (0.3, 0.55): through the check they moved one tune7 head, 000331, 0.49 -> 9.5 px, and none
 #   of tune3's, so the check keeps these)
 
@@ -318,7 +318,7 @@ CHECK_CONFIRMATION = {"min_quality": 0.4, "extrapolated_rule": (0.4, 0.5)}  # th
 def _confirm_as_tuned(femur: pipeline.FitResult) -> None:
     """The femur task's fit (found with the quality rules off) confirmed by ``CHECK_CONFIRMATION``: "not detected"
     with the reason when it fails them."""
-    reason = pipeline.femur_confirmation_reason(femur.quality, femur.contour, CHECK_CONFIRMATION["min_quality"],
+    reason = femur_confirm.femur_confirmation_reason(femur.quality, femur.contour, CHECK_CONFIRMATION["min_quality"],
                                                 image_shape=femur.image_shape, point_confidence=femur.point_confidence,
                                                 extrapolated_rule=CHECK_CONFIRMATION["extrapolated_rule"])
     if femur.detected and reason:
@@ -340,7 +340,7 @@ def _confident_dome_circle(femur: pipeline.FitResult, dome: tuple, shape: tuple,
     seed = dome_circle(np.asarray(femur.contour, dtype=float)[dome[0]: dome[1] + 1])
     if not seed.detected or seed.r > 0.5 * max(shape):
         return None
-    lo, hi = pipeline.plausible_head_radius_px(shape)
+    lo, hi = femur_confirm.plausible_head_radius_px(shape)
     return seed if confirmed or lo <= seed.r <= hi else None
 
 
