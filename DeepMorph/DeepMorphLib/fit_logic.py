@@ -177,9 +177,9 @@ def _check_image(image) -> np.ndarray:
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2 or min(image.shape) < 16:
         raise ValueError(f"Expected a 2-D X-ray of at least 16 x 16 pixels, got shape {image.shape}.")
-    if not np.all(np.isfinite(image)):
-        raise ValueError(f"The X-ray contains NaN/infinite pixels ({int(image.size - np.isfinite(image).sum())} of "
-                         f"{image.size}); replace them (e.g. with the background value) or crop them away first.")
+    from DeepMorphSimulatorLib.files import check_finite
+
+    check_finite(image, "The X-ray")
     return image
 
 

@@ -345,10 +345,9 @@ def _as_image(image) -> np.ndarray:
         raise ValueError(f"fit_image expects a 2-D grey image (H, W), got shape {img.shape}.")
     if min(img.shape) < 16:
         raise ValueError(f"Image of {img.shape[1]}x{img.shape[0]} px is too small to fit (at least 16x16).")
-    if not np.all(np.isfinite(img)):
-        bad = int(img.size - np.isfinite(img).sum())
-        raise ValueError(f"Image contains NaN/infinite pixels ({bad} of {img.size}); replace them (e.g. with the "
-                         "image's background value) or crop them away, then try again.")
+    from DeepMorphSimulatorLib.files import check_finite
+
+    check_finite(img, "Image")
     return img
 
 

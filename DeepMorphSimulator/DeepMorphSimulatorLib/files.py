@@ -74,11 +74,16 @@ def read_image_2d(path: str | os.PathLike) -> np.ndarray:
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise ValueError(f"Image {path} is not 2-D after squeezing (shape {arr.shape}); give one X-ray frame.")
-    if not np.all(np.isfinite(arr)):
-        bad = int(arr.size - np.isfinite(arr).sum())
-        raise ValueError(f"Image {path} contains NaN/infinite pixels ({bad} of {arr.size}); replace them (e.g. with "
-                         "the image's background value) or crop them away, then try again.")
+    check_finite(arr, f"Image {path}")
     return arr
+
+
+def check_finite(image: np.ndarray, what: str = "The image") -> None:
+    """Raise ValueError when ``image`` has NaN/infinite pixels, saying how many and what to do."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        raise ValueError(f"{what} contains NaN/infinite pixels ({int(finite.size - finite.sum())} of {finite.size}); "
+                         "replace them (e.g. with the image's background value) or crop them away, then try again.")
 
 
 def _json_default(obj):
