@@ -35,14 +35,16 @@ FEMUR_EXTRAPOLATED_QUALITY = 0.55  # extrapolated (``overlay.EXTRAPOLATED_BELOW`
 #   the third moved 1.812 -> 1.704, 2.220 -> 2.231, 2.589 -> 2.176 px (docs/experiments.md, session 37)
 
 
-def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None) -> None:
+def confirm_femur(result: FitResult, min_quality: float = FEMUR_MIN_QUALITY, head_dome=None,
+                  extrapolated_rule=None) -> None:
     """A detected femur fit whose ``quality`` (mean confidence at its points) is below ``min_quality``, that is mostly
     extrapolated (``mostly_extrapolated_reason``; both off when ``min_quality`` is 0) or, with ``head_dome`` (the PDM's
     head-dome point indices), whose head is implausibly sized for the image (``implausible_size_reason``), becomes
     "not detected" (reason given); its contour, landmarks and point confidences stay in ``result`` for review
-    (overlays draw it dashed orange, the Slicer module as an "unconfirmed" contour)."""
+    (overlays draw it dashed orange, the Slicer module as an "unconfirmed" contour). ``extrapolated_rule``: as in
+    ``mostly_extrapolated_reason``."""
     reason = femur_confirmation_reason(result.quality, result.contour, min_quality, head_dome, result.image_shape,
-                                       result.point_confidence)
+                                       result.point_confidence, extrapolated_rule)
     if result.detected and reason:
         result.detected, result.reason = False, reason
 

@@ -318,11 +318,8 @@ CHECK_CONFIRMATION = {"min_quality": 0.4, "extrapolated_rule": (0.4, 0.5)}  # th
 def _confirm_as_tuned(femur: pipeline.FitResult) -> None:
     """The femur task's fit (found with the quality rules off) confirmed by ``CHECK_CONFIRMATION``: "not detected"
     with the reason when it fails them."""
-    reason = femur_confirm.femur_confirmation_reason(femur.quality, femur.contour, CHECK_CONFIRMATION["min_quality"],
-                                                image_shape=femur.image_shape, point_confidence=femur.point_confidence,
-                                                extrapolated_rule=CHECK_CONFIRMATION["extrapolated_rule"])
-    if femur.detected and reason:
-        femur.detected, femur.reason = False, reason
+    femur_confirm.confirm_femur(femur, CHECK_CONFIRMATION["min_quality"],
+                                extrapolated_rule=CHECK_CONFIRMATION["extrapolated_rule"])
 
 
 def _confident_dome_circle(femur: pipeline.FitResult, dome: tuple, shape: tuple,
