@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from DeepMorphLib.blas_threads import with_serial_blas
 from DeepMorphLib.femur_confirm import FEMUR_MIN_QUALITY, confirm_femur
 
 TASKS = ("head", "femur")
@@ -573,6 +574,7 @@ def side_option(pdm, side: str | None) -> dict:
 
 
 @with_task_views
+@with_serial_blas
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
