@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .pipeline import test_time_views_block, with_task_views
+from .working_size import at_working_size
 
 TASKS = ("head", "femur")
 POLARITIES = ("auto", "bone-dark", "bone-bright")
@@ -53,6 +54,7 @@ class FitResult:
     model: str = ""
     test_time_views: int | None = None  # views the task network averaged (``inference.views_for``); None = stand-in
     confidence: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    fit_scale: float = 1.0  # image px per px of the image the fit ran on (> 1: a large image reduced, working_size)
 
     def landmarks_uv(self) -> dict[str, np.ndarray]:
         if self.contour is None:
@@ -64,7 +66,7 @@ class FitResult:
             "task": self.task, "detected": bool(self.detected), "reason": self.reason, "polarity": self.polarity,
             "polarity_score": self.polarity_score, "side": self.side,
             "image_size_px": [int(self.image_shape[1]), int(self.image_shape[0])], "pixel_mm": self.pixel_mm,
-            "model": self.model, "test_time_views": self.test_time_views,
+            "model": self.model, "test_time_views": self.test_time_views, "fit_scale": self.fit_scale,
             "quality": {k: float(v) for k, v in self.quality.items()},
             "frame": "image pixels: u = column, v = row, pixel centres at integers",
         }
@@ -236,12 +238,28 @@ def _score(result: FitResult) -> float:
     return q.get("quality", q.get("mean_point_confidence", 0.0))
 
 
+def _in_image_px(result: FitResult, to_px, image_shape: tuple, resample) -> None:
+    """``working_size.at_working_size``'s mapping of a fit made on the reduced image back to the image's px."""
+    result.image_shape, result.fit_scale = image_shape, float(to_px.length)
+    if result.circle is not None:
+        c = to_px.circle({"cx": result.circle[0], "cy": result.circle[1], "r": result.circle[2]})
+        result.circle = (c["cx"], c["cy"], c["r"])
+    if result.contour is not None:
+        result.contour = to_px.xy(result.contour)
+    result.quality = {k: (to_px.circle({k: v})[k] if k in ("residual_px", "n_pixels") else v)
+                      for k, v in result.quality.items()}
+    if result.confidence is not None:
+        result.confidence = resample(result.confidence, image_shape)
+
+
 @with_task_views
+@at_working_size(_check_image, _in_image_px)
 def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None, polarity: str = "auto",
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
               edge_snap: bool = True, head_anchor=None, region=None, side: str | None = None,
               femur_min_quality: float | None = None, keep_unconfirmed_head: bool = False) -> FitResult:
-    """Network confidence map + morphing fit on one X-ray (H, W).
+    """Network confidence map + morphing fit on one X-ray (H, W); an X-ray larger than 448 px on its longer side is
+    fitted reduced to that (``working_size``) and the result given in its own px, as ``pipeline.fit_image`` does.
 
     ``polarity`` "auto": detected as by ``deepmorph fit`` (``polarity.detect_polarity``; when its evidence is weak,
     below ``pipeline.AUTO_FIT_BELOW``, both polarities are fitted and the better fit is kept). ``predict(image) -> conf``

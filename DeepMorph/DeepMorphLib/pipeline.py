@@ -20,6 +20,7 @@ import numpy as np
 
 from DeepMorphLib.blas_threads import with_serial_blas
 from DeepMorphLib.femur_confirm import FEMUR_MIN_QUALITY, confirm_femur
+from DeepMorphLib.working_size import at_working_size
 
 TASKS = ("head", "femur")
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -313,6 +314,7 @@ class FitResult:
     model: dict = field(default_factory=dict)
     source: str | None = None
     confidence: np.ndarray | None = field(default=None, repr=False)  # (H, W) float32 in [0, 1]
+    fit_scale: float = 1.0  # image px per px of the image the fit ran on (> 1: a large image reduced, working_size)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (no confidence map; arrays as lists; NaN -> None)."""
@@ -334,7 +336,7 @@ class FitResult:
         keys = ("source", "task", "image_shape", "detected", "reason", "polarity", "polarity_score",
                 "polarity_mode", "side", "circle", "contour", "contour_closed", "reflected", "point_confidence",
                 "head_anchor", "fit_start", "fit_map", "landmarks",
-                "quality", "timings_ms", "model")
+                "quality", "fit_scale", "timings_ms", "model")
         return {k: clean(getattr(self, k)) for k in keys}
 
 
@@ -573,8 +575,23 @@ def side_option(pdm, side: str | None) -> dict:
     return {} if side is None else {"reflection": pdm.reflection_for(side)}
 
 
+def _in_image_px(result: FitResult, to_px, image_shape: tuple, resample) -> None:
+    """``working_size.at_working_size``'s mapping of a fit made on the reduced image back to the image's px."""
+    result.image_shape, result.fit_scale = image_shape, float(to_px.length)
+    if result.circle:
+        result.circle = to_px.circle(result.circle)
+    if result.head_anchor:
+        result.head_anchor = to_px.circle(result.head_anchor)
+    if result.contour is not None:
+        result.contour = to_px.xy(result.contour)
+    result.landmarks = {name: to_px.xy(xy).tolist() for name, xy in result.landmarks.items()}
+    if result.confidence is not None:
+        result.confidence = resample(result.confidence, image_shape)
+
+
 @with_task_views
 @with_serial_blas
+@at_working_size(_as_image, _in_image_px)
 def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *, predictor=None,
               device: str = "auto", threshold: float = 0.5, min_pixels: int = 100,
               circle_method: str = "algebraic", fit_options: dict | None = None, source: str | None = None,
@@ -583,7 +600,9 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
               detected_polarity: tuple | None = None, femur_min_quality: float | None = None,
               keep_unconfirmed_head: bool = False) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
-    named landmarks) in ``image`` (float (H, W), any grey range, either polarity).
+    named landmarks) in ``image`` (float (H, W), any grey range, either polarity). An image larger than
+    ``working_size.WORKING_SIZE_PX`` (448 px) on its longer side is fitted reduced to that size and the result
+    given in its own px (``fit_scale``: image px per fitted px; the confidence map resampled to the image).
 
     ``model``/``predictor``: see ``load_predictor`` (None = shipped model). ``pdm``: see ``load_shape_model``.
     ``polarity``: "auto" (detected, ``polarity.detect_polarity``), "bone-dark" or "bone-bright"; the image is
