@@ -63,6 +63,21 @@ def test_sigkill_mid_run_then_resume_gives_identical_files(reference, tmp_path):
     assert _tree(out) == reference
 
 
+def test_a_sample_with_a_missing_or_damaged_file_is_rendered_again(tmp_path):
+    """Resume checks every file of a sample, not only that its JSON exists: a deleted target PNG or a cut-short JSON
+    makes the sample incomplete, and the re-run writes it again, byte-identical."""
+    settings = ds.DatasetSettings(size=64, group=3, phantom_spacing_mm=3.0, seed=5)
+    out = tmp_path / "d"
+    ds.generate(settings, out, 3, progress=False)
+    before = _tree(out)
+    (out / "samples" / "000001_femur.png").unlink()
+    (out / "samples" / "000002.json").write_text('{"head_circle": [1')
+    assert ds.is_complete(out, 0) and not ds.is_complete(out, 1) and not ds.is_complete(out, 2)
+    stats = ds.generate(settings, out, 3, progress=False)
+    assert stats["skipped"] == 1 and stats["written"] == 2
+    assert _tree(out) == before
+
+
 def _children(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (from /proc)."""
     out = []

@@ -7,9 +7,12 @@ stays fast and a heavy dependency (torch, vtk) is loaded only where needed.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import signal
 import sys
+from pathlib import Path
 
 COMMANDS = {
     "demo": "DeepMorphLib.commands.demo",
@@ -99,12 +102,37 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndeepmorph: cancelled (Ctrl-C); finished work is kept and a re-run resumes it.", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
         print(f"deepmorph {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file in the way, no permission, disk full...: one line, no traceback
+        print(f"deepmorph {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the path, the problem and what to do (our own messages are kept as they are)."""
+    path = exc.filename2 or exc.filename  # a rename's target, else the file
+    if exc.errno == errno.ENOSPC:
+        where = f" while writing {os.fsdecode(path)}" if isinstance(path, (str, bytes)) else ""
+        return f"no space left on the device{where}; free some space and re-run (finished files are kept)."
+    if exc.errno is None or not isinstance(path, (str, bytes)):
+        return str(exc)
+    path = Path(os.fsdecode(path))
+    in_the_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and in_the_way:
+        return (f"cannot write {path}: {in_the_way} is a file, not a folder; choose another output path or move "
+                "the file away.")
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder; give a file name instead."
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {path}; choose a location you can write to (or change its permissions)."
+    if isinstance(exc, FileNotFoundError):
+        return f"{path} does not exist; check the path."
+    return f"{exc.strerror}: {path}; check the path and re-run."
 
 
 if __name__ == "__main__":

@@ -33,14 +33,25 @@ POLARITIES = ("as-is", "invert")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; otherwise ``torch.device(device)`` (clear error if absent)."""
+    """"auto" -> CUDA when available, else CPU; otherwise ``torch.device(device)``. ValueError for a device that is
+    not one of auto, cpu, cuda, cuda:N, mps, or that this machine does not have."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Device {device!r} requested but CUDA is not available here; use 'cpu' or 'auto'.")
+        raise ValueError("CUDA is not available on this machine; use --device cpu or auto.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"No CUDA device {dev.index}: this machine has {torch.cuda.device_count()}; use --device cuda "
+                         f"or cuda:0..{torch.cuda.device_count() - 1}.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS (Apple GPU) is not available on this machine; use --device cpu or auto.")
     return dev
 
 

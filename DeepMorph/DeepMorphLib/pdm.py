@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,8 +335,13 @@ class PointDistributionModel:
     def load(cls, path: str | os.PathLike) -> "PointDistributionModel":
         """Read a model written by ``save`` (``.npz``, ``.json`` or the common stem)."""
         npz, sidecar = _paths(path)
+        if not npz.is_file() and Path(path).is_file():  # e.g. a .txt: not one of ours
+            npz = Path(path)
         if not npz.is_file():
             raise FileNotFoundError(f"PDM file not found: {npz}")
+        if not zipfile.is_zipfile(npz):
+            raise ValueError(f"{npz} is not a PDM .npz file (not a NumPy .npz archive); give the .npz that "
+                             "'deepmorph build-pdm' writes.")
         meta = {}
         if sidecar.is_file():
             meta = json.loads(sidecar.read_text(encoding="utf-8"))

@@ -29,13 +29,20 @@ LANDMARK_ALIASES = {
 
 def iter_samples(data_dirs):
     """(data_dir, sample JSON path, its ground truth dict) of every sample of ``deepmorph dataset`` directories, in
-    order; ValueError for a directory without samples."""
+    order; ValueError for a directory without samples or a damaged sample JSON (named)."""
     for data_dir in data_dirs:
         samples = sorted(Path(data_dir, "samples").glob("[0-9]*.json"))
         if not samples:
             raise ValueError(f"No samples found in {data_dir}/samples; run 'deepmorph dataset' first.")
         for path in samples:
-            yield data_dir, path, json.loads(path.read_text())
+            try:
+                meta = json.loads(path.read_bytes())
+            except ValueError:
+                meta = None
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path} is not a valid sample JSON (damaged?); re-run 'deepmorph dataset' with the "
+                                 "same arguments on that folder to render it again.")
+            yield data_dir, path, meta
 
 
 def collect_shapes(data_dirs, max_shapes: int | None = None) -> tuple[np.ndarray, dict, list[str]]:

@@ -26,7 +26,7 @@ TASKS = ("head", "femur")
 MODELS_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 TRAIN_HINT = (
     "Train one with our own commands, e.g.\n"
-    "  deepmorph dataset --out data/train --n 2000\n"
+    "  deepmorph dataset --phantom --out data/train --n 2000 --size 256\n"
     "  deepmorph train --task {task} --data data/train --out DeepMorph/Resources/Models/{task}\n"
     "or pass --model PATH to a trained .safetensors file."
 )

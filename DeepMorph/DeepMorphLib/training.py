@@ -140,7 +140,7 @@ def list_samples(data_dir: str | Path, task: str, target: str = "outline") -> li
     samples = root / "samples"
     if not samples.is_dir():
         raise FileNotFoundError(f"{root} is not a DeepMorph dataset (no samples/ folder); make one with "
-                                f"'deepmorph dataset --out {root}'.")
+                                f"'deepmorph dataset --phantom --out {root} --n 2000 --size 256'.")
     images = sorted(p for p in samples.glob("*.png") if p.stem.isdigit())
     if not images:
         raise ValueError(f"{samples} holds no sample images (NNNNNN.png).")

@@ -15,9 +15,10 @@ Directory format (read by the network trainer)::
     DIR/samples/000123.json         geometry, head_circle, contour, points, visible, side, other_femurs,
                                     implants, polarity, detector, seed (written LAST: the completion marker)
 
-Crash safety: every file is written to a temporary name and renamed; the JSON goes last, so a sample
-is complete iff its JSON exists. A re-run with the same arguments skips complete samples and
-re-renders the rest, byte-identical to an uninterrupted run (deterministic rendering and PNG encoding).
+Crash safety: every file is written to a temporary name and renamed; the JSON goes last. A sample is
+complete when all its files exist and its JSON parses. A re-run with the same arguments skips complete
+samples and re-renders the rest (a deleted or damaged file included), byte-identical to an uninterrupted
+run (deterministic rendering and PNG encoding).
 
 Scaling out: because a sample is a pure function of (settings, i), a distributed engine only has to map
 :func:`generate_range` (or :func:`render_and_write`) over index ranges, e.g. ``dask.bag.from_sequence(
@@ -87,6 +88,8 @@ class DatasetSettings:
             raise ValueError(f"--size must lie in 32-2048 px, got {self.size}.")
         if not 0.0 <= float(self.implants) <= 1.0:
             raise ValueError(f"--implants is a probability in [0, 1], got {self.implants}.")
+        if not 0.0 <= float(self.p_bone_bright) <= 1.0:
+            raise ValueError(f"--p-bone-bright is a share in [0, 1], got {self.p_bone_bright}.")
         from .detector import DISPLAY_WINDOWS
 
         if self.display_window not in DISPLAY_WINDOWS:
@@ -104,6 +107,9 @@ class DatasetSettings:
             raise ValueError(f"--phantom-spacing must lie in 0.5-3 mm, got {self.phantom_spacing_mm}.")
         if int(self.seed) < 0:
             raise ValueError(f"--seed must be >= 0, got {self.seed}.")
+        from .drr import resolve_device
+
+        resolve_device(self.device)  # ValueError naming the devices there are, before the manifest stores it
 
     def identity(self) -> dict:
         """The settings that define sample content, as stored in the manifest (paths made absolute)."""
@@ -368,8 +374,15 @@ def sample_paths(out_dir, index: int) -> dict:
 
 
 def is_complete(out_dir, index: int) -> bool:
-    """A sample is complete iff its JSON exists (it is written after the PNGs)."""
-    return sample_paths(out_dir, index)["annotation"].is_file()
+    """A sample is complete when all its files exist and its JSON (written after the PNGs) parses."""
+    paths = sample_paths(out_dir, index)
+    if not all(p.is_file() for p in paths.values()):
+        return False
+    try:
+        json.loads(paths["annotation"].read_bytes())
+    except ValueError:  # cut short or overwritten: rendered again (samples are deterministic)
+        return False
+    return True
 
 
 def write_sample(out_dir, index: int, sample: dict) -> None:
@@ -476,6 +489,7 @@ def prepare(settings: DatasetSettings, out_dir, n: int) -> list[int]:
     settings.validate()
     if int(n) < 1:
         raise ValueError(f"--n must be >= 1, got {n}.")
+    files.check_output_path(out_dir, "--out")
     if settings.source == "ct":
         for label, p in (("CT", settings.ct), ("mesh", settings.mesh), ("landmarks", settings.landmarks)):
             if p is not None and not Path(p).exists():
@@ -556,9 +570,11 @@ def generate(settings: DatasetSettings, out_dir, n: int, workers: int = 1, progr
     are kept, in-flight ones are discarded, and a re-run resumes.
     """
     t0 = time.perf_counter()
+    if int(workers) < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}.")
     todo = prepare(settings, out_dir, n)
     skipped = int(n) - len(todo)
-    workers = max(1, int(workers))
+    workers = int(workers)
     bar = _progress(total=int(n), initial=skipped, enabled=progress)
     written = 0
     try:

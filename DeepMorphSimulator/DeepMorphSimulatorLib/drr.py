@@ -265,11 +265,11 @@ def resolve_device(device) -> str:
         return "torch-cpu" if device == "cpu" else device
     if device in ("cpu", "torch-cpu"):
         return device
-    if isinstance(device, str) and device.startswith("cuda"):
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:") and device[5:].isdigit()):
         if not _cuda_available():
-            raise ValueError(f"device={device!r} was requested but torch sees no CUDA GPU; use device='cpu'.")
+            raise ValueError("CUDA is not available on this machine; use --device cpu or auto.")
         return device
-    raise ValueError(f"device must be 'auto', 'cpu', 'torch-cpu' or 'cuda[:N]', not {device!r}.")
+    raise ValueError(f"Unknown device {device!r}; use auto, cpu, torch-cpu, cuda or cuda:N.")
 
 
 def _cuda_available() -> bool:

@@ -30,6 +30,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def check_output_path(path: str | os.PathLike, option: str = "--out", folder: bool = True) -> Path:
+    """Raise ValueError unless ``path`` can be written as a folder (``folder``) or a file: nothing in the way (a file
+    where a folder must be, a folder where the file must be) and the nearest existing folder writable. Cheap: call it
+    before long work."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name (or a path under the folder).")
+    for p in (path, *path.parents) if folder else path.parents:
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            where = "is a file" if p == path else f"lies under {p}, which is a file"
+            raise ValueError(f"{option} {path} {where}, not a folder; choose another {option} path "
+                             "(or move the file away).")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path}: no permission to write in {p}; choose a folder you can write to.")
+        break
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

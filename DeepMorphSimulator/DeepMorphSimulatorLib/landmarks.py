@@ -128,7 +128,8 @@ def femur_landmarks_from_markups(path: str | os.PathLike, side: str | None = Non
     found, other, radius = {}, set(), None
     prefixes = {_normalise(label).partition("_")[0] for label, _, _ in points}
     if side is None and {"right", "left"} <= prefixes:
-        raise ValueError(f"{path} holds landmarks of both femurs (right_..., left_...); say which side to use.")
+        raise ValueError(f"{path} holds landmarks of both femurs (right_..., left_...); choose one with "
+                         "--side left|right.")
     for label, pos, desc in points:
         key = _normalise(label)
         prefix, _, rest = key.partition("_")

@@ -22,7 +22,7 @@ def add_head_fit_arguments(parser) -> None:
                         help="head: report the head network's circle even when neither its own edge nor a confident "
                              "femur fit confirms it, or when it is only weakly snapped and off the femur (by default "
                              "it is 'not detected', the circle kept for review, unless the femur fit gives the head)")
-    parser.add_argument("--refine-model", default=None, metavar="MODEL",
+    parser.add_argument("--refine-model", default=None, metavar="MODEL", type=_model_or_none,
                         help="head: refinement (ROI) network applied around the first circle (default: the shipped "
                              "one when present; 'none' = off)")
     parser.add_argument("--circle-method", default="algebraic", choices=("algebraic", "geometric", "robust"),
@@ -32,10 +32,10 @@ def add_head_fit_arguments(parser) -> None:
 
 def add_femur_fit_arguments(parser) -> None:
     """Options of the femur PDM fit shared by ``fit`` and ``evaluate``."""
-    parser.add_argument("--head-anchor", default=None, metavar="MODEL",
+    parser.add_argument("--head-anchor", default=None, metavar="MODEL", type=_model_or_none,
                         help="femur: head network whose (edge-snapped) circle anchors extra PDM starts when the first "
                              "fit is not convincing (default: the shipped head network; 'none' = off)")
-    parser.add_argument("--region-model", default=None, metavar="MODEL",
+    parser.add_argument("--region-model", default=None, metavar="MODEL", type=_model_or_none,
                         help="femur: region network whose fit is the last second opinion, polished onto the outline "
                              "network's ridge (default: the shipped one when present; 'none' = off)")
     parser.add_argument("--second-opinion-below", type=float, default=0.7, metavar="Q",
@@ -66,6 +66,17 @@ def _degrees_or_none(text: str) -> float | None:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of degrees or 'none', got {text!r}") from None
+
+
+def _model_or_none(text: str) -> str:
+    """A network option's value: 'none', or a model file that exists (the .safetensors extension optional)."""
+    import argparse
+    from pathlib import Path
+
+    path = Path(text)
+    if text.strip().lower() != "none" and not (path.is_file() or path.with_name(path.name + ".safetensors").is_file()):
+        raise argparse.ArgumentTypeError(f"no model file {text}; give a trained .safetensors file, or 'none' for none")
+    return text
 
 
 def _non_negative(text: str) -> float:

@@ -7,7 +7,8 @@ HELP = "learn the femoral-head circle of a femur contour's head dome from 'deepm
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", nargs="+", required=True, help="dataset directories (deepmorph dataset --out)")
+    parser.add_argument("--data", nargs="+", action="extend", required=True, metavar="DIR",
+                        help="dataset directories (deepmorph dataset --out): --data A B or --data A --data B")
     parser.add_argument("--out", required=True, help="output path without extension (writes .npz + .json)")
     parser.add_argument("--pdm", default=None, help="PDM whose named head dome (anchor_neck_superior .. "
                         "anchor_neck_inferior) is used (default: the shipped one)")

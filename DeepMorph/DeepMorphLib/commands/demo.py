@@ -25,7 +25,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from DeepMorphLib.demo import run_demo
+    from DeepMorphSimulatorLib.files import check_output_path
 
+    check_output_path(args.out, "--out")  # before simulating
     run_demo(args.out, seed=args.seed, n_images=args.n_images, size=args.size, models=args.models, quick=args.quick,
              phantom_spacing_mm=args.phantom_spacing, device=args.device, threads=args.threads or None,
              screenshots=not args.no_screenshot,

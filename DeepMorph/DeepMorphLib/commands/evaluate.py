@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------------------------- samples
 def iter_real(root: Path, n: int | None = None):
-    """Samples of a real-image folder: dicts with id, path, truth (head_circle, femur_outline, eval_max_y) and
-    meta (maturity, modality, side, polarity)."""
+    """Samples of a real-image folder: dicts with id, path, annotation, truth (head_circle, femur_outline, eval_max_y)
+    and meta (maturity, modality, side, polarity); for an annotation that cannot be read: id, path (the annotation)
+    and error."""
     ann_dir = root / "annotations"
     if not ann_dir.is_dir():
         raise FileNotFoundError(f"{root} has no annotations/ folder; --real expects DIR/images + "
@@ -72,15 +73,20 @@ def iter_real(root: Path, n: int | None = None):
     if not files:
         raise ValueError(f"No annotation files in {ann_dir}.")
     for f in files[:n]:
-        ann = json.loads(f.read_text())
-        path = root / ann["image"] if ann.get("image") else root / "images" / f"{f.stem}.png"
-        yield {"id": f.stem, "path": path,
-               "truth": {k: ann.get(k) for k in ("head_circle", "femur_outline", "eval_max_y")},
+        try:
+            ann = _read_json(f)
+            truth = check_truth({k: ann.get(k) for k in ("head_circle", "femur_outline", "eval_max_y")})
+        except ValueError as exc:
+            yield {"id": f.stem, "path": f, "error": f"{exc}; fix or remove this annotation"}
+            continue
+        path = root / ann["image"] if isinstance(ann.get("image"), str) else root / "images" / f"{f.stem}.png"
+        yield {"id": f.stem, "path": path, "annotation": f, "truth": truth,
                "meta": {k: ann.get(k) for k in ("maturity", "modality", "side", "polarity")}}
 
 
 def iter_dataset(root: Path, n: int | None = None):
-    """Samples of a ``deepmorph dataset`` folder (truth: head_circle, contour; meta: polarity, side, implants)."""
+    """Samples of a ``deepmorph dataset`` folder (truth: head_circle, contour; meta: polarity, side, implants); for a
+    sample JSON that cannot be read: id, path (the JSON) and error."""
     samples = root / "samples"
     if not samples.is_dir():
         raise FileNotFoundError(f"{root} has no samples/ folder; --data expects a 'deepmorph dataset' output.")
@@ -88,13 +94,53 @@ def iter_dataset(root: Path, n: int | None = None):
     if not files:
         raise ValueError(f"No samples in {samples}.")
     for f in files[:n]:
-        meta = json.loads(f.read_text())
+        try:
+            meta = _read_json(f)
+            check_truth({k: meta.get(k) for k in ("head_circle", "contour")})
+        except ValueError as exc:
+            yield {"id": f.stem, "path": f, "error": f"{exc}; re-run 'deepmorph dataset' with the same arguments "
+                                                     "to render this sample again"}
+            continue
         yield {"id": f.stem, "path": f.with_suffix(".png"),
                "truth": {"head_circle": meta.get("head_circle"), "contour": meta.get("contour"),
                          "detector": meta.get("detector"), "other_femurs": meta.get("other_femurs") or []},
                "meta": {"polarity": meta.get("polarity"), "side": meta.get("side"),
                         "implants": bool(meta.get("implants")), "modality": "simulated",
                         "phantom": (meta.get("source") or {}).get("phantom_seed")}}
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path`` (ValueError saying what is wrong with it)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+TRUTH_FORMS = {  # ground truth fields: the form they must have (None = absent)
+    "head_circle": ("[cx, cy, r]", lambda a: a.shape == (3,)),
+    "femur_outline": ("[[x, y], ...]", lambda a: a.ndim == 2 and a.shape[1] == 2),
+    "contour": ("[[x, y], ...]", lambda a: a.ndim == 2 and a.shape[1] == 2),
+    "eval_max_y": ("a number", lambda a: a.ndim == 0),
+}
+
+
+def check_truth(truth: dict) -> dict:
+    """``truth`` as it is; ValueError naming the first field (of ``TRUTH_FORMS``) whose value has the wrong form."""
+    for key, value in truth.items():
+        if value is None or value == []:
+            continue
+        form, ok = TRUTH_FORMS[key]
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or not ok(arr) or not np.isfinite(arr).all():
+            raise ValueError(f'"{key}" must be {form}, got {json.dumps(value)[:60]}')
+    return truth
 
 
 def _default_views_per_phantom() -> int:
@@ -289,7 +335,14 @@ def polarity_accuracy(records: list[dict]) -> float | None:
 # ---------------------------------------------------------------------------------------------- command
 def run(args) -> int:
     from DeepMorphLib import pipeline
+    from DeepMorphLib.inference import resolve_device
+    from DeepMorphSimulatorLib.files import check_output_path
 
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n} (leave it out for all images, or 200 held-out ones).")
+    resolve_device(args.device)  # a clear error now rather than every image skipped
+    if args.report:
+        check_output_path(args.report, "--report")
     predictor = pipeline.load_predictor(args.task, args.model, args.device)
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
@@ -301,7 +354,7 @@ def run(args) -> int:
         elif args.data:
             source, real, samples = "data", False, iter_dataset(Path(args.data), args.n)
         else:
-            n = args.n or 200
+            n = 200 if args.n is None else args.n
             root = generate_heldout(Path(tmp) / "heldout", n, args.seed, args.implants, args.workers,
                                     args.views_per_phantom)
             source, real, samples = "heldout", False, iter_dataset(Path(root), n)
@@ -319,6 +372,11 @@ def run(args) -> int:
     result["skipped"] = len(bad)
     if args.report:
         _write_report(Path(args.report), args, result, records, bad, figures)
+    if not records:
+        why = (f"{len(bad)} skipped, e.g. {bad[0][0]}: {bad[0][1]}" if bad else
+               f"none has ground truth for the {args.task} task")
+        print(f"deepmorph evaluate: error: no image could be scored ({why}).", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, sort_keys=False))
     else:
@@ -338,7 +396,19 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
     report = Path(args.report) if args.report else None
     if report:
         report.mkdir(parents=True, exist_ok=True)
+
+    def skip(path, problem):
+        bad.append((str(path), problem))
+        print(f"deepmorph evaluate: skipped {path}: {problem}", file=sys.stderr)
+
+    truth_key = "head_circle" if args.task == "head" else "femur_outline"
     for sample in tqdm(list(samples), desc=f"evaluate {args.task}", unit="img", file=sys.stderr, disable=None):
+        if "error" in sample:  # an annotation or sample JSON that cannot be read
+            skip(sample["path"], sample["error"])
+            continue
+        if real and not sample["truth"].get(truth_key):  # an image without truth for the task is not scored
+            skip(sample["annotation"], f'no "{truth_key}" to score the {args.task} task against')
+            continue
         try:
             image = read_image_2d(sample["path"])
             res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
@@ -350,8 +420,7 @@ def _evaluate(args, samples, predictor, refiner, shape_model, real: bool, anchor
                                      head_anchor=anchor or False, region=region or False,
                                      fit_options=fit_options, side=side_of(sample, args.side))
         except (ValueError, FileNotFoundError, OSError) as exc:
-            bad.append((str(sample["path"]), str(exc)))
-            print(f"deepmorph evaluate: skipped {sample['path']}: {exc}", file=sys.stderr)
+            skip(sample["path"], str(exc))
             continue
         rec = score_sample(args.task, sample, res, real, image.shape, args.side, landmarks)
         if rec is None:

@@ -20,8 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--task", required=True, choices=("head", "femur", "polarity"),
                    help="which outline to learn, or 'polarity': the bone-dark / bone-bright image classifier "
                         "(whole images: give --crop equal to --size)")
-    p.add_argument("--data", required=True, action="append", metavar="DIR",
-                   help="dataset directory (repeat for several)")
+    p.add_argument("--data", required=True, nargs="+", action="extend", metavar="DIR",
+                   help="dataset directories: --data A B or --data A --data B")
     p.add_argument("--out", required=True, metavar="MODEL",
                    help="model path without extension: writes MODEL.safetensors + MODEL.json")
     p.add_argument("--work-dir", default="", metavar="DIR",

@@ -66,7 +66,10 @@ def settings_from_args(args):
 
 def run(args) -> int:
     from ..dataset import generate
+    from ..files import check_output_path
 
+    if args.contact_sheet:
+        check_output_path(args.contact_sheet, "--contact-sheet", folder=False)  # before generating
     stats = generate(settings_from_args(args), args.out, args.n, workers=args.workers, progress=not args.quiet)
     if args.contact_sheet:
         from ..dataset import contact_sheet

@@ -130,10 +130,11 @@ def output_paths(out: str | Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .. import drr
-    from ..files import atomic_write_bytes, atomic_write_json, write_png
+    from ..files import atomic_write_bytes, atomic_write_json, check_output_path, write_png
     from ..volume import read_volume
 
     paths = output_paths(args.out)
+    check_output_path(paths["image"], "--out", folder=False)  # before rendering
     start = time.perf_counter()
     ct = read_volume(args.ct)
     geometry = geometry_from_args(args, ct)

@@ -16,8 +16,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..files import check_output_path
     from ..phantom import make_phantom, phantom_summary, save_phantom
 
+    check_output_path(args.out, "--out")  # before generating
     if not (50.0 <= args.cut_mm <= 190.0):
         raise ValueError(f"--cut-mm must lie in [50, 190] mm (the CT reaches ~190 mm below the hips), got {args.cut_mm}.")
     t0 = time.perf_counter()
