@@ -111,7 +111,8 @@ def test_fit_and_bench_with_a_real_tiny_network(images, tmp_path, capsys):
                  str(paths[0]), "--repeats", "1", "--threads", "1", "--polarity", "bone-bright"]) == 0
     bench = json.loads(capsys.readouterr().out.strip())
     assert bench["pipeline_ms"] > 0 and bench["head_network_ms"] > 0 and bench["threads"] == 1
-    assert main(["fit", "--task", "femur", str(paths[0]), "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert main(["fit", "--task", "femur", str(paths[0]), "--model", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "out-femur")]) == 2  # (an output folder holds one task)
     assert "deepmorph train --task femur" in capsys.readouterr().err
 
 
@@ -188,7 +189,7 @@ def test_the_side_and_femur_check_options_reach_the_fit(monkeypatch, tmp_path, c
     main(args + ["--side", "left"])
     main(args)
     assert [kw["side"] for kw in seen] == ["left", "auto"]
-    main(["fit", "--task", "head", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--no-femur-check"])
+    main(["fit", "--task", "head", str(tmp_path / "x.png"), "--out", str(tmp_path / "out-head"), "--no-femur-check"])
     assert seen[-1]["femur_check"] is False and seen[0]["femur_check"] is True
     with pytest.raises(SystemExit):
         main(args + ["--side", "both"])

@@ -36,22 +36,46 @@ def test_a_rejected_circle_is_kept_dashed_for_review_with_the_reason():
 
 
 def test_a_long_caption_wraps_to_the_image_width_and_the_reason_goes_below_it():
-    from DeepMorphLib.overlay import CHAR_PX, caption_rows
+    from DeepMorphLib.overlay import caption_font, caption_rows
 
     caption = "cgmh_44_L.png: contour 60 points, 24 extrapolated (network confidence < 0.2), quality 0.56; bone-bright"
+    font = caption_font(240)
     rows = caption_rows(caption, 240)
-    assert len(rows) == 3 and all(CHAR_PX * len(r) <= 240 - 4 for r in rows)
+    assert 2 <= len(rows) <= 3 and all(font.getlength(r) <= 240 - 8 for r in rows)
     assert " ".join(rows).split() == caption.split()  # nothing lost
-    assert caption_rows(caption * 3, 240)[-1].endswith("...") and len(caption_rows(caption * 3, 240)) == 3
+    assert caption_rows(caption * 9, 240)[-1].endswith("...") and len(caption_rows(caption * 9, 240)) == 10
     assert caption_rows(None, 240) == [] and caption_rows("short", 240) == ["short"]
+    name = "1.2.840.113619.2.55.3.604688119.868.1234567890.123.png"  # longer than a row: cut, not lost
+    long_name = caption_rows(f"{name}: circle", 128)
+    assert len(long_name) > 1 and all(caption_font(128).getlength(r) <= 128 - 8 for r in long_name)
+    assert "".join(long_name).replace(" ", "") == f"{name}:circle"
 
     image = np.full((200, 240), 100.0)
     result = {"detected": False, "reason": "femur not confirmed: mean confidence 0.2 < 0.4"}
     rgb = draw_overlay(image, result, caption=caption)
+    assert rgb.shape[1] == 240 and rgb.shape[0] > 200 + 15 * (len(rows) + 1)  # a band below the image
+    assert (rgb[:200] == draw_overlay(image)).all()  # the image is not written on
     white = rgb.min(axis=-1) > 200  # antialiased text
-    for k in range(3):  # a line of white text in each of the three caption rows
-        assert white[12 * k:12 * k + 11].any()
-    assert not white[37:].any()
     red = (rgb[..., 0] > 200) & (rgb[..., 1] < 120)
-    rows_red = np.nonzero(red.any(axis=1))[0]
-    assert len(rows_red) and rows_red.min() >= 37  # the reason starts below the caption's band
+    rows_white, rows_red = np.nonzero(white.any(axis=1))[0], np.nonzero(red.any(axis=1))[0]
+    assert rows_white.min() >= 200 and len(rows_red) and rows_red.min() > rows_white.max()  # the reason below it
+
+
+def test_on_small_images_the_caption_hides_nothing_and_is_not_cut_off():
+    from DeepMorphLib.overlay import caption_rows
+
+    caption = ("000001.png: contour 60 points, 14 extrapolated (network confidence < 0.2), quality 0.76; "
+               "bone-dark (auto)")
+    for size in (128, 256, 448):
+        image = np.tile(np.linspace(40.0, 200.0, size), (size, 1))
+        result = {"detected": True, "reason": "", "circle": {"cx": size / 2, "cy": size / 5, "r": size / 6}}
+        plain, rgb = draw_overlay(image, result), draw_overlay(image, result, caption=caption)
+        assert plain.shape == (size, size, 3) and rgb.shape[1] == size
+        assert (rgb[:size] == plain).all()  # the head at the top is as visible as without a caption
+        text = rgb[size:].max(axis=-1) > 60
+        assert text.any() and not text[:, -3:].any() and not text[-2:].any()  # nothing cut off at the edges
+        assert " ".join(caption_rows(caption, size)).split() == caption.split()  # the whole caption
+    result = {"detected": False, "reason": "head not confirmed: " + "no clear edge and no confident femur fit " * 2}
+    rgb = draw_overlay(np.full((128, 128), 100.0), result, caption="x.png: not detected")
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 120)
+    assert red[128:].any() and not red[:128].any() and not red[:, -3:].any()

@@ -2,10 +2,9 @@
 yellow (contour) with named landmarks, the ground truth (when given) in red; a head circle kept for review with a
 "not detected" result (and a femur contour not confirmed) dashed in orange. Where the network does not see the femur
 outline (point confidence < ``EXTRAPOLATED_BELOW`` at both ends of a contour segment) the contour is the shape
-model's extrapolation and is drawn dashed. Pure numpy + Pillow."""
+model's extrapolation and is drawn dashed. A caption, and then the reason of a "not detected" result, go in a band
+added below the image, so that on small images too they hide nothing and are not cut off. Pure numpy + Pillow."""
 from __future__ import annotations
-
-import textwrap
 
 import numpy as np
 
@@ -41,7 +40,9 @@ def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alp
                  caption: str | None = None) -> np.ndarray:
     """uint8 RGB (H, W, 3) overlay of ``result`` (``FitResult`` or its dict) and ``truth`` (dict with
     ``head_circle`` [cx, cy, r] and/or ``femur_outline`` [[x, y], ...], ``eval_max_y``) on ``image``.
-    ``confidence`` (H, W) in [0, 1] defaults to the result's map when it has one."""
+    ``confidence`` (H, W) in [0, 1] defaults to the result's map when it has one. With a ``caption`` the picture is
+    (H + band, W, 3): the caption and the reason of a "not detected" result (unless the caption holds it) are written
+    below the image; without one, the reason is written on the image's top left."""
     from PIL import Image, ImageDraw
 
     rgb = grey_to_rgb(image).astype(np.float32)
@@ -52,31 +53,67 @@ def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alp
     pil = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     w = max(1, round(max(pil.size) / 300))
-    caption_lines = caption_rows(caption, pil.size[0])
-    band = 12 * len(caption_lines) + 1 if caption_lines else 13  # the reason lines go below the caption
     if truth is not None:
         _draw_truth(draw, truth, pil.size, w)
     if result is not None:
-        _draw_result(draw, result, w, pil.size, band)
-    if caption_lines:
-        draw.rectangle([0, 0, pil.size[0], band - 1], fill=(0, 0, 0))
-        for k, line in enumerate(caption_lines):
-            draw.text((2, 12 * k), line, fill=(255, 255, 255))
-    return np.asarray(pil)
+        _draw_result(draw, result, w, pil.size, text_top=None if caption else 0)
+    if not caption:
+        return np.asarray(pil)
+    font = caption_font(pil.size[0])
+    rows = [(row, CAPTION) for row in caption_rows(caption, pil.size[0], font=font)]
+    reason = _get(result, "reason") if result is not None and not _get(result, "detected", False) else None
+    if reason and reason not in caption:
+        rows += [(row, REASON) for row in caption_rows(f"not detected: {reason}", pil.size[0], font=font)]
+    line = font.getbbox("Hg")[3] + 3
+    pictured = Image.new("RGB", (pil.size[0], pil.size[1] + line * len(rows) + 4), (0, 0, 0))
+    pictured.paste(pil, (0, 0))
+    draw = ImageDraw.Draw(pictured)
+    for k, (row, colour) in enumerate(rows):
+        draw.text((4, pil.size[1] + 2 + line * k), row, fill=colour, font=font)
+    return np.asarray(pictured)
 
 
-CHAR_PX = 6  # width of a character of PIL's default bitmap font
+CAPTION = (255, 255, 255)
+REASON = (255, 80, 80)
+FONT_PX = 11  # letters of the caption and of the reason on images up to 448 px wide, larger on wider ones
 
 
-def caption_rows(caption: str | None, width_px: int, max_rows: int = 3) -> list[str]:
-    """``caption`` wrapped to the image width (``CHAR_PX`` px per character), at most ``max_rows`` lines (the last
-    one ends in '...' when the text is longer)."""
+def caption_font(width_px: int):
+    """Pillow's default font at ``FONT_PX`` for a picture ``width_px`` wide, proportionally larger beyond 448 px (a
+    2000 px X-ray is shown shrunk)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=round(FONT_PX * max(1.0, width_px / 448)))
+    except TypeError:  # Pillow < 10.1: its one bitmap font
+        return ImageFont.load_default()
+
+
+def caption_rows(caption: str | None, width_px: int, max_rows: int = 10, font=None) -> list[str]:
+    """``caption`` wrapped to ``width_px`` (less a 4 px margin each side) in ``font`` (default ``caption_font``), at
+    most ``max_rows`` lines (the last one ends in '...' when the text is longer); a word longer than a line (a long
+    file name) is cut."""
     if not caption:
         return []
-    rows = textwrap.wrap(caption, max(8, (width_px - 4) // CHAR_PX))
+    font = font or caption_font(width_px)
+    room = max(width_px - 8, 1)
+    rows = []
+    for word in caption.split():
+        if rows and font.getlength(f"{rows[-1]} {word}") <= room:
+            rows[-1] += f" {word}"
+            continue
+        while len(word) > 1 and font.getlength(word) > room:
+            k = 1
+            while font.getlength(word[:k + 1]) <= room:
+                k += 1
+            rows.append(word[:k])
+            word = word[k:]
+        rows.append(word)
     if len(rows) > max_rows:
         rows = rows[:max_rows]
-        rows[-1] = rows[-1][:max(0, len(rows[-1]) - 3)] + "..."
+        while rows[-1] and font.getlength(rows[-1] + "...") > room:
+            rows[-1] = rows[-1][:-1]
+        rows[-1] += "..."
     return rows
 
 
@@ -154,30 +191,35 @@ def _draw_contour(draw, pts: np.ndarray, point_confidence, closed: bool, width: 
         draw.ellipse([p[0] - width, p[1] - width, p[0] + width, p[1] + width], fill=FIT_CONTOUR)
 
 
-def _draw_result(draw, result, width, size, text_top: int = 13):
-    """``text_top``: px below the caption band, where the 'not detected' reason starts."""
+def _draw_result(draw, result, width, size, text_top: int | None = 0):
+    """``text_top``: px from the top where the 'not detected' reason is written on the image (None: not written)."""
     if not _get(result, "detected", False):
         circle = _get(result, "circle")
         if circle:  # found, then rejected: shown for review, dashed
             _dashed_circle(draw, (circle["cx"], circle["cy"], circle["r"]), UNCONFIRMED, width)
-            draw.text((circle["cx"] + 0.72 * circle["r"], circle["cy"] - 0.72 * circle["r"] - 12), "unconfirmed",
-                      fill=UNCONFIRMED)
+            x = min(circle["cx"] + 0.72 * circle["r"], size[0] - draw.textlength("unconfirmed") - 2)  # in view
+            draw.text((max(x, 0), max(circle["cy"] - 0.72 * circle["r"] - 12, 0)), "unconfirmed", fill=UNCONFIRMED)
         contour = _get(result, "contour")
         if contour is not None and len(contour):
             pts = np.asarray(contour, dtype=float)
             _dashed_polyline(draw, np.vstack([pts, pts[:1]]) if _get(result, "contour_closed", False) else pts,
                              UNCONFIRMED, width)
             w, h = size
-            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= text_top + 57) & (pts[:, 1] < h)]
-            if len(shown):  # labelled at its highest point in view, below the caption and reason lines
+            clear = 14 if text_top is None else text_top + 70  # the label (12 px high) stays in the picture
+            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= clear) & (pts[:, 1] < h)]
+            if len(shown):  # labelled at its highest point in view, below the reason lines
                 top = shown[np.argmin(shown[:, 1])]
                 draw.text((float(top[0]) + 6, float(top[1]) - 12), "unconfirmed", fill=UNCONFIRMED)
-        lines = textwrap.wrap(f"not detected: {_get(result, 'reason', '')}", 72)[:4]
+        if text_top is None:
+            return
+        font = caption_font(size[0])
+        lines = caption_rows(f"not detected: {_get(result, 'reason', '')}", size[0], max_rows=4, font=font)
+        step = font.getbbox("Hg")[3] + 2
         if lines:  # on a dark band: radiographs are bright where the text goes
-            draw.rectangle([0, text_top, CHAR_PX * max(len(line) for line in lines) + 8, text_top + 2 + 11 * len(lines)],
-                           fill=(0, 0, 0))
+            draw.rectangle([0, text_top, max(font.getlength(line) for line in lines) + 8,
+                            text_top + 3 + step * len(lines)], fill=(0, 0, 0))
         for k, line in enumerate(lines):
-            draw.text((4, text_top + 1 + 11 * k), line, fill=(255, 80, 80))
+            draw.text((4, text_top + 1 + step * k), line, fill=REASON, font=font)
         return
     circle = _get(result, "circle")
     if circle:

@@ -1,9 +1,16 @@
 """``deepmorph fit``: find the femoral head (circle) or the proximal femur (PDM contour + landmarks) in X-rays.
 
 Per image ``OUT/<name>.json`` (the ``FitResult``) and ``OUT/<name>_overlay.png``; "not detected" is a result.
-A file that cannot be read is reported and skipped, the others go on (exit code 1 when any was skipped).
-``--report`` adds ``results.json``, ``results.csv`` and a self-contained ``report.html``. A folder given as IMAGE
-stands for the image files in it (``IMAGE_SUFFIXES``, not its subfolders).
+A file that cannot be read is reported and skipped, the others go on (exit code 1 when any was skipped); an earlier
+result of a file that now fails is removed (it no longer describes the file). ``--report`` adds ``results.json``,
+``results.csv`` and a self-contained ``report.html``. A folder given as IMAGE stands for the image files in it
+(``IMAGE_SUFFIXES``, and files without those that start as DICOM files do; not its subfolders, nor the overlays
+that ``fit`` wrote there).
+
+``<name>`` is the image's file name without its suffix, with _2, _3... when another image took it;
+``OUT/fit_outputs.json`` (``RECORD``) keeps which name belongs to which image (absolute path) and the task of OUT's
+results, so that a name stays with its image in later runs, a file ``fit`` did not write is never overwritten, and
+OUT holds one task only.
 
 Batches resume: an image whose result ``OUT`` already holds from the same file (path, size, modification time) and
 the same settings (``settings_digest``: the options, DeepMorph's version and the bytes of every model file) is not
@@ -27,7 +34,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".
                   ".nii", ".nii.gz", ".bmp")  # what a folder given as IMAGE contributes
 RESUME_IGNORES = ("images", "out", "report", "refit", "device", "command")  # options that do not change a fit
 CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
-               "polarity_score", "total_ms"]
+               "polarity_score", "total_ms", "source"]  # file: the output name; source: the image (absolute path)
+RECORD = "fit_outputs.json"  # in OUT: {"task": ..., "outputs": {output name: the image's absolute path}}
+OVERLAY = "_overlay.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tta_argument(parser)
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
-    parser.add_argument("--threshold", type=float, default=0.5, help="head: confidence threshold (default 0.5)")
-    parser.add_argument("--min-pixels", type=int, default=100,
+    parser.add_argument("--threshold", type=_open_fraction, default=0.5,
+                        help="head: confidence threshold, between 0 and 1 (default 0.5)")
+    parser.add_argument("--min-pixels", type=_positive_int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
     parser.add_argument("--report", action="store_true", help="also write results.json/.csv and report.html")
     parser.add_argument("--refit", action="store_true",
@@ -55,17 +65,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "file and settings, is reused: a stopped batch continues where it stopped)")
 
 
+def _open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def option_problem(args) -> str | None:
+    """The first option of ``commands.add_femur_fit_arguments`` (shared with ``evaluate``, so checked here rather
+    than by its type) out of its range, as argparse words it ("argument --x: ..."), or None."""
+    ranges = (("second_opinion_below", 0, 1), ("femur_min_quality", 0, 1), ("upright_max_deg", 0, None),
+              ("polish_px", 0, None), ("coverage_weight", 0, None))
+    for key, lo, hi in ranges:
+        value = getattr(args, key, None)
+        if value is None:  # the default, or 'none'
+            continue
+        if not (lo <= value and (hi is None or value <= hi)):  # also refuses nan
+            wanted = f"a number in [{lo}, {hi}]" if hi is not None else f"a number >= {lo}"
+            return f"argument --{key.replace('_', '-')}: expected {wanted}, got {value:g}"
+    return None
+
+
+def is_image_file(path: Path) -> bool:
+    """An image file a folder contributes: a name ending in one of ``IMAGE_SUFFIXES``, or a DICOM file by its
+    content ("DICM" at byte 128: PACS exports name files IM0001 or by UID), the DICOMDIR index aside."""
+    if path.name.lower().endswith(IMAGE_SUFFIXES):
+        return True
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def expand_images(names) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(files, problems): the IMAGE arguments as files, a folder standing for its image files (``IMAGE_SUFFIXES``,
+    """(files, problems): the IMAGE arguments as files, a folder standing for its image files (``is_image_file``,
     sorted by name); a folder without any is a problem (name, message). Anything else is kept as given (a missing
     or unreadable file is reported when it is read)."""
     paths, problems = [], []
     for name in names:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
             if not found:
-                problems.append((str(path), f"a folder without image files ({', '.join(IMAGE_SUFFIXES)})"))
+                problems.append((str(path), f"a folder without image files ({', '.join(IMAGE_SUFFIXES)}, or DICOM "
+                                            "files without a suffix)"))
             paths.extend(found)
         else:
             paths.append(path)
@@ -125,30 +185,116 @@ def reusable_result(json_path: Path, overlay_path: Path, path: Path, digest: str
     return None
 
 
-def _unique_stem(path: Path, used: set) -> str:
-    """The output name of ``path``: its stem, with _2, _3... when an earlier image of this run took it (not reserved
-    here: the caller adds it to ``used`` once the image is done)."""
-    stem = path.stem if path.suffix.lower() != ".gz" else Path(path.stem).stem
-    name, k = stem, 2
-    while name in used:
-        name, k = f"{stem}_{k}", k + 1
-    return name
+def read_record(out: Path, task: str) -> dict:
+    """``out``'s ``RECORD`` ({"task", "outputs": {name: source path}}); for a folder written before the record was
+    kept, made from the results in it (their task, and the image that their ``provenance`` names). ValueError when
+    ``out`` holds results of the other task."""
+    try:
+        record = json.loads((out / RECORD).read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("outputs"), dict):
+            raise ValueError("not a record of fit's outputs")
+        tasks = {record.get("task")}
+    except FileNotFoundError:
+        record, tasks = {"outputs": {}}, set()
+        for path in sorted(out.glob("*.json")) if out.is_dir() else []:
+            try:
+                d = json.loads(path.read_text())
+            except (ValueError, OSError):
+                continue
+            if not (isinstance(d, dict) and isinstance(d.get("task"), str) and ("detected" in d or "results" in d)):
+                continue  # not a result or report of fit: ``assign_names`` never overwrites it
+            tasks.add(d["task"])
+            source = ((d.get("provenance") or {}).get("input") or {}).get("path") or d.get("source")
+            if path.name != "results.json" and isinstance(source, str):
+                record["outputs"][path.stem] = str(Path(source).resolve())
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"cannot read {out / RECORD} ({exc}); move it away or use another --out") from None
+    other = sorted(tasks - {task, None})
+    if other:
+        raise ValueError(f"{out} holds {' and '.join(other)} results; use another --out for the {task} task")
+    return {"task": task, "outputs": record["outputs"]}
+
+
+def output_stem(path: Path) -> str:
+    """An image's output name before clashes: its name without the suffix (x.nii.gz -> x); a DICOM file named by its
+    UID (1.2.840.113619.2.55.3.4) keeps its whole name."""
+    if path.suffix[1:].isdigit():
+        return path.name
+    return path.stem if path.suffix.lower() != ".gz" else Path(path.stem).stem
+
+
+def assign_names(images, outputs: dict, out: Path) -> list[str]:
+    """The output name of each image: the one ``outputs`` (``RECORD``'s: name -> absolute path) holds for it, else
+    its ``output_stem``, with _2, _3... while the name is another image's or a file in ``out`` that ``fit`` did not
+    record (never overwritten). New names are added to ``outputs``."""
+    owner = {source: name for name, source in outputs.items()}
+    names = []
+    for path in images:
+        source = str(path.resolve())
+        if source not in owner:
+            stem = output_stem(path)
+            name, k = stem, 2
+            while name in outputs or (out / f"{name}.json").exists() or (out / f"{name}{OVERLAY}").exists():
+                name, k = f"{stem}_{k}", k + 1
+            outputs[name], owner[source] = source, name
+        names.append(owner[source])
+    return names
+
+
+def is_own_overlay(path: Path, out: Path, outputs: dict) -> bool:
+    """Whether ``path`` is an overlay that ``fit`` wrote into ``out`` (not an X-ray to fit)."""
+    stem = path.name[:-len(OVERLAY)]
+    return (path.name.endswith(OVERLAY) and path.parent.resolve() == out.resolve()
+            and (stem in outputs or (out / f"{stem}.json").is_file()))
+
+
+def _once(paths) -> list[Path]:
+    """``paths`` without repeats of a file (named twice, or named and in a folder named)."""
+    seen, kept = set(), []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            kept.append(path)
+    return kept
+
+
+def remove_result(out: Path, stem: str) -> bool:
+    """Remove ``stem``'s result files (the JSON first: an overlay alone is never taken for a result); whether there
+    were any."""
+    found = False
+    for path in (out / f"{stem}.json", out / f"{stem}{OVERLAY}"):
+        if path.is_file():
+            path.unlink()
+            found = True
+    return found
 
 
 def csv_row(name: str, d: dict) -> dict:
     circle = d.get("circle") or {}
+    source = ((d.get("provenance") or {}).get("input") or {}).get("path") or d.get("source")
     return {"file": name, "detected": d["detected"], "reason": d["reason"], "cx": circle.get("cx"),
             "cy": circle.get("cy"), "r": circle.get("r"), "n_points": len(d.get("contour") or []),
             "quality": d.get("quality"), "polarity": d["polarity"], "polarity_mode": d["polarity_mode"],
-            "polarity_score": d.get("polarity_score"), "total_ms": d["timings_ms"].get("total_ms")}
+            "polarity_score": d.get("polarity_score"), "total_ms": d["timings_ms"].get("total_ms"), "source": source}
 
 
 def run(args) -> int:
     from DeepMorphLib import pipeline
+    from DeepMorphLib.inference import resolve_device
     from DeepMorphLib.overlay import draw_overlay
     from DeepMorphSimulatorLib.files import atomic_write_json, read_image_2d, write_png
 
+    problem = option_problem(args)
+    if problem:
+        print(f"deepmorph fit: error: {problem}", file=sys.stderr)
+        return 2
+    try:
+        resolve_device(args.device)  # once: a batch without the device stops before its first image
+    except (ValueError, RuntimeError) as exc:
+        print(f"deepmorph fit: error: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
+    record = read_record(out, args.task)  # OUT of the other task: stops here
     out.mkdir(parents=True, exist_ok=True)
     predictor = pipeline.load_predictor(args.task, args.model, args.device)  # once; a missing model stops here
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
@@ -159,21 +305,26 @@ def run(args) -> int:
     images, bad = expand_images(args.images)
     for name, problem in bad:
         print(f"deepmorph fit: skipped {name}: {problem}", file=sys.stderr)
+    own = [p for p in images if is_own_overlay(p, out, record["outputs"])]
+    if own:
+        print(f"deepmorph fit: not fitting {len(own)} overlay(s) that it wrote into {out} ({own[0].name}...)",
+              file=sys.stderr)
+    images = _once(p for p in images if p not in own)
+    stems = assign_names(images, record["outputs"], out)
+    atomic_write_json(out / RECORD, record)  # before any result: a name, once given, stays with its image
     digest = settings_digest(args)
-    used, results, figures, reused = set(), [], [], 0
+    results, figures, reused = [], [], 0
     t0 = time.perf_counter()
     try:
-        for i, path in enumerate(images, 1):
-            stem = _unique_stem(path, used)
+        for i, (path, stem) in enumerate(zip(images, stems), 1):
             previous = None if args.refit or not path.is_file() else \
-                reusable_result(out / f"{stem}.json", out / f"{stem}_overlay.png", path, digest)
+                reusable_result(out / f"{stem}.json", out / f"{stem}{OVERLAY}", path, digest)
             if previous is not None:
-                used.add(stem)
                 results.append((stem, previous))
                 reused += 1
                 if args.report:
                     figures.append((f"{path.name}: {_summary(previous)}",
-                                    _thumbnail(read_rgb(out / f"{stem}_overlay.png"))))
+                                    _thumbnail(read_rgb(out / f"{stem}{OVERLAY}"))))
                 print(f"[{i}/{len(images)}] {path}: {_summary(previous)} (done earlier, reused)", flush=True)
                 continue
             try:
@@ -190,13 +341,14 @@ def run(args) -> int:
                                          fit_options=fit_options, side=args.side)
             except (ValueError, FileNotFoundError, OSError) as exc:
                 bad.append((str(path), str(exc)))
-                print(f"deepmorph fit: skipped {path}: {exc}", file=sys.stderr)
+                removed = path.is_file() and remove_result(out, stem)  # it no longer describes this file
+                print(f"deepmorph fit: skipped {path}: {exc}" +
+                      (f" (its earlier result {stem}.json removed)" if removed else ""), file=sys.stderr)
                 continue
-            used.add(stem)
             d = res.to_dict()
             d["provenance"] = {"settings_sha256": digest, "input": identity}
             overlay = draw_overlay(image, res, caption=f"{path.name}: {_summary(d)}")
-            write_png(out / f"{stem}_overlay.png", overlay)
+            write_png(out / f"{stem}{OVERLAY}", overlay)
             atomic_write_json(out / f"{stem}.json", d)  # last: a result without its overlay is never reused
             results.append((stem, d))
             if args.report:
