@@ -292,3 +292,25 @@ def test_drr_command_writes_the_ground_truth(phantom, saved, tmp_path, capsys):
     bad = ["drr", "--ct", saved["ct"], "--mesh", saved["femur_label"], "--size", "64", "--out", str(tmp_path / "b.png")]
     assert main(bad) == 2
     assert "give the side" in capsys.readouterr().err
+
+
+def test_drr_command_warns_when_the_femur_is_out_of_view_or_the_ct_is_not_in_hu(phantom, saved, tmp_path, capsys):
+    from DeepMorphLib.cli import main
+    from DeepMorphSimulatorLib.volume import read_volume, write_volume
+
+    fem = phantom.femurs["left"]
+    common = ["--mesh", saved["femur_left"], "--landmarks", saved["landmarks"], "--side", "left", "--size", "96",
+              "--pixel-mm", "1.2"]
+    far = [str(x) for x in fem.landmarks["head_center"] + [-180.0, 0.0, 0.0]]  # on the other hip
+    assert main(["drr", "--ct", saved["ct"], *common, "--isocenter", *far, "--out", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    assert "mostly out of view" in err and "--isocenter " + " ".join(f"{x:.1f}" for x in fem.landmarks["head_center"]) in err
+    near = [str(x) for x in fem.landmarks["head_center"]]
+    assert main(["drr", "--ct", saved["ct"], *common, "--isocenter", *near, "--out", str(tmp_path / "b.png")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    raw = read_volume(saved["ct"])  # stored values without the HU rescale: air at about 0
+    write_volume(raw.with_data(raw.data + 1024.0), tmp_path / "raw.nrrd")
+    assert main(["drr", "--ct", str(tmp_path / "raw.nrrd"), *common, "--isocenter", *near,
+                 "--out", str(tmp_path / "c.png")]) == 0
+    err = capsys.readouterr().err
+    assert "Hounsfield" in err and "rescale slope" in err and "out of view" not in err

@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -241,7 +242,7 @@ def make_phantom_scene(settings: DatasetSettings, group: int) -> Scene:
     return Scene(mu, femurs, ps)
 
 
-def load_ct_scene(settings: DatasetSettings) -> Scene:
+def load_ct_scene(settings: DatasetSettings, warn: bool = False) -> Scene:
     """Read and check a user's CT, femur (mesh or label map) and landmarks (ValueError naming the problem).
 
     The femur is loaded with :func:`femur.load_femur`: missing landmarks are estimated from the mesh,
@@ -249,9 +250,11 @@ def load_ct_scene(settings: DatasetSettings) -> Scene:
     """
     from . import drr
     from .femur import load_femur
-    from .volume import read_volume
+    from .volume import hu_warning, read_volume
 
     ct = read_volume(settings.ct)
+    if warn and hu_warning(ct, settings.ct):  # ``warn``: once, before the work (``prepare``)
+        print(f"deepmorph dataset: warning: {hu_warning(ct, settings.ct)}", file=sys.stderr)
     femur = load_femur(settings.mesh, landmarks=settings.landmarks, side=settings.side, ct=ct)
     mu = ct.with_data(drr.hu_to_mu(ct.data).astype(np.float32))
     return Scene(mu, {femur.side: _femur_scene(femur.side, femur.mesh, femur.landmarks, femur.head_radius_mm)}, None)
@@ -495,7 +498,7 @@ def prepare(settings: DatasetSettings, out_dir, n: int) -> list[int]:
             if p is not None and not Path(p).exists():
                 raise FileNotFoundError(f"{label} not found: {p}")
         settings.input_digest = file_digest([settings.ct, settings.mesh, settings.landmarks])
-        load_ct_scene(settings)  # full check of the inputs before any work
+        load_ct_scene(settings, warn=True)  # full check of the inputs before any work
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
     identity = settings.identity()

@@ -118,6 +118,17 @@ class Volume:
         return image
 
 
+def hu_warning(volume: Volume, name) -> str | None:
+    """A sentence when ``volume`` does not look like a CT in Hounsfield units (its lowest voxel above -500 HU, where
+    air is about -1000 and any scan holds some air or fat), else None."""
+    lowest = float(np.nanmin(volume.data))
+    if lowest <= -500.0:
+        return None
+    return (f"{name}: the lowest voxel value is {lowest:.0f}, but a CT in Hounsfield units has air at about -1000; "
+            "if it stores raw values, convert them to HU first (HU = value x rescale slope + intercept), or the "
+            "X-ray contrast will be wrong.")
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a CT (NRRD, NIfTI, MHA, ... or a DICOM series folder) with SimpleITK, in LPS mm."""
     import SimpleITK as sitk

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -131,12 +132,14 @@ def output_paths(out: str | Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     from .. import drr
     from ..files import atomic_write_bytes, atomic_write_json, check_output_path, write_png
-    from ..volume import read_volume
+    from ..volume import hu_warning, read_volume
 
     paths = output_paths(args.out)
     check_output_path(paths["image"], "--out", folder=False)  # before rendering
     start = time.perf_counter()
     ct = read_volume(args.ct)
+    if hu_warning(ct, args.ct):
+        print(f"deepmorph drr: warning: {hu_warning(ct, args.ct)}", file=sys.stderr)
     geometry = geometry_from_args(args, ct)
     result = drr.render_drr(ct, geometry, mu_water=args.mu_water, step_mm=args.step, method=args.method,
                             device=args.device)
@@ -167,12 +170,33 @@ def ground_truth(args, ct, geometry, paths) -> dict:
                        cut_mm=args.cut_mm or None)
     gt = project_ground_truth(femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=args.points,
                               band_px=args.band_px)
+    warning = out_of_view_warning(gt, femur, geometry)
+    if warning:
+        print(f"deepmorph drr: warning: {warning}", file=sys.stderr)
     masks = write_ground_truth_masks(gt, paths["image"])
     record = ground_truth_record(gt, femur, args.band_px)
     record["ground_truth"]["files"] = {k: v.name for k, v in masks.items()}
     record["ground_truth"]["mesh"] = str(args.mesh)
     record["ground_truth"]["landmarks_file"] = None if args.landmarks is None else str(args.landmarks)
     return record
+
+
+def out_of_view_warning(gt, femur, geometry, min_fraction: float = 0.1) -> str | None:
+    """A sentence when the femur is mostly out of the image (its head centre outside, or fewer than
+    ``min_fraction`` of its contour points inside), naming the isocentre that centres the head; None when in view."""
+    w, h = geometry.width_px, geometry.height_px
+    pts = np.asarray(gt.points, dtype=float)
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+    head = gt.head_circle
+    head_in = head is not None and 0 <= head[0] <= w - 1 and 0 <= head[1] <= h - 1
+    if head_in and inside.mean() >= min_fraction:
+        return None
+    centre = np.asarray(femur.landmarks.get("head_center", ()), dtype=float)
+    fix = (f"centre the view on the femoral head with --isocenter {centre[0]:.1f} {centre[1]:.1f} {centre[2]:.1f} "
+           "(its centre in LPS mm)" if centre.size == 3 else "move the view with --isocenter X Y Z (LPS mm)")
+    where = "outside" if not head_in else "inside"
+    return (f"the femur is mostly out of view: {int(inside.sum())} of {len(pts)} contour points and the head centre "
+            f"{where} the {w}x{h} px image, so the ground truth is mostly empty; {fix}.")
 
 
 def sidecar(args, ct, geometry, paths) -> dict:
