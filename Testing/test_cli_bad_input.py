@@ -256,3 +256,11 @@ def test_a_missing_refine_model_names_the_option(real_folder, capsys):
     for option in ("--refine-model", "--head-anchor", "--region-model"):
         code, _, err = run_cli(capsys, ["evaluate", "--task", "head", "--real", str(root), option, "nope"])
         assert code == 2 and f"argument {option}: no model file nope; give a trained .safetensors file" in err
+
+
+@pytest.mark.parametrize("option, value", [("--femur-min-quality", "1.5"), ("--second-opinion-below", "-1"),
+                                           ("--upright-max-deg", "-10")])
+def test_evaluate_refuses_femur_fit_options_out_of_range_as_fit_does(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--task", "femur", "--data", str(tmp_path), option, value])
+    assert exc.value.code == 2 and f"argument {option}" in capsys.readouterr().err

@@ -38,7 +38,7 @@ def add_femur_fit_arguments(parser) -> None:
     parser.add_argument("--region-model", default=None, metavar="MODEL", type=_model_or_none,
                         help="femur: region network whose fit is the last second opinion, polished onto the outline "
                              "network's ridge (default: the shipped one when present; 'none' = off)")
-    parser.add_argument("--second-opinion-below", type=float, default=0.7, metavar="Q",
+    parser.add_argument("--second-opinion-below", type=_fraction, default=0.7, metavar="Q",
                         help="femur: try the second-opinion fits (shape-constrained CPD, head-anchored starts, the "
                              "region network) when "
                              "the first fit's mean confidence is below Q (default 0.7; 0 = never)")
@@ -52,7 +52,7 @@ def add_femur_fit_arguments(parser) -> None:
     parser.add_argument("--coverage-weight", type=_non_negative, default=None, metavar="W",
                         help="femur: when the second opinions are compared, each fit's mean confidence gets W x the "
                              "fraction of the outline pixels within 3 px of it (default 0.25; 0 = mean confidence alone)")
-    parser.add_argument("--femur-min-quality", type=_non_negative, default=None, metavar="Q",
+    parser.add_argument("--femur-min-quality", type=_fraction, default=None, metavar="Q",
                         help="femur: a fit whose mean confidence at its points is below Q is reported not detected "
                              "(its contour kept for review, drawn dashed orange; default 0.35; 0 = report every fit)")
 
@@ -63,9 +63,22 @@ def _degrees_or_none(text: str) -> float | None:
     if text.strip().lower() == "none":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of degrees or 'none', got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number of degrees >= 0 or 'none', got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A number in [0, 1] (a confidence)."""
+    import argparse
+
+    value = _non_negative(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
 
 
 def _model_or_none(text: str) -> str:

@@ -85,21 +85,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def option_problem(args) -> str | None:
-    """The first option of ``commands.add_femur_fit_arguments`` (shared with ``evaluate``, so checked here rather
-    than by its type) out of its range, as argparse words it ("argument --x: ..."), or None."""
-    ranges = (("second_opinion_below", 0, 1), ("femur_min_quality", 0, 1), ("upright_max_deg", 0, None),
-              ("polish_px", 0, None), ("coverage_weight", 0, None))
-    for key, lo, hi in ranges:
-        value = getattr(args, key, None)
-        if value is None:  # the default, or 'none'
-            continue
-        if not (lo <= value and (hi is None or value <= hi)):  # also refuses nan
-            wanted = f"a number in [{lo}, {hi}]" if hi is not None else f"a number >= {lo}"
-            return f"argument --{key.replace('_', '-')}: expected {wanted}, got {value:g}"
-    return None
-
-
 def is_image_file(path: Path) -> bool:
     """An image file a folder contributes: a name ending in one of ``IMAGE_SUFFIXES``, or a DICOM file by its
     content ("DICM" at byte 128: PACS exports name files IM0001 or by UID), the DICOMDIR index aside."""
@@ -284,10 +269,6 @@ def run(args) -> int:
     from DeepMorphLib.overlay import draw_overlay
     from DeepMorphSimulatorLib.files import atomic_write_json, read_image_2d, write_png
 
-    problem = option_problem(args)
-    if problem:
-        print(f"deepmorph fit: error: {problem}", file=sys.stderr)
-        return 2
     try:
         resolve_device(args.device)  # once: a batch without the device stops before its first image
     except (ValueError, RuntimeError) as exc:
