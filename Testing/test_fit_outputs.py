@@ -1,6 +1,7 @@
 """``deepmorph fit``: which output belongs to which image (stable across runs), one task per output folder, no stale
 results, the folder's own products not fitted, the device and the option ranges checked once up front, extensionless
 DICOM files in folders."""
+import os
 import csv
 import json
 
@@ -158,3 +159,17 @@ def test_a_folder_of_extensionless_dicom_files_is_fitted(fits, tmp_path, capsys)
     (folder / "README").write_text("exported by a PACS")
     assert main(["fit", "--task", "head", str(folder), "--out", str(tmp_path / "R")]) == 0
     assert sorted(c.rsplit("/", 1)[-1] for c in fits) == ["1.2.840.113619.2.55.3.4", "IM0001"]
+
+
+def test_two_runs_never_write_one_output_folder_at_once(fits, tmp_path, capsys):
+    from DeepMorphSimulatorLib.files import lock_folder
+
+    x = str(_image(tmp_path / "x.png", 50))
+    out = tmp_path / "R"
+    out.mkdir()
+    other = lock_folder(out, "deepmorph fit")  # another run holds R
+    assert main(["fit", "--task", "head", x, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another deepmorph fit" in err and str(os.getpid()) in err and fits == []
+    other.close()  # that run ended
+    assert main(["fit", "--task", "head", x, "--out", str(out)]) == 0 and len(fits) == 1

@@ -30,6 +30,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def lock_folder(folder: str | os.PathLike, command: str):
+    """Take ``folder``'s lock file (``.deepmorph.lock``) for this process, so that two runs of ``command`` never write
+    the same folder at once: ValueError (naming the other run's process id) when another process holds it. Returns
+    the open lock file: the lock lasts until it is closed or the process ends. Where the system has no ``fcntl``
+    (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    path = Path(folder) / ".deepmorph.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        other = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"another {command} (process {other}) is writing to {folder}; wait for it to finish, or "
+                         "give another output folder.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def check_output_path(path: str | os.PathLike, option: str = "--out", folder: bool = True) -> Path:
     """Raise ValueError unless ``path`` can be written as a folder (``folder``) or a file: nothing in the way (a file
     where a folder must be, a folder where the file must be) and the nearest existing folder writable. Cheap: call it

@@ -267,7 +267,7 @@ def run(args) -> int:
     from DeepMorphLib import pipeline
     from DeepMorphLib.inference import resolve_device
     from DeepMorphLib.overlay import draw_overlay
-    from DeepMorphSimulatorLib.files import atomic_write_json, read_image_2d, write_png
+    from DeepMorphSimulatorLib.files import atomic_write_json, lock_folder, read_image_2d, write_png
 
     try:
         resolve_device(args.device)  # once: a batch without the device stops before its first image
@@ -275,8 +275,10 @@ def run(args) -> int:
         print(f"deepmorph fit: error: --device {args.device}: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    record = read_record(out, args.task)  # OUT of the other task: stops here
+    read_record(out, args.task)  # OUT of the other task: stops here
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_folder(out, "deepmorph fit")  # noqa: F841  (held until this run ends)
+    record = read_record(out, args.task)  # as the run before this one left it
     predictor = pipeline.load_predictor(args.task, args.model, args.device)  # once; a missing model stops here
     refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
     shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
