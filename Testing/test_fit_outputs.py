@@ -1,9 +1,9 @@
 """``deepmorph fit``: which output belongs to which image (stable across runs), one task per output folder, no stale
 results, the folder's own products not fitted, the device and the option ranges checked once up front, extensionless
 DICOM files in folders."""
-import os
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
