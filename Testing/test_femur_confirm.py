@@ -49,6 +49,8 @@ def test_confirm_femur_refuses_an_implausibly_sized_head(radius, confirmed):
     assert res.detected is confirmed and res.contour is not None
     if not confirmed:
         assert f"radius is {radius:.1f} px" in res.reason and "12-54 px" in res.reason
+        assert ("shrunk onto a small structure" in res.reason) == (radius < 12)  # the hint fits the direction
+        assert ("wider view" in res.reason) == (radius > 54)
 
 
 def _fit_image_with(monkeypatch, radius_px, quality, **kwargs):

@@ -113,6 +113,8 @@ def implausible_size_reason(contour, head_dome, image_shape) -> str:
     r = head_dome_radius(contour, head_dome)
     if lo <= r <= hi:
         return ""
+    hint = ("the fit may have shrunk onto a small structure (look at the contour); if the femur is that small, crop "
+            "the image closer" if r < lo else "if the femur is that large, give a wider view of the hip")
     return (f"femur not confirmed: the fitted head's radius is {r:.1f} px, outside the {lo:.0f}-{hi:.0f} px "
-            f"({PLAUSIBLE_HEAD_RADIUS[0]:g}-{PLAUSIBLE_HEAD_RADIUS[1]:g} of the image size) the networks know; if the "
-            "femur is that small, crop the image closer; the contour is kept for review")
+            f"({PLAUSIBLE_HEAD_RADIUS[0]:g}-{PLAUSIBLE_HEAD_RADIUS[1]:g} of the image size) the networks know; {hint}; "
+            "the contour is kept for review")
