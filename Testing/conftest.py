@@ -18,3 +18,19 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def fit_at_own_size(monkeypatch):
+    """Fits run on images of at most 448 px as they are given, not enlarged to 448 px (``working_size``): for tests
+    whose stand-in networks draw their maps at fixed pixels of the image they get, or know it by its pixels. The
+    enlargement itself is tested in test_working_size.py with stand-ins that do not depend on the image size."""
+    from DeepMorphLib import working_size
+
+    enlarging = working_size.working_shape
+
+    def own_size(shape):
+        h, w = int(shape[0]), int(shape[1])
+        return (h, w) if max(h, w) <= working_size.WORKING_SIZE_PX else enlarging(shape)
+
+    monkeypatch.setattr(working_size, "working_shape", own_size)

@@ -21,10 +21,11 @@ class DiskHead:
     def __init__(self):
         self.seen = []
 
-    def __call__(self, image):
+    def __call__(self, image):  # drawn in the px of a 128 px image, whatever size the fit runs at
         self.seen.append(blas_threads())
+        s = np.shape(image)[0] / 128.0
         yy, xx = np.mgrid[:np.shape(image)[0], :np.shape(image)[1]]
-        return ((xx - 60.0) ** 2 + (yy - 70.0) ** 2 <= 20.0 ** 2).astype(np.float32)
+        return ((xx + 0.5 - 60.5 * s) ** 2 + (yy + 0.5 - 70.5 * s) ** 2 <= (20.0 * s) ** 2).astype(np.float32)
 
 
 def test_serial_blas_limits_every_blas_library_and_restores_it():

@@ -60,9 +60,11 @@ class TruthConfidence:
         conf = ndimage.gaussian_filter(np.asarray(target, np.float32), 0.8)
         conf = np.clip(conf / max(float(conf.max()), 1e-6), 0, 1).astype(np.float32)
 
-        def predict(image):
-            assert image.shape == conf.shape
-            return conf
+        def predict(image):  # at the size the fit runs at (working_size: the image's longer side at 448 px)
+            from DeepMorphLib.working_size import resample
+
+            assert image.shape[0] * conf.shape[1] == image.shape[1] * conf.shape[0]  # the same picture, resampled
+            return conf if image.shape == conf.shape else np.clip(resample(conf, image.shape), 0, 1)
 
         predict.expected_polarity = "bone-dark"
         return predict

@@ -10,6 +10,8 @@ from DeepMorphSimulatorLib.files import write_png
 from standins import TruthPredictor, _key, use_standins
 from synthetic_hip import make_hip
 
+pytestmark = pytest.mark.usefixtures("fit_at_own_size")  # stand-in networks draw at fixed px (conftest)
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):

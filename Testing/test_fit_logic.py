@@ -17,6 +17,8 @@ pytest.importorskip("slicer")
 from DeepMorphLib import fit_logic as logic  # noqa: E402
 from DeepMorphLib import mrml_glue as g  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("fit_at_own_size")  # stand-in networks draw at fixed px (conftest)
+
 H, W = 120, 160
 CIRCLE = (70.0, 55.0, 22.0)
 

@@ -16,6 +16,8 @@ pytest.importorskip("slicer")
 
 from DeepMorphSimulatorLib import mrml_glue as g  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("fit_at_own_size")  # stand-in networks draw at fixed px (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,4 +1,5 @@
-"""Large images are fitted reduced to 448 px and the result comes back in their own px (``working_size``)."""
+"""Images are fitted with their longer side at 448 px (large ones reduced, small ones enlarged) and the result comes
+back in their own px (``working_size``)."""
 import numpy as np
 import pytest
 
@@ -27,9 +28,9 @@ class ShadowHead:
         return (np.asarray(image) < 190).astype(np.float32)
 
 
-def test_working_shape_reduces_only_images_larger_than_448_px_keeping_the_aspect_ratio():
+def test_working_shape_scales_the_longer_side_to_448_px_keeping_the_aspect_ratio():
     assert working_shape((448, 448)) == (448, 448)
-    assert working_shape((300, 128)) == (300, 128)
+    assert working_shape((300, 128)) == (448, 191)
     assert working_shape((3000, 3000)) == (WORKING_SIZE_PX, WORKING_SIZE_PX)
     assert working_shape((1000, 2000)) == (224, 448)
 
@@ -52,22 +53,23 @@ def test_the_mapping_back_puts_a_reduced_disk_where_it_is_in_the_image():
 
 
 @pytest.mark.parametrize("fit", ["pipeline", "fit_logic"])
-def test_a_large_image_is_fitted_at_448_px_and_reported_in_its_own_px(fit):
-    shape, (cx, cy, r) = (1500, 1200), (640.0, 560.0, 190.0)
+@pytest.mark.parametrize("shape, circle", [((1500, 1200), (640.0, 560.0, 190.0)), ((150, 120), (64.0, 56.0, 19.0))])
+def test_an_image_is_fitted_at_448_px_and_reported_in_its_own_px(fit, shape, circle):
+    cx, cy, r = circle
     net = ShadowHead()
     image = sphere_shadow(shape, cx, cy, r)
     if fit == "pipeline":
         res = pipeline.fit_image(image, "head", predictor=net, polarity="bone-dark", refine=False, femur_check=False,
                                  head_fallback=False, keep_unconfirmed_head=True)
         got = res.circle["cx"], res.circle["cy"], res.circle["r"]
-        assert res.to_dict()["fit_scale"] == pytest.approx(1500 / 448, rel=0.01)
+        assert res.to_dict()["fit_scale"] == pytest.approx(shape[0] / 448, rel=0.01)
         assert res.circle["unsnapped"]["r"] > 0.5 * r  # nested circles are mapped too
         assert "resample_ms" in res.timings_ms
     else:
         res = fit_logic.fit_image(image, "head", polarity="bone-dark", predict=net)
         got = res.circle
-        assert res.to_dict()["image_size_px"] == [1200, 1500]
-    assert all(max(s) <= WORKING_SIZE_PX for s in net.shapes)
+        assert res.to_dict()["image_size_px"] == [shape[1], shape[0]]
+    assert net.shapes and all(max(s) == WORKING_SIZE_PX for s in net.shapes)
     assert res.detected and res.image_shape == shape and res.confidence.shape == shape
     assert np.hypot(got[0] - cx, got[1] - cy) < 0.01 * r and abs(got[2] - r) < 0.02 * r
 

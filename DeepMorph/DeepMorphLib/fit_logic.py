@@ -258,8 +258,8 @@ def fit_image(image: np.ndarray, task: str, model=None, metadata=None, pdm=None,
               predict=None, pixel_mm: float | None = None, model_name: str = "", refiner=None,
               edge_snap: bool = True, head_anchor=None, region=None, side: str | None = None,
               femur_min_quality: float | None = None, keep_unconfirmed_head: bool = False) -> FitResult:
-    """Network confidence map + morphing fit on one X-ray (H, W); an X-ray larger than 448 px on its longer side is
-    fitted reduced to that (``working_size``) and the result given in its own px, as ``pipeline.fit_image`` does.
+    """Network confidence map + morphing fit on one X-ray (H, W), resampled to 448 px on its longer side for the fit
+    (``working_size``) and the result given in its own px, as ``pipeline.fit_image`` does.
 
     ``polarity`` "auto": detected as by ``deepmorph fit`` (``polarity.detect_polarity``; when its evidence is weak,
     below ``pipeline.AUTO_FIT_BELOW``, both polarities are fitted and the better fit is kept). ``predict(image) -> conf``

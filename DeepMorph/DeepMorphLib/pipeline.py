@@ -600,9 +600,9 @@ def fit_image(image, task: str, model=None, pdm=None, polarity: str = "auto", *,
               detected_polarity: tuple | None = None, femur_min_quality: float | None = None,
               keep_unconfirmed_head: bool = False) -> FitResult:
     """Find the femoral head (``task="head"``: circle) or the proximal femur (``"femur"``: PDM contour with
-    named landmarks) in ``image`` (float (H, W), any grey range, either polarity). An image larger than
-    ``working_size.WORKING_SIZE_PX`` (448 px) on its longer side is fitted reduced to that size and the result
-    given in its own px (``fit_scale``: image px per fitted px; the confidence map resampled to the image).
+    named landmarks) in ``image`` (float (H, W), any grey range, either polarity). The image is fitted resampled to
+    ``working_size.WORKING_SIZE_PX`` (448 px) on its longer side and the result given in its own px (``fit_scale``:
+    image px per fitted px; the confidence map resampled to the image).
 
     ``model``/``predictor``: see ``load_predictor`` (None = shipped model). ``pdm``: see ``load_shape_model``.
     ``polarity``: "auto" (detected, ``polarity.detect_polarity``), "bone-dark" or "bone-bright"; the image is

@@ -1,10 +1,12 @@
-"""Fits run on the image reduced to at most ``WORKING_SIZE_PX`` on its longer side.
+"""Fits run on the image resampled to ``WORKING_SIZE_PX`` on its longer side.
 
 The networks see 128-256 px anyway, and every pixel setting of the morphing stage (search ranges, edge-snap rims,
 polish, the femur confirmation) was tuned on 448 x 448 images, as the paper's are. A larger image (a 1024 px
-fluoroscopy frame, a 3000 px radiograph crop) is reduced with an anti-aliasing bilinear filter, fitted, and the
-result mapped back, so the fit costs the same at any input size and gives the same answer as on the 448 px image.
-Smaller images are fitted as they are.
+fluoroscopy frame, a 3000 px radiograph crop) is reduced with an anti-aliasing bilinear filter, a smaller one
+enlarged (bilinear), fitted, and the result mapped back, so the fit costs the same at any input size and gives
+about the same answer as on the 448 px image. Measured on the first 60 tune3 images reduced to 224 px and fitted
+as they were before / enlarged (in px of 448): head rmse_mean 8.27 -> 1.44 (median 1.21 -> 0.70; 448 px: 4.64,
+0.65), femur median 1.58 -> 1.21 (320 px: 1.42 -> 1.09; 448 px: 1.15).
 
 Coordinates: pixel centres at integers in both images; the reduction maps areas, so image x = (x_w + 0.5) * s_x - 0.5
 with s_x = image width / working width (likewise y), and lengths scale by the mean of s_x and s_y.
@@ -20,13 +22,10 @@ WORKING_SIZE_PX = 448
 
 
 def working_shape(shape: tuple) -> tuple[int, int]:
-    """(H, W) the fit runs at for an image of ``shape`` (H, W): the same when its longer side is at most
-    ``WORKING_SIZE_PX``, else reduced to that, keeping the aspect ratio."""
+    """(H, W) the fit runs at for an image of ``shape`` (H, W): its longer side scaled to ``WORKING_SIZE_PX``,
+    keeping the aspect ratio (the same shape when it already is)."""
     h, w = int(shape[0]), int(shape[1])
-    longer = max(h, w)
-    if longer <= WORKING_SIZE_PX:
-        return h, w
-    f = WORKING_SIZE_PX / longer
+    f = WORKING_SIZE_PX / max(h, w)
     return max(1, round(h * f)), max(1, round(w * f))
 
 
