@@ -57,28 +57,43 @@ def add_femur_fit_arguments(parser) -> None:
                              "(its contour kept for review, drawn dashed orange; default 0.35; 0 = report every fit)")
 
 
-def _degrees_or_none(text: str) -> float | None:
+def _number(text: str, wanted: str, within) -> float:
+    """``text`` as a float for which ``within(value)`` holds (nan never does), else argparse's error naming ``wanted``."""
     import argparse
 
-    if text.strip().lower() == "none":
-        return None
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of degrees or 'none', got {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number of degrees >= 0 or 'none', got {text!r}")
+        value = float("nan")
+    if not (value == value and within(value)):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
     return value
+
+
+def _degrees_or_none(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    return _number(text, "a number of degrees >= 0 or 'none'", lambda v: v >= 0)
+
+
+def _non_negative(text: str) -> float:
+    return _number(text, "a number >= 0", lambda v: v >= 0)
 
 
 def _fraction(text: str) -> float:
     """A number in [0, 1] (a confidence)."""
-    import argparse
+    return _number(text, "a number between 0 and 1", lambda v: 0 <= v <= 1)
 
-    value = _non_negative(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
+
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (a threshold)."""
+    return _number(text, "a number between 0 and 1 (both excluded)", lambda v: 0 < v < 1)
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    value = _number(text, "a whole number >= 1", lambda v: v >= 1 and v == int(v) and "." not in text)
+    return int(value)
 
 
 def _model_or_none(text: str) -> str:
@@ -90,18 +105,6 @@ def _model_or_none(text: str) -> str:
     if text.strip().lower() != "none" and not (path.is_file() or path.with_name(path.name + ".safetensors").is_file()):
         raise argparse.ArgumentTypeError(f"no model file {text}; give a trained .safetensors file, or 'none' for none")
     return text
-
-
-def _non_negative(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def femur_fit_options(args) -> dict:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from DeepMorphLib.commands import (add_femur_fit_arguments, add_head_fit_arguments, add_tta_argument,
-                                   femur_fit_options)
+                                   femur_fit_options, open_fraction, positive_int)
 
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd",
@@ -55,34 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_tta_argument(parser)
     add_head_fit_arguments(parser)
     add_femur_fit_arguments(parser)
-    parser.add_argument("--threshold", type=_open_fraction, default=0.5,
+    parser.add_argument("--threshold", type=open_fraction, default=0.5,
                         help="head: confidence threshold, between 0 and 1 (default 0.5)")
-    parser.add_argument("--min-pixels", type=_positive_int, default=100,
+    parser.add_argument("--min-pixels", type=positive_int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
     parser.add_argument("--report", action="store_true", help="also write results.json/.csv and report.html")
     parser.add_argument("--refit", action="store_true",
                         help="fit every image again (by default an image whose result OUT already holds, from the same "
                              "file and settings, is reused: a stopped batch continues where it stopped)")
-
-
-def _open_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (both excluded), got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 def is_image_file(path: Path) -> bool:
