@@ -253,8 +253,8 @@ def load_ct_scene(settings: DatasetSettings, warn: bool = False) -> Scene:
     from .volume import hu_warning, read_volume
 
     ct = read_volume(settings.ct)
-    if warn and hu_warning(ct, settings.ct):  # ``warn``: once, before the work (``prepare``)
-        print(f"deepmorph dataset: warning: {hu_warning(ct, settings.ct)}", file=sys.stderr)
+    if warn and (warning := hu_warning(ct, settings.ct)):  # ``warn``: once, before the work (``prepare``)
+        print(f"deepmorph dataset: warning: {warning}", file=sys.stderr)
     femur = load_femur(settings.mesh, landmarks=settings.landmarks, side=settings.side, ct=ct)
     mu = ct.with_data(drr.hu_to_mu(ct.data).astype(np.float32))
     return Scene(mu, {femur.side: _femur_scene(femur.side, femur.mesh, femur.landmarks, femur.head_radius_mm)}, None)

@@ -138,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(paths["image"], "--out", folder=False)  # before rendering
     start = time.perf_counter()
     ct = read_volume(args.ct)
-    if hu_warning(ct, args.ct):
-        print(f"deepmorph drr: warning: {hu_warning(ct, args.ct)}", file=sys.stderr)
+    if warning := hu_warning(ct, args.ct):
+        print(f"deepmorph drr: warning: {warning}", file=sys.stderr)
     geometry = geometry_from_args(args, ct)
     result = drr.render_drr(ct, geometry, mu_water=args.mu_water, step_mm=args.step, method=args.method,
                             device=args.device)
@@ -170,8 +170,7 @@ def ground_truth(args, ct, geometry, paths) -> dict:
                        cut_mm=args.cut_mm or None)
     gt = project_ground_truth(femur.mesh, femur.landmarks, femur.head_radius_mm, geometry, n_points=args.points,
                               band_px=args.band_px)
-    warning = out_of_view_warning(gt, femur, geometry)
-    if warning:
+    if warning := out_of_view_warning(gt, femur, geometry):
         print(f"deepmorph drr: warning: {warning}", file=sys.stderr)
     masks = write_ground_truth_masks(gt, paths["image"])
     record = ground_truth_record(gt, femur, args.band_px)
