@@ -251,7 +251,7 @@ def run(args) -> int:
 
     try:
         resolve_device(args.device)  # once: a batch without the device stops before its first image
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:  # resolve_device's message names the devices to use
         print(f"deepmorph fit: error: --device {args.device}: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
