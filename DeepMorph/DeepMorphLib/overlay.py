@@ -40,9 +40,9 @@ def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alp
                  caption: str | None = None) -> np.ndarray:
     """uint8 RGB (H, W, 3) overlay of ``result`` (``FitResult`` or its dict) and ``truth`` (dict with
     ``head_circle`` [cx, cy, r] and/or ``femur_outline`` [[x, y], ...], ``eval_max_y``) on ``image``.
-    ``confidence`` (H, W) in [0, 1] defaults to the result's map when it has one. With a ``caption`` the picture is
-    (H + band, W, 3): the caption and the reason of a "not detected" result (unless the caption holds it) are written
-    below the image; without one, the reason is written on the image's top left."""
+    ``confidence`` (H, W) in [0, 1] defaults to the result's map when it has one. Text never covers the image: the
+    ``caption`` and the reason of a "not detected" result (unless the caption holds it) are written in a band below
+    it, so the picture is (H + band, W, 3) when there is either, (H, W, 3) otherwise."""
     from PIL import Image, ImageDraw
 
     rgb = grey_to_rgb(image).astype(np.float32)
@@ -56,14 +56,14 @@ def draw_overlay(image, result=None, truth=None, confidence=None, confidence_alp
     if truth is not None:
         _draw_truth(draw, truth, pil.size, w)
     if result is not None:
-        _draw_result(draw, result, w, pil.size, text_top=None if caption else 0)
-    if not caption:
-        return np.asarray(pil)
+        _draw_result(draw, result, w, pil.size)
     font = caption_font(pil.size[0])
     rows = [(row, CAPTION) for row in caption_rows(caption, pil.size[0], font=font)]
     reason = _get(result, "reason") if result is not None and not _get(result, "detected", False) else None
-    if reason and reason not in caption:
+    if reason and reason not in (caption or ""):
         rows += [(row, REASON) for row in caption_rows(f"not detected: {reason}", pil.size[0], font=font)]
+    if not rows:
+        return np.asarray(pil)
     line = font.getbbox("Hg")[3] + 3
     pictured = Image.new("RGB", (pil.size[0], pil.size[1] + line * len(rows) + 4), (0, 0, 0))
     pictured.paste(pil, (0, 0))
@@ -191,8 +191,7 @@ def _draw_contour(draw, pts: np.ndarray, point_confidence, closed: bool, width: 
         draw.ellipse([p[0] - width, p[1] - width, p[0] + width, p[1] + width], fill=FIT_CONTOUR)
 
 
-def _draw_result(draw, result, width, size, text_top: int | None = 0):
-    """``text_top``: px from the top where the 'not detected' reason is written on the image (None: not written)."""
+def _draw_result(draw, result, width, size):
     if not _get(result, "detected", False):
         circle = _get(result, "circle")
         if circle:  # found, then rejected: shown for review, dashed
@@ -205,21 +204,10 @@ def _draw_result(draw, result, width, size, text_top: int | None = 0):
             _dashed_polyline(draw, np.vstack([pts, pts[:1]]) if _get(result, "contour_closed", False) else pts,
                              UNCONFIRMED, width)
             w, h = size
-            clear = 14 if text_top is None else text_top + 70  # the label (12 px high) stays in the picture
-            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= clear) & (pts[:, 1] < h)]
-            if len(shown):  # labelled at its highest point in view, below the reason lines
+            shown = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w - 70) & (pts[:, 1] >= 14) & (pts[:, 1] < h)]
+            if len(shown):  # labelled at its highest point in view (the label, 12 px high, stays in the picture)
                 top = shown[np.argmin(shown[:, 1])]
                 draw.text((float(top[0]) + 6, float(top[1]) - 12), "unconfirmed", fill=UNCONFIRMED)
-        if text_top is None:
-            return
-        font = caption_font(size[0])
-        lines = caption_rows(f"not detected: {_get(result, 'reason', '')}", size[0], max_rows=4, font=font)
-        step = font.getbbox("Hg")[3] + 2
-        if lines:  # on a dark band: radiographs are bright where the text goes
-            draw.rectangle([0, text_top, max(font.getlength(line) for line in lines) + 8,
-                            text_top + 3 + step * len(lines)], fill=(0, 0, 0))
-        for k, line in enumerate(lines):
-            draw.text((4, text_top + 1 + step * k), line, fill=REASON, font=font)
         return
     circle = _get(result, "circle")
     if circle:
