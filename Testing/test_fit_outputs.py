@@ -173,3 +173,29 @@ def test_two_runs_never_write_one_output_folder_at_once(fits, tmp_path, capsys):
     assert "another deepmorph fit" in err and str(os.getpid()) in err and fits == []
     other.close()  # that run ended
     assert main(["fit", "--task", "head", x, "--out", str(out)]) == 0 and len(fits) == 1
+
+
+def test_on_windows_the_lock_is_a_locked_byte_past_the_process_id(tmp_path, monkeypatch):
+    """No fcntl (Windows): msvcrt.locking of one byte at LOCK_BYTE, so the holder's process id stays readable. A stand-in
+    msvcrt keeps Windows' rule: a byte locked through one handle cannot be locked through another."""
+    import sys
+    import types
+
+    from DeepMorphSimulatorLib import files
+
+    held = {}
+
+    def locking(fd, mode, nbytes):
+        key = (os.fstat(fd).st_ino, os.lseek(fd, 0, os.SEEK_CUR), nbytes)
+        assert mode == fake.LK_NBLCK and key[1] == files.LOCK_BYTE
+        if held.setdefault(key, fd) != fd:
+            raise OSError(36, "Resource deadlock avoided")
+
+    fake = types.SimpleNamespace(LK_NBLCK=2, locking=locking)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl -> ImportError
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    first = files.lock_folder(tmp_path, "deepmorph fit")
+    assert (tmp_path / ".deepmorph.lock").read_text() == str(os.getpid())
+    with pytest.raises(ValueError, match=f"another deepmorph fit \\(process {os.getpid()}\\)"):
+        files.lock_folder(tmp_path, "deepmorph fit")
+    first.close()

@@ -30,19 +30,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+LOCK_BYTE = 1 << 20  # Windows locks a byte range: one byte far past the process id, which stays readable
+
+
 def lock_folder(folder: str | os.PathLike, command: str):
     """Take ``folder``'s lock file (``.deepmorph.lock``) for this process, so that two runs of ``command`` never write
     the same folder at once: ValueError (naming the other run's process id) when another process holds it. Returns
-    the open lock file: the lock lasts until it is closed or the process ends. Where the system has no ``fcntl``
-    (Windows) nothing is locked."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
+    the open lock file: the lock lasts until it is closed or the process ends. ``fcntl.flock`` on POSIX,
+    ``msvcrt.locking`` of byte ``LOCK_BYTE`` on Windows."""
     path = Path(folder) / ".deepmorph.lock"
     handle = open(path, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_nonblocking(handle)
     except OSError:
         handle.seek(0)
         other = handle.read().strip() or "unknown"
@@ -54,6 +53,19 @@ def lock_folder(folder: str | os.PathLike, command: str):
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def _lock_nonblocking(handle) -> None:
+    """Exclusive lock of the open file ``handle``; OSError when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        handle.seek(LOCK_BYTE)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def check_output_path(path: str | os.PathLike, option: str = "--out", folder: bool = True) -> Path:
