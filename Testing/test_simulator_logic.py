@@ -159,6 +159,31 @@ def test_ground_truth_markups_on_the_drr(app, monkeypatch):
         logic.ground_truth_to_markups(app.scene, drr, femur, None)
 
 
+def test_dataset_landmarks_are_exported_in_the_world_frame_as_the_ct_and_mesh(app, tmp_path):
+    """Landmarks under a transform are written where they are shown (world), as the CT and femur mesh are: Slicer's
+    storage node writes untransformed positions, which put the dataset's head centre off by the transform."""
+    from DeepMorphSimulatorLib.landmarks import read_markups
+
+    lm = g.landmarks_to_fiducials(app.scene, {"head_center": np.array([10.0, 20.0, 30.0]), "shaft": np.zeros(3)})
+    lm.SetNthControlPointDescription(0, "right femoral head centre; head radius 24.000 mm")
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    to_parent = np.eye(4)
+    to_parent[:3, :3] = [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]  # 90 deg about S
+    to_parent[:3, 3] = [15.0, 0.0, -8.0]
+    transform.SetMatrixTransformToParent(g._vtk_matrix(to_parent))
+    lm.SetAndObserveTransformNodeID(transform.GetID())
+    lm.AddControlPoint(0.0, 0.0, 0.0, "unplaced")
+    lm.UnsetNthControlPointPosition(2)  # not placed yet: not exported
+    path = logic.write_markups_json(lm, tmp_path / "landmarks.mrk.json")
+    written = {label: (pos, desc) for label, pos, desc in read_markups(path)}
+    assert sorted(written) == ["head_center", "shaft"]
+    for label, local_lps in (("head_center", [10.0, 20.0, 30.0]), ("shaft", [0.0, 0.0, 0.0])):
+        world_ras = (to_parent @ np.append(ras_from_lps(np.array(local_lps)), 1.0))[:3]
+        assert np.allclose(written[label][0], lps_from_ras(world_ras), atol=1e-4), label
+    assert "head radius 24.000 mm" in written["head_center"][1]
+    assert lm.GetStorageNode() is None
+
+
 def test_dataset_inputs_and_command(app, ct, tmp_path):
     import SimpleITK as sitk
     import vtk

@@ -228,15 +228,23 @@ def write_mesh_vtp(polydata, path: str | os.PathLike) -> Path:
 
 
 def write_markups_json(node, path: str | os.PathLike) -> Path:
-    """Write a markups node to ``.mrk.json`` without attaching a storage node to it (LPS file)."""
+    """Write a markups node's placed control points to ``.mrk.json`` (LPS), without attaching a storage node to it.
+
+    The positions are the world positions (a linear parent transform applied), as the CT and femur mesh are
+    exported: Slicer's own markups storage writes the untransformed ones, which would not match them.
+    """
     import slicer
+
+    from .landmarks import write_markups
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-    storage.SetFileName(str(path))
-    if not storage.WriteData(node):
-        raise ValueError(f"Could not write markups '{node.GetName()}' to {path}.")
+    glue.node_to_world_matrix(node)  # a non-linear transform: ValueError (harden it first)
+    lps = lps_from_ras(glue.control_points_ras(node)).reshape(-1, 3)
+    placed = [i for i in range(node.GetNumberOfControlPoints())
+              if node.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined]
+    write_markups(path, [(node.GetNthControlPointLabel(i), lps[i], node.GetNthControlPointDescription(i))
+                         for i in placed], name=node.GetName())
     return path
 
 
