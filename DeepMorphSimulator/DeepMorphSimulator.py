@@ -142,6 +142,7 @@ class DeepMorphSimulatorWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.logic.carmNodes, self.logic.groundTruthNodes = {}, {}
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -258,7 +259,7 @@ class DeepMorphSimulatorLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     def process(self, p) -> dict:
         """Render the DRR into ``p.drrVolume`` (created if None), project the femur, draw the C-arm."""
-        from DeepMorphSimulatorLib import simulator_logic
+        from DeepMorphSimulatorLib import mrml_glue, simulator_logic
 
         if not p.ctVolume:
             raise ValueError(_("Select a CT volume."))
@@ -275,6 +276,7 @@ class DeepMorphSimulatorLogic(ScriptedLoadableModuleLogic):  # noqa: F405
                 slicer.mrmlScene, drr, p.femur, p.landmarks, geometry, nodes=self.groundTruthNodes
             )
             nodes.update(self.groundTruthNodes)
+        self.carmNodes = mrml_glue.nodes_in_scene(slicer.mrmlScene, self.carmNodes)  # deleted, or scene closed
         if p.showCArm:
             self.carmNodes = simulator_logic.draw_carm(slicer.mrmlScene, geometry, nodes=self.carmNodes)
             nodes.update(self.carmNodes)

@@ -291,3 +291,65 @@ def test_module_self_tests_run_headless(modules, monkeypatch):
     dm_test.test_DeepMorph_not_detected()
     if importlib.util.find_spec("DeepMorphSimulatorLib.phantom") and importlib.util.find_spec("DeepMorphSimulatorLib.drr"):
         modules["DeepMorphSimulator"].DeepMorphSimulatorTest("test_DeepMorphSimulator_render").test_DeepMorphSimulator_render()
+
+
+def test_simulator_renders_again_after_the_scene_was_closed_or_its_nodes_deleted(modules, monkeypatch):
+    """File > Close Scene (or deleting the C-arm in the Data module) left the logic holding nodes outside the scene:
+    the next Render failed ("'NoneType' object has no attribute 'SetColor'") and drew no C-arm."""
+    import slicer
+
+    from DeepMorphSimulatorLib.volume import Volume
+
+    def render_drr(ct_hu, geometry, step_mm=0.5, method="auto", device="auto"):
+        return types.SimpleNamespace(image=np.full((geometry.height_px, geometry.width_px), 128, np.uint8))
+
+    fake(monkeypatch, "DeepMorphSimulatorLib.drr", render_drr=render_drr)
+    logic = modules["DeepMorphSimulator"].DeepMorphSimulatorLogic()
+    scene = slicer.mrmlScene
+
+    def render(show_carm=True):
+        p = logic.getParameterNode()
+        p.ctVolume = p.ctVolume or g.volume_to_node(Volume(np.zeros((20, 20, 20), np.int16)), scene, "CT")
+        p.detectorWidthPx, p.detectorHeightPx, p.showCArm = 64, 48, show_carm
+        return logic.process(p)
+
+    render()
+    scene.Clear(0)  # what File > Close Scene does
+    nodes = render()
+    carm = {key: node for key, node in nodes.items() if key in ("carm_points", "detector", "beam", "cone")}
+    assert len(carm) == 4 and all(scene.IsNodePresent(node) for node in carm.values())
+    assert nodes["carm_points"].GetNumberOfControlPoints() == 3 and nodes["carm_points"].GetDisplayNode().GetVisibility()
+    scene.RemoveNode(nodes["beam"])
+    nodes = render()
+    assert scene.IsNodePresent(nodes["beam"]) and nodes["beam"].GetNumberOfControlPoints() == 2
+    scene.RemoveNode(nodes["cone"])
+    render(show_carm=False)  # hides the C-arm nodes that are still there
+    assert not nodes["carm_points"].GetDisplayNode().GetVisibility()
+
+
+def test_deepmorph_fits_again_after_result_nodes_were_deleted(modules, monkeypatch):
+    """A result node deleted by the user (Data module) was reused by the next Fit: a crash, or a circle in no view."""
+    import slicer
+
+    def ring(image):
+        yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+        return (np.abs(np.hypot(xx - 30.0, yy - 20.0) - 10.0) < 1.1).astype(np.float32)
+
+    dm = modules["DeepMorph"]
+    logic = dm.DeepMorphLogic()
+    p = logic.getParameterNode()
+    ramp = np.tile(np.arange(60, dtype=np.uint8) * 4, (40, 1))
+    p.inputVolume = g.image_to_node(ramp, slicer.mrmlScene, "X-ray 1")
+    result, nodes = logic.process(p, predict=ring)
+    for key in ("head_circle", "confidence"):
+        slicer.mrmlScene.RemoveNode(nodes[key])
+    result, nodes = logic.process(p, predict=ring)
+    assert result.detected
+    for key in ("head_circle", "head_centre", "confidence"):
+        assert slicer.mrmlScene.IsNodePresent(nodes[key]), key
+    assert nodes["head_circle"].GetDisplayNode().GetVisibility()
+    assert np.allclose(g.circle_from_markups(nodes["head_circle"], p.inputVolume), result.circle, atol=1e-3)
+    assert p.confidenceVolume is nodes["confidence"]
+    slicer.mrmlScene.RemoveNode(nodes["head_centre"])  # deleted, then a fit that hides the circle: no crash
+    result, nodes = logic.process(p, predict=lambda image: np.zeros(image.shape, np.float32))
+    assert not result.detected and not nodes["head_circle"].GetDisplayNode().GetVisibility()

@@ -524,10 +524,11 @@ UNCONFIRMED_COLOR = (1.0, 0.45, 0.0)  # a circle / contour found but not confirm
 
 
 def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, editable: bool = True) -> dict:
-    """Confidence overlay + markups of a result; nodes from an earlier call are reused, stale ones hidden."""
+    """Confidence overlay + markups of a result; nodes from an earlier call are reused (unless deleted since), stale
+    ones hidden."""
     from . import mrml_glue as glue
 
-    nodes = dict(nodes or {})
+    nodes = glue.nodes_in_scene(scene, nodes)
     if result.confidence is not None:
         nodes["confidence"] = glue.confidence_to_node(
             scene, result.confidence, xray_node, node=nodes.get("confidence"), name=f"{xray_node.GetName()} confidence"

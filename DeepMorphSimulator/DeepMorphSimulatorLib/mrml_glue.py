@@ -95,6 +95,21 @@ def create_headless_slicer() -> HeadlessSlicer:
     return HeadlessSlicer(scene=scene, app_logic=app_logic, logics=logics)
 
 
+def reusable_node(scene, node):
+    """``node`` when it is still in ``scene``, else None (the user deleted it, or the scene was closed since).
+
+    Functions that update a node from an earlier call take it through this, so they make a new one instead of
+    filling a node that no view shows (or one whose display node is gone).
+    """
+    return node if node is not None and scene.IsNodePresent(node) else None
+
+
+def nodes_in_scene(scene, nodes: dict | None) -> dict:
+    """A copy of a {key: node} dict from an earlier call without the nodes no longer in ``scene`` (other values kept)."""
+    return {key: value for key, value in (nodes or {}).items()
+            if not hasattr(value, "IsA") or reusable_node(scene, value) is not None}
+
+
 # --------------------------------------------------------------------------------------------
 # Matrices
 # --------------------------------------------------------------------------------------------
@@ -224,6 +239,7 @@ def volume_to_node(
     ``node_class`` may be ``vtkMRMLLabelMapVolumeNode`` for label maps. The voxel dtype is kept.
     ``window_level`` = (min, max) display range; ``None`` leaves Slicer's automatic window/level.
     """
+    node = reusable_node(scene, node)
     if node is None:
         node = scene.AddNewNodeByClass(node_class, name)
     _set_image_array(node, volume.data)
@@ -428,6 +444,7 @@ def style_markups(
 
 
 def _markups_node(scene, class_name: str, name: str, node=None):
+    node = reusable_node(scene, node)
     if node is not None:
         if not node.IsA(class_name):
             raise ValueError(f"Node '{node.GetName()}' is a {node.GetClassName()}, expected {class_name}.")
@@ -578,6 +595,7 @@ def _flip_polydata(polydata):
 
 def polydata_to_model_node(scene, polydata_lps, name: str = "Femur", node=None, color=COLORS["femur"], opacity=1.0):
     """A surface mesh in LPS mm -> a model node (RAS)."""
+    node = reusable_node(scene, node)
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLModelNode", name)
     node.SetAndObservePolyData(_flip_polydata(polydata_lps))

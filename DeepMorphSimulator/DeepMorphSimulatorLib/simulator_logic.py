@@ -121,7 +121,7 @@ def ground_truth_to_markups(scene, drr_node, femur_node, landmarks_node=None, ge
     from .projection import project_ground_truth
 
     geometry = geometry or geometry_of(drr_node)
-    nodes = dict(nodes or {})
+    nodes = glue.nodes_in_scene(scene, nodes)
     mesh = glue.femur_polydata_lps(femur_node)
     landmarks = glue.named_points_lps(landmarks_node) if landmarks_node is not None else {}
     centre, radius = head_sphere(_polydata_points(mesh), landmarks) if HEAD_CENTER in landmarks else (None, None)
@@ -160,7 +160,7 @@ def draw_carm(scene, geometry: CArmGeometry, nodes: dict | None = None, visible_
     """The C-arm in 3D: locked, labelled markups for the source/isocentre/detector centre, the detector
     outline (closed curve) and the central beam (line), and a translucent beam pyramid (model).
     Hidden in slice views unless ``visible_2d``. Returns the nodes dict (pass it back to update)."""
-    nodes = dict(nodes or {})
+    nodes = glue.nodes_in_scene(scene, nodes)
     points_lps = {
         "X-ray source": geometry.source_lps,
         "isocentre": np.asarray(geometry.isocenter_lps, dtype=float),
