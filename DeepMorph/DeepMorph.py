@@ -7,12 +7,12 @@ import enum
 import logging
 import pathlib
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -108,7 +108,7 @@ class TestTimeViews(enum.Enum):
 class DeepMorphParameterNode:
     """Input X-ray, task, model and display choices; the output nodes are kept for re-fits and scene saving."""
 
-    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume: Union[vtkMRMLScalarVolumeNode, vtkMRMLVectorVolumeNode, None] = None  # colour (RGB) images too
     task: Task = Task.HEAD
     modelSource: ModelSource = ModelSource.SHIPPED
     modelPath: pathlib.Path = pathlib.Path(__file__).parent / "Resources" / "Models" / "head.safetensors"

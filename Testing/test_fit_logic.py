@@ -249,6 +249,30 @@ def test_bad_input_is_a_clear_error(app):
         logic.load_task_model("head", "/nonexistent/model.safetensors")
 
 
+def test_a_colour_xray_is_fitted_in_grey_as_the_command_line_does(app, tmp_path):
+    """Slicer loads a colour PNG/JPEG/DICOM as a vector volume: it was refused ("3 components per voxel") and not even
+    offered by the module's selector, while ``deepmorph fit`` averages the colour (files.read_image_2d)."""
+    import SimpleITK as sitk
+
+    from DeepMorphSimulatorLib.files import read_image_2d
+
+    grey = xray_image()
+    rgb = np.stack([grey, np.clip(grey.astype(int) + 20, 0, 255), np.clip(grey.astype(int) - 10, 0, 255)], -1)
+    path = tmp_path / "colour-xray.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(rgb.astype(np.uint8), isVector=True), str(path))
+    node = g.load_volume(app, path)  # Slicer's own volume reader
+    assert node.IsA("vtkMRMLVectorVolumeNode")
+    assert np.allclose(g.node_to_image(node), read_image_2d(path))  # the grey the command line fits
+    result, nodes = logic.fit_xray_node(app.scene, node, "head", predict=predict_ring_if_bone_dark)
+    assert result.detected and np.allclose(result.circle, CIRCLE, atol=0.75)
+    assert np.allclose(g.circle_from_markups(nodes["head_circle"], node), result.circle, atol=1e-3)
+    assert g.node_to_image(nodes["confidence"]).shape == grey.shape
+    from DeepMorphSimulatorLib.mrml_glue import node_to_volume
+
+    with pytest.raises(ValueError, match="3 components per voxel"):  # a colour CT stays refused
+        node_to_volume(node)
+
+
 def test_fit_logic_with_real_pieces(app, tmp_path):
     """Shipped models + real morphing (network region -> circle -> edge snap) find the head of a fresh DRR."""
     pytest.importorskip("DeepMorphLib.inference")

@@ -92,6 +92,28 @@ def test_ui_parameter_names_match_connectable_fields(module):
     assert len(params) == len(set(params)), "a parameter is bound to two widgets"
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_node_selectors_offer_the_node_classes_of_their_field(module):
+    """The node connector replaces a selector's nodeTypes with its field's classes (guiConnectors.py
+    qMRMLNodeComboBoxToNodeConnector): the .ui lists the same ones, and the X-ray selector offers colour images
+    (vector volumes, as Slicer loads a colour PNG/JPEG), which a scalar-only field hid from it."""
+    import re
+
+    _, tree = module_tree(module)
+    fields = parameter_fields(tree)
+    _, widgets = ui_widgets(module)
+    offered = {}
+    for widget in widgets.values():
+        if widget.get("class") == "qMRMLNodeComboBox" and parameter_name(widget):
+            types_prop = [p for p in widget.findall("property") if p.get("name") == "nodeTypes"]
+            ui_types = {s.text for p in types_prop for s in p.iter("string")}
+            field_types = set(re.findall(r"vtkMRML\w+", fields[parameter_name(widget)]))
+            assert ui_types == field_types, f"{widget.get('name')}: .ui {ui_types} vs field {field_types}"
+            offered[parameter_name(widget)] = field_types
+    if module == "DeepMorph":
+        assert offered["inputVolume"] == {"vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"}
+
+
 def test_confirmation_defaults_match_the_pipeline():
     """The DeepMorph module's femur minimum confidence starts at femur_confirm.FEMUR_MIN_QUALITY, the head rule on."""
     from DeepMorphLib.femur_confirm import FEMUR_MIN_QUALITY

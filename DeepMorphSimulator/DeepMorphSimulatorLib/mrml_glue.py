@@ -197,7 +197,9 @@ def _set_image_array(node, data: np.ndarray) -> None:
     node.SetAndObserveImageData(image)
 
 
-def _get_image_array(node) -> np.ndarray:
+def _get_image_array(node, grey: bool = False) -> np.ndarray:
+    """The node's voxels (K, J, I). ``grey``: a colour image (RGB, RGBA: a vector volume, as Slicer loads a colour
+    PNG/JPEG) becomes float32 grey, its colour averaged as ``files.read_image_2d`` does (grey + alpha: the grey)."""
     from vtk.util import numpy_support
 
     image = node.GetImageData() if node is not None else None
@@ -205,13 +207,18 @@ def _get_image_array(node) -> np.ndarray:
         name = node.GetName() if node is not None else "None"
         raise ValueError(f"Volume node '{name}' has no image data; load or compute the volume first.")
     scalars = image.GetPointData().GetScalars()
-    if scalars.GetNumberOfComponents() != 1:
+    components = scalars.GetNumberOfComponents()
+    if components != 1 and not (grey and components in (2, 3, 4)):
         raise ValueError(
-            f"Volume '{node.GetName()}' has {scalars.GetNumberOfComponents()} components per voxel; "
+            f"Volume '{node.GetName()}' has {components} components per voxel; "
             "a scalar (grey) volume is needed. Convert colour images to grey first."
         )
     i, j, k = image.GetDimensions()
-    return numpy_support.vtk_to_numpy(scalars).reshape(k, j, i).copy()
+    data = numpy_support.vtk_to_numpy(scalars).reshape(k, j, i, components)
+    if components == 1:
+        return data[..., 0].copy()
+    data = data.astype(np.float32)
+    return data[..., 0] if components == 2 else data[..., :3].mean(axis=-1)
 
 
 def _ensure_display(node, window_level: tuple[float, float] | None = None, color_node_id: str | None = None):
@@ -316,8 +323,8 @@ def image_to_node(
 
 
 def node_to_image(node) -> np.ndarray:
-    """The (H, W) pixel array of a single-slice volume node (a copy; dtype kept)."""
-    data = _get_image_array(node)
+    """The (H, W) pixel array of a single-slice volume node (a copy; dtype kept; colour averaged to float32 grey)."""
+    data = _get_image_array(node, grey=True)
     if data.shape[0] != 1:
         raise ValueError(
             f"Volume '{node.GetName()}' has {data.shape[0]} slices; a 2-D X-ray (one slice) is needed."
