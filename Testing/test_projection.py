@@ -314,3 +314,48 @@ def test_drr_command_warns_when_the_femur_is_out_of_view_or_the_ct_is_not_in_hu(
                  "--out", str(tmp_path / "c.png")]) == 0
     err = capsys.readouterr().err
     assert "Hounsfield" in err and "rescale slope" in err and "out of view" not in err
+
+
+def _with_point_normals(mesh, normals):
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    array = numpy_to_vtk(np.ascontiguousarray(normals, dtype=np.float32), deep=True)
+    array.SetName("Normals")
+    mesh.GetPointData().SetNormals(array)
+    return mesh
+
+
+def test_normals_stored_in_the_mesh_file_do_not_steer_the_head_search(phantom, saved, tmp_path):
+    """Inward normals in a .vtp, and a RAS .vtk (SPACE=RAS, as Slicer < 4.11 wrote) whose RAS normals are stale once
+    its points are flipped to LPS: the head is found as on the same mesh without normals."""
+    from DeepMorphSimulatorLib.femur import _normals
+    from DeepMorphSimulatorLib.mesh import transform_points
+
+    true = phantom.femurs["right"]
+    mesh = read_mesh(saved["femur_right"])
+    outward, _ = _normals(mesh)
+    write_mesh(_with_point_normals(mesh, -outward), tmp_path / "inward.vtp")
+    ras = _with_point_normals(transform_points(read_mesh(saved["femur_right"]), np.diag([-1.0, -1.0, 1.0, 1.0])),
+                              outward * [-1.0, -1.0, 1.0])
+    write_mesh(ras, tmp_path / "ras.vtk")
+    text = (tmp_path / "ras.vtk").read_bytes().replace(b"SPACE=LPS", b"SPACE=RAS")
+    (tmp_path / "ras.vtk").write_bytes(text)
+    for name in ("inward.vtp", "ras.vtk"):
+        fem = load_femur(tmp_path / name, ct=phantom.ct)
+        assert fem.side == "right", name
+        assert np.linalg.norm(fem.landmarks["head_center"] - true.landmarks["head_center"]) < 0.5, name
+        assert abs(fem.head_radius_mm - true.head_radius_mm) < 0.5, name
+
+
+@pytest.mark.parametrize("move", ["shifted 30 mm", "RAS read as LPS"])
+def test_a_femur_off_the_bone_of_the_ct_is_refused(phantom, saved, tmp_path, move):
+    """A femur surface inside the CT's box but not on its bone (another CT's mesh, RAS points read as LPS, a shifted
+    segmentation) would give ground truth beside the femur in the DRR: refused, naming the likely causes."""
+    v, f = mesh_arrays(read_mesh(saved["femur_right"]))
+    v = v + [30.0, 0.0, 0.0] if move == "shifted 30 mm" else v * [-1.0, -1.0, 1.0]
+    lo, hi = phantom.ct.corners_lps().min(axis=0), phantom.ct.corners_lps().max(axis=0)
+    assert np.all((v >= lo) & (v <= hi))  # the CT-box check alone cannot see it
+    write_mesh(polydata_from_arrays(v, f), tmp_path / "off.stl")
+    with pytest.raises(ValueError, match="does not lie on bone in the CT.*RAS"):
+        load_femur(tmp_path / "off.stl", ct=phantom.ct)
+    assert load_femur(tmp_path / "off.stl").side in ("right", "left")  # without a CT nothing to compare against

@@ -37,6 +37,7 @@ class Femur:
 
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".hdr", ".img")
+MIN_BONE_CONTRAST = 100.0  # HU: a femur's surface in its own CT: ~800-1500 HU inside over outside; off the bone ~0
 
 
 def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -53,17 +54,51 @@ def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def _normals(poly) -> np.ndarray:
+    """Outward unit point normals (N, 3) of a closed surface and the surface they belong to, computed from the
+    triangles: normals stored in the file are ignored (vtkPolyDataNormals keeps their orientation, and inward or
+    stale ones would point the head search inward)."""
     import vtk
     from vtk.util.numpy_support import vtk_to_numpy
 
+    bare = vtk.vtkPolyData()
+    bare.ShallowCopy(poly)
+    bare.GetPointData().SetNormals(None)
+    bare.GetCellData().SetNormals(None)
     f = vtk.vtkPolyDataNormals()
-    f.SetInputData(poly)
+    f.SetInputData(bare)
     f.SplittingOff()
     f.ConsistencyOn()
     f.AutoOrientNormalsOn()
     f.ComputePointNormalsOn()
     f.Update()
     return vtk_to_numpy(f.GetOutput().GetPointData().GetNormals()).astype(float), f.GetOutput()
+
+
+def bone_contrast(ct, mesh, inside_mm: float = 1.5, outside_mm: float = 3.0) -> tuple[float, float]:
+    """Median CT values (HU, trilinear) ``inside_mm`` inside and ``outside_mm`` outside a femur surface (LPS mm, along
+    its outward normals): cortex over soft tissue (~900 vs ~20) where the mesh lies on the femur of ``ct`` (a
+    :class:`Volume`); about equal where it lies in soft tissue (a mesh of another CT, RAS read as LPS, a shift)."""
+    from scipy.ndimage import map_coordinates
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    normals, surface = _normals(mesh)
+    v = vtk_to_numpy(surface.GetPoints().GetData()).astype(float)
+    values = []
+    for offset in (-inside_mm, outside_mm):
+        kji = ct.lps_to_index(v + offset * normals)[:, ::-1].T
+        values.append(float(np.median(map_coordinates(ct.data, kji, order=1, mode="nearest", output=np.float64))))
+    return values[0], values[1]
+
+
+def check_on_bone(ct, mesh) -> None:
+    """Raise ValueError when the femur surface does not lie on bone in ``ct`` (see :func:`bone_contrast`)."""
+    inside, outside = bone_contrast(ct, mesh)
+    if inside - outside < MIN_BONE_CONTRAST:
+        raise ValueError(
+            f"The femur surface does not lie on bone in the CT: the CT reads {inside:.0f} just inside it and "
+            f"{outside:.0f} just outside (medians; on a femur the cortex reads hundreds of HU more than its "
+            "surroundings). Is the mesh in RAS (--mesh-space RAS), shifted, or from another CT? Give the femur "
+            "segmented from this CT.")
 
 
 def find_head_sphere(vertices: np.ndarray, normals: np.ndarray, search_mm: float = 100.0,
@@ -329,8 +364,8 @@ def load_femur(source, landmarks=None, side: str | None = None, ct=None, coordin
     the phantom writes, is split by ``side``; any other non-zero labelling is taken as one femur.
     ``landmarks``: a ``.mrk.json`` path or a dict (LPS mm); missing ones are estimated from the mesh
     (estimate_landmarks). ``side`` is checked against the anatomy (head medial of the shaft); ``ct``
-    (Volume) lets the mesh be checked to lie inside the CT. ``cut_mm``: shorten the femur to this distance
-    below the head centre (as the phantom's femurs; None keeps the whole mesh).
+    (Volume) lets the mesh be checked to lie inside the CT and on its bone (check_on_bone). ``cut_mm``: shorten the
+    femur to this distance below the head centre (as the phantom's femurs; None keeps the whole mesh).
     """
     from pathlib import Path
 
@@ -364,6 +399,7 @@ def load_femur(source, landmarks=None, side: str | None = None, ct=None, coordin
                 f" .. {v.max(0).round(1).tolist()} mm, CT box {lo.round(1).tolist()} .. {hi.round(1).tolist()} mm, "
                 "LPS). Is the mesh in RAS (pass coordinate_system='RAS') or from another CT?"
             )
+        check_on_bone(ct, mesh)
     known, radius = {}, None
     if landmarks is not None:
         if isinstance(landmarks, dict):
@@ -404,4 +440,4 @@ def _label_mesh(label, side, target_triangles):
 
 
 __all__ = ["Femur", "LANDMARK_NAMES", "SHAFT_CUT_MM", "SIDES", "load_femur", "estimate_landmarks",
-           "find_head_sphere", "fit_sphere", "femur_side", "cut_mesh"]
+           "find_head_sphere", "fit_sphere", "femur_side", "cut_mesh", "bone_contrast", "check_on_bone"]

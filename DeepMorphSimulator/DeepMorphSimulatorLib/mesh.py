@@ -71,7 +71,8 @@ def polydata_from_arrays(vertices: np.ndarray, faces: np.ndarray):
 
 
 def transform_points(poly, matrix4: np.ndarray):
-    """A copy of ``poly`` with its points mapped by a 4x4 matrix (row-vector convention inside)."""
+    """A copy of ``poly`` with its points mapped by a 4x4 matrix (row-vector convention inside); stored normals are
+    dropped (they would no longer match the surface)."""
     vtk = _vtk()
     from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
@@ -83,6 +84,8 @@ def transform_points(poly, matrix4: np.ndarray):
     pts = vtk.vtkPoints()
     pts.SetData(numpy_to_vtk(np.ascontiguousarray(q), deep=True))
     out.SetPoints(pts)
+    out.GetPointData().SetNormals(None)
+    out.GetCellData().SetNormals(None)
     return out
 
 
