@@ -34,3 +34,29 @@ def fit_at_own_size(monkeypatch):
         return (h, w) if max(h, w) <= working_size.WORKING_SIZE_PX else enlarging(shape)
 
     monkeypatch.setattr(working_size, "working_shape", own_size)
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Stand-in ``pipeline.fit_image`` (and loaders): a detected circle at the image's mean grey value (so that each
+    image's result can be told apart); returns the list of the ``source`` of each call."""
+    import numpy as np
+
+    from DeepMorphLib import pipeline
+    from DeepMorphLib.pipeline import FitResult
+
+    calls = []
+
+    def fake_fit(image, task, **kw):
+        calls.append(kw.get("source"))
+        value = float(np.mean(image))
+        res = FitResult(task=task, image_shape=np.shape(image), detected=True, reason="", polarity="bone-dark",
+                        polarity_score=None, polarity_mode="given", source=kw.get("source"))
+        res.circle = {"cx": value, "cy": 10.0, "r": 5.0}
+        res.timings_ms = {"total_ms": 1.0}
+        return res
+
+    monkeypatch.setattr(pipeline, "fit_image", fake_fit)
+    for name in ("load_predictor", "load_refiner", "load_shape_model", "load_head_anchor", "load_region_net"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
+    return calls

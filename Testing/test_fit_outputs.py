@@ -9,31 +9,7 @@ import numpy as np
 import pytest
 
 from DeepMorphLib.cli import main
-from DeepMorphLib.pipeline import FitResult
 from DeepMorphSimulatorLib.files import write_png
-
-
-@pytest.fixture
-def fits(monkeypatch):
-    """Stand-in ``pipeline.fit_image`` (and loaders): a detected circle at the image's mean grey value (so that each
-    image's result can be told apart); returns the list of the ``source`` of each call."""
-    from DeepMorphLib import pipeline
-
-    calls = []
-
-    def fake_fit(image, task, **kw):
-        calls.append(kw.get("source"))
-        value = float(np.mean(image))
-        res = FitResult(task=task, image_shape=np.shape(image), detected=True, reason="", polarity="bone-dark",
-                        polarity_score=None, polarity_mode="given", source=kw.get("source"))
-        res.circle = {"cx": value, "cy": 10.0, "r": 5.0}
-        res.timings_ms = {"total_ms": 1.0}
-        return res
-
-    monkeypatch.setattr(pipeline, "fit_image", fake_fit)
-    for name in ("load_predictor", "load_refiner", "load_shape_model", "load_head_anchor", "load_region_net"):
-        monkeypatch.setattr(pipeline, name, lambda *a, **k: None)
-    return calls
 
 
 def _image(path, value):

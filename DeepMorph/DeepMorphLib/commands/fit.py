@@ -7,6 +7,10 @@ result of a file that now fails is removed (it no longer describes the file). ``
 (``IMAGE_SUFFIXES``, and files without those that start as DICOM files do; not its subfolders, nor the overlays
 that ``fit`` wrote there).
 
+A multi-frame DICOM file (a fluoroscopy run) is fitted frame by frame (``--frames`` picks some), each frame a result
+of its own, ``<name>_f0001`` ... (1-based). Where the file states the pixel spacing (DICOM, NRRD, NIfTI, MetaImage:
+``xray_file``), each result also holds its geometry in mm (``in_mm``), the CSV the radius in mm.
+
 ``<name>`` is the image's file name without its suffix, with _2, _3... when another image took it;
 ``OUT/fit_outputs.json`` (``RECORD``) keeps which name belongs to which image (absolute path) and the task of OUT's
 results, so that a name stays with its image in later runs, a file ``fit`` did not write is never overwritten, and
@@ -32,9 +36,10 @@ from DeepMorphLib.commands import (add_femur_fit_arguments, add_head_fit_argumen
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd",
                   ".nii", ".nii.gz", ".bmp")  # what a folder given as IMAGE contributes
-RESUME_IGNORES = ("images", "out", "report", "refit", "device", "command")  # options that do not change a fit
-CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "n_points", "quality", "polarity", "polarity_mode",
-               "polarity_score", "total_ms", "source"]  # file: the output name; source: the image (absolute path)
+RESUME_IGNORES = ("images", "out", "report", "refit", "device", "command", "frames")  # options that do not change a fit
+CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "r_mm", "n_points", "quality", "polarity",
+               "polarity_mode", "polarity_score", "total_ms", "source", "frame"]  # file: the output name; source: the
+# image (absolute path); frame: 1-based, of a multi-frame file
 RECORD = "fit_outputs.json"  # in OUT: {"task": ..., "outputs": {output name: the image's absolute path}}
 OVERLAY = "_overlay.png"
 
@@ -59,10 +64,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="head: confidence threshold, between 0 and 1 (default 0.5)")
     parser.add_argument("--min-pixels", type=positive_int, default=100,
                         help="head: fewest confident pixels for a detection (default 100, as in the paper)")
+    parser.add_argument("--frames", type=frame_selection, default="all",
+                        help="frames of multi-frame DICOM files (fluoroscopy runs) to fit, 1-based: 'all' (default) "
+                             "or e.g. '1,5,10-20'; single-frame images are always fitted")
     parser.add_argument("--report", action="store_true", help="also write results.json/.csv and report.html")
     parser.add_argument("--refit", action="store_true",
                         help="fit every image again (by default an image whose result OUT already holds, from the same "
                              "file and settings, is reused: a stopped batch continues where it stopped)")
+
+
+def frame_selection(text: str) -> str:
+    """argparse type of ``--frames``: 'all' or 1-based frame numbers and ranges ('1,5,10-20')."""
+    if text.strip().lower() != "all":
+        try:
+            chosen_frames(text, 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give 'all' or 1-based frame numbers and ranges, e.g. "
+                                             "'1,5,10-20'") from None
+    return text
+
+
+def chosen_frames(text: str, n_frames: int) -> list[int]:
+    """The 1-based frames of ``n_frames`` that ``--frames`` ``text`` picks, in order, each once."""
+    if text.strip().lower() == "all":
+        return list(range(1, n_frames + 1))
+    picked = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        a, b = int(first), int(last or first)
+        if a < 1 or b < a:
+            raise ValueError(f"bad frame range {part!r}")
+        picked += [k for k in range(a, min(b, n_frames) + 1) if k not in picked]
+    return picked
+
+
+def image_items(paths, frames: str) -> tuple[list[tuple[Path, int | None]], list[tuple[str, str]]]:
+    """(items, problems): each image as (path, None), each chosen frame of a multi-frame file as (path, frame)."""
+    from DeepMorphLib.xray_file import frame_count
+
+    items, problems = [], []
+    for path in paths:
+        try:
+            n = frame_count(path)
+        except (ValueError, OSError):
+            n = 1  # reported when it is read
+        if n == 1:
+            items.append((path, None))
+            continue
+        chosen = chosen_frames(frames, n)
+        if not chosen:
+            problems.append((str(path), f"it has {n} frames and --frames {frames} picks none of them"))
+        items += [(path, k) for k in chosen]
+    return items, problems
 
 
 def is_image_file(path: Path) -> bool:
@@ -129,21 +182,28 @@ def settings_digest(args) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def input_identity(path: Path) -> dict:
-    """The input file as resuming recognises it: absolute path, size (bytes), modification time (ns)."""
+def input_identity(path: Path, frame: int | None = None) -> dict:
+    """The input as resuming recognises it: absolute path, size (bytes), modification time (ns), and the frame."""
     stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    identity = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return identity if frame is None else {**identity, "frame": frame}
 
 
-def reusable_result(json_path: Path, overlay_path: Path, path: Path, digest: str) -> dict | None:
-    """The result in ``json_path`` when it was fitted from this very file with these settings (and its overlay is
-    there), else None."""
+def source_of(path: Path, frame: int | None = None) -> str:
+    """What ``RECORD`` names as an output's source: the absolute path, with '#frame=<k>' for a frame."""
+    return str(path.resolve()) + ("" if frame is None else f"#frame={frame}")
+
+
+def reusable_result(json_path: Path, overlay_path: Path, path: Path, digest: str,
+                    frame: int | None = None) -> dict | None:
+    """The result in ``json_path`` when it was fitted from this very file (and frame) with these settings (and its
+    overlay is there), else None."""
     if not (json_path.is_file() and overlay_path.is_file()):
         return None
     try:
         d = json.loads(json_path.read_text())
         made = d.get("provenance") or {}
-        if made.get("settings_sha256") == digest and made.get("input") == input_identity(path):
+        if made.get("settings_sha256") == digest and made.get("input") == input_identity(path, frame):
             return d
     except (ValueError, OSError, AttributeError):
         pass  # unreadable or foreign: fitted again (and overwritten)
@@ -169,9 +229,10 @@ def read_record(out: Path, task: str) -> dict:
             if not (isinstance(d, dict) and isinstance(d.get("task"), str) and ("detected" in d or "results" in d)):
                 continue  # not a result or report of fit: ``assign_names`` never overwrites it
             tasks.add(d["task"])
-            source = ((d.get("provenance") or {}).get("input") or {}).get("path") or d.get("source")
+            made = (d.get("provenance") or {}).get("input") or {}
+            source = made.get("path") or d.get("source")
             if path.name != "results.json" and isinstance(source, str):
-                record["outputs"][path.stem] = str(Path(source).resolve())
+                record["outputs"][path.stem] = source_of(Path(source), made.get("frame"))
     except (ValueError, OSError) as exc:
         raise ValueError(f"cannot read {out / RECORD} ({exc}); move it away or use another --out") from None
     other = sorted(tasks - {task, None})
@@ -188,16 +249,16 @@ def output_stem(path: Path) -> str:
     return path.stem if path.suffix.lower() != ".gz" else Path(path.stem).stem
 
 
-def assign_names(images, outputs: dict, out: Path) -> list[str]:
-    """The output name of each image: the one ``outputs`` (``RECORD``'s: name -> absolute path) holds for it, else
-    its ``output_stem``, with _2, _3... while the name is another image's or a file in ``out`` that ``fit`` did not
-    record (never overwritten). New names are added to ``outputs``."""
+def assign_names(items, outputs: dict, out: Path) -> list[str]:
+    """The output name of each (path, frame) item: the one ``outputs`` (``RECORD``'s: name -> ``source_of``) holds
+    for it, else its ``output_stem`` (+ _f0001... for a frame), with _2, _3... while the name is another image's or a
+    file in ``out`` that ``fit`` did not record (never overwritten). New names are added to ``outputs``."""
     owner = {source: name for name, source in outputs.items()}
     names = []
-    for path in images:
-        source = str(path.resolve())
+    for path, frame in items:
+        source = source_of(path, frame)
         if source not in owner:
-            stem = output_stem(path)
+            stem = output_stem(path) + ("" if frame is None else f"_f{frame:04d}")
             name, k = stem, 2
             while name in outputs or (out / f"{name}.json").exists() or (out / f"{name}{OVERLAY}").exists():
                 name, k = f"{stem}_{k}", k + 1
@@ -236,9 +297,12 @@ def remove_result(out: Path, stem: str) -> bool:
 
 def csv_row(name: str, d: dict) -> dict:
     circle = d.get("circle") or {}
-    source = ((d.get("provenance") or {}).get("input") or {}).get("path") or d.get("source")
+    made = (d.get("provenance") or {}).get("input") or {}
+    source = made.get("path") or d.get("source")
+    r_mm = ((d.get("in_mm") or {}).get("circle") or {}).get("r")
     return {"file": name, "detected": d["detected"], "reason": d["reason"], "cx": circle.get("cx"),
-            "cy": circle.get("cy"), "r": circle.get("r"), "n_points": len(d.get("contour") or []),
+            "cy": circle.get("cy"), "r": circle.get("r"), "r_mm": r_mm, "frame": made.get("frame"),
+            "n_points": len(d.get("contour") or []),
             "quality": d.get("quality"), "polarity": d["polarity"], "polarity_mode": d["polarity_mode"],
             "polarity_score": d.get("polarity_score"), "total_ms": d["timings_ms"].get("total_ms"), "source": source}
 
@@ -247,7 +311,8 @@ def run(args) -> int:
     from DeepMorphLib import pipeline
     from DeepMorphLib.inference import resolve_device
     from DeepMorphLib.overlay import draw_overlay
-    from DeepMorphSimulatorLib.files import atomic_write_json, lock_folder, read_image_2d, write_png
+    from DeepMorphLib.xray_file import read_xray, result_in_mm
+    from DeepMorphSimulatorLib.files import atomic_write_json, lock_folder, write_png
 
     try:
         resolve_device(args.device)  # once: a batch without the device stops before its first image
@@ -273,29 +338,41 @@ def run(args) -> int:
         print(f"deepmorph fit: not fitting {len(own)} overlay(s) that it wrote into {out} ({own[0].name}...)",
               file=sys.stderr)
     images = _once(p for p in images if p not in own)
-    stems = assign_names(images, record["outputs"], out)
+    items, no_frames = image_items(images, args.frames)
+    for name, problem in no_frames:
+        print(f"deepmorph fit: skipped {name}: {problem}", file=sys.stderr)
+    bad += no_frames
+    stems = assign_names(items, record["outputs"], out)
     atomic_write_json(out / RECORD, record)  # before any result: a name, once given, stays with its image
     digest = settings_digest(args)
     results, figures, reused = [], [], 0
+    xray = (None, None)  # (path, XRayFile): the file read last (a multi-frame file is read once)
     t0 = time.perf_counter()
     try:
-        for i, (path, stem) in enumerate(zip(images, stems), 1):
+        for i, ((path, frame), stem) in enumerate(zip(items, stems), 1):
+            shown = f"{path.name}" + ("" if frame is None else f" frame {frame}")
             previous = None if args.refit or not path.is_file() else \
-                reusable_result(out / f"{stem}.json", out / f"{stem}{OVERLAY}", path, digest)
+                reusable_result(out / f"{stem}.json", out / f"{stem}{OVERLAY}", path, digest, frame)
             if previous is not None:
                 results.append((stem, previous))
                 reused += 1
                 if args.report:
-                    figures.append((f"{path.name}: {_summary(previous)}",
+                    figures.append((f"{shown}: {_summary(previous)}",
                                     _thumbnail(read_rgb(out / f"{stem}{OVERLAY}"))))
-                print(f"[{i}/{len(images)}] {path}: {_summary(previous)} (done earlier, reused)", flush=True)
+                print(f"[{i}/{len(items)}] {path}{shown[len(path.name):]}: {_summary(previous)} "
+                      "(done earlier, reused)", flush=True)
                 continue
             try:
-                image = read_image_2d(path)
-                identity = input_identity(path)
+                if xray[0] != path:
+                    xray = (path, read_xray(path))
+                if len(xray[1].frames) < (frame or 1):
+                    raise ValueError(f"it has {len(xray[1].frames)} frames, not {frame}")
+                image = xray[1].frames[(frame or 1) - 1]
+                identity = input_identity(path, frame)
                 res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
                                          predictor=predictor, threshold=args.threshold, min_pixels=args.min_pixels,
-                                         source=str(path), circle_method=args.circle_method,
+                                         source=str(path) if frame is None else source_of(path, frame),
+                                         circle_method=args.circle_method,
                                          refine=refiner or False, edge_snap=not args.no_edge_snap,
                                          femur_check=not args.no_femur_check,
                                          femur_min_quality=args.femur_min_quality,
@@ -309,23 +386,27 @@ def run(args) -> int:
                       (f" (its earlier result {stem}.json removed)" if removed else ""), file=sys.stderr)
                 continue
             d = res.to_dict()
+            if xray[1].spacing_mm is not None:
+                d["pixel_spacing_mm"], d["pixel_spacing_source"] = list(xray[1].spacing_mm), xray[1].spacing_source
+                d["in_mm"] = result_in_mm(d, xray[1].spacing_mm)
             d["provenance"] = {"settings_sha256": digest, "input": identity}
-            overlay = draw_overlay(image, res, caption=f"{path.name}: {_summary(d)}")
+            overlay = draw_overlay(image, res, caption=f"{shown}: {_summary(d)}")
             write_png(out / f"{stem}{OVERLAY}", overlay)
             atomic_write_json(out / f"{stem}.json", d)  # last: a result without its overlay is never reused
             results.append((stem, d))
             if args.report:
-                figures.append((f"{path.name}: {_summary(d)}", _thumbnail(overlay)))
-            print(f"[{i}/{len(images)}] {path}: {_summary(d)} ({d['timings_ms']['total_ms']:.0f} ms)", flush=True)
+                figures.append((f"{shown}: {_summary(d)}", _thumbnail(overlay)))
+            print(f"[{i}/{len(items)}] {path}{shown[len(path.name):]}: {_summary(d)} "
+                  f"({d['timings_ms']['total_ms']:.0f} ms)", flush=True)
     except KeyboardInterrupt:
         if args.report and results:
-            _write_report(out, args, results, bad, figures, time.perf_counter() - t0, images, reused)
-        print(f"deepmorph fit: stopped after {len(results)} of {len(images)} images; run the same command again to "
+            _write_report(out, args, results, bad, figures, time.perf_counter() - t0, items, reused)
+        print(f"deepmorph fit: stopped after {len(results)} of {len(items)} images; run the same command again to "
               "continue (finished images are reused)", file=sys.stderr)
         raise
     elapsed = time.perf_counter() - t0
     if args.report:
-        _write_report(out, args, results, bad, figures, elapsed, images, reused)
+        _write_report(out, args, results, bad, figures, elapsed, items, reused)
     done_earlier = f", {reused} reused from an earlier run" if reused else ""
     print(f"deepmorph fit: {len(results)} fitted ({sum(d['detected'] for _, d in results)} detected{done_earlier}), "
           f"{len(bad)} skipped; results in {out}", file=sys.stderr)
@@ -338,7 +419,9 @@ def _summary(d: dict) -> str:
         return f"not detected ({d['reason']}); {pol}"
     if d.get("circle"):
         c = d["circle"]
-        return f"circle cx={c['cx']:.1f} cy={c['cy']:.1f} r={c['r']:.1f} px; {pol}"
+        r_mm = ((d.get("in_mm") or {}).get("circle") or {}).get("r")
+        in_mm = f" (r {r_mm:.1f} mm)" if r_mm is not None else ""
+        return f"circle cx={c['cx']:.1f} cy={c['cy']:.1f} r={c['r']:.1f} px{in_mm}; {pol}"
     source = " (region network's fit)" if d.get("fit_map") == "region" else ""
     from DeepMorphLib.overlay import EXTRAPOLATED_BELOW, extrapolated_points
 
