@@ -286,6 +286,8 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if p.modelSource == ModelSource.FILE and not pathlib.Path(p.modelPath).is_file():
             raise ValueError(_("Choose a model file (.safetensors), or use the shipped model."))
         pdm = self.shapeModel() if p.task == Task.FEMUR else None
+        if not self.nodes:  # e.g. a scene saved with a fit and opened again: update its nodes, do not add a second set
+            self.nodes = fit_logic.result_nodes(slicer.mrmlScene, p.inputVolume)
         self.result, self.nodes = fit_logic.fit_xray_node(
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
             side=p.side.value, femur_min_quality=p.femurMinQuality, keep_unconfirmed_head=p.keepUnconfirmedHead,

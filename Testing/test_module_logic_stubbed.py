@@ -353,3 +353,44 @@ def test_deepmorph_fits_again_after_result_nodes_were_deleted(modules, monkeypat
     slicer.mrmlScene.RemoveNode(nodes["head_centre"])  # deleted, then a fit that hides the circle: no crash
     result, nodes = logic.process(p, predict=lambda image: np.zeros(image.shape, np.float32))
     assert not result.detected and not nodes["head_circle"].GetDisplayNode().GetVisibility()
+
+
+def test_deepmorph_refit_updates_the_fit_of_a_saved_scene_and_names_the_overlay_after_its_xray(modules, tmp_path):
+    """A scene saved with a fit and opened again: the next Fit added a second "Femoral head" (the old circle stayed
+    on the image beside the new one). Fitting another X-ray kept the overlay named after the first one."""
+    import slicer
+
+    def ring_at(cx):
+        def predict(image):
+            yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+            return (np.abs(np.hypot(xx - cx, yy - 20.0) - 10.0) < 1.1).astype(np.float32)
+        return predict
+
+    dm = modules["DeepMorph"]
+    scene = slicer.mrmlScene
+    ramp = np.tile(np.arange(60, dtype=np.uint8) * 4, (40, 1))
+    logic = dm.DeepMorphLogic()
+    p = logic.getParameterNode()
+    p.inputVolume = g.image_to_node(ramp, scene, "X-ray 1")
+    logic.process(p, predict=ring_at(30.0))
+    bundle = g.save_scene_bundle(scene, tmp_path / "fitted.mrb")
+    scene.Clear(0)
+    g.load_scene_bundle(modules["app"], bundle, tmp_path / "unpacked")
+    xray = scene.GetFirstNodeByName("X-ray 1")
+
+    logic = dm.DeepMorphLogic()  # a new session
+    p = logic.getParameterNode()
+    p.inputVolume = xray
+    result, nodes = logic.process(p, predict=ring_at(26.0))
+
+    def named(name):
+        return [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()) if scene.GetNthNode(i).GetName() == name]
+
+    for name in ("Femoral head", "Femoral head centre", "X-ray 1 confidence"):
+        assert len(named(name)) == 1, name
+    assert np.allclose(g.circle_from_markups(named("Femoral head")[0], xray)[:2], (26.0, 20.0), atol=0.1)
+    assert named("X-ray 1 confidence")[0] is nodes["confidence"] is p.confidenceVolume
+
+    p.inputVolume = g.image_to_node(ramp, scene, "X-ray 2")
+    logic.process(p, predict=ring_at(30.0))
+    assert nodes["confidence"].GetName() == "X-ray 2 confidence"

@@ -520,6 +520,8 @@ def image_pixel_mm(xray_node) -> float | None:
 
 MARKUP_KEYS = ("head_circle", "head_centre", "unconfirmed_circle", "unconfirmed_centre", "contour", "landmarks",
                "unconfirmed_contour")
+RESULT_ATTRIBUTE = "DeepMorph.result"  # a result node's key (MARKUP_KEYS or "confidence"), saved with the scene
+XRAY_REFERENCE = "DeepMorph.xray"  # node reference role: a result node -> the X-ray it was fitted on
 UNCONFIRMED_COLOR = (1.0, 0.45, 0.0)  # a circle / contour found but not confirmed ("not detected", for review): orange
 
 
@@ -530,9 +532,10 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
 
     nodes = glue.nodes_in_scene(scene, nodes)
     if result.confidence is not None:
-        nodes["confidence"] = glue.confidence_to_node(
-            scene, result.confidence, xray_node, node=nodes.get("confidence"), name=f"{xray_node.GetName()} confidence"
-        )
+        name = f"{xray_node.GetName()} confidence"
+        nodes["confidence"] = glue.confidence_to_node(scene, result.confidence, xray_node, node=nodes.get("confidence"),
+                                                      name=name)
+        nodes["confidence"].SetName(name)  # a node reused from another X-ray's fit is named after this one
     show_circle = result.detected and result.circle is not None
     show_unconfirmed = not result.detected and result.circle is not None  # rejected, kept for the reviewer
     show_contour = result.detected and result.contour is not None
@@ -566,7 +569,25 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
     for key in MARKUP_KEYS:
         if nodes.get(key) is not None:
             nodes[key].GetDisplayNode().SetVisibility(visible[key])
+    for key, node in nodes.items():
+        node.SetAttribute(RESULT_ATTRIBUTE, key)
+        node.SetNodeReferenceID(XRAY_REFERENCE, xray_node.GetID())
     return nodes
+
+
+def result_nodes(scene, xray_node) -> dict:
+    """The result nodes that ``show_result`` made for ``xray_node`` in ``scene`` ({key: node}), e.g. in a scene saved
+    with a fit and opened again: pass them as ``nodes`` so that a new fit updates them instead of adding a second set."""
+    found = {}
+    if xray_node is None:
+        return found
+    for class_name in ("vtkMRMLMarkupsNode", "vtkMRMLScalarVolumeNode"):
+        for index in range(scene.GetNumberOfNodesByClass(class_name)):
+            node = scene.GetNthNodeByClass(index, class_name)
+            key = node.GetAttribute(RESULT_ATTRIBUTE)
+            if key in (*MARKUP_KEYS, "confidence") and node.GetNodeReferenceID(XRAY_REFERENCE) == xray_node.GetID():
+                found.setdefault(key, node)
+    return found
 
 
 def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=None) -> np.ndarray:
