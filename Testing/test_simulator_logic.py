@@ -184,6 +184,33 @@ def test_dataset_landmarks_are_exported_in_the_world_frame_as_the_ct_and_mesh(ap
     assert lm.GetStorageNode() is None
 
 
+def test_ground_truth_reads_landmark_labels_as_the_dataset_command_does(app, monkeypatch, tmp_path):
+    """``deepmorph phantom`` writes both femurs' landmarks as ``right_head_center``, ``left_head_center``, ...: loaded
+    into Slicer, the simulator refused them ("Give landmarks with a 'head_center' point") although
+    ``deepmorph dataset --landmarks`` reads them. The femur selected picks its side's points."""
+    from DeepMorphSimulatorLib.landmarks import write_markups
+
+    monkeypatch.setitem(sys.modules, "DeepMorphSimulatorLib.projection", fake_projection_module())
+    geometry = CArmGeometry(width_px=200, height_px=160, pixel_mm=1.0, orbital_deg=15)
+    drr = g.image_to_node(np.zeros((160, 200), np.uint8), app.scene, "DRR", g.detector_ijk_to_ras(geometry))
+    drr.SetAttribute(logic.GEOMETRY_ATTRIBUTE, json.dumps(geometry.to_dict()))
+    right, left = np.array([-30.0, 0.0, 0.0]), np.array([30.0, 0.0, 0.0])
+    path = tmp_path / "landmarks.mrk.json"
+    write_markups(path, [("right_head_center", right + 1.0, "right femoral head centre"),
+                         ("right_greater_trochanter", right + [-40.0, 0.0, -50.0], ""),
+                         ("left_head_center", left + 1.0, "left femoral head centre"),
+                         ("Left Greater-Trochanter", left + [40.0, 0.0, -50.0], "")])
+    lm = g.load_markups(app, path)  # Slicer's markups reader
+    for side, centre in (("right", right), ("left", left)):
+        femur = g.polydata_to_model_node(app.scene, sphere_with_neck(tuple(centre), 22.0), f"{side} femur")
+        nodes = logic.ground_truth_to_markups(app.scene, drr, femur, lm)
+        cx, cy, r = g.circle_from_markups(nodes["head_circle"], drr)
+        assert np.allclose([cx, cy], geometry.project(centre)[0], atol=0.2), side  # the mesh's own head
+        assert g.control_point_labels(nodes["landmarks"]) == ["greater_trochanter"]
+        expected = centre + ([-40.0, 0.0, -50.0] if side == "right" else [40.0, 0.0, -50.0])
+        assert np.allclose(g.markups_to_uv(nodes["landmarks"], drr)[0], geometry.project(expected)[0], atol=1e-3)
+
+
 def test_dataset_inputs_and_command(app, ct, tmp_path):
     import SimpleITK as sitk
     import vtk

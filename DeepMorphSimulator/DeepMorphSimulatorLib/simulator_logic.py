@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,28 @@ def _polydata_points(polydata) -> np.ndarray:
     return numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(float)
 
 
+def femur_landmarks_lps(landmarks_node, mesh_points_lps: np.ndarray) -> dict[str, np.ndarray]:
+    """{name: (3,) LPS mm} of a point list, its labels read as ``deepmorph dataset --landmarks`` reads them
+    (``landmarks.femur_landmarks_from_markups``): any case, spaces or hyphens for underscores, a ``right_`` / ``left_``
+    prefix dropped. A list with both femurs' points (``deepmorph phantom``'s ``landmarks.mrk.json``) gives those of the
+    femur whose ``head_center`` lies nearest the mesh (N, 3), plus the unprefixed ones."""
+    by_side = {None: {}, "right": {}, "left": {}}
+    for label, point in glue.named_points_lps(landmarks_node).items():
+        key = re.sub(r"[\s\-]+", "_", label.strip().lower())
+        prefix, _, rest = key.partition("_")
+        side = prefix if prefix in ("right", "left") and rest else None
+        by_side[side][rest if side else key] = np.asarray(point, dtype=float)
+    points = np.asarray(mesh_points_lps, dtype=float)
+
+    def distance(side):
+        head = by_side[side].get(HEAD_CENTER)
+        return np.inf if head is None or not len(points) else float(np.min(np.linalg.norm(points - head, axis=1)))
+
+    sides = [side for side in ("right", "left") if by_side[side]]
+    chosen = min(sides, key=distance) if sides else None
+    return {**by_side[None], **(by_side[chosen] if chosen else {})}
+
+
 def ground_truth_to_markups(scene, drr_node, femur_node, landmarks_node=None, geometry: CArmGeometry | None = None,
                             nodes: dict | None = None, n_points: int = 64) -> dict:
     """Project the femur onto the DRR: outline (closed curve), head circle + centre, named landmarks.
@@ -123,7 +146,7 @@ def ground_truth_to_markups(scene, drr_node, femur_node, landmarks_node=None, ge
     geometry = geometry or geometry_of(drr_node)
     nodes = glue.nodes_in_scene(scene, nodes)
     mesh = glue.femur_polydata_lps(femur_node)
-    landmarks = glue.named_points_lps(landmarks_node) if landmarks_node is not None else {}
+    landmarks = femur_landmarks_lps(landmarks_node, _polydata_points(mesh)) if landmarks_node is not None else {}
     centre, radius = head_sphere(_polydata_points(mesh), landmarks) if HEAD_CENTER in landmarks else (None, None)
     if centre is None:
         raise ValueError(f"Give landmarks with a '{HEAD_CENTER}' point to place the femoral head.")
