@@ -209,6 +209,15 @@ def test_ground_truth_reads_landmark_labels_as_the_dataset_command_does(app, mon
         assert g.control_point_labels(nodes["landmarks"]) == ["greater_trochanter"]
         expected = centre + ([-40.0, 0.0, -50.0] if side == "right" else [40.0, 0.0, -50.0])
         assert np.allclose(g.markups_to_uv(nodes["landmarks"], drr)[0], geometry.project(expected)[0], atol=1e-3)
+        # Generate dataset: the exported list holds the selected femur's points, which the dataset command reads
+        # without --side (both femurs' points: "choose one with --side left|right", the job failed)
+        from DeepMorphSimulatorLib.landmarks import femur_landmarks_from_markups
+
+        ct_node = g.volume_to_node(Volume(np.zeros((4, 4, 4), np.int16)), app.scene, "CT")
+        paths = logic.export_dataset_inputs(ct_node, femur, lm, tmp_path / side)
+        read, _ = femur_landmarks_from_markups(paths["landmarks"])
+        assert sorted(read) == ["greater_trochanter", "head_center"]
+        assert np.allclose(read["head_center"], centre + 1.0, atol=1e-4)
 
 
 def test_dataset_inputs_and_command(app, ct, tmp_path):

@@ -112,6 +112,13 @@ def _polydata_points(polydata) -> np.ndarray:
     return numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(float)
 
 
+def _landmark_side_and_name(label: str) -> tuple[str | None, str]:
+    """"Right Head-Center" -> ("right", "head_center"); "head_center" -> (None, "head_center")."""
+    key = re.sub(r"[\s\-]+", "_", label.strip().lower())
+    prefix, _, rest = key.partition("_")
+    return (prefix, rest) if prefix in ("right", "left") and rest else (None, key)
+
+
 def femur_landmarks_lps(landmarks_node, mesh_points_lps: np.ndarray) -> dict[str, np.ndarray]:
     """{name: (3,) LPS mm} of a point list, its labels read as ``deepmorph dataset --landmarks`` reads them
     (``landmarks.femur_landmarks_from_markups``): any case, spaces or hyphens for underscores, a ``right_`` / ``left_``
@@ -119,10 +126,8 @@ def femur_landmarks_lps(landmarks_node, mesh_points_lps: np.ndarray) -> dict[str
     femur whose ``head_center`` lies nearest the mesh (N, 3), plus the unprefixed ones."""
     by_side = {None: {}, "right": {}, "left": {}}
     for label, point in glue.named_points_lps(landmarks_node).items():
-        key = re.sub(r"[\s\-]+", "_", label.strip().lower())
-        prefix, _, rest = key.partition("_")
-        side = prefix if prefix in ("right", "left") and rest else None
-        by_side[side][rest if side else key] = np.asarray(point, dtype=float)
+        side, key = _landmark_side_and_name(label)
+        by_side[side][key] = np.asarray(point, dtype=float)
     points = np.asarray(mesh_points_lps, dtype=float)
 
     def distance(side):
@@ -280,9 +285,16 @@ def export_dataset_inputs(ct_node, femur_node, landmarks_node, folder: str | os.
         raise ValueError("Select a CT volume and the femur (segmentation, label map or model) first.")
     paths = {"ct": folder / "ct.nrrd", "mesh": folder / "femur.vtp"}
     write_volume(glue.node_to_volume(ct_node), paths["ct"])
-    write_mesh_vtp(glue.femur_polydata_lps(femur_node), paths["mesh"])
+    mesh = glue.femur_polydata_lps(femur_node)
+    write_mesh_vtp(mesh, paths["mesh"])
     if landmarks_node is not None:
         paths["landmarks"] = write_markups_json(landmarks_node, folder / "landmarks.mrk.json")
+        sides = {_landmark_side_and_name(label)[0] for label in glue.control_point_labels(landmarks_node)}
+        if {"right", "left"} <= sides:  # both femurs' points: the dataset command would ask for --side
+            from .landmarks import write_markups
+
+            named = femur_landmarks_lps(landmarks_node, _polydata_points(mesh))  # the selected femur's
+            write_markups(paths["landmarks"], [(k, p, "") for k, p in named.items()], name=landmarks_node.GetName())
     return paths
 
 
