@@ -81,7 +81,10 @@ def test_points_behind_source_are_rejected():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"sid_mm": -1}, "sid_mm"), ({"sod_mm": 1200}, "sod_mm"), ({"pixel_mm": 0}, "pixel_mm"), ({"width_px": 0}, "detector size")],
+    [({"sid_mm": -1}, "sid_mm"), ({"sod_mm": 1200}, "sod_mm"), ({"pixel_mm": 0}, "pixel_mm"), ({"width_px": 0}, "detector size"),
+     # non-finite angles reached the renderer, which crashed the process (segmentation fault, no message)
+     ({"orbital_deg": float("nan")}, "orbital_deg"), ({"angular_deg": float("inf")}, "angular_deg"),
+     ({"inplane_deg": -float("inf")}, "inplane_deg"), ({"principal_point": (float("nan"), 3.0)}, "principal_point")],
 )
 def test_bad_geometry_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):

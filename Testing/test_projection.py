@@ -359,3 +359,19 @@ def test_a_femur_off_the_bone_of_the_ct_is_refused(phantom, saved, tmp_path, mov
     with pytest.raises(ValueError, match="does not lie on bone in the CT.*RAS"):
         load_femur(tmp_path / "off.stl", ct=phantom.ct)
     assert load_femur(tmp_path / "off.stl").side in ("right", "left")  # without a CT nothing to compare against
+
+
+def test_a_shaft_cut_too_short_to_measure_names_the_cut(phantom, saved, tmp_path, capsys):
+    """A cut above the lesser trochanter leaves no shaft to find the axis in, even with every landmark given: the
+    error names --cut-mm and a length that works (not the landmarks the user already gave); a NaN cut is refused."""
+    from DeepMorphLib.cli import main
+
+    fem = phantom.femurs["right"]
+    with pytest.raises(ValueError, match=r"--cut-mm.*use about (\d+) mm") as err:
+        load_femur(saved["femur_right"], landmarks=dict(fem.landmarks), cut_mm=40.0)
+    enough = float(err.value.args[0].split("use about ")[1].split(" mm")[0])
+    assert 40.0 < enough < 150.0
+    assert load_femur(saved["femur_right"], landmarks=dict(fem.landmarks), cut_mm=enough).side == "right"
+    args = ["drr", "--ct", saved["ct"], "--mesh", saved["femur_right"], "--size", "32", "--out", str(tmp_path / "a.png")]
+    assert main([*args, "--cut-mm", "nan"]) == 2
+    assert "--cut-mm" in capsys.readouterr().err

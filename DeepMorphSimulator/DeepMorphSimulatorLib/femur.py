@@ -375,6 +375,8 @@ def load_femur(source, landmarks=None, side: str | None = None, ct=None, coordin
 
     if side is not None and side not in SIDES:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}.")
+    if cut_mm is not None and not (np.isfinite(cut_mm) and cut_mm > 0):
+        raise ValueError(f"cut_mm must be a positive length in mm (None keeps the whole femur), got {cut_mm}.")
     mesh = None
     if isinstance(source, Volume):
         mesh = _label_mesh(source, side, target_triangles)
@@ -417,8 +419,14 @@ def load_femur(source, landmarks=None, side: str | None = None, ct=None, coordin
     if cut_mm is not None:
         mesh, lm, clipped = cut_mesh(mesh, lm, float(cut_mm))
     if clipped:
-        lm, radius = estimate_landmarks(mesh, lm["head_center"], radius, {k: lm[k] for k in lm
-                                        if k not in ("shaft_cut_lateral", "shaft_cut_medial")})
+        try:
+            lm, radius = estimate_landmarks(mesh, lm["head_center"], radius, {k: lm[k] for k in lm
+                                            if k not in ("shaft_cut_lateral", "shaft_cut_medial")})
+        except ValueError:
+            raise ValueError(f"Shortening the femur to {cut_mm:g} mm below the head centre (--cut-mm) leaves too "
+                             "little shaft below the trochanters to find its axis; use about "
+                             f"{2.8 * radius + 10:.0f} mm or more for this femur (default {SHAFT_CUT_MM:g}), or 0 to keep "
+                             "the whole femur.") from None
     return Femur(mesh=mesh, landmarks=lm, head_radius_mm=radius, side=anatomical)
 
 

@@ -83,6 +83,12 @@ class CArmGeometry:
             problems.append(f"pixel_mm must be > 0, got {self.pixel_mm}")
         if not np.all(np.isfinite(self.isocenter_lps)) or len(self.isocenter_lps) != 3:
             problems.append(f"isocenter_lps must be 3 finite numbers, got {self.isocenter_lps}")
+        for name in ("orbital_deg", "angular_deg", "inplane_deg"):
+            if not np.isfinite(getattr(self, name)):
+                problems.append(f"{name} must be a finite angle in degrees, got {getattr(self, name)}")
+        if self.principal_point is not None and (len(self.principal_point) != 2
+                                                 or not np.all(np.isfinite(self.principal_point))):
+            problems.append(f"principal_point must be 2 finite numbers (u, v px), got {self.principal_point}")
         if problems:
             raise ValueError("Invalid C-arm geometry: " + "; ".join(problems))
 

@@ -164,7 +164,7 @@ def ground_truth(args, ct, geometry, paths) -> dict:
     from ..femur import load_femur
     from ..projection import ground_truth_record, mask_paths, project_ground_truth, write_ground_truth_masks
 
-    if args.cut_mm < 0:
+    if not (np.isfinite(args.cut_mm) and args.cut_mm >= 0):
         raise ValueError(f"--cut-mm must be >= 0 (0 keeps the whole femur), got {args.cut_mm}.")
     femur = load_femur(args.mesh, landmarks=args.landmarks, side=args.side, ct=ct, coordinate_system=args.mesh_space,
                        cut_mm=args.cut_mm or None)
