@@ -36,7 +36,7 @@ from DeepMorphLib.commands import (add_femur_fit_arguments, add_head_fit_argumen
 HELP = "fit the head circle or the femur shape model to X-ray images (PNG/JPEG/DICOM/NRRD)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".nrrd", ".nhdr", ".mha", ".mhd",
                   ".nii", ".nii.gz", ".bmp")  # what a folder given as IMAGE contributes
-RESUME_IGNORES = ("images", "out", "report", "refit", "device", "command", "frames")  # options that do not change a fit
+RESUME_IGNORES = ("images", "out", "report", "refit", "device", "command", "frames", "workers")  # not changing a fit
 CSV_COLUMNS = ["file", "detected", "reason", "cx", "cy", "r", "r_mm", "n_points", "quality", "polarity",
                "polarity_mode", "polarity_score", "total_ms", "source", "frame"]  # file: the output name; source: the
 # image (absolute path); frame: 1-based, of a multi-frame file
@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=frame_selection, default="all",
                         help="frames of multi-frame DICOM files (fluoroscopy runs) to fit, 1-based: 'all' (default) "
                              "or e.g. '1,5,10-20'; single-frame images are always fitted")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="images fitted at once, each process with its share of the threads (default 1; on a "
+                             "machine with many cores e.g. one per 2 cores; results can differ from --workers 1 in "
+                             "float rounding, as with any change of thread count)")
     parser.add_argument("--report", action="store_true", help="also write results.json/.csv and report.html")
     parser.add_argument("--refit", action="store_true",
                         help="fit every image again (by default an image whose result OUT already holds, from the same "
@@ -307,12 +311,125 @@ def csv_row(name: str, d: dict) -> dict:
             "polarity_score": d.get("polarity_score"), "total_ms": d["timings_ms"].get("total_ms"), "source": source}
 
 
+class Fitter:
+    """The models and settings of one ``fit`` run, loaded once (per worker process with ``--workers``), and the work
+    on one image: read it, fit it, write ``OUT/<name>.json`` and its overlay."""
+
+    def __init__(self, args, digest: str):
+        from DeepMorphLib import pipeline
+
+        self.args, self.digest, self.out = args, digest, Path(args.out)
+        self.predictor = pipeline.load_predictor(args.task, args.model, args.device)  # a missing model stops here
+        self.refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
+        self.shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
+        self.anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
+        self.region = pipeline.load_region_net(args.region_model, args.device) if args.task == "femur" else None
+        self.fit_options = femur_fit_options(args)
+        self._xray = (None, None)  # (path, XRayFile): the file read last (a multi-frame file is read once)
+
+    def fit_item(self, path: Path, frame: int | None, stem: str, thumbnail: bool):
+        """("done", result dict, thumbnail or None), or ("skipped", why, whether an earlier result was removed) for
+        an image that cannot be read or fitted."""
+        from DeepMorphLib import pipeline
+        from DeepMorphLib.overlay import draw_overlay
+        from DeepMorphLib.xray_file import read_xray, result_in_mm
+        from DeepMorphSimulatorLib.files import atomic_write_json, write_png
+
+        args = self.args
+        try:
+            if self._xray[0] != path:
+                self._xray = (path, read_xray(path))
+            xray = self._xray[1]
+            if len(xray.frames) < (frame or 1):
+                raise ValueError(f"it has {len(xray.frames)} frames, not {frame}")
+            image = xray.frames[(frame or 1) - 1]
+            identity = input_identity(path, frame)
+            res = pipeline.fit_image(image, args.task, pdm=self.shape_model, polarity=args.polarity,
+                                     predictor=self.predictor, threshold=args.threshold, min_pixels=args.min_pixels,
+                                     source=str(path) if frame is None else source_of(path, frame),
+                                     circle_method=args.circle_method,
+                                     refine=self.refiner or False, edge_snap=not args.no_edge_snap,
+                                     femur_check=not args.no_femur_check,
+                                     femur_min_quality=args.femur_min_quality,
+                                     keep_unconfirmed_head=args.keep_unconfirmed_head,
+                                     head_anchor=self.anchor or False, region=self.region or False,
+                                     fit_options=self.fit_options, side=args.side)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            removed = path.is_file() and remove_result(self.out, stem)  # it no longer describes this file
+            return "skipped", str(exc), removed
+        d = res.to_dict()
+        if xray.spacing_mm is not None:
+            d["pixel_spacing_mm"], d["pixel_spacing_source"] = list(xray.spacing_mm), xray.spacing_source
+            d["in_mm"] = result_in_mm(d, xray.spacing_mm)
+        d["provenance"] = {"settings_sha256": self.digest, "input": identity}
+        overlay = draw_overlay(image, res, caption=f"{_shown(path, frame)}: {_summary(d)}")
+        write_png(self.out / f"{stem}{OVERLAY}", overlay)
+        atomic_write_json(self.out / f"{stem}.json", d)  # last: a result without its overlay is never reused
+        return "done", d, _thumbnail(overlay) if thumbnail else None
+
+
+def _shown(path: Path, frame: int | None) -> str:
+    return path.name + ("" if frame is None else f" frame {frame}")
+
+
+_WORKER: dict = {}  # the worker process's Fitter
+
+
+def _start_worker(args, digest: str, threads: int) -> None:
+    """A ``--workers`` process: ``threads`` threads for torch and numba, Ctrl-C left to the main process (which
+    stops handing out images and waits for the ones being fitted), the models loaded once."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_threads(threads)
+    _WORKER["fitter"] = Fitter(args, digest)
+
+
+def _worker_fit(path: Path, frame: int | None, stem: str, thumbnail: bool):
+    return _WORKER["fitter"].fit_item(path, frame, stem, thumbnail)
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+
+
+WORKER_START = "spawn"  # how worker processes start (fork is unsafe once torch runs threads)
+
+
+def _fitted(todo, fitter: Fitter | None, args, digest: str):
+    """Yield (index, outcome) for each (index, path, frame, stem) of ``todo`` as it is fitted: in this process
+    (``fitter``), or by ``args.workers`` processes, each with its share of this process's threads."""
+    if args.workers == 1:
+        for i, path, frame, stem in todo:
+            yield i, fitter.fit_item(path, frame, stem, args.report)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // args.workers)
+    pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context(WORKER_START),
+                               initializer=_start_worker, initargs=(args, digest, threads))
+    try:
+        futures = {pool.submit(_worker_fit, path, frame, stem, args.report): i for i, path, frame, stem in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:  # Ctrl-C or an error: no new images; the ones being fitted finish (their results are kept)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run(args) -> int:
-    from DeepMorphLib import pipeline
     from DeepMorphLib.inference import resolve_device
-    from DeepMorphLib.overlay import draw_overlay
-    from DeepMorphLib.xray_file import read_xray, result_in_mm
-    from DeepMorphSimulatorLib.files import atomic_write_json, lock_folder, write_png
+    from DeepMorphSimulatorLib.files import atomic_write_json, lock_folder
 
     try:
         resolve_device(args.device)  # once: a batch without the device stops before its first image
@@ -324,12 +441,8 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_folder(out, "deepmorph fit")  # noqa: F841  (held until this run ends)
     record = read_record(out, args.task)  # as the run before this one left it
-    predictor = pipeline.load_predictor(args.task, args.model, args.device)  # once; a missing model stops here
-    refiner = pipeline.load_refiner(args.refine_model, args.device) if args.task == "head" else None
-    shape_model = pipeline.load_shape_model(args.pdm) if args.task == "femur" else None
-    anchor = pipeline.load_head_anchor(args.head_anchor, args.device) if args.task == "femur" else None
-    region = pipeline.load_region_net(args.region_model, args.device) if args.task == "femur" else None
-    fit_options = femur_fit_options(args)
+    digest = settings_digest(args)
+    fitter = Fitter(args, digest)  # with --workers too: a missing or bad model stops here, before any worker
     images, bad = expand_images(args.images)
     for name, problem in bad:
         print(f"deepmorph fit: skipped {name}: {problem}", file=sys.stderr)
@@ -344,71 +457,53 @@ def run(args) -> int:
     bad += no_frames
     stems = assign_names(items, record["outputs"], out)
     atomic_write_json(out / RECORD, record)  # before any result: a name, once given, stays with its image
-    digest = settings_digest(args)
-    results, figures, reused = [], [], 0
-    xray = (None, None)  # (path, XRayFile): the file read last (a multi-frame file is read once)
+    done, figures, todo = {}, {}, []  # by item index
+    reused, count = 0, 0
     t0 = time.perf_counter()
+
+    def results():
+        return [done[i] for i in sorted(done)]
+
+    def report(elapsed):
+        _write_report(out, args, results(), bad, [figures[i] for i in sorted(figures)], elapsed, items, reused)
+
     try:
-        for i, ((path, frame), stem) in enumerate(zip(items, stems), 1):
-            shown = f"{path.name}" + ("" if frame is None else f" frame {frame}")
+        for i, ((path, frame), stem) in enumerate(zip(items, stems)):
             previous = None if args.refit or not path.is_file() else \
                 reusable_result(out / f"{stem}.json", out / f"{stem}{OVERLAY}", path, digest, frame)
-            if previous is not None:
-                results.append((stem, previous))
-                reused += 1
-                if args.report:
-                    figures.append((f"{shown}: {_summary(previous)}",
-                                    _thumbnail(read_rgb(out / f"{stem}{OVERLAY}"))))
-                print(f"[{i}/{len(items)}] {path}{shown[len(path.name):]}: {_summary(previous)} "
-                      "(done earlier, reused)", flush=True)
+            if previous is None:
+                todo.append((i, path, frame, stem))
                 continue
-            try:
-                if xray[0] != path:
-                    xray = (path, read_xray(path))
-                if len(xray[1].frames) < (frame or 1):
-                    raise ValueError(f"it has {len(xray[1].frames)} frames, not {frame}")
-                image = xray[1].frames[(frame or 1) - 1]
-                identity = input_identity(path, frame)
-                res = pipeline.fit_image(image, args.task, pdm=shape_model, polarity=args.polarity,
-                                         predictor=predictor, threshold=args.threshold, min_pixels=args.min_pixels,
-                                         source=str(path) if frame is None else source_of(path, frame),
-                                         circle_method=args.circle_method,
-                                         refine=refiner or False, edge_snap=not args.no_edge_snap,
-                                         femur_check=not args.no_femur_check,
-                                         femur_min_quality=args.femur_min_quality,
-                                         keep_unconfirmed_head=args.keep_unconfirmed_head,
-                                         head_anchor=anchor or False, region=region or False,
-                                         fit_options=fit_options, side=args.side)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                bad.append((str(path), str(exc)))
-                removed = path.is_file() and remove_result(out, stem)  # it no longer describes this file
-                print(f"deepmorph fit: skipped {path}: {exc}" +
-                      (f" (its earlier result {stem}.json removed)" if removed else ""), file=sys.stderr)
-                continue
-            d = res.to_dict()
-            if xray[1].spacing_mm is not None:
-                d["pixel_spacing_mm"], d["pixel_spacing_source"] = list(xray[1].spacing_mm), xray[1].spacing_source
-                d["in_mm"] = result_in_mm(d, xray[1].spacing_mm)
-            d["provenance"] = {"settings_sha256": digest, "input": identity}
-            overlay = draw_overlay(image, res, caption=f"{shown}: {_summary(d)}")
-            write_png(out / f"{stem}{OVERLAY}", overlay)
-            atomic_write_json(out / f"{stem}.json", d)  # last: a result without its overlay is never reused
-            results.append((stem, d))
+            done[i] = (stem, previous)
+            reused, count = reused + 1, count + 1
             if args.report:
-                figures.append((f"{shown}: {_summary(d)}", _thumbnail(overlay)))
-            print(f"[{i}/{len(items)}] {path}{shown[len(path.name):]}: {_summary(d)} "
-                  f"({d['timings_ms']['total_ms']:.0f} ms)", flush=True)
+                figures[i] = (f"{_shown(path, frame)}: {_summary(previous)}",
+                              _thumbnail(read_rgb(out / f"{stem}{OVERLAY}")))
+            print(f"[{count}/{len(items)}] {path}{_shown(path, frame)[len(path.name):]}: {_summary(previous)} "
+                  "(done earlier, reused)", flush=True)
+        for i, (status, value, extra) in _fitted(todo, fitter, args, digest):
+            (path, frame), stem = items[i], stems[i]
+            count += 1
+            if status == "skipped":
+                bad.append((str(path), value))
+                print(f"deepmorph fit: skipped {path}: {value}" +
+                      (f" (its earlier result {stem}.json removed)" if extra else ""), file=sys.stderr)
+                continue
+            done[i] = (stem, value)
+            if args.report:
+                figures[i] = (f"{_shown(path, frame)}: {_summary(value)}", extra)
+            print(f"[{count}/{len(items)}] {path}{_shown(path, frame)[len(path.name):]}: {_summary(value)} "
+                  f"({value['timings_ms']['total_ms']:.0f} ms)", flush=True)
     except KeyboardInterrupt:
-        if args.report and results:
-            _write_report(out, args, results, bad, figures, time.perf_counter() - t0, items, reused)
-        print(f"deepmorph fit: stopped after {len(results)} of {len(items)} images; run the same command again to "
+        if args.report and done:
+            report(time.perf_counter() - t0)
+        print(f"deepmorph fit: stopped after {len(done)} of {len(items)} images; run the same command again to "
               "continue (finished images are reused)", file=sys.stderr)
         raise
-    elapsed = time.perf_counter() - t0
     if args.report:
-        _write_report(out, args, results, bad, figures, elapsed, items, reused)
+        report(time.perf_counter() - t0)
     done_earlier = f", {reused} reused from an earlier run" if reused else ""
-    print(f"deepmorph fit: {len(results)} fitted ({sum(d['detected'] for _, d in results)} detected{done_earlier}), "
+    print(f"deepmorph fit: {len(done)} fitted ({sum(d['detected'] for _, d in results())} detected{done_earlier}), "
           f"{len(bad)} skipped; results in {out}", file=sys.stderr)
     return 1 if bad else 0
 

@@ -1,0 +1,58 @@
+"""``deepmorph fit --workers N``: images fitted by N processes, each result in its own image's name, the report in
+the images' order, and the same fits as one process."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from DeepMorphLib.cli import main
+from DeepMorphSimulatorLib.files import write_png
+
+
+def _image(path, value):
+    image = np.full((32, 32), value, np.uint8)
+    image[::2] += 10
+    write_png(path, image)
+    return path
+
+
+def test_each_worker_result_lands_in_its_own_images_name(fits, tmp_path, monkeypatch):
+    """Workers started by fork carry the stand-in fit (cx = the image's mean grey), so each result shows which image
+    it was fitted from."""
+    from DeepMorphLib.commands import fit
+
+    monkeypatch.setattr(fit, "WORKER_START", "fork")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    values = {f"x{k}": 20 + 30 * k for k in range(6)}
+    for name, value in values.items():
+        _image(folder / f"{name}.png", value)
+    out = tmp_path / "R"
+    assert main(["fit", "--task", "head", str(folder), "--out", str(out), "--workers", "3", "--report"]) == 0
+    for name, value in values.items():
+        cx = json.loads((out / f"{name}.json").read_text())["circle"]["cx"]
+        assert cx == pytest.approx(value + 5.0)  # mean of the image: value, +10 on every other row
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["file"] for r in rows] == sorted(values)  # the images' order, whichever worker finished first
+    assert main(["fit", "--task", "head", str(folder), "--out", str(out), "--workers", "2"]) == 0  # all reused
+
+
+def test_workers_fit_as_one_process_does(tmp_path):
+    """The shipped head model in 2 spawned workers and in this process: the same circles (to float rounding: each
+    worker has 1 thread)."""
+    from DeepMorphLib.commands.bench_pipeline import bench_image
+
+    img = bench_image()
+    grey = ((img - img.min()) / (img.max() - img.min()) * 255).astype(np.uint8)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(folder / "a.png", grey)
+    write_png(folder / "b.png", np.ascontiguousarray(grey[:, ::-1]))
+    for workers in ("1", "2"):
+        assert main(["fit", "--task", "head", str(folder), "--out", str(tmp_path / workers), "--workers", workers]) == 0
+    for name in ("a", "b"):
+        one, two = (json.loads((tmp_path / w / f"{name}.json").read_text()) for w in ("1", "2"))
+        assert one["detected"] and two["detected"]
+        assert [two["circle"][k] for k in "cx cy r".split()] == pytest.approx(
+            [one["circle"][k] for k in "cx cy r".split()], abs=0.5)
