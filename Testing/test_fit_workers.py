@@ -56,3 +56,56 @@ def test_workers_fit_as_one_process_does(tmp_path):
         assert one["detected"] and two["detected"]
         assert [two["circle"][k] for k in "cx cy r".split()] == pytest.approx(
             [one["circle"][k] for k in "cx cy r".split()], abs=0.5)
+
+
+SLOW_FIT_SCRIPT = r"""
+import sys, time
+import numpy as np
+from DeepMorphLib import pipeline
+from DeepMorphLib.cli import main
+from DeepMorphLib.commands import fit
+from DeepMorphLib.pipeline import FitResult
+
+def slow_fit(image, task, **kw):  # the first image at once, every other one takes 300 s
+    if not kw["source"].endswith("x0.png"):
+        time.sleep(300)
+    res = FitResult(task=task, image_shape=np.shape(image), detected=True, reason="", polarity="bone-dark",
+                    polarity_score=None, polarity_mode="given", source=kw["source"])
+    res.circle, res.timings_ms = {"cx": 1.0, "cy": 1.0, "r": 1.0}, {"total_ms": 1.0}
+    return res
+
+pipeline.fit_image = slow_fit
+for name in ("load_predictor", "load_refiner", "load_shape_model", "load_head_anchor", "load_region_net"):
+    setattr(pipeline, name, lambda *a, **k: None)
+fit.WORKER_START = "fork"
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(4):
+        _image(folder / f"x{k}.png", 20 + 30 * k)
+    out = tmp_path / "R"
+    script = tmp_path / "slow_fit.py"
+    script.write_text(SLOW_FIT_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), "fit", "--task", "head", str(folder), "--out", str(out),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "x0.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (out / "x0.json").exists(), proc.communicate(timeout=5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)  # not the 300 s the images in flight would take
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("fit --workers did not stop on Ctrl-C") from None
+    assert proc.returncode == 130 and "stopped after 1 of 4" in err
+    assert sorted(p.name for p in out.glob("x*.json")) == ["x0.json"]  # nothing half-written

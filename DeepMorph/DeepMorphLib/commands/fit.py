@@ -385,8 +385,9 @@ def _start_worker(args, digest: str, threads: int) -> None:
     _WORKER["fitter"] = Fitter(args, digest)
 
 
-def _worker_fit(path: Path, frame: int | None, stem: str, thumbnail: bool):
-    return _WORKER["fitter"].fit_item(path, frame, stem, thumbnail)
+def _worker_fit(task):
+    i, path, frame, stem, thumbnail = task
+    return i, _WORKER["fitter"].fit_item(path, frame, stem, thumbnail)
 
 
 def _set_threads(n: int) -> None:
@@ -406,25 +407,25 @@ WORKER_START = "spawn"  # how worker processes start (fork is unsafe once torch 
 
 def _fitted(todo, fitter: Fitter | None, args, digest: str):
     """Yield (index, outcome) for each (index, path, frame, stem) of ``todo`` as it is fitted: in this process
-    (``fitter``), or by ``args.workers`` processes, each with its share of this process's threads."""
+    (``fitter``), or by ``args.workers`` processes, each with its share of this process's threads. Ctrl-C stops the
+    workers at once: an image being fitted then has no result (written last, atomically) and is fitted next run."""
     if args.workers == 1:
         for i, path, frame, stem in todo:
             yield i, fitter.fit_item(path, frame, stem, args.report)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     import torch
 
     threads = max(1, torch.get_num_threads() // args.workers)
-    pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context(WORKER_START),
-                               initializer=_start_worker, initargs=(args, digest, threads))
+    pool = multiprocessing.get_context(WORKER_START).Pool(args.workers, initializer=_start_worker,
+                                                          initargs=(args, digest, threads))
     try:
-        futures = {pool.submit(_worker_fit, path, frame, stem, args.report): i for i, path, frame, stem in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:  # Ctrl-C or an error: no new images; the ones being fitted finish (their results are kept)
-        pool.shutdown(wait=True, cancel_futures=True)
+        yield from pool.imap_unordered(_worker_fit, [(*item, args.report) for item in todo])
+        pool.close()
+    finally:
+        pool.terminate()  # after close(): the workers have ended; after Ctrl-C or an error: stops them now
+        pool.join()
 
 
 def run(args) -> int:
