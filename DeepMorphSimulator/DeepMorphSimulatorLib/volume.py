@@ -136,19 +136,55 @@ def read_volume(path: str | os.PathLike) -> Volume:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"CT file or folder not found: {path}")
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's multi-line warnings; the problems are raised below
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            files = reader.GetGDCMSeriesFileNames(str(path))
-            if not files:
-                raise ValueError(f"No DICOM series found in folder {path}.")
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
+        image = read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ValueError(f"Cannot read {path} as a medical image ({exc}). Use NRRD, NIfTI, MHA or a DICOM folder.")
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     return Volume.from_sitk(image)
+
+
+def read_dicom_series(folder: Path):
+    """The CT series of a DICOM folder as a SimpleITK image: the series with the most slices (a localizer or a
+    smaller reconstruction in the same folder is passed over). ValueError when its slices are unevenly spaced."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    series = [reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in reader.GetGDCMSeriesIDs(str(folder))]
+    if not any(series):
+        raise ValueError(f"No DICOM series found in folder {folder}.")
+    reader.SetFileNames(max(series, key=len))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    check_slice_spacing(reader, image, folder)
+    return image
+
+
+def check_slice_spacing(reader, image, folder, tolerance: float = 0.1) -> None:
+    """Raise ValueError when the slice positions (DICOM Image Position Patient, mm along the slice normal) of a
+    read series step unevenly by more than ``tolerance`` of the median step: missing slices, which ITK would spread
+    evenly over the volume (the anatomy stretched, positions off by up to the gap)."""
+    n = len(reader.GetFileNames())
+    try:
+        positions = np.array([[float(x) for x in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)])
+    except (RuntimeError, ValueError):
+        return  # no positions to check
+    if n < 3 or positions.shape != (n, 3):
+        return
+    depth = positions @ np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    gaps = np.diff(depth)
+    step = float(np.median(gaps))
+    uneven = np.nonzero(np.abs(gaps - step) > tolerance * abs(step) + 1e-3)[0]
+    if len(uneven):
+        first = int(uneven[0])
+        raise ValueError(
+            f"The DICOM series in {folder} has unevenly spaced slices: the step is {abs(step):.2f} mm, but "
+            f"{len(uneven)} gap(s) differ (first {abs(gaps[first]):.2f} mm between slices {first} and {first + 1} "
+            f"of {n}), so slices are missing; read as it is, the anatomy would be stretched. Export the complete "
+            "series again, or resample it to even spacing (e.g. in 3D Slicer) and save it as NRRD.")
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
