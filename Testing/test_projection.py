@@ -375,3 +375,24 @@ def test_a_shaft_cut_too_short_to_measure_names_the_cut(phantom, saved, tmp_path
     args = ["drr", "--ct", saved["ct"], "--mesh", saved["femur_right"], "--size", "32", "--out", str(tmp_path / "a.png")]
     assert main([*args, "--cut-mm", "nan"]) == 2
     assert "--cut-mm" in capsys.readouterr().err
+
+
+def test_dataset_reads_a_ras_mesh_with_mesh_space(phantom, saved, tmp_path):
+    """``deepmorph dataset --ct --mesh-space RAS`` (as ``drr`` has it): a mesh saved in RAS gives the femur of the LPS
+    mesh; the default keeps older manifests' identity (no mesh_space key)."""
+    import argparse
+
+    from DeepMorphSimulatorLib import dataset as ds
+    from DeepMorphSimulatorLib.commands.dataset import add_arguments, settings_from_args
+
+    v, f = mesh_arrays(read_mesh(saved["femur_right"]))
+    write_mesh(polydata_from_arrays(v * [-1.0, -1.0, 1.0], f), tmp_path / "ras.stl")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--ct", saved["ct"], "--mesh", str(tmp_path / "ras.stl"), "--mesh-space", "RAS",
+                              "--n", "1", "--out", str(tmp_path / "out")])
+    scene = ds.load_ct_scene(settings_from_args(args))
+    true = phantom.femurs["right"].landmarks["head_center"]
+    assert np.linalg.norm(scene.femurs["right"].landmarks["head_center"] - true) < 0.5
+    assert "mesh_space" not in ds.DatasetSettings().identity()
+    assert settings_from_args(args).identity()["mesh_space"] == "RAS"

@@ -64,6 +64,7 @@ class DatasetSettings:
     source: str = "phantom"  # "phantom" | "ct"
     ct: str | None = None  # user CT (NRRD/NIfTI/MHA/DICOM folder)
     mesh: str | None = None  # femur surface mesh (LPS mm) or label map
+    mesh_space: str | None = None  # the mesh file's frame: "LPS" | "RAS" (None: LPS, or a legacy .vtk's SPACE header)
     landmarks: str | None = None  # Slicer markups JSON with the femur's named landmarks
     side: str | None = None  # femur side of a user CT; None = inferred
     size: int = 256  # detector width = height (px)
@@ -102,6 +103,8 @@ class DatasetSettings:
             raise ValueError(f"--group must be >= 1, got {self.group}.")
         if self.detector not in ("realistic", "plain"):
             raise ValueError(f"--detector must be 'realistic' or 'plain', got {self.detector!r}.")
+        if self.mesh_space not in (None, "LPS", "RAS"):
+            raise ValueError(f"--mesh-space must be LPS or RAS, got {self.mesh_space!r}.")
         if self.side not in (None, "right", "left"):
             raise ValueError(f"--side must be 'right' or 'left', got {self.side!r}.")
         if not 0.5 <= float(self.phantom_spacing_mm) <= 3.0:
@@ -115,7 +118,7 @@ class DatasetSettings:
     def identity(self) -> dict:
         """The settings that define sample content, as stored in the manifest (paths made absolute)."""
         d = dataclasses.asdict(self)
-        for key, before in (("display_window", "centre"), ("targets", "annotated")):
+        for key, before in (("display_window", "centre"), ("targets", "annotated"), ("mesh_space", None)):
             if d[key] == before:  # the default before the setting existed: older manifests still match
                 del d[key]
         for k in ("ct", "mesh", "landmarks"):
@@ -255,7 +258,8 @@ def load_ct_scene(settings: DatasetSettings, warn: bool = False) -> Scene:
     ct = read_volume(settings.ct)
     if warn and (warning := hu_warning(ct, settings.ct)):  # ``warn``: once, before the work (``prepare``)
         print(f"deepmorph dataset: warning: {warning}", file=sys.stderr)
-    femur = load_femur(settings.mesh, landmarks=settings.landmarks, side=settings.side, ct=ct)
+    femur = load_femur(settings.mesh, landmarks=settings.landmarks, side=settings.side, ct=ct,
+                       coordinate_system=settings.mesh_space)
     mu = ct.with_data(drr.hu_to_mu(ct.data).astype(np.float32))
     return Scene(mu, {femur.side: _femur_scene(femur.side, femur.mesh, femur.landmarks, femur.head_radius_mm)}, None)
 

@@ -12,6 +12,8 @@ def add_arguments(parser) -> None:
     src.add_argument("--phantom", action="store_true", help="render built-in random hip phantoms (new anatomy per --group samples)")
     src.add_argument("--ct", help="your CT (NRRD, NIfTI, MHA or DICOM folder); needs --mesh")
     parser.add_argument("--mesh", help="femur surface mesh (.vtp/.vtk/.stl/.ply/.obj, LPS mm) or femur label map, with --ct")
+    parser.add_argument("--mesh-space", choices=("LPS", "RAS"),
+                        help="coordinate system of the mesh file (default LPS, as Slicer writes since 4.11)")
     parser.add_argument("--landmarks", help="Slicer markups JSON with the femur landmarks (head_center, ...); missing ones are estimated from the mesh")
     parser.add_argument("--side", choices=("right", "left"), help="side of the femur in --mesh (default: from its anatomy; checked when given)")
     parser.add_argument("--n", type=int, required=True, help="number of samples (a re-run may raise it to extend the set)")
@@ -41,12 +43,14 @@ def add_arguments(parser) -> None:
 def settings_from_args(args):
     from ..dataset import DatasetSettings
 
-    if args.phantom and (args.mesh or args.landmarks):
-        raise ValueError("--mesh/--landmarks belong to --ct; with --phantom the femur comes from the phantom.")
+    if args.phantom and (args.mesh or args.landmarks or args.mesh_space):
+        raise ValueError("--mesh/--mesh-space/--landmarks belong to --ct; with --phantom the femur comes from the "
+                         "phantom.")
     return DatasetSettings(
         source="phantom" if args.phantom else "ct",
         ct=args.ct,
         mesh=args.mesh,
+        mesh_space=args.mesh_space,
         landmarks=args.landmarks,
         side=args.side,
         size=args.size,
