@@ -131,8 +131,14 @@ def test_corrupt_or_mismatched_files_give_clear_errors(tmp_path):
     meta = json.loads(sidecar.read_text())
     meta["architecture"]["kwargs"]["base_channels"] = 8
     sidecar.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="do not fit") as err:
         load_model(tmp_path / "m")
+    assert "\n" not in str(err.value) and "m.json" in str(err.value)  # one line naming the sidecar, not torch's list
+    meta["architecture"]["kwargs"]["base_channels"] = 4
+    meta["task"] = "femur"  # a head network's weights under a femur sidecar (same architecture, same sha256)
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="holds a 'head' network but its sidecar .*m.json says 'femur'"):
+        load_model(tmp_path / "m", task="femur")
     sidecar.write_text("{broken")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_sidecar(tmp_path / "m")

@@ -126,12 +126,16 @@ def test_export_checkpoint_of_a_stopped_run(tmp_path):
     from DeepMorphLib.model_io import load_model
     from DeepMorphLib.training import TrainConfig, export_checkpoint, train
     data = write_toy_dataset(tmp_path / "toy", n=24, size=48, seed=3)
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "n": 50}))  # a dataset run stopped at 24 of 50
     cfg = TrainConfig(task="head", data=[str(data)], out=str(tmp_path / "m"), work_dir=str(tmp_path / "w"),
                       epochs=3, batch=4, size=32, crop=32, base_channels=4, depth=2, seed=0, threads=1)
     assert train(cfg, progress=False, stop_after_steps=3, log=lambda m: None)["status"] == "stopped"
     export_checkpoint(cfg, log=lambda m: None)
     model, meta = load_model(tmp_path / "m", task="head")
     assert meta["training"]["stopped_early"] == {"epochs_completed": 0, "epochs_planned": 3, "step_in_epoch": 3}
+    assert (meta["training"]["n_train"], meta["training"]["n_val"]) == (22, 2)  # the samples used, not the manifest's n
+    assert meta["training"]["data"][0]["n_used"] == 24
     import dataclasses
 
     with pytest.raises(ValueError, match="other settings"):
@@ -153,3 +157,98 @@ def test_init_from_starts_with_the_given_weights(tmp_path):
     wrong = TrainConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "src"), "base_channels": 8})
     with pytest.raises(ValueError, match="architecture"):
         _init_weights(build_network(wrong), wrong)
+
+
+def test_a_checkpoint_of_another_network_is_refused_with_a_clear_message(toy, tmp_path):
+    """Another --base-channels or --task in the same work dir: the fingerprint is compared before the checkpoint's
+    tensors meet the new network (was a RuntimeError listing every tensor)."""
+    train(tiny_config(toy, tmp_path, "m", epochs=1), progress=False, stop_after_steps=1, log=lambda m: None)
+    for other in (dict(base_channels=8), dict(task="polarity"), dict(task="femur")):
+        with pytest.raises(ValueError, match="different training run.*(base_channels|task).*--restart"):
+            train(tiny_config(toy, tmp_path, "m", epochs=1, **other), progress=False, log=lambda m: None)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_raising_epochs_on_resume_gives_the_longer_run(toy, tmp_path):
+    """--epochs 3 -> 4 after 1.5 epochs (both schedules still at the full LR): the weights of an uninterrupted 4-epoch
+    run; a finished 2-epoch run (its epoch 2 at LR x0.1) cannot become a 4-epoch one and says why and what to do."""
+    ref = train(tiny_config(toy, tmp_path, "ref", epochs=4), progress=False, log=lambda m: None)
+    cfg3 = tiny_config(toy, tmp_path, "grown", epochs=3)
+    assert train(cfg3, progress=False, stop_after_steps=13, log=lambda m: None)["status"] == "stopped"
+    logs = []
+    grown = train(tiny_config(toy, tmp_path, "grown", epochs=4), progress=False, log=logs.append)
+    assert grown["status"] == "finished" and any("--epochs 3 -> 4" in m for m in logs)
+    assert [h["lr"] for h in grown["history"]] == [h["lr"] for h in ref["history"]] == [0.01] * 3 + [pytest.approx(0.001)]
+    a, b = load_file(tmp_path / "ref.safetensors"), load_file(tmp_path / "grown.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "grown.json").read_text())["training"]["config"]["epochs"] == 4
+    train(tiny_config(toy, tmp_path, "short", epochs=2), progress=False, log=lambda m: None)
+    with pytest.raises(ValueError, match="epoch 2 was trained at LR 0.001.*--init-from"):
+        train(tiny_config(toy, tmp_path, "short", epochs=4), progress=False, log=lambda m: None)
+
+
+def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(toy, tmp_path, monkeypatch):
+    """SIGINT during a step (no periodic checkpoint due for an hour): the step completes, a checkpoint is written,
+    and the re-run ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+
+    from DeepMorphLib import training
+
+    full = train(tiny_config(toy, tmp_path, "full", epochs=1), progress=False, log=lambda m: None)
+    calls, loss = [], training.outline_loss
+
+    def interrupted_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "outline_loss", interrupted_loss)
+    cfg, logs = tiny_config(toy, tmp_path, "cut", epochs=1), []
+    try:
+        result = train(cfg, progress=False, log=logs.append)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C stopped training without a checkpoint")
+    assert result["status"] == "stopped" and result["signal"] == "SIGINT"
+    assert "re-run the same command" in logs[-1] and "step 3/" in logs[-1]
+    assert training.checkpoint_state(tmp_path / "work-cut" / "checkpoint.safetensors")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(training, "outline_loss", loss)
+    assert train(cfg, progress=False, log=lambda m: None)["status"] == "finished"
+    a, b = load_file(full["model"]), load_file(tmp_path / "cut.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_diverging_run_saves_no_model(toy, tmp_path, monkeypatch):
+    """An infinite learning rate is refused; a loss that becomes NaN stops the run with advice, no model written."""
+    from DeepMorphLib import training
+
+    for bad in (dict(lr=float("inf")), dict(dice_weight=float("inf")), dict(pos_weight=float("inf"))):
+        with pytest.raises(ValueError, match="finite"):
+            tiny_config(toy, tmp_path, "m", **bad).validate()
+    calls, loss = [], training.outline_loss
+
+    def nan_loss(*args, **kwargs):
+        calls.append(1)
+        value = loss(*args, **kwargs)
+        return value * float("nan") if len(calls) >= 4 else value
+
+    monkeypatch.setattr(training, "outline_loss", nan_loss)
+    with pytest.raises(ValueError, match="diverged.*epoch 1, step 4.*Lower --lr"):
+        train(tiny_config(toy, tmp_path, "nan", checkpoint_minutes=0.0), progress=False, log=lambda m: None)
+    assert not (tmp_path / "nan.safetensors").exists()
+
+
+def test_bad_settings_name_their_rule_and_too_few_samples_for_validation(toy, tmp_path):
+    with pytest.raises(ValueError, match=r"--batch must be >= 1, got 0"):
+        tiny_config(toy, tmp_path, "m", batch=0).validate()
+    with pytest.raises(ValueError, match=r"--max-samples must be >= 0 \(0 = all\), got -5"):  # was: all but the last 5
+        tiny_config(toy, tmp_path, "m", max_samples=-5).validate()
+    with pytest.raises(ValueError, match="--threads must be >= 0"):
+        tiny_config(toy, tmp_path, "m", threads=-1).validate()
+    with pytest.raises(ValueError, match="4 sample.*too few for a validation split.*--val-fraction 0"):
+        train(tiny_config(toy, tmp_path, "few", max_samples=4, epochs=1), progress=False, log=lambda m: None)
+    done = train(tiny_config(toy, tmp_path, "few", max_samples=4, epochs=1, val_fraction=0.0), progress=False,
+                 log=lambda m: None)
+    assert done["status"] == "finished" and "val_loss" not in done["history"][0]

@@ -81,7 +81,8 @@ def read_sidecar(path: str | Path) -> dict:
     """Parse and validate the JSON sidecar of model ``path`` (X, X.safetensors or X.json)."""
     _, sidecar = model_paths(path)
     if not sidecar.is_file():
-        raise FileNotFoundError(f"Model sidecar not found: {sidecar} (each model is X.safetensors + X.json).")
+        raise FileNotFoundError(f"Model sidecar not found: {sidecar} (each model is X.safetensors + X.json): put the "
+                                f".json written with the weights next to them under that name.")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -116,7 +117,7 @@ def load_model(path: str | Path, task: str | None = None, device: str | torch.de
     if p.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(f"{p}: '{p.suffix}' model files are pickles and are refused; DeepMorph loads only "
                          f"safetensors weights with a JSON sidecar (X.safetensors + X.json).")
-    weights_path, _ = model_paths(p)
+    weights_path, sidecar_path = model_paths(p)
     if not weights_path.is_file():
         raise FileNotFoundError(f"Model weights not found: {weights_path}")
     data = check_safetensors_file(weights_path)
@@ -129,11 +130,35 @@ def load_model(path: str | Path, task: str | None = None, device: str | torch.de
                          f"re-export the model.")
     try:
         state = load(data)
+        header_task = safe_metadata(data).get("task")
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{weights_path} is a corrupt safetensors file ({exc}).") from None
+    if header_task not in (None, meta["task"]):
+        raise ValueError(f"{weights_path} holds a '{header_task}' network but its sidecar {sidecar_path} says "
+                         f"'{meta['task']}': the sidecar belongs to another model; put the right .json next to it.")
     model = build_model(meta["architecture"])
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"Weights in {weights_path} do not fit the sidecar's architecture: {exc}") from None
+    mismatch = state_mismatch(model, state)
+    if mismatch:
+        raise ValueError(f"Weights in {weights_path} do not fit the architecture in {sidecar_path} "
+                         f"({meta['architecture']}): {mismatch}; the sidecar belongs to another model, put the right "
+                         f".json next to the weights.")
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
+
+
+def safe_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's bytes (checked by ``check_safetensors_file``)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]).get("__metadata__") or {}
+
+
+def state_mismatch(model: torch.nn.Module, state: dict) -> str:
+    """'' when ``state`` has exactly ``model``'s tensor names and shapes, else a one-line summary of the first
+    differences."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {own[k]}" for k in own if k in state and tuple(state[k].shape) != own[k]]
+    parts = [f"{len(missing)} tensor(s) missing, e.g. {missing[0]}" if missing else "",
+             f"{len(extra)} unexpected, e.g. {extra[0]}" if extra else "",
+             f"{len(shapes)} of other shape, e.g. {shapes[0]}" if shapes else ""]
+    return "; ".join(p for p in parts if p)

@@ -10,7 +10,9 @@ augmentation of step s are drawn from generators seeded by (seed, e) and (seed, 
 be carried: a checkpoint (model + Adam state + progress, one safetensors file written atomically) taken
 after any step resumes to bit-identical final weights on the same device and thread count. Checkpoints are
 written every ``checkpoint_minutes`` and at the end of each epoch, so a ``kill -9`` loses at most that much
-work. Validation (no augmentation, full images) runs at each epoch end; its loss and Dice of the map
+work; Ctrl-C (and SIGTERM under ``deepmorph``) finishes the step and writes one. A checkpoint of other settings is
+refused before its tensors are loaded, except a changed ``epochs`` while the epochs already trained keep their
+learning rate (``resumable_state``). A NaN/inf loss or weights stop the run without saving a model. Validation (no augmentation, full images) runs at each epoch end; its loss and Dice of the map
 thresholded at 0.5 go to ``metrics.jsonl`` and to the final model's sidecar.
 """
 from __future__ import annotations
@@ -19,7 +21,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -86,15 +90,25 @@ class TrainConfig:
             raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}.")
         if not self.data:
             raise ValueError("Give at least one dataset directory with --data DIR (made by 'deepmorph dataset').")
-        checks = [("epochs", self.epochs >= 1), ("batch", self.batch >= 1), ("size", self.size >= 16),
-                  ("crop", 16 <= self.crop <= self.size), ("base-channels", self.base_channels >= 1),
-                  ("depth", 1 <= self.depth <= 6), ("lr", self.lr > 0), ("pos-weight", self.pos_weight > 0),
-                  ("dice-weight", self.dice_weight >= 0), ("val-fraction", 0 <= self.val_fraction < 1),
-                  ("lr-decay-at", 0 < self.lr_decay_at <= 1)]
-        bad = [name for name, ok in checks if not ok]
+        finite = all(math.isfinite(v) for v in (self.lr, self.pos_weight, self.dice_weight, self.val_fraction,
+                                                 self.lr_decay_at, self.max_minutes, self.checkpoint_minutes))
+        if not finite:  # an inf learning rate or loss weight trains NaN weights without a word
+            raise ValueError("Invalid training settings: --lr, --pos-weight, --dice-weight, --val-fraction, "
+                             "--max-minutes and --checkpoint-minutes must be finite numbers.")
+        checks = [("epochs", self.epochs >= 1, ">= 1"), ("batch", self.batch >= 1, ">= 1"),
+                  ("size", self.size >= 16, ">= 16"), ("crop", 16 <= self.crop <= self.size, "in [16, --size]"),
+                  ("base-channels", self.base_channels >= 1, ">= 1"), ("depth", 1 <= self.depth <= 6, "in [1, 6]"),
+                  ("lr", self.lr > 0, "> 0"), ("pos-weight", self.pos_weight > 0, "> 0"),
+                  ("dice-weight", self.dice_weight >= 0, ">= 0"),
+                  ("val-fraction", 0 <= self.val_fraction < 1, "in [0, 1)"),
+                  ("lr-decay-at", 0 < self.lr_decay_at <= 1, "in (0, 1]"),
+                  ("max-samples", self.max_samples >= 0, ">= 0 (0 = all)"), ("threads", self.threads >= 0, ">= 0"),
+                  ("max-minutes", self.max_minutes >= 0, ">= 0"),
+                  ("checkpoint-minutes", self.checkpoint_minutes >= 0, ">= 0")]
+        bad = [f"--{name} must be {rule}, got {getattr(self, name.replace('-', '_'))}"
+               for name, ok, rule in checks if not ok]
         if bad:
-            raise ValueError(f"Invalid training settings: {', '.join('--' + b for b in bad)} "
-                             f"(crop must be in [16, size], depth in [1, 6], val-fraction in [0, 1)).")
+            raise ValueError(f"Invalid training settings: {'; '.join(bad)}.")
         m = 2 ** self.depth
         if self.size % m or self.crop % m:
             raise ValueError(f"--size and --crop must be multiples of 2^depth = {m} (got {self.size}, {self.crop}).")
@@ -435,19 +449,35 @@ def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model and optimizer from ``save_checkpoint``'s file; returns the progress state."""
+def _read_checkpoint(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """(safetensors metadata, tensors on the CPU; {} unless ``tensors``) of a ``save_checkpoint`` file."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"Training checkpoint {path} is unreadable ({exc}); delete it or pass --restart.") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    if meta.get("format") != CHECKPOINT_FORMAT or "state" not in meta:
         raise ValueError(f"{path} is not a DeepMorph training checkpoint; delete it or pass --restart.")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    return meta, loaded
+
+
+def checkpoint_state(path: Path) -> dict:
+    """The progress state of a checkpoint (fingerprint, epoch, step, history) without loading its tensors, so that
+    a checkpoint of another run is refused before its weights meet this run's network."""
+    return json.loads(_read_checkpoint(path, tensors=False)[0]["state"])
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore model and optimizer from ``save_checkpoint``'s file; returns the progress state."""
+    meta, tensors = _read_checkpoint(path)
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    except RuntimeError:
+        raise ValueError(f"{path} holds another network than --base-channels/--depth/--task build; pass --restart "
+                         "to discard it or use another --work-dir.") from None
     opt_state: dict = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -485,6 +515,35 @@ def build_network(cfg: TrainConfig) -> torch.nn.Module:
         return FusionNet(base_channels=cfg.base_channels, depth=cfg.depth)
 
 
+def resumable_state(saved: dict, cfg: TrainConfig, fingerprint: dict, ckpt_path: Path, log=print) -> dict:
+    """The checkpoint's progress ``saved`` if this run (``cfg``, ``fingerprint``) may continue it, else ValueError.
+
+    Only ``--epochs`` may differ, and only while every epoch trained so far had the same learning rate under both
+    schedules (the step decay comes at 75 % of the epochs): then continuing gives exactly the weights of an
+    uninterrupted run with the new ``--epochs``, as the sample order and augmentation depend on (seed, epoch, step).
+    """
+    old = saved.get("fingerprint", {})
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff and diff != ["epochs"]:
+        raise ValueError(f"{ckpt_path} belongs to a different training run (differs in: {', '.join(diff)}); "
+                         f"pass --restart to discard it or use another --work-dir.")
+    if diff:
+        before = TrainConfig(**{**asdict(cfg), "epochs": int(old["epochs"])})
+        trained = saved["epoch"] + (1 if saved["step"] else 0)  # epochs begun so far
+        changed = [e + 1 for e in range(trained) if learning_rate(before, e) != learning_rate(cfg, e)]
+        if saved["epoch"] > cfg.epochs or changed:
+            why = (f"{saved['epoch']} epochs are already done" if saved["epoch"] > cfg.epochs else
+                   f"epoch {changed[0]} was trained at LR {learning_rate(before, changed[0] - 1):g}, the "
+                   f"{cfg.epochs}-epoch schedule gives it {learning_rate(cfg, changed[0] - 1):g}")
+            raise ValueError(f"{ckpt_path} is a {old['epochs']}-epoch run that cannot become a {cfg.epochs}-epoch run "
+                             f"({why}): finish or export it with --epochs {old['epochs']}, then train on with "
+                             f"--init-from MODEL in another --work-dir, or pass --restart to start over.")
+        log(f"{ckpt_path}: --epochs {old['epochs']} -> {cfg.epochs} (the epochs trained so far keep their "
+            f"learning rate)")
+        saved = {**saved, "fingerprint": fingerprint}
+    return saved
+
+
 def _init_weights(model, cfg: TrainConfig) -> None:
     """Copy the weights of a saved model (same task and architecture) into ``model`` (fine-tuning start)."""
     from DeepMorphLib.model_io import load_model
@@ -510,11 +569,44 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, stop_a
     ckpt_path = work / CHECKPOINT_NAME
     if restart and ckpt_path.exists():
         ckpt_path.unlink()
-    with torch_threads(cfg.threads or None):
-        return _train(cfg, work, ckpt_path, progress, stop_after_steps, log)
+    with torch_threads(cfg.threads or None), _StopRequests() as stop:
+        return _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop)
 
 
-def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
+class _StopRequests:
+    """Ctrl-C (SIGINT), and SIGTERM where a Python handler is installed (``cli``), while ``armed``: recorded in
+    ``signal`` so that training finishes its step and writes a checkpoint (a KeyboardInterrupt mid-step would lose
+    the work since the last checkpoint, up to ``checkpoint_minutes``). Before arming (data loading), at a second
+    signal, or outside the main thread: the handlers as they were."""
+
+    def __init__(self):
+        self.armed, self.signal, self._previous = False, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if callable(signal.getsignal(sig)):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.armed and self.signal is None:
+            self.signal = signal.Signals(signum).name
+            return
+        self._previous[signum](signum, frame)
+
+
+def diverged(cfg: TrainConfig, what: str, ckpt_path: Path) -> str:
+    """The message of a run whose loss or weights became NaN/inf."""
+    return (f"Training diverged: {what}; no model was saved. Lower --lr (now {cfg.lr:g}) and re-run with --restart "
+            f"(discards {ckpt_path}).")
+
+
+def _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop) -> dict:
     from tqdm import tqdm
 
     from DeepMorphLib.model_io import save_model
@@ -537,8 +629,12 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         images = images.to(device)
         masks = masks if cfg.task == "polarity" else masks.to(device)
         torch.backends.cudnn.benchmark = True
-    work.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = split_indices(len(images), cfg.val_fraction, cfg.seed)
+    if cfg.val_fraction > 0 and len(val_idx) == 0:
+        raise ValueError(f"{len(images)} sample(s) are too few for a validation split of --val-fraction "
+                         f"{cfg.val_fraction:g} (it holds out none); give more data, a larger --val-fraction, or "
+                         f"--val-fraction 0 to train without validation.")
+    work.mkdir(parents=True, exist_ok=True)
     loss_fn = (F.binary_cross_entropy_with_logits if cfg.task == "polarity" else
                partial(outline_loss, pos_weight=cfg.pos_weight, dice_weight=cfg.dice_weight))
     if cfg.task == "polarity":
@@ -570,14 +666,10 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     fingerprint = {**cfg.fingerprint(), "data_content": [[i.get("n_used"), i.get("manifest_sha256")] for i in infos]}
     state = {"fingerprint": fingerprint, "epoch": 0, "step": 0, "loss_sum": 0.0, "loss_n": 0,
              "history": [], "train_seconds": 0.0}
+    used = {"n_train": len(train_idx), "n_val": len(val_idx), "data": infos}  # for export_checkpoint's sidecar
     if ckpt_path.exists():
-        saved = load_checkpoint(ckpt_path, model, optimizer)
-        if saved.get("fingerprint") != state["fingerprint"]:
-            diff = sorted(k for k in set(saved.get("fingerprint", {})) | set(state["fingerprint"])
-                          if saved.get("fingerprint", {}).get(k) != state["fingerprint"].get(k))
-            raise ValueError(f"{ckpt_path} belongs to a different training run (differs in: {', '.join(diff)}); "
-                             f"pass --restart to discard it or use another --work-dir.")
-        state = saved
+        state = resumable_state(checkpoint_state(ckpt_path), cfg, fingerprint, ckpt_path, log)
+        load_checkpoint(ckpt_path, model, optimizer)
         log(f"resuming from {ckpt_path}: epoch {state['epoch'] + 1}/{cfg.epochs}, step {state['step']}/{steps_per_epoch}")
     log(f"{cfg.task}{' ROI' if cfg.roi else ''}: {len(train_idx)} training / {len(val_idx)} validation images at {cfg.size} px "
         f"(crops {cfg.crop}), {type(model).__name__} base {cfg.base_channels} depth {cfg.depth} "
@@ -589,9 +681,16 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
     train_seconds0 = state["train_seconds"]
 
     def checkpoint():
-        state["train_seconds"] = train_seconds0 + time.monotonic() - session_start
+        state.update(used, train_seconds=train_seconds0 + time.monotonic() - session_start)
         save_checkpoint(ckpt_path, model, optimizer, state)
 
+    def stopped(where: str) -> dict:
+        log(f"{'stopped' if not stop.signal else 'interrupted (' + stop.signal + ')'} {where}; checkpoint {ckpt_path} "
+            f"(re-run the same command to continue)")
+        return {"status": "stopped", "model": None, "history": state["history"], "work_dir": str(work),
+                "signal": stop.signal}
+
+    stop.armed = True  # from here on Ctrl-C / SIGTERM finish the step and write a checkpoint
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         for group in optimizer.param_groups:
@@ -605,26 +704,30 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
             idx = perm[step * cfg.batch:(step + 1) * cfg.batch]
             x, y = batch_fn(idx, _generator(cfg.seed, 2, epoch, step))
             loss = loss_fn(model(x), y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise ValueError(diverged(cfg, f"the training loss is {loss_value} at epoch {epoch + 1}, "
+                                               f"step {step + 1}", ckpt_path))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            state["loss_sum"] += float(loss.detach()) * len(idx)
+            state["loss_sum"] += loss_value * len(idx)
             state["loss_n"] += len(idx)
             state["step"] = step + 1
             steps_done += 1
             bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.4f}")
             now = time.monotonic()
             out_of_time = cfg.max_minutes and now - t_start > 60 * cfg.max_minutes
-            if (stop_after_steps and steps_done >= stop_after_steps) or out_of_time:
+            if (stop_after_steps and steps_done >= stop_after_steps) or out_of_time or stop.signal:
                 checkpoint()
                 bar.close()
-                log(f"stopped at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; checkpoint {ckpt_path} "
-                    f"(re-run the same command to continue)")
-                return {"status": "stopped", "model": None, "history": state["history"], "work_dir": str(work)}
+                return stopped(f"at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}")
             if now - last_ckpt > 60 * cfg.checkpoint_minutes:
                 checkpoint()
                 last_ckpt = now
         bar.close()
+        if not all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point()):
+            raise ValueError(diverged(cfg, f"the weights are not finite after epoch {epoch + 1}", ckpt_path))
         seconds = time.monotonic() - t_epoch
         n_imgs = (steps_per_epoch - first_step) * cfg.batch
         record = {"epoch": epoch + 1, "lr": learning_rate(cfg, epoch),
@@ -639,6 +742,8 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log) -> dict:
         log("epoch {epoch}/{n}: train_loss {train_loss:.4f}".format(n=cfg.epochs, **record)
             + "".join(f" {k} {record[k]:.4f}" for k in ("val_loss", "val_dice", "val_accuracy") if k in record)
             + f" ({seconds:.0f} s, {record['train_img_per_s']:.1f} img/s)")
+        if stop.signal and state["epoch"] < cfg.epochs:
+            return stopped(f"after epoch {epoch + 1}")
     metadata = model_metadata(cfg, infos, len(train_idx), len(val_idx), state, device)
     weights, sidecar = save_model(model.cpu(), cfg.out, metadata)
     log(f"saved {weights} and {sidecar}")
@@ -665,11 +770,15 @@ def export_checkpoint(cfg: TrainConfig, log=print) -> str:
         diff = sorted(k for k in set(saved) | set(cfg.fingerprint()) if saved.get(k) != cfg.fingerprint().get(k))
         raise ValueError(f"{ckpt_path} was written with other settings (differs in: {', '.join(diff)}); "
                          f"give the same options as the training run.")
-    infos = [dataset_info(d) for d in cfg.data]
-    n = sum(int(i.get("n") or 0) for i in infos)
-    n = min(n, cfg.max_samples) if cfg.max_samples else n
-    n_val = int(round(n * cfg.val_fraction))
-    metadata = model_metadata(cfg, infos, n - n_val, n_val, state, torch.device("cpu"))
+    if "n_train" in state:  # what the run really used (checkpoints since n_train/n_val/data were recorded)
+        infos, n_train, n_val = state["data"], state["n_train"], state["n_val"]
+    else:  # older checkpoints: estimated from the manifests (their planned n, not the samples present)
+        infos = [dataset_info(d) for d in cfg.data]
+        n = sum(int(i.get("n") or 0) for i in infos)
+        n = min(n, cfg.max_samples) if cfg.max_samples else n
+        n_val = int(round(n * cfg.val_fraction))
+        n_train = n - n_val
+    metadata = model_metadata(cfg, infos, n_train, n_val, state, torch.device("cpu"))
     metadata["training"]["stopped_early"] = {"epochs_completed": state["epoch"], "epochs_planned": cfg.epochs,
                                              "step_in_epoch": state["step"]}
     weights, sidecar = save_model(model.cpu(), cfg.out, metadata)

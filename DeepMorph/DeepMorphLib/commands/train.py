@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HELP = "train the FusionNet outline segmenter (head|femur) or the polarity classifier on 'deepmorph dataset' folders; resumable"
 
 EXIT_STOPPED = 3  # stopped by --max-minutes; re-running the same command continues
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # stopped by Ctrl-C / kill, with a checkpoint (as the shell reports them)
 
 
 def add_arguments(p) -> None:
@@ -26,7 +27,8 @@ def add_arguments(p) -> None:
                    help="model path without extension: writes MODEL.safetensors + MODEL.json")
     p.add_argument("--work-dir", default="", metavar="DIR",
                    help="checkpoint and metrics.jsonl folder (default: runs/train-<MODEL name>)")
-    p.add_argument("--epochs", type=int, default=C.epochs, help="passes over the training split (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=C.epochs, help="passes over the training split (default %(default)s); may be changed when resuming while the "
+                        "epochs already trained keep their learning rate (before the x0.1 decay)")
     p.add_argument("--batch", type=int, default=C.batch, help="images per optimisation step (default %(default)s)")
     p.add_argument("--size", type=int, default=C.size, help="network input side in px (default %(default)s)")
     p.add_argument("--crop", type=int, default=C.crop, help="training crop side in px at that scale (default %(default)s)")
@@ -120,7 +122,7 @@ def run(args) -> int:
     result = train(cfg, restart=args.restart, progress=not args.no_progress,
                    log=lambda msg: print(msg, file=sys.stderr, flush=True))
     if result["status"] != "finished":
-        return EXIT_STOPPED
+        return EXIT_SIGNAL.get(result.get("signal"), EXIT_STOPPED)
     hist = result["history"][-1] if result["history"] else {}
     print(f"model: {result['model']}  final: " + ", ".join(f"{k} {v:.4f}" for k, v in hist.items()
                                                            if k in ("train_loss", "val_loss", "val_dice", "val_accuracy")))
