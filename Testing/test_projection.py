@@ -1,5 +1,6 @@
 """Projected ground truth: silhouette vs DRR of the label map, head circle, correspondence, user femurs."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -396,3 +397,20 @@ def test_dataset_reads_a_ras_mesh_with_mesh_space(phantom, saved, tmp_path):
     assert np.linalg.norm(scene.femurs["right"].landmarks["head_center"] - true) < 0.5
     assert "mesh_space" not in ds.DatasetSettings().identity()
     assert settings_from_args(args).identity()["mesh_space"] == "RAS"
+
+
+def test_landmarks_whose_head_center_is_off_the_mesh_head_are_refused(phantom, saved, tmp_path):
+    """A head_center 18 mm off the femoral head (landmarks of another CT, or clicked beside the head) gave a head
+    circle beside the head in every image without a word; RAS positions in an LPS file gave a misleading error."""
+    true = phantom.femurs["right"].landmarks["head_center"]
+    doc = json.loads(Path(saved["landmarks"]).read_text())
+    points = doc["markups"][0]["controlPoints"]
+    doc["markups"][0]["controlPoints"] = [p for p in points if p["label"] == "right_head_center"]
+    for name, position in (("exact", true), ("off", true + [15.0, 0.0, -10.0]), ("ras", true * [-1.0, -1.0, 1.0])):
+        doc["markups"][0]["controlPoints"][0]["position"] = [float(x) for x in position]
+        (tmp_path / f"{name}.mrk.json").write_text(json.dumps(doc))
+    fem = load_femur(saved["femur_right"], landmarks=tmp_path / "exact.mrk.json", side="right")
+    assert np.allclose(fem.landmarks["head_center"], true)
+    for name in ("off", "ras"):
+        with pytest.raises(ValueError, match="head_center .* is not the femoral head of the mesh"):
+            load_femur(saved["femur_right"], landmarks=tmp_path / f"{name}.mrk.json", side="right")

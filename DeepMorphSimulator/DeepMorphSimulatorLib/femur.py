@@ -153,6 +153,29 @@ def find_head_sphere(vertices: np.ndarray, normals: np.ndarray, search_mm: float
     return c, float(r)
 
 
+def check_head_center(mesh, head_center, head_radius=None, centre_tol_mm: float = 4.0,
+                      radius_tol_mm: float = 3.0) -> None:
+    """Raise ValueError when a given ``head_center`` (LPS mm) lies more than ``centre_tol_mm`` from the centre of the
+    sphere fitted to the mesh's femoral head (find_head_sphere), or a given ``head_radius`` differs from its radius by
+    more than ``radius_tol_mm``: landmarks of another CT or frame would put the head circle beside the head. Nothing
+    is checked where no head sphere can be fitted to the mesh."""
+    from .mesh import mesh_arrays
+
+    normals, surface = _normals(mesh)
+    try:
+        centre, radius = find_head_sphere(mesh_arrays(surface)[0], normals)
+    except ValueError:
+        return
+    off = float(np.linalg.norm(np.asarray(head_center, float) - centre))
+    if off > centre_tol_mm or (head_radius is not None and abs(head_radius - radius) > radius_tol_mm):
+        given = "" if head_radius is None else f", radius {head_radius:.1f} mm"
+        raise ValueError(
+            f"The landmarks' head_center {np.round(head_center, 1).tolist()}{given} is not the femoral head of the mesh "
+            f"(a sphere fitted to its head: centre {np.round(centre, 1).tolist()} mm LPS, {off:.1f} mm away, radius "
+            f"{radius:.1f} mm). Are the landmarks from another CT or in another frame (RAS positions in an LPS file)? "
+            "Fix them, or leave head_center out to have it fitted.")
+
+
 def _section(mesh, origin, normal) -> np.ndarray:
     """Points (K, 3) where the plane (origin, normal) cuts the surface (vtkCutter)."""
     import vtk
@@ -409,6 +432,8 @@ def load_femur(source, landmarks=None, side: str | None = None, ct=None, coordin
         else:
             known, radius = femur_landmarks_from_markups(landmarks, side)
     head = known.get("head_center")
+    if head is not None:
+        check_head_center(mesh, head, radius)
     lm, radius = estimate_landmarks(mesh, head, radius, known)
     anatomical = femur_side(lm)
     if side is not None and side != anatomical:
@@ -448,4 +473,5 @@ def _label_mesh(label, side, target_triangles):
 
 
 __all__ = ["Femur", "LANDMARK_NAMES", "SHAFT_CUT_MM", "SIDES", "load_femur", "estimate_landmarks",
-           "find_head_sphere", "fit_sphere", "femur_side", "cut_mesh", "bone_contrast", "check_on_bone"]
+           "find_head_sphere", "fit_sphere", "femur_side", "cut_mesh", "bone_contrast", "check_on_bone",
+           "check_head_center"]
