@@ -58,3 +58,28 @@ def test_the_ct_series_is_read_from_a_folder_that_also_holds_a_localizer(tmp_pat
     _write_series(_ct(shape=(2, 10, 14), spacing=(0.8, 0.9, 40.0)), folder, "1.2.826.0.1.3680043.2.1125.7.100")
     ct = read_volume(folder)
     assert ct.data.shape == (12, 10, 14) and np.array_equal(ct.data, sitk.GetArrayFromImage(image))
+
+
+def test_an_unreadable_ct_file_is_one_line_naming_the_file(tmp_path):
+    """SimpleITK's message spans lines (its source file and line first); the error keeps its last line only."""
+    bad = tmp_path / "notes.nrrd"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError) as err:
+        read_volume(bad)
+    message = str(err.value)
+    assert "\n" not in message and str(bad) in message and "Cannot read" in message and ".cxx" not in message
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """A detector too large for the memory (``--size 100000``: a 37 GiB array) ended in a traceback."""
+    from DeepMorphLib.cli import main
+    from DeepMorphSimulatorLib import drr
+
+    def too_large(*args, **kwargs):
+        raise MemoryError("Unable to allocate 37.3 GiB for an array with shape (100000, 100000) and data type float32")
+
+    monkeypatch.setattr(drr, "render_drr", too_large)
+    sitk.WriteImage(_ct(), str(tmp_path / "ct.nrrd"))
+    assert main(["drr", "--ct", str(tmp_path / "ct.nrrd"), "--size", "100000", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "not enough memory" in err and "37.3 GiB" in err and "--size" in err

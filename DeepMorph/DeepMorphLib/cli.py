@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"deepmorph {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # e.g. --size 100000: numpy says how much it could not allocate
+        print(f"deepmorph {args.command}: error: not enough memory ({exc or 'allocation failed'}); use smaller images "
+              "(--size) or fewer --workers, or free memory, and re-run.", file=sys.stderr)
+        return 2
     except OSError as exc:  # a file in the way, no permission, disk full...: one line, no traceback
         print(f"deepmorph {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2

@@ -140,8 +140,10 @@ def read_volume(path: str | os.PathLike) -> Volume:
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's multi-line warnings; the problems are raised below
     try:
         image = read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ValueError(f"Cannot read {path} as a medical image ({exc}). Use NRRD, NIfTI, MHA or a DICOM folder.")
+    except RuntimeError as exc:  # SimpleITK's message: source file and line, then "sitk::ERROR: ..." on the last line
+        detail = (str(exc).strip().splitlines() or ["unknown error"])[-1].replace("sitk::ERROR: ", "")
+        raise ValueError(f"Cannot read {path} as a medical image ({detail}). Use NRRD, NIfTI, MHA or a DICOM "
+                         "folder.") from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     return Volume.from_sitk(image)
