@@ -252,3 +252,23 @@ def test_bad_settings_name_their_rule_and_too_few_samples_for_validation(toy, tm
     done = train(tiny_config(toy, tmp_path, "few", max_samples=4, epochs=1, val_fraction=0.0), progress=False,
                  log=lambda m: None)
     assert done["status"] == "finished" and "val_loss" not in done["history"][0]
+
+
+def test_one_run_per_work_dir_and_a_killed_write_leaves_no_stray_file(toy, tmp_path):
+    """A second run in a work dir in use is refused naming the first's process; the temporary file of a checkpoint
+    being written when a run was killed is removed by the next run (each was a full checkpoint's size)."""
+    from DeepMorphSimulatorLib.files import lock_folder
+
+    cfg = tiny_config(toy, tmp_path, "m", epochs=1)
+    work = Path(cfg.work_dir)
+    work.mkdir()
+    stray = work / ".checkpoint.safetensors.abc123.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    held = lock_folder(work, "deepmorph train")
+    try:
+        with pytest.raises(ValueError, match="another deepmorph train .*process"):
+            train(cfg, progress=False, log=lambda m: None)
+    finally:
+        held.close()
+    assert train(cfg, progress=False, log=lambda m: None)["status"] == "finished"
+    assert not stray.exists()

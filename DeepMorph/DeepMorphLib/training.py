@@ -567,10 +567,8 @@ def train(cfg: TrainConfig, restart: bool = False, progress: bool = True, stop_a
     cfg.validate()
     work = cfg.resolved_work_dir()
     ckpt_path = work / CHECKPOINT_NAME
-    if restart and ckpt_path.exists():
-        ckpt_path.unlink()
     with torch_threads(cfg.threads or None), _StopRequests() as stop:
-        return _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop)
+        return _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop, restart)
 
 
 class _StopRequests:
@@ -606,10 +604,11 @@ def diverged(cfg: TrainConfig, what: str, ckpt_path: Path) -> str:
             f"(discards {ckpt_path}).")
 
 
-def _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop) -> dict:
+def _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop, restart) -> dict:
     from tqdm import tqdm
 
     from DeepMorphLib.model_io import save_model
+    from DeepMorphSimulatorLib.files import lock_folder
 
     device = resolve_device(cfg.device)
     t_start = time.monotonic()
@@ -635,6 +634,11 @@ def _train(cfg, work, ckpt_path, progress, stop_after_steps, log, stop) -> dict:
                          f"{cfg.val_fraction:g} (it holds out none); give more data, a larger --val-fraction, or "
                          f"--val-fraction 0 to train without validation.")
     work.mkdir(parents=True, exist_ok=True)
+    lock = lock_folder(work, "deepmorph train")  # noqa: F841  (held until this run ends: one run per work dir)
+    for stale in work.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # a checkpoint being written when a run was killed
+        stale.unlink()
+    if restart and ckpt_path.exists():
+        ckpt_path.unlink()
     loss_fn = (F.binary_cross_entropy_with_logits if cfg.task == "polarity" else
                partial(outline_loss, pos_weight=cfg.pos_weight, dice_weight=cfg.dice_weight))
     if cfg.task == "polarity":
