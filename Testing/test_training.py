@@ -40,6 +40,10 @@ def test_dataset_reading_and_split(toy, tmp_path):
     assert np.array_equal(split_indices(40, 0.1, 0)[1], va)
     with pytest.raises(FileNotFoundError, match="samples"):
         list_samples(tmp_path, "head")
+    with pytest.raises(FileNotFoundError, match=f"samples/ folder of a dataset: give .*--data {toy}"):
+        list_samples(toy / "samples", "head")  # used to suggest making a new dataset inside this one
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        list_samples(toy / "manifest.json", "head")
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "000000.png").write_bytes((toy / "samples" / "000000.png").read_bytes())
     with pytest.raises(ValueError, match="lack their 'head' target"):

@@ -153,6 +153,12 @@ def list_samples(data_dir: str | Path, task: str, target: str = "outline") -> li
     root = Path(data_dir)
     samples = root / "samples"
     if not samples.is_dir():
+        if root.name == "samples" and (root.parent / "manifest.json").is_file():
+            raise FileNotFoundError(f"{root} is the samples/ folder of a dataset: give the dataset folder "
+                                    f"--data {root.parent}.")
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a folder; --data takes dataset folders made by 'deepmorph "
+                                    f"dataset' (e.g. 'deepmorph dataset --phantom --out {root} --n 2000 --size 256').")
         raise FileNotFoundError(f"{root} is not a DeepMorph dataset (no samples/ folder); make one with "
                                 f"'deepmorph dataset --phantom --out {root} --n 2000 --size 256'.")
     images = sorted(p for p in samples.glob("*.png") if p.stem.isdigit())
