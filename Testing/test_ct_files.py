@@ -1,5 +1,7 @@
 """CT files as ``drr`` and ``dataset`` read them (volume.read_volume): DICOM series folders written with SimpleITK
 (stored values + rescale intercept, as scanners write them), checked against the volume they were written from."""
+import locale
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -18,7 +20,16 @@ def _ct(shape=(12, 10, 14), spacing=(0.8, 0.9, 2.5), origin=(-5.0, 7.0, -30.0)):
 
 def _write_series(image, folder, series_uid):
     """One file per slice, with the position, orientation and rescale tags a scanner writes (stored value =
-    HU + 1024, RescaleIntercept -1024)."""
+    HU + 1024, RescaleIntercept -1024). The process locale is restored afterwards: GDCM's writer leaves LC_CTYPE at
+    "C", after which later tests' ``read_text()`` decode as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        return _write_slices(image, folder, series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(image, folder, series_uid):
     folder.mkdir(parents=True, exist_ok=True)
     d = image.GetDirection()
     writer = sitk.ImageFileWriter()
