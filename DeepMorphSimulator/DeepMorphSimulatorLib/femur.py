@@ -422,7 +422,7 @@ def load_femur(source, landmarks=None, side: str | None = None, ct=None, coordin
             raise ValueError(
                 f"{100 * outside:.0f} % of the femur mesh lies outside the CT (mesh box {v.min(0).round(1).tolist()}"
                 f" .. {v.max(0).round(1).tolist()} mm, CT box {lo.round(1).tolist()} .. {hi.round(1).tolist()} mm, "
-                "LPS). Is the mesh in RAS (pass coordinate_system='RAS') or from another CT?"
+                "LPS). Is the mesh in RAS (--mesh-space RAS) or from another CT?"
             )
         check_on_bone(ct, mesh)
     known, radius = {}, None
