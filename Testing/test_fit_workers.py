@@ -109,3 +109,20 @@ def test_ctrl_c_stops_the_workers_at_once_and_keeps_what_is_done(tmp_path):
         raise AssertionError("fit --workers did not stop on Ctrl-C") from None
     assert proc.returncode == 130 and "stopped after 1 of 4" in err
     assert sorted(p.name for p in out.glob("x*.json")) == ["x0.json"]  # nothing half-written
+
+
+def test_a_worker_that_dies_stops_the_run_with_a_clear_error(tmp_path):
+    """A worker killed (as by the OOM killer) while fitting: one error line naming the cause and the fix, exit 2,
+    the results already written kept; never a hang."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        _image(folder / f"x{k}.png", 20 + 30 * k)
+    script = tmp_path / "dying_fit.py"
+    script.write_text(SLOW_FIT_SCRIPT.replace("time.sleep(300)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    proc = subprocess.run([sys.executable, str(script), "fit", "--task", "head", str(folder), "--out",
+                           str(tmp_path / "R"), "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "a worker process ended" in proc.stderr and "Traceback" not in proc.stderr

@@ -414,18 +414,34 @@ def _fitted(todo, fitter: Fitter | None, args, digest: str):
             yield i, fitter.fit_item(path, frame, stem, args.report)
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     import torch
 
     threads = max(1, torch.get_num_threads() // args.workers)
-    pool = multiprocessing.get_context(WORKER_START).Pool(args.workers, initializer=_start_worker,
-                                                          initargs=(args, digest, threads))
+    pool = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context(WORKER_START),
+                               initializer=_start_worker, initargs=(args, digest, threads))
     try:
-        yield from pool.imap_unordered(_worker_fit, [(*item, args.report) for item in todo])
-        pool.close()
+        futures = [pool.submit(_worker_fit, (*item, args.report)) for item in todo]
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                raise ValueError("a worker process ended without finishing its image (out of memory? killed?); run "
+                                 "the same command again, with fewer --workers (finished images are reused)") from None
     finally:
-        pool.terminate()  # after close(): the workers have ended; after Ctrl-C or an error: stops them now
-        pool.join()
+        _stop_workers(pool)
+
+
+def _stop_workers(pool) -> None:
+    """End ``pool``'s processes now, without waiting for the images they are fitting."""
+    for future in getattr(pool, "_pending_work_items", {}).values():
+        future.future.cancel()
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # kill_workers() is Python >= 3.14
+    for process in processes:  # SIGKILL: a worker's inherited SIGTERM handler would only end its current image
+        process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run(args) -> int:
