@@ -105,3 +105,18 @@ def test_bad_frame_selections_are_refused_up_front(frames, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["fit", "--task", "head", str(tmp_path / "x.dcm"), "--out", str(tmp_path / "R"), "--frames", frames])
     assert stop.value.code == 2 and "--frames" in capsys.readouterr().err
+
+
+def test_grey_with_alpha_is_read_as_its_grey_and_colour_as_the_mean_of_rgb(tmp_path):
+    from PIL import Image
+
+    from DeepMorphSimulatorLib.files import read_image_2d
+
+    grey = np.tile(np.arange(48, dtype=np.uint8) * 5, (40, 1))
+    alpha = np.full_like(grey, 255)
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(tmp_path / "la.png")
+    rgba = np.dstack([grey, grey // 2, grey // 4, alpha])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    for read in (read_image_2d, lambda p: read_xray(p).frames[0]):
+        assert np.array_equal(read(tmp_path / "la.png"), grey.astype(np.float32))  # the alpha is not averaged in
+        assert np.allclose(read(tmp_path / "rgba.png"), rgba[..., :3].mean(axis=-1))

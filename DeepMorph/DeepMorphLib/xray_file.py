@@ -74,17 +74,21 @@ def read_xray(path: str | os.PathLike) -> XRayFile:
     that is not a multi-frame DICOM file, or NaN/infinite pixels."""
     import SimpleITK as sitk
 
-    from DeepMorphSimulatorLib.files import check_finite
+    from DeepMorphSimulatorLib.files import check_finite, grey_of, read_with_pillow
 
     path = Path(path)
-    reader = _reader(path)
     try:
+        reader = _reader(path)
         image = reader.Execute()
-    except RuntimeError as exc:
-        raise ValueError(f"Cannot read image {path}: its pixel data is unreadable ({exc}).") from None
+    except (ValueError, RuntimeError) as exc:
+        pixels = read_with_pillow(path) if path.is_file() else None  # a PNG of grey + alpha
+        if pixels is None or pixels.ndim != 2:
+            raise ValueError(str(exc) if isinstance(exc, ValueError) else
+                             f"Cannot read image {path}: its pixel data is unreadable ({exc}).") from None
+        check_finite(pixels, f"Image {path}")
+        return XRayFile(pixels[None])
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        arr = arr[..., :3].mean(axis=-1)
+    arr = grey_of(arr, image.GetNumberOfComponentsPerPixel())
     multi_frame = _is_dicom(reader) and frame_count(path) > 1
     if not multi_frame:
         arr = np.squeeze(arr)

@@ -125,15 +125,39 @@ def read_image_2d(path: str | os.PathLike) -> np.ndarray:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"Cannot read image {path}: not a readable PNG/JPEG/TIFF/DICOM/NRRD file ({exc}).") from None
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        arr = arr[..., :3].mean(axis=-1)
+        arr = read_with_pillow(path)
+        if arr is None:
+            raise ValueError(f"Cannot read image {path}: not a readable PNG/JPEG/TIFF/DICOM/NRRD file "
+                             f"({exc}).") from None
+    else:
+        arr = grey_of(sitk.GetArrayFromImage(image).astype(np.float32), image.GetNumberOfComponentsPerPixel())
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise ValueError(f"Image {path} is not 2-D after squeezing (shape {arr.shape}); give one X-ray frame.")
     check_finite(arr, f"Image {path}")
     return arr
+
+
+def grey_of(pixels: np.ndarray, components: int) -> np.ndarray:
+    """Grey values of ``pixels`` with ``components`` values per pixel (last axis when > 1): grey as it is, grey +
+    alpha -> the grey, RGB(A) -> the mean of R, G and B (the alpha is not image)."""
+    if components == 1:
+        return pixels
+    return pixels[..., 0] if components == 2 else pixels[..., :3].mean(axis=-1)
+
+
+def read_with_pillow(path: Path) -> np.ndarray | None:
+    """float32 grey (``grey_of``) of a picture file that SimpleITK cannot read but Pillow can (a PNG of grey + alpha),
+    else None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            bands = len(img.getbands())
+            arr = np.asarray(img).astype(np.float32)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    return grey_of(arr, bands)
 
 
 def check_finite(image: np.ndarray, what: str = "The image") -> None:
