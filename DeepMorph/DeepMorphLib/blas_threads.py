@@ -36,3 +36,17 @@ def with_serial_blas(func):
         with serial_blas():
             return func(*args, **kwargs)
     return run
+
+
+def set_compute_threads(n: int) -> None:
+    """Threads for this process's torch (networks) and numba (compiled fit kernels) pools: ``n`` (numba: at most
+    the pool it was started with)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass

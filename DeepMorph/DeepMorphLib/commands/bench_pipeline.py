@@ -41,26 +41,15 @@ def bench_image(size: int = 448) -> np.ndarray:
     return render_drr(ph.ct, geometry).image.astype(np.float32)
 
 
-def _set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # numba is optional for the pipeline itself
-        pass
-
-
 def run(args) -> int:
     from DeepMorphLib import pipeline
+    from DeepMorphLib.blas_threads import set_compute_threads
 
     if args.repeats < 1 or args.threads < 1:
         raise ValueError("--repeats and --threads must be at least 1.")
     if args.model and args.task == "both":
         raise ValueError("--model needs a single --task (head or femur).")
-    _set_threads(args.threads)
+    set_compute_threads(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if args.image:
         from DeepMorphSimulatorLib.files import read_image_2d

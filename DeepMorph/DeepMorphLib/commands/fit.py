@@ -377,29 +377,19 @@ _WORKER: dict = {}  # the worker process's Fitter
 
 def _start_worker(args, digest: str, threads: int) -> None:
     """A ``--workers`` process: ``threads`` threads for torch and numba, Ctrl-C left to the main process (which
-    stops handing out images and waits for the ones being fitted), the models loaded once."""
+    stops the workers), the models loaded once."""
     import signal
 
+    from DeepMorphLib.blas_threads import set_compute_threads
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_threads(threads)
+    set_compute_threads(threads)
     _WORKER["fitter"] = Fitter(args, digest)
 
 
 def _worker_fit(task):
     i, path, frame, stem, thumbnail = task
     return i, _WORKER["fitter"].fit_item(path, frame, stem, thumbnail)
-
-
-def _set_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba is a dependency
-        pass
 
 
 WORKER_START = "spawn"  # how worker processes start (fork is unsafe once torch runs threads)
