@@ -43,3 +43,13 @@ def test_cli_lists_commands():
     help_text = build_parser([]).format_help()
     for name in ("demo", "drr", "phantom", "dataset", "train", "fit", "evaluate", "bench"):
         assert name in help_text
+
+
+def test_deepmorph_version_names_the_installed_package(capsys):
+    from importlib.metadata import version
+
+    from DeepMorphLib.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"deepmorph {version('deepmorph')}"

@@ -43,11 +43,21 @@ def _load(module_name: str):
         raise
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deepmorph")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "(checkout, not installed)"
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepmorph",
         description="Deep morphing of the femur in (simulated) X-ray images: DRRs, training data, fits.",
     )
+    parser.add_argument("--version", action="version", version=f"deepmorph {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = argv[0] if argv else None
     for name, module_name in COMMANDS.items():
