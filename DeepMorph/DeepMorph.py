@@ -38,7 +38,8 @@ confidence map (shown as a coloured overlay), then a circle (femoral head) or a 
 fitted to it. A fit that finds too little outline is reported as <b>not detected</b>, never guessed; a circle or
 contour that was found but that nothing confirms is shown in orange as "unconfirmed", for review (the
 <i>Femur minimum confidence</i> and <i>Report a head circle that nothing confirms</i> settings change these rules).
-Drag contour points to correct the femur contour: the rest follows the shape model.
+Drag contour points to correct the femur contour: the rest follows the shape model. A fluoroscopy run (a multi-frame
+X-ray) is fitted on the frame shown in the Red view.
 See <a href="https://github.com/deepmorph/SlicerDeepMorph#readme">the documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -292,7 +293,7 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
             side=p.side.value, femur_min_quality=p.femurMinQuality, keep_unconfirmed_head=p.keepUnconfirmedHead,
             test_time_views=p.testTimeViews.views(), nodes=self.nodes, predict=predict, pdm=pdm,
-            editable=p.interactiveCorrection,
+            editable=p.interactiveCorrection, k=self.shownFrame(p.inputVolume),
         )
         p.confidenceVolume = self.nodes.get("confidence")
         p.resultText = self.resultHtml(self.result)
@@ -300,21 +301,33 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         return self.result, self.nodes
 
     @staticmethod
+    def shownFrame(volumeNode) -> Optional[int]:
+        """Slice K of ``volumeNode`` that the Red view shows (the frame the user looks at in a multi-frame X-ray), or
+        None (no Red view, or it shows another plane: the first frame is fitted)."""
+        from DeepMorphLib.mrml_glue import shown_slice_k
+
+        layoutManager = slicer.app.layoutManager()
+        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
+        return shown_slice_k(sliceWidget.mrmlSliceNode(), volumeNode) if sliceWidget else None
+
+    @staticmethod
     def resultHtml(result) -> str:
         if not result.detected:
             return f"<b style='color:#c00000'>{_('NOT DETECTED')}</b><br>{result.summary()}"
         return f"<b>{_('Detected')}</b> ({result.polarity})<br>{result.summary()}"
 
-    @staticmethod
-    def showInViews(p) -> None:
-        """X-ray in the background, confidence map as coloured foreground, Red view face-on and fitted."""
-        from DeepMorphLib.mrml_glue import align_slice_to_image
+    def showInViews(self, p) -> None:
+        """X-ray in the background, confidence map as coloured foreground, Red view face-on and fitted, on the frame
+        fitted of a multi-frame X-ray."""
+        from DeepMorphLib.mrml_glue import align_slice_to_image, uv_to_ras
 
         slicer.util.setSliceViewerLayers(background=p.inputVolume, foreground=p.confidenceVolume,
                                          foregroundOpacity=p.overlayOpacity)
         sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
-        align_slice_to_image(sliceWidget.mrmlSliceNode(), p.inputVolume)
-        sliceWidget.sliceLogic().FitSliceToBackground()
+        k = self.result.frame - 1 if self.result is not None and self.result.frame else 0
+        align_slice_to_image(sliceWidget.mrmlSliceNode(), p.inputVolume, k)
+        sliceWidget.sliceLogic().FitSliceToBackground()  # centres the view on the volume: back to frame k
+        sliceWidget.mrmlSliceNode().JumpSliceByOffsetting(*uv_to_ras(p.inputVolume, [[0.0, 0.0]], k)[0])
 
     def refitAfterEdit(self, p, editedIndices) -> None:
         """Keep the user's moved points, re-fit the rest of the contour with the PDM, move the landmarks."""
@@ -327,14 +340,15 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         self.result.contour = shape
         if landmarks is not None and self.result.landmarks:
             named = {fit_logic.LANDMARK_TITLES.get(k, k): i for k, i in self.result.landmarks.items()}
-            mrml_glue.update_landmarks_from_contour(contour, landmarks, p.inputVolume, named)
+            mrml_glue.update_landmarks_from_contour(contour, landmarks, named)
         p.resultText = self.resultHtml(self.result) + "<br>" + _("Edited: {n} point(s) fixed by you.").format(
             n=len(editedIndices))
 
     def _exportBase(self, p) -> pathlib.Path:
         name = p.inputVolume.GetName() if p.inputVolume else "xray"
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        return pathlib.Path(p.exportDirectory) / f"{safe}-{p.task.value}"
+        frame = f"_f{self.result.frame:04d}" if self.result is not None and self.result.frame else ""  # as `fit` names
+        return pathlib.Path(p.exportDirectory) / f"{safe}{frame}-{p.task.value}"
 
     def exportResults(self, p) -> dict:
         """Write the current result as JSON and CSV into ``p.exportDirectory``."""

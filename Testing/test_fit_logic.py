@@ -217,7 +217,7 @@ def test_femur_contour_with_named_landmarks_and_constrained_editing(app, fake_fe
     assert new[10, 1] > uv[10, 1] + 10  # followed the drag as far as plausible
     assert np.allclose(np.diff(new[:, 1]), np.diff(uv[:, 1]), atol=1e-3)  # rigidly, as mode 1 allows
     g_nodes = nodes["landmarks"]
-    g.update_landmarks_from_contour(contour, g_nodes, xray, {"femoral head": 10})
+    g.update_landmarks_from_contour(contour, g_nodes, {"femoral head": 10})
     assert np.allclose(g.markups_to_uv(g_nodes, xray)[0], new[10], atol=1e-4)
 
 
@@ -347,3 +347,111 @@ def test_contour_markups_describe_the_points_the_shape_model_extrapolated(app):
     assert all(curve.GetNthControlPointDescription(i) == "" for i in range(6))
     with pytest.raises(ValueError, match="one value per contour point"):
         g.contour_to_markups(app.scene, xray, np.c_[np.arange(6.0), np.zeros(6)], point_confidence=conf[:4])
+
+
+def write_fluoroscopy_run(path, n=4):
+    """A multi-frame DICOM file (X-Ray Fluoroscopy Image Storage) of ``n`` bone-dark frames, frame k with the head's
+    dark disc at (disc_centre(k), CIRCLE[1]), as SimpleITK (GDCM) writes it; the process locale is restored (GDCM's
+    writer leaves LC_CTYPE at "C")."""
+    import locale
+
+    import SimpleITK as sitk
+
+    v, u = np.mgrid[:H, :W]
+    frames = np.stack([np.where(np.hypot(u - disc_centre(k), v - CIRCLE[1]) < CIRCLE[2], 60, 200) for k in range(n)])
+    image = sitk.GetImageFromArray(frames.astype(np.uint16))
+    image.SetMetaData("0008|0016", "1.2.840.10008.5.1.4.1.1.12.2")
+    image.SetMetaData("0008|0060", "RF")
+    saved = locale.setlocale(locale.LC_ALL, None)
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(path))
+        writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return path
+
+
+def disc_centre(k):
+    return 40.0 + 25.0 * k
+
+
+def predict_dark_disc(image):
+    """Stand-in network: the outline of the dark disc it is given (centroid and area of the dark pixels)."""
+    dark = image < image.mean()
+    v, u = np.nonzero(dark)
+    return ring(u.mean(), v.mean(), np.sqrt(dark.sum() / np.pi))
+
+
+def ijk_to_ras_of(node, ijk):
+    """RAS of voxel IJK points (N, 3) from the node's IJK-to-RAS matrix (independent of the glue)."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([m.MultiplyPoint((*p, 1.0))[:3] for p in np.asarray(ijk, dtype=float)])
+
+
+def test_a_fluoroscopy_run_is_fitted_on_the_frame_the_slice_view_shows(app, tmp_path, fake_femur_fit):
+    """A multi-frame DICOM file loaded as Slicer's Add Data does (4 slices along K) was refused ("4 slices; a 2-D X-ray
+    is needed"): the frame in the Red view is fitted, said, and its results lie on that frame's plane."""
+    import slicer
+
+    run = g.load_volume(app, write_fluoroscopy_run(tmp_path / "run.dcm"), "run")
+    assert g.slice_count(run) == 4 and g.xray_frames(run) == 4
+    red = slicer.vtkMRMLSliceNode()
+    red.SetLayoutName("Red")
+    red.SetDimensions(256, 256, 1)
+    g.align_slice_to_image(red, run, 2)  # the user scrolled to frame 3
+    assert g.shown_slice_k(red, run) == 2
+    result, nodes = logic.fit_xray_node(app.scene, run, "head", polarity="bone-dark", predict=predict_dark_disc,
+                                        k=g.shown_slice_k(red, run))
+    assert result.detected and (result.frame, result.n_frames) == (3, 4)
+    assert result.summary().startswith("Frame 3 of 4 (slice K = 2): Femoral head")
+    assert result.to_dict()["xray_frame"] == 3
+    assert np.allclose(result.circle, (disc_centre(2), CIRCLE[1], CIRCLE[2]), atol=1.0)  # frame 3's disc
+    cx, cy, _r = result.circle
+    assert np.allclose(g.control_points_ras(nodes["head_centre"]), ijk_to_ras_of(run, [[cx, cy, 2]]), atol=1e-6)
+    circle_ijk = g.ras_to_ijk(run, g.control_points_ras(nodes["head_circle"]))
+    assert np.allclose(circle_ijk[:, 2], 2.0, atol=1e-9)
+    confidence = nodes["confidence"]  # a single slice lying on frame 3
+    assert g.slice_count(confidence) == 1
+    assert np.allclose(ijk_to_ras_of(confidence, [[5, 7, 0]]), ijk_to_ras_of(run, [[5, 7, 2]]))
+
+    # femur: contour and named landmarks on frame 3; a landmark at contour point 10 = IJK (u, v, 2)
+    result, nodes = logic.fit_xray_node(app.scene, run, "femur", polarity="bone-dark", pdm=make_pdm(),
+                                        predict=lambda image: ring(*CIRCLE), nodes=nodes, k=2)
+    u, v = result.contour[10]
+    head = g.control_point_labels(nodes["landmarks"]).index("femoral head")
+    assert np.allclose(g.control_points_ras(nodes["landmarks"])[head], ijk_to_ras_of(run, [[u, v, 2]])[0], atol=1e-6)
+    assert np.allclose(g.ras_to_ijk(run, g.control_points_ras(nodes["contour"]))[:, 2], 2.0, atol=1e-9)
+    # a dragged point is re-fitted on the same frame
+    contour = nodes["contour"]
+    moved = g.markups_to_uv(contour, run)[10] + [0.0, 20.0]
+    contour.SetNthControlPointPositionWorld(10, *ijk_to_ras_of(run, [[*moved, 2]])[0])
+    logic.refit_after_edit(contour, run, make_pdm(), [10], constrained_fit=constrained_fit)
+    g.update_landmarks_from_contour(contour, nodes["landmarks"], {"femoral head": 10})
+    assert np.allclose(g.ras_to_ijk(run, g.control_points_ras(contour))[:, 2], 2.0, atol=1e-9)
+    assert np.allclose(g.ras_to_ijk(run, g.control_points_ras(nodes["landmarks"]))[0], [*moved, 2], atol=1e-6)
+
+    # headless (no view): the first frame; a view that does not show the IJ plane: no frame
+    first, _ = logic.fit_xray_node(app.scene, run, "head", polarity="bone-dark", predict=predict_dark_disc)
+    assert first.frame == 1 and np.allclose(first.circle[:2], (disc_centre(0), CIRCLE[1]), atol=1.0)
+    red.SetSliceToRASByNTP(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0)  # sagittal
+    assert g.shown_slice_k(red, run) is None
+
+
+def test_a_volume_that_is_not_frames_of_one_view_is_refused(app, tmp_path):
+    """A CT (a NRRD volume, or a DICOM series: one file per slice) is no X-ray; a DICOM module's multi-frame file is."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((5, H, W), 100, np.int16)), str(tmp_path / "ct.nrrd"))
+    ct = g.load_volume(app, tmp_path / "ct.nrrd", "CT")
+    with pytest.raises(ValueError, match=r"'CT' has 5 slices and is not a multi-frame X-ray .*a 2-D X-ray is needed"):
+        logic.fit_xray_node(app.scene, ct, "head", predict=predict_dark_disc)
+    ct.SetAttribute("DICOM.instanceUIDs", " ".join(f"1.2.3.{i}" for i in range(5)))  # the DICOM module's CT series
+    with pytest.raises(ValueError, match="its slices are 5 DICOM files"):
+        logic.fit_xray_node(app.scene, ct, "head", predict=predict_dark_disc)
+    ct.SetAttribute("DICOM.instanceUIDs", "1.2.3.4")  # one multi-frame file for all 5 slices
+    assert g.xray_frames(ct) == 5

@@ -113,7 +113,12 @@ def _stub_modules(slicer_app):
     pnw.WithinRange = lambda lo, hi: ("WithinRange", lo, hi)
 
     widgets = {"Red": _SliceWidget(slicer_app, "Red")}  # the application has its slice views already
-    layout = types.SimpleNamespace(sliceWidget=lambda name: widgets.setdefault(name, _SliceWidget(slicer_app, name)))
+    def sliceWidget(name):  # made once: a new slice logic resets the view's orientation and offset
+        if name not in widgets:
+            widgets[name] = _SliceWidget(slicer_app, name)
+        return widgets[name]
+
+    layout = types.SimpleNamespace(sliceWidget=sliceWidget)
     app = types.SimpleNamespace(layoutManager=lambda: layout, processEvents=lambda: None,
                                 testingEnabled=lambda: True)
     return {"qt": qt, "slicer.ScriptedLoadableModule": slm, "slicer.i18n": i18n,
@@ -394,3 +399,29 @@ def test_deepmorph_refit_updates_the_fit_of_a_saved_scene_and_names_the_overlay_
     p.inputVolume = g.image_to_node(ramp, scene, "X-ray 2")
     logic.process(p, predict=ring_at(30.0))
     assert nodes["confidence"].GetName() == "X-ray 2 confidence"
+
+
+def test_deepmorph_fits_the_frame_of_a_fluoroscopy_run_that_the_red_view_shows(modules, tmp_path):
+    """A multi-frame X-ray was refused ("4 slices; a 2-D X-ray is needed"): the frame shown in the Red view is
+    fitted, the readout and the export say which, and the view stays on that frame with its results."""
+    import slicer
+    from test_fit_logic import disc_centre, predict_dark_disc, write_fluoroscopy_run
+
+    dm = modules["DeepMorph"]
+    run = g.load_volume(modules["app"], write_fluoroscopy_run(tmp_path / "run.dcm"), "run")
+    red = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+    g.align_slice_to_image(red, run, 1)  # the user looks at frame 2
+    logic = dm.DeepMorphLogic()
+    p = logic.getParameterNode()
+    p.inputVolume, p.polarity, p.exportDirectory = run, dm.Polarity.BONE_DARK, tmp_path
+    result, nodes = logic.process(p, predict=predict_dark_disc)
+    assert result.detected and result.frame == 2 and "Frame 2 of 4 (slice K = 1): Femoral head" in p.resultText
+    assert abs(result.circle[0] - disc_centre(1)) < 1.0
+    logic.showInViews(p)
+    from DeepMorphLib.mrml_glue import shown_slice_k
+
+    assert shown_slice_k(red, run) == 1  # not the volume's centre, where FitSliceToBackground puts it
+    assert logic.exportResults(p)["json"].name == "run_f0002-head.json"
+    red.SetSliceToRASByNTP(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)  # coronal: no frame shown, the first
+    result, _ = logic.process(p, predict=predict_dark_disc)
+    assert result.frame == 1 and abs(result.circle[0] - disc_centre(0)) < 1.0

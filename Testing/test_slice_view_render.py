@@ -109,3 +109,31 @@ def test_three_d_view_draws_models_and_carm():
     assert len(xs) > 20 and abs(xs.mean() - 150) < 10 and abs(ys.mean() - 150) < 10  # femur in the middle
     orange = (rgb[..., 0] > 150) & (rgb[..., 1] > 50) & (rgb[..., 1] < 150) & (rgb[..., 2] < 100)
     assert orange.sum() > 50  # detector outline / beam drawn
+
+
+def test_a_fluoroscopy_runs_fit_is_drawn_on_its_frame_only(tmp_path, monkeypatch):
+    """The frame fitted of a multi-frame X-ray (slice K = 2 of 4) shows its circle over its own disc; frame 1 (K = 0),
+    whose disc is elsewhere, shows none of it."""
+    from test_fit_logic import disc_centre, predict_dark_disc, write_fluoroscopy_run
+
+    from DeepMorphLib import fit_logic, working_size
+
+    monkeypatch.setattr(working_size, "working_shape", lambda shape: (int(shape[0]), int(shape[1])))  # stand-in px
+    app = g.create_headless_slicer()
+    run = g.load_volume(app, write_fluoroscopy_run(tmp_path / "run.dcm"), "run")
+    result, nodes = fit_logic.fit_xray_node(app.scene, run, "head", polarity="bone-dark", predict=predict_dark_disc,
+                                            k=2)
+    nodes["head_centre"].GetDisplayNode().SetVisibility(False)
+    with OffscreenSliceView(app, (640, 480)) as view:
+        view.show_image(run, k=2)
+        assert g.shown_slice_k(view.slice_node, run) == 2
+        rgb = view.save_png(tmp_path / "frame3.png").astype(int)
+        yellow = (rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 80)
+        ys, xs = np.nonzero(yellow)
+        cx, cy, r = fit_circle(xs.astype(float), ys.astype(float))
+        expected = view.ras_to_screen(g.uv_to_ras(run, [[disc_centre(2), 55.0]], 2))[0]
+        assert len(xs) > 300 and np.hypot(cx - expected[0], cy - expected[1]) < 4.0  # 4 screen px = 1 image px
+        view.show_image(run, k=0)
+        rgb = view.save_png(tmp_path / "frame1.png").astype(int)
+        assert not ((rgb[..., 0] > 200) & (rgb[..., 1] > 170) & (rgb[..., 2] < 80)).any()
+        assert rgb[int(expected[1]), int(expected[0])].mean() > 200  # frame 1 is bright where frame 3's disc is

@@ -55,6 +55,8 @@ class FitResult:
     test_time_views: int | None = None  # views the task network averaged (``inference.views_for``); None = stand-in
     confidence: np.ndarray | None = dataclasses.field(default=None, repr=False)
     fit_scale: float = 1.0  # image px per px of the image the fit ran on (> 1: a large image reduced, working_size)
+    frame: int | None = None  # frame fitted of a multi-frame X-ray, 1-based (slice K + 1) as ``fit --frames``
+    n_frames: int = 1  # frames of the X-ray (> 1: a fluoroscopy run)
 
     def landmarks_uv(self) -> dict[str, np.ndarray]:
         if self.contour is None:
@@ -70,6 +72,8 @@ class FitResult:
             "quality": {k: float(v) for k, v in self.quality.items()},
             "frame": "image pixels: u = column, v = row, pixel centres at integers",
         }
+        if self.frame is not None:  # as ``deepmorph fit``'s provenance: 1-based
+            d["xray_frame"], d["xray_frames"] = int(self.frame), int(self.n_frames)
         if self.circle is not None:
             cx, cy, r = (float(x) for x in self.circle)
             d["head_circle"] = {"cx_px": cx, "cy_px": cy, "r_px": r}
@@ -82,6 +86,11 @@ class FitResult:
 
     def summary(self) -> str:
         """One or two plain sentences for the GUI and logs."""
+        if self.frame is not None:
+            return f"Frame {self.frame} of {self.n_frames} (slice K = {self.frame - 1}): {self._summary()}"
+        return self._summary()
+
+    def _summary(self) -> str:
         if not self.detected:
             return f"NOT DETECTED ({self.reason or 'no confident outline'})."
         quality = ", ".join(_format_quality(k, v) for k, v in self.quality.items())
@@ -464,8 +473,13 @@ def _head_from_femur(image, model, metadata, polarity: str, not_found: FitResult
 def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = "auto", nodes: dict | None = None,
                   predict=None, pdm=None, editable: bool = True, refine_model=None,
                   side: str | None = None, femur_min_quality: float | None = None,
-                  keep_unconfirmed_head: bool = False, test_time_views: int | None = None) -> tuple[FitResult, dict]:
+                  keep_unconfirmed_head: bool = False, test_time_views: int | None = None,
+                  k: int | None = None) -> tuple[FitResult, dict]:
     """Fit the X-ray volume node and show the result in the scene; returns (result, nodes).
+
+    A multi-frame X-ray (a fluoroscopy run: ``mrml_glue.xray_frames``) is fitted on its frame in slice K = ``k``
+    (0-based; None = the first), the results placed on that frame's plane and ``result.frame`` = ``k`` + 1; any other
+    volume of several slices is refused (ValueError).
 
     ``side``: the femur's side when known ("left" / "right"; None or "auto" = either); ``femur_min_quality`` and
     ``keep_unconfirmed_head``: the confirmation rules; see ``fit_image``.
@@ -479,7 +493,9 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
     if xray_node is None:
         raise ValueError("Select an X-ray image (a single-slice volume) first.")
     views = test_time_views_block(test_time_views, "test_time_views")
-    image = glue.node_to_image(xray_node)
+    n_frames = glue.xray_frames(xray_node)
+    k = None if n_frames == 1 else int(k or 0)
+    image = glue.node_to_image(xray_node, k)
     model = metadata = None
     if predict is None:
         model, metadata = load_task_model(task, model_path)
@@ -504,6 +520,9 @@ def fit_xray_node(scene, xray_node, task: str, model_path=None, polarity: str = 
                            pixel_mm=image_pixel_mm(xray_node), model_name=name, refiner=refiner, head_anchor=anchor,
                            region=region, side=side, femur_min_quality=femur_min_quality,
                            keep_unconfirmed_head=keep_unconfirmed_head)
+    if k is not None:
+        result.frame, result.n_frames = k + 1, n_frames
+        xray_node.SetAttribute(glue.FRAMES_ATTRIBUTE, str(n_frames))  # a saved scene's volume has no DICOM file
     return result, show_result(scene, xray_node, result, nodes, editable=editable)
 
 
@@ -531,10 +550,11 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
     from . import mrml_glue as glue
 
     nodes = glue.nodes_in_scene(scene, nodes)
+    k = 0 if result.frame is None else result.frame - 1  # slice K of the frame fitted: the results lie on its plane
     if result.confidence is not None:
         name = f"{xray_node.GetName()} confidence"
         nodes["confidence"] = glue.confidence_to_node(scene, result.confidence, xray_node, node=nodes.get("confidence"),
-                                                      name=name)
+                                                      name=name, k=k)
         nodes["confidence"].SetName(name)  # a node reused from another X-ray's fit is named after this one
     show_circle = result.detected and result.circle is not None
     show_unconfirmed = not result.detected and result.circle is not None  # rejected, kept for the reviewer
@@ -543,24 +563,24 @@ def show_result(scene, xray_node, result: FitResult, nodes: dict | None = None, 
     if show_circle:
         nodes["head_circle"], nodes["head_centre"] = glue.circle_to_markups(
             scene, xray_node, result.circle, name="Femoral head", curve_node=nodes.get("head_circle"),
-            centre_node=nodes.get("head_centre"),
+            centre_node=nodes.get("head_centre"), k=k,
         )
     if show_unconfirmed:
         nodes["unconfirmed_circle"], nodes["unconfirmed_centre"] = glue.circle_to_markups(
             scene, xray_node, result.circle, name="Femoral head (unconfirmed)",
             curve_node=nodes.get("unconfirmed_circle"), centre_node=nodes.get("unconfirmed_centre"),
-            color=UNCONFIRMED_COLOR,
+            color=UNCONFIRMED_COLOR, k=k,
         )
     if show_contour:
         named = {LANDMARK_TITLES.get(k, k): i for k, i in result.landmarks.items()}
         nodes["contour"], nodes["landmarks"] = glue.contour_to_markups(
             scene, xray_node, result.contour, named, name="Femur contour", curve_node=nodes.get("contour"),
-            landmarks_node=nodes.get("landmarks"), editable=editable, point_confidence=result.point_confidence,
+            landmarks_node=nodes.get("landmarks"), editable=editable, point_confidence=result.point_confidence, k=k,
         )
     if show_unconfirmed_contour:
         nodes["unconfirmed_contour"], _ = glue.contour_to_markups(
             scene, xray_node, result.contour, None, name="Femur contour (unconfirmed)",
-            curve_node=nodes.get("unconfirmed_contour"), editable=False, color=UNCONFIRMED_COLOR,
+            curve_node=nodes.get("unconfirmed_contour"), editable=False, color=UNCONFIRMED_COLOR, k=k,
         )
         nodes["unconfirmed_contour"].SetAttribute("DeepMorph.role", "unconfirmed contour")
     visible = {"head_circle": show_circle, "head_centre": show_circle, "unconfirmed_circle": show_unconfirmed,
@@ -607,7 +627,8 @@ def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=
     if shape.shape != uv.shape:
         raise ValueError(f"The constrained fit returned shape {shape.shape}, expected {uv.shape}.")
     labels = glue.control_point_labels(curve_node)
-    glue.set_control_points(curve_node, glue.uv_to_ras(xray_node, shape), labels, locked=curve_node.GetLocked())
+    k = float(np.median(glue.ras_to_ijk(xray_node, glue.control_points_ras(curve_node))[:, 2]))  # its frame's slice
+    glue.set_control_points(curve_node, glue.uv_to_ras(xray_node, shape, k), labels, locked=curve_node.GetLocked())
     return shape
 
 

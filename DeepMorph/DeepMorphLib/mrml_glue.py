@@ -30,8 +30,9 @@ from DeepMorphSimulatorLib.mrml_glue import (  # noqa: F401  (re-exported)
     node_to_image,
     nodes_in_scene,
     points_to_fiducials,
-    reusable_node,
+    ras_to_ijk,
     ras_to_uv,
+    reusable_node,
     save_node,
     save_scene_bundle,
     set_control_points,
@@ -42,6 +43,8 @@ from DeepMorphSimulatorLib.mrml_glue import (  # noqa: F401  (re-exported)
     uv_to_ras,
     volume_ijk_to_ras,
 )
+
+FRAMES_ATTRIBUTE = "DeepMorph.frames"  # on an X-ray volume: its slices are this many frames of one view
 
 CONFIDENCE_COLOR_NODE_NAME = "DeepMorph confidence"
 
@@ -64,15 +67,18 @@ def confidence_color_node(scene):
     return node
 
 
-def confidence_to_node(scene, confidence: np.ndarray, image_node, node=None, name: str = "Confidence"):
-    """A confidence map (H, W) in [0, 1] on the grid of ``image_node``, coloured with the overlay table."""
+def confidence_to_node(scene, confidence: np.ndarray, image_node, node=None, name: str = "Confidence", k: int = 0):
+    """A confidence map (H, W) in [0, 1] on the grid of ``image_node`` (its slice K = ``k``: the frame fitted of a
+    multi-frame X-ray), coloured with the overlay table."""
     conf = np.asarray(confidence, dtype=np.float32)
-    image_shape = node_to_image(image_node).shape
+    image_shape = node_to_image(image_node, k).shape
     if conf.shape != image_shape:
         raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image_shape}.")
     if not np.all(np.isfinite(conf)):
         raise ValueError("The confidence map contains NaN/infinite values.")
-    node = image_to_node(conf, scene, name, volume_ijk_to_ras(image_node), node=node, window_level=(0.0, 1.0))
+    ijk_to_ras = volume_ijk_to_ras(image_node)
+    ijk_to_ras[:3, 3] += k * ijk_to_ras[:3, 2]  # a single slice where slice k of the image is
+    node = image_to_node(conf, scene, name, ijk_to_ras, node=node, window_level=(0.0, 1.0))
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(confidence_color_node(scene).GetID())
     display.SetInterpolate(False)
@@ -82,9 +88,10 @@ def confidence_to_node(scene, confidence: np.ndarray, image_node, node=None, nam
 def contour_to_markups(
     scene, image_node, points_uv: np.ndarray, landmarks: dict[str, int] | None = None, name: str = "Femur contour",
     curve_node=None, landmarks_node=None, closed: bool = False, editable: bool = False, color=COLORS["outline"],
-    point_confidence=None,
+    point_confidence=None, k: int = 0,
 ):
-    """A fitted contour (N, 2) px -> curve node (+ a fiducial node with the named landmarks).
+    """A fitted contour (N, 2) px of ``image_node``'s slice K = ``k`` -> curve node (+ a fiducial node with the named
+    landmarks).
 
     ``landmarks`` maps names (e.g. "head", "greater trochanter") to contour point indices. With
     ``editable`` the curve is unlocked and shows small handles so the user can drag points.
@@ -96,7 +103,7 @@ def contour_to_markups(
     points_uv = np.asarray(points_uv, dtype=float)
     curve = uv_curve_to_markups(
         scene, image_node, points_uv, closed=closed, name=name, node=curve_node, color=color,
-        locked=not editable, glyph_scale=1.0 if editable else 0.0,
+        locked=not editable, glyph_scale=1.0 if editable else 0.0, k=k,
     )
     curve.SetAttribute("DeepMorph.role", "contour")
     curve.SetFixedNumberOfControlPoints(True)  # the points correspond to the shape model's: drag, never add/delete
@@ -113,7 +120,8 @@ def contour_to_markups(
             raise ValueError(f"Landmark indices outside the contour (0..{len(points_uv) - 1}): {bad}")
         names = list(landmarks)
         uv = points_uv[[int(landmarks[k]) for k in names]]
-        lm_node = uv_points_to_markups(scene, image_node, uv, names, name=f"{name} landmarks", node=landmarks_node)
+        lm_node = uv_points_to_markups(scene, image_node, uv, names, name=f"{name} landmarks", node=landmarks_node,
+                                       k=k)
         for index, key in enumerate(names):
             lm_node.SetNthControlPointDescription(index, f"contour point {int(landmarks[key])}")
     return curve, lm_node
@@ -133,8 +141,62 @@ def _describe_support(curve, point_confidence: np.ndarray, n: int) -> None:
     curve.SetAttribute("DeepMorph.extrapolated", ",".join(str(i) for i in np.flatnonzero(low)))
 
 
-def update_landmarks_from_contour(curve_node, landmarks_node, image_node, landmarks: dict[str, int]) -> None:
-    """Move named landmark points to their contour points after the contour changed."""
-    uv = markups_to_uv(curve_node, image_node)
+def update_landmarks_from_contour(curve_node, landmarks_node, landmarks: dict[str, int]) -> None:
+    """Move named landmark points onto their contour points (in RAS, on the contour's plane) after the contour
+    changed."""
     names = list(landmarks)
-    set_control_points(landmarks_node, uv_to_ras(image_node, uv[[int(landmarks[k]) for k in names]]), names)
+    set_control_points(landmarks_node, control_points_ras(curve_node)[[int(landmarks[k]) for k in names]], names)
+
+
+def slice_count(volume_node) -> int:
+    """Number of slices along K of a volume node (1 for a 2-D image)."""
+    image = volume_node.GetImageData()
+    return image.GetDimensions()[2] if image is not None else 1
+
+
+def xray_frames(volume_node) -> int:
+    """Frames of an X-ray volume: 1 for a 2-D image, N for the N slices (along K) of a multi-frame X-ray (a
+    fluoroscopy run), which Slicer loads as a volume of N slices.
+
+    Its slices are frames of one view when Slicer's DICOM module lists one DICOM instance (file) for all of them
+    (``DICOM.instanceUIDs``), when its file (loaded with Add Data) is a multi-frame DICOM file (NumberOfFrames
+    (0028,0008) = N, as ``deepmorph fit`` reads it), or when an earlier fit said so (``FRAMES_ATTRIBUTE``, kept in saved
+    scenes). Any other volume of several slices (a CT, a series of DICOM files) is a ValueError.
+    """
+    n = slice_count(volume_node)
+    if n == 1:
+        return 1
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if len(uids) == 1 or volume_node.GetAttribute(FRAMES_ATTRIBUTE) == str(n) or _file_frames(volume_node) == n:
+        return n
+    raise ValueError(
+        f"Volume '{volume_node.GetName()}' has {n} slices and is not a multi-frame X-ray (a fluoroscopy run in one "
+        f"DICOM file){f': its slices are {len(uids)} DICOM files' if len(uids) > 1 else ''}; a 2-D X-ray is needed.")
+
+
+def _file_frames(volume_node) -> int:
+    """NumberOfFrames of the volume's file when it is one DICOM file, else 0."""
+    storage = volume_node.GetStorageNode()
+    path = storage.GetFileName() if storage is not None else None
+    if not path or storage.GetNumberOfFileNames() > 1:
+        return 0
+    from .xray_file import frame_count
+
+    try:
+        return frame_count(path)
+    except (OSError, ValueError):  # the file moved or is unreadable: not known to be frames
+        return 0
+
+
+def shown_slice_k(slice_node, volume_node) -> int | None:
+    """The K index (0-based) of the volume slice that a slice view shows face-on (its plane is the volume's IJ plane
+    and it passes through that slice), or None when it shows another plane or is outside the volume."""
+    m = volume_ijk_to_ras(volume_node)
+    normal = np.cross(m[:3, 0], m[:3, 1])
+    slice_to_ras = slice_node.GetSliceToRAS()
+    view_normal = np.array([slice_to_ras.GetElement(r, 2) for r in range(3)])
+    if abs(abs(normal @ view_normal) / (np.linalg.norm(normal) * np.linalg.norm(view_normal)) - 1.0) > 1e-4:
+        return None
+    k = ras_to_ijk(volume_node, [[slice_to_ras.GetElement(r, 3) for r in range(3)]])[0, 2]
+    index = int(np.floor(k + 0.5))
+    return index if 0 <= index < slice_count(volume_node) else None

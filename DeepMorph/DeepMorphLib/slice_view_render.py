@@ -151,13 +151,16 @@ class OffscreenSliceView:
         if foreground_opacity is not None:
             composite.SetForegroundOpacity(float(foreground_opacity))
 
-    def show_image(self, image_node, foreground=None, foreground_opacity: float = 1.0, zoom: float = 1.0) -> None:
-        """Show a 2-D image face-on and upright, filling the view (``zoom`` > 1 magnifies)."""
-        from .mrml_glue import align_slice_to_image
+    def show_image(self, image_node, foreground=None, foreground_opacity: float = 1.0, zoom: float = 1.0,
+                   k: int = 0) -> None:
+        """Show a 2-D image face-on and upright, filling the view (``zoom`` > 1 magnifies); of a multi-frame X-ray, its
+        frame in slice K = ``k``."""
+        from .mrml_glue import align_slice_to_image, uv_to_ras
 
         self.set_layers(image_node, foreground, foreground_opacity)
-        align_slice_to_image(self.slice_node, image_node)
-        self.fit(zoom)
+        align_slice_to_image(self.slice_node, image_node, k)
+        self.fit(zoom)  # centres the view on the whole volume: back to slice k
+        self.slice_node.JumpSliceByOffsetting(*uv_to_ras(image_node, [[0.0, 0.0]], k)[0])
 
     def fit(self, zoom: float = 1.0) -> None:
         self.logic.ResizeSliceNode(*self.size)

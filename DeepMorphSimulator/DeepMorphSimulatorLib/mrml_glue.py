@@ -197,9 +197,10 @@ def _set_image_array(node, data: np.ndarray) -> None:
     node.SetAndObserveImageData(image)
 
 
-def _get_image_array(node, grey: bool = False) -> np.ndarray:
+def _get_image_array(node, grey: bool = False, slice_k: int | None = None) -> np.ndarray:
     """The node's voxels (K, J, I). ``grey``: a colour image (RGB, RGBA: a vector volume, as Slicer loads a colour
-    PNG/JPEG) becomes float32 grey, its colour averaged as ``files.read_image_2d`` does (grey + alpha: the grey)."""
+    PNG/JPEG) becomes float32 grey, its colour averaged as ``files.read_image_2d`` does (grey + alpha: the grey).
+    ``slice_k``: only slice K = ``slice_k`` (shape (1, J, I)), without copying the others."""
     from vtk.util import numpy_support
 
     image = node.GetImageData() if node is not None else None
@@ -215,6 +216,8 @@ def _get_image_array(node, grey: bool = False) -> np.ndarray:
         )
     i, j, k = image.GetDimensions()
     data = numpy_support.vtk_to_numpy(scalars).reshape(k, j, i, components)
+    if slice_k is not None:
+        data = data[slice_k:slice_k + 1]
     if components == 1:
         return data[..., 0].copy()
     data = data.astype(np.float32)
@@ -322,22 +325,27 @@ def image_to_node(
     return volume_to_node(vol, scene, name=name, node=node, window_level=window_level)
 
 
-def node_to_image(node) -> np.ndarray:
-    """The (H, W) pixel array of a single-slice volume node (a copy; dtype kept; colour averaged to float32 grey)."""
-    data = _get_image_array(node, grey=True)
-    if data.shape[0] != 1:
-        raise ValueError(
-            f"Volume '{node.GetName()}' has {data.shape[0]} slices; a 2-D X-ray (one slice) is needed."
-        )
-    return data[0]
+def node_to_image(node, k: int | None = None) -> np.ndarray:
+    """The (H, W) pixel array of a single-slice volume node (a copy; dtype kept; colour averaged to float32 grey).
+
+    ``k``: the volume's slice K = ``k`` (0-based) instead, e.g. one frame of a multi-frame X-ray (fluoroscopy run).
+    """
+    image = node.GetImageData() if node is not None else None
+    n_slices = image.GetDimensions()[2] if image is not None else 1
+    if k is None and n_slices != 1:
+        raise ValueError(f"Volume '{node.GetName()}' has {n_slices} slices; a 2-D X-ray (one slice) is needed.")
+    if k is not None and not 0 <= int(k) < n_slices:
+        raise ValueError(f"Volume '{node.GetName()}' has {n_slices} slices (K = 0..{n_slices - 1}), no slice K = {k}.")
+    return _get_image_array(node, grey=True, slice_k=None if k is None else int(k))[0]
 
 
-def uv_to_ras(image_node, uv: np.ndarray) -> np.ndarray:
-    """Detector/image pixels (N, 2) as (u, v) -> world RAS points (N, 3) on the image plane (k = 0)."""
+def uv_to_ras(image_node, uv: np.ndarray, k: float = 0.0) -> np.ndarray:
+    """Detector/image pixels (N, 2) as (u, v) -> world RAS points (N, 3) on the image plane (slice K = ``k``: 0 for a
+    single-slice image, a frame of a multi-frame X-ray otherwise)."""
     uv = np.atleast_2d(np.asarray(uv, dtype=float))
     if uv.shape[1] != 2:
         raise ValueError(f"Expected (N, 2) pixel coordinates (u, v), got shape {uv.shape}.")
-    ijk = np.hstack([uv, np.zeros((len(uv), 1)), np.ones((len(uv), 1))])
+    ijk = np.hstack([uv, np.full((len(uv), 1), float(k)), np.ones((len(uv), 1))])
     return (ijk @ volume_ijk_to_ras(image_node).T)[:, :3]
 
 
@@ -505,9 +513,9 @@ def circle_points_uv(cx: float, cy: float, r: float, n: int = 64) -> np.ndarray:
 
 def circle_to_markups(
     scene, image_node, circle, n: int = 64, name: str = "Femoral head", curve_node=None, centre_node=None,
-    color=COLORS["circle"],
+    color=COLORS["circle"], k: float = 0.0,
 ):
-    """A circle (cx, cy, r) in px of ``image_node`` -> (closed curve node, centre point node).
+    """A circle (cx, cy, r) in px of ``image_node`` (its slice K = ``k``) -> (closed curve node, centre point node).
 
     There is no circle markup in Slicer: the circle is a locked, linear closed curve of ``n`` points
     and the centre a locked fiducial labelled "<name> centre" whose description holds the radius.
@@ -515,12 +523,12 @@ def circle_to_markups(
     cx, cy, r = (float(x) for x in circle)
     pixel_mm = _pixel_mm(image_node)
     curve = curve_to_node(
-        scene, uv_to_ras(image_node, circle_points_uv(cx, cy, r, n)), closed=True, name=name, node=curve_node,
+        scene, uv_to_ras(image_node, circle_points_uv(cx, cy, r, n), k), closed=True, name=name, node=curve_node,
         color=color, line_diameter_mm=LINE_PX * pixel_mm,
     )
     radius_mm = r * pixel_mm
     centre = points_to_fiducials(
-        scene, uv_to_ras(image_node, [[cx, cy]]), [f"{name} centre"], name=f"{name} centre", node=centre_node,
+        scene, uv_to_ras(image_node, [[cx, cy]], k), [f"{name} centre"], name=f"{name} centre", node=centre_node,
         color=color,
     )
     centre.SetNthControlPointDescription(0, f"r = {r:.2f} px ({radius_mm:.2f} mm)")
@@ -547,19 +555,21 @@ def _pixel_mm(image_node) -> float:
 
 def uv_points_to_markups(
     scene, image_node, uv: np.ndarray, labels: list[str] | None = None, name: str = "Landmarks", node=None,
-    color=COLORS["landmarks"],
+    color=COLORS["landmarks"], k: float = 0.0,
 ):
-    """Named image points (N, 2) px -> a locked fiducial node on the image plane."""
-    return points_to_fiducials(scene, uv_to_ras(image_node, uv), labels, name=name, node=node, color=color)
+    """Named image points (N, 2) px -> a locked fiducial node on the image plane (slice K = ``k``)."""
+    return points_to_fiducials(scene, uv_to_ras(image_node, uv, k), labels, name=name, node=node, color=color)
 
 
 def uv_curve_to_markups(
     scene, image_node, uv: np.ndarray, closed: bool = True, name: str = "Outline", node=None,
     color=COLORS["outline"], locked: bool = True, glyph_scale: float = 0.0, labels: list[str] | None = None,
+    k: float = 0.0,
 ):
-    """An image polygon (N, 2) px -> a linear (closed) curve node on the image plane, ``LINE_PX`` wide."""
+    """An image polygon (N, 2) px -> a linear (closed) curve node on the image plane (slice K = ``k``), ``LINE_PX``
+    wide."""
     return curve_to_node(
-        scene, uv_to_ras(image_node, uv), closed=closed, name=name, node=node, color=color, locked=locked,
+        scene, uv_to_ras(image_node, uv, k), closed=closed, name=name, node=node, color=color, locked=locked,
         glyph_scale=glyph_scale, labels=labels, line_diameter_mm=LINE_PX * _pixel_mm(image_node),
     )
 
@@ -790,8 +800,9 @@ def load_scene_bundle(slicer_app: HeadlessSlicer, path: str | os.PathLike, temp_
 # --------------------------------------------------------------------------------------------
 # Views (composite nodes exist both headless and in the application)
 # --------------------------------------------------------------------------------------------
-def align_slice_to_image(slice_node, image_node) -> None:
-    """Make a slice view show ``image_node`` face-on and upright: u to the right, v downwards.
+def align_slice_to_image(slice_node, image_node, k: float = 0.0) -> None:
+    """Make a slice view show ``image_node`` face-on and upright: u to the right, v downwards, centred on its slice
+    K = ``k`` (a frame of a multi-frame X-ray; 0 for a single-slice image).
 
     Works for images in any plane (e.g. a DRR on the C-arm's detector in 3D).
     """
@@ -799,8 +810,8 @@ def align_slice_to_image(slice_node, image_node) -> None:
     i_dir = m[:3, 0] / np.linalg.norm(m[:3, 0])
     j_dir = m[:3, 1] / np.linalg.norm(m[:3, 1])
     normal = np.cross(j_dir, i_dir)  # the slice's y axis = normal x transverse = -j (v up the screen)
-    h, w = node_to_image(image_node).shape
-    centre = uv_to_ras(image_node, [[(w - 1) / 2.0, (h - 1) / 2.0]])[0]
+    h, w = node_to_image(image_node, int(round(k))).shape
+    centre = uv_to_ras(image_node, [[(w - 1) / 2.0, (h - 1) / 2.0]], k)[0]
     slice_node.SetSliceToRASByNTP(*normal, *i_dir, *centre, 0)
     slice_node.UpdateMatrices()
 
