@@ -455,3 +455,34 @@ def test_a_volume_that_is_not_frames_of_one_view_is_refused(app, tmp_path):
         logic.fit_xray_node(app.scene, ct, "head", predict=predict_dark_disc)
     ct.SetAttribute("DICOM.instanceUIDs", "1.2.3.4")  # one multi-frame file for all 5 slices
     assert g.xray_frames(ct) == 5
+
+
+def test_an_edit_replaces_the_network_confidence_of_the_points_it_moved(app, fake_femur_fit):
+    """After a drag and the shape model's re-fit, the points kept "network confidence 0.90" (measured where they no
+    longer are): the dragged point is "edited by hand" (no longer listed as extrapolated), the others that moved say
+    so, and a point that did not move keeps its value."""
+    pdm = make_pdm()
+    xray = g.image_to_node(xray_image(), app.scene, "X-ray edited")
+    result, nodes = logic.fit_xray_node(app.scene, xray, "femur", polarity="bone-dark", pdm=pdm,
+                                        predict=lambda image: ring(*CIRCLE))
+    result.point_confidence[[9, 10]] = 0.05  # extrapolated there
+    logic.show_result(app.scene, xray, result, nodes)
+    contour = nodes["contour"]
+    assert contour.GetAttribute("DeepMorph.extrapolated") == "9,10"
+    before = g.markups_to_uv(contour, xray)
+    contour.SetNthControlPointPositionWorld(10, *g.uv_to_ras(xray, [before[10] + [0.0, 30.0]])[0])
+
+    def fit_moving_the_right_half(pdm, shape, fixed, xy):  # points 0..9 stay, 11.. move down with the drag
+        new = np.array(shape, dtype=float)
+        new[11:, 1] += 7.0
+        return new
+
+    logic.refit_after_edit(contour, xray, pdm, [10], constrained_fit=fit_moving_the_right_half)
+    moved = np.hypot(*(g.markups_to_uv(contour, xray) - before).T) > 1e-3
+    assert moved.tolist() == [False] * 10 + [True] * 10  # independent of the descriptions
+    descriptions = [contour.GetNthControlPointDescription(i) for i in range(20)]
+    assert descriptions[10] == "edited by hand"
+    assert all(d == "moved by the shape model after an edit" for d in descriptions[11:])
+    assert descriptions[0] == "network confidence 0.90"
+    assert descriptions[9] == "extrapolated by the shape model (network confidence 0.05)"
+    assert contour.GetAttribute("DeepMorph.extrapolated") == "9"

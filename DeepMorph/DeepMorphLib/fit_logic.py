@@ -613,7 +613,8 @@ def result_nodes(scene, xray_node) -> dict:
 def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=None) -> np.ndarray:
     """Re-fit an edited contour under the PDM: the points the user moved stay, the rest follow.
 
-    Returns the new contour (N, 2) px, also written back into ``curve_node`` (labels kept).
+    Returns the new contour (N, 2) px, also written back into ``curve_node`` (labels kept; the descriptions of the
+    points moved say "edited by hand" or "moved by the shape model after an edit": ``mrml_glue.describe_edit``).
     """
     from . import mrml_glue as glue
 
@@ -629,6 +630,7 @@ def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=
     labels = glue.control_point_labels(curve_node)
     k = float(np.median(glue.ras_to_ijk(xray_node, glue.control_points_ras(curve_node))[:, 2]))  # its frame's slice
     glue.set_control_points(curve_node, glue.uv_to_ras(xray_node, shape, k), labels, locked=curve_node.GetLocked())
+    glue.describe_edit(curve_node, fixed, np.flatnonzero(np.hypot(*(shape - uv).T) > 1e-3))
     return shape
 
 

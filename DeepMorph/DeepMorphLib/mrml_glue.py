@@ -141,6 +141,25 @@ def _describe_support(curve, point_confidence: np.ndarray, n: int) -> None:
     curve.SetAttribute("DeepMorph.extrapolated", ",".join(str(i) for i in np.flatnonzero(low)))
 
 
+EDITED_DESCRIPTION = "edited by hand"
+FOLLOWED_DESCRIPTION = "moved by the shape model after an edit"
+
+
+def describe_edit(curve, edited, followed) -> None:
+    """After the user's edit, the descriptions of the points it moved: ``edited`` (point indices the user dragged,
+    also taken off ``DeepMorph.extrapolated``) and ``followed`` (those the shape model re-fit moved) no longer give
+    the network's confidence, which was measured where they were fitted."""
+    edited = {int(i) for i in edited}
+    for i in sorted(edited):
+        curve.SetNthControlPointDescription(i, EDITED_DESCRIPTION)
+    for i in sorted({int(i) for i in followed} - edited):
+        curve.SetNthControlPointDescription(i, FOLLOWED_DESCRIPTION)
+    listed = curve.GetAttribute("DeepMorph.extrapolated")
+    if listed:
+        kept = [i for i in listed.split(",") if int(i) not in edited]
+        curve.SetAttribute("DeepMorph.extrapolated", ",".join(kept))
+
+
 def update_landmarks_from_contour(curve_node, landmarks_node, landmarks: dict[str, int]) -> None:
     """Move named landmark points onto their contour points (in RAS, on the contour's plane) after the contour
     changed."""
