@@ -150,6 +150,7 @@ class DeepMorphWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
         self.ui.fitButton.connect("clicked(bool)", self.onFitButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.screenshotButton.connect("clicked(bool)", self.onScreenshotButton)
@@ -177,12 +178,24 @@ class DeepMorphWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def onSceneEndImport(self, caller, event) -> None:
+        """A scene opened (e.g. saved with a fit): its contour is editable at once."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
+        self._observeResultsOf(self._parameterNode)
+
+    def _observeResultsOf(self, p) -> None:
+        """Observe the contour of the fit of ``p.inputVolume`` in the scene (a saved scene opened again, too)."""
+        contourNode = self.logic.restoreResults(p)
+        if contourNode is not self._observedContour:
+            self._observeContour(contourNode if p.interactiveCorrection else None)
 
     def setParameterNode(self, inputParameterNode: Optional[DeepMorphParameterNode]) -> None:
         if self._parameterNode:
@@ -329,20 +342,33 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         sliceWidget.sliceLogic().FitSliceToBackground()  # centres the view on the volume: back to frame k
         sliceWidget.mrmlSliceNode().JumpSliceByOffsetting(*uv_to_ras(p.inputVolume, [[0.0, 0.0]], k)[0])
 
+    def restoreResults(self, p):
+        """The result nodes of ``p.inputVolume`` in the scene become this session's (a saved scene opened again: Fit
+        updates them, a dragged point is re-fitted); returns its contour (None: none)."""
+        from DeepMorphLib import fit_logic
+
+        if not p or not p.inputVolume:
+            return None
+        if not self.nodes:
+            self.nodes = fit_logic.result_nodes(slicer.mrmlScene, p.inputVolume)
+        return self.nodes.get("contour")
+
     def refitAfterEdit(self, p, editedIndices) -> None:
         """Keep the user's moved points, re-fit the rest of the contour with the PDM, move the landmarks."""
         from DeepMorphLib import fit_logic, mrml_glue
 
         contour, landmarks = self.nodes.get("contour"), self.nodes.get("landmarks")
-        if contour is None or self.result is None:
+        if contour is None:
             return
         shape = fit_logic.refit_after_edit(contour, p.inputVolume, self.shapeModel(), editedIndices)
-        self.result.contour = shape
-        if landmarks is not None and self.result.landmarks:
-            named = {fit_logic.LANDMARK_TITLES.get(k, k): i for k, i in self.result.landmarks.items()}
+        if self.result is not None:
+            self.result.contour = shape
+        if landmarks is not None:  # a reopened scene's fit has no result: its landmarks name their contour points
+            named = ({fit_logic.LANDMARK_TITLES.get(k, k): i for k, i in self.result.landmarks.items()}
+                     if self.result is not None else mrml_glue.landmark_contour_indices(landmarks))
             mrml_glue.update_landmarks_from_contour(contour, landmarks, named)
-        p.resultText = self.resultHtml(self.result) + "<br>" + _("Edited: {n} point(s) fixed by you.").format(
-            n=len(editedIndices))
+        result = self.resultHtml(self.result) + "<br>" if self.result is not None else ""
+        p.resultText = result + _("Edited: {n} point(s) fixed by you.").format(n=len(editedIndices))
 
     def _exportBase(self, p) -> pathlib.Path:
         name = p.inputVolume.GetName() if p.inputVolume else "xray"

@@ -65,6 +65,7 @@ def _stub_modules(slicer_app):
 
     qt = types.ModuleType("qt")
     qt.QTimer = _QTimer
+    qt.Qt = types.SimpleNamespace(WaitCursor=3)  # slicer.util.tryWithErrorDisplay(waitCursor=True)
 
     slm = types.ModuleType("slicer.ScriptedLoadableModule")
 
@@ -120,7 +121,8 @@ def _stub_modules(slicer_app):
 
     layout = types.SimpleNamespace(sliceWidget=sliceWidget)
     app = types.SimpleNamespace(layoutManager=lambda: layout, processEvents=lambda: None,
-                                testingEnabled=lambda: True)
+                                testingEnabled=lambda: True, setOverrideCursor=lambda cursor: None,
+                                restoreOverrideCursor=lambda: None)
     return {"qt": qt, "slicer.ScriptedLoadableModule": slm, "slicer.i18n": i18n,
             "slicer.parameterNodeWrapper": pnw}, app
 
@@ -425,3 +427,52 @@ def test_deepmorph_fits_the_frame_of_a_fluoroscopy_run_that_the_red_view_shows(m
     red.SetSliceToRASByNTP(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)  # coronal: no frame shown, the first
     result, _ = logic.process(p, predict=predict_dark_disc)
     assert result.frame == 1 and abs(result.circle[0] - disc_centre(0)) < 1.0
+
+
+def test_dragging_the_contour_of_a_reopened_scene_refits_it(modules, monkeypatch, tmp_path):
+    """A scene saved with a femur fit and opened again: dragging a contour point did nothing until the next Fit (no
+    observer on the reopened contour, and the logic had no result to re-fit). Now the widget observes the contour that
+    fit_logic.result_nodes finds, and the drag is re-fitted, the landmarks following."""
+    import slicer
+
+    dm = modules["DeepMorph"]
+    scene = slicer.mrmlScene
+    contour = np.stack([np.linspace(5, 50, 12), np.full(12, 20.0)], axis=1)
+    pdm = types.SimpleNamespace(landmarks={"head": 0, "greater_trochanter": 5, "shaft": 11})
+
+    def fit_pdm_to_confidence(conf, model, **kw):
+        return types.SimpleNamespace(points=contour, b=None, transform=None, point_confidence=None, quality=0.9,
+                                     detected=True, reason="")
+
+    fake(monkeypatch, "DeepMorphLib.asm_fit", fit_pdm_to_confidence=fit_pdm_to_confidence)
+    fake(monkeypatch, "DeepMorphLib.shape_edit",  # the shape model's answer: all points shift with the dragged one
+         constrained_fit=lambda pdm, shape, fixed, xy: contour + [0.0, xy[0][1] - contour[fixed[0]][1]])
+    logic = dm.DeepMorphLogic()
+    logic._pdm = pdm
+    p = logic.getParameterNode()
+    p.inputVolume = g.image_to_node(np.tile(np.arange(60, dtype=np.uint8) * 4, (40, 1)), scene, "X-ray 1")
+    p.task = dm.Task.FEMUR
+    logic.process(p, predict=lambda image: np.zeros(image.shape, np.float32))
+    bundle = g.save_scene_bundle(scene, tmp_path / "fitted.mrb")
+    scene.Clear(0)
+    g.load_scene_bundle(modules["app"], bundle, tmp_path / "unpacked")
+
+    widget = dm.DeepMorphWidget()  # a new session: its logic has neither nodes nor a result
+    widget.logic = dm.DeepMorphLogic()
+    widget.logic._pdm = pdm
+    widget._parameterNode = p = widget.logic.getParameterNode()
+    p.inputVolume = scene.GetFirstNodeByName("X-ray 1")
+    widget._observeResultsOf(p)
+    curve = scene.GetFirstNodeByName("Femur contour")
+    landmarks = scene.GetFirstNodeByName("Femur contour landmarks")
+    assert widget._observedContour is curve and widget.logic.nodes["landmarks"] is landmarks
+
+    curve.SetNthControlPointPositionWorld(5, *g.uv_to_ras(p.inputVolume, [[contour[5, 0], 27.0]])[0])
+    curve.GetDisplayNode().SetActiveControlPoint(5)
+    curve.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)  # the user releases the point
+    assert np.allclose(g.markups_to_uv(curve, p.inputVolume)[:, 1], 27.0, atol=1e-4)  # re-fitted: all followed
+    assert g.control_point_labels(landmarks) == ["femoral head", "greater trochanter", "shaft"]
+    assert np.allclose(g.markups_to_uv(landmarks, p.inputVolume), [[5.0, 27.0], [contour[5, 0], 27.0], [50.0, 27.0]],
+                       atol=1e-4)
+    assert "1 point(s) fixed by you" in p.resultText
+    assert curve.GetNthControlPointDescription(5) == "edited by hand"

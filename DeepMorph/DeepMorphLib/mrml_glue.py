@@ -167,6 +167,19 @@ def update_landmarks_from_contour(curve_node, landmarks_node, landmarks: dict[st
     set_control_points(landmarks_node, control_points_ras(curve_node)[[int(landmarks[k]) for k in names]], names)
 
 
+def landmark_contour_indices(landmarks_node) -> dict[str, int]:
+    """{label: contour point index} of a landmarks node made by :func:`contour_to_markups` (each point's description
+    "contour point N"), e.g. read back from a saved scene; points described otherwise are left out."""
+    import re
+
+    found = {}
+    for i in range(landmarks_node.GetNumberOfControlPoints()):
+        match = re.fullmatch(r"contour point (\d+)", landmarks_node.GetNthControlPointDescription(i))
+        if match:
+            found[landmarks_node.GetNthControlPointLabel(i)] = int(match.group(1))
+    return found
+
+
 def slice_count(volume_node) -> int:
     """Number of slices along K of a volume node (1 for a 2-D image)."""
     image = volume_node.GetImageData()
