@@ -150,7 +150,7 @@ class DeepMorphWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndClose)  # e.g. a saved fit
         self.ui.fitButton.connect("clicked(bool)", self.onFitButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.screenshotButton.connect("clicked(bool)", self.onScreenshotButton)
@@ -175,11 +175,6 @@ class DeepMorphWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
         self.logic.nodes = {}
 
     def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def onSceneEndImport(self, caller, event) -> None:
-        """A scene opened (e.g. saved with a fit): its contour is editable at once."""
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -300,8 +295,7 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         if p.modelSource == ModelSource.FILE and not pathlib.Path(p.modelPath).is_file():
             raise ValueError(_("Choose a model file (.safetensors), or use the shipped model."))
         pdm = self.shapeModel() if p.task == Task.FEMUR else None
-        if not self.nodes:  # e.g. a scene saved with a fit and opened again: update its nodes, do not add a second set
-            self.nodes = fit_logic.result_nodes(slicer.mrmlScene, p.inputVolume)
+        self.restoreResults(p)  # e.g. a scene saved with a fit and opened again: update its nodes, not a second set
         self.result, self.nodes = fit_logic.fit_xray_node(
             slicer.mrmlScene, p.inputVolume, p.task.value, model_path=modelPath, polarity=p.polarity.value,
             side=p.side.value, femur_min_quality=p.femurMinQuality, keep_unconfirmed_head=p.keepUnconfirmedHead,
@@ -315,13 +309,11 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     @staticmethod
     def shownFrame(volumeNode) -> Optional[int]:
-        """Slice K of ``volumeNode`` that the Red view shows (the frame the user looks at in a multi-frame X-ray), or
-        None (no Red view, or it shows another plane: the first frame is fitted)."""
+        """Slice K of the frame the Red view shows of a multi-frame X-ray (None: another plane or no views: the first)."""
         from DeepMorphLib.mrml_glue import shown_slice_k
 
         layoutManager = slicer.app.layoutManager()
-        sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
-        return shown_slice_k(sliceWidget.mrmlSliceNode(), volumeNode) if sliceWidget else None
+        return shown_slice_k(layoutManager.sliceWidget("Red").mrmlSliceNode(), volumeNode) if layoutManager else None
 
     @staticmethod
     def resultHtml(result) -> str:
@@ -332,41 +324,31 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
     def showInViews(self, p) -> None:
         """X-ray in the background, confidence map as coloured foreground, Red view face-on and fitted, on the frame
         fitted of a multi-frame X-ray."""
-        from DeepMorphLib.mrml_glue import align_slice_to_image, uv_to_ras
+        from DeepMorphLib.mrml_glue import fit_slice_view_to_image
 
         slicer.util.setSliceViewerLayers(background=p.inputVolume, foreground=p.confidenceVolume,
                                          foregroundOpacity=p.overlayOpacity)
-        sliceWidget = slicer.app.layoutManager().sliceWidget("Red")
         k = self.result.frame - 1 if self.result is not None and self.result.frame else 0
-        align_slice_to_image(sliceWidget.mrmlSliceNode(), p.inputVolume, k)
-        sliceWidget.sliceLogic().FitSliceToBackground()  # centres the view on the volume: back to frame k
-        sliceWidget.mrmlSliceNode().JumpSliceByOffsetting(*uv_to_ras(p.inputVolume, [[0.0, 0.0]], k)[0])
+        fit_slice_view_to_image(slicer.app.layoutManager().sliceWidget("Red").sliceLogic(), p.inputVolume, k)
 
     def restoreResults(self, p):
         """The result nodes of ``p.inputVolume`` in the scene become this session's (a saved scene opened again: Fit
         updates them, a dragged point is re-fitted); returns its contour (None: none)."""
         from DeepMorphLib import fit_logic
 
-        if not p or not p.inputVolume:
-            return None
-        if not self.nodes:
+        if p and p.inputVolume and not self.nodes:
             self.nodes = fit_logic.result_nodes(slicer.mrmlScene, p.inputVolume)
         return self.nodes.get("contour")
 
     def refitAfterEdit(self, p, editedIndices) -> None:
         """Keep the user's moved points, re-fit the rest of the contour with the PDM, move the landmarks."""
-        from DeepMorphLib import fit_logic, mrml_glue
+        from DeepMorphLib import fit_logic
 
-        contour, landmarks = self.nodes.get("contour"), self.nodes.get("landmarks")
-        if contour is None:
+        if self.nodes.get("contour") is None:
             return
-        shape = fit_logic.refit_after_edit(contour, p.inputVolume, self.shapeModel(), editedIndices)
-        if self.result is not None:
+        shape = fit_logic.refit_edited_nodes(self.nodes, p.inputVolume, self.shapeModel(), editedIndices, self.result)
+        if self.result is not None:  # None: a reopened scene's fit
             self.result.contour = shape
-        if landmarks is not None:  # a reopened scene's fit has no result: its landmarks name their contour points
-            named = ({fit_logic.LANDMARK_TITLES.get(k, k): i for k, i in self.result.landmarks.items()}
-                     if self.result is not None else mrml_glue.landmark_contour_indices(landmarks))
-            mrml_glue.update_landmarks_from_contour(contour, landmarks, named)
         result = self.resultHtml(self.result) + "<br>" if self.result is not None else ""
         p.resultText = result + _("Edited: {n} point(s) fixed by you.").format(n=len(editedIndices))
 

@@ -634,6 +634,20 @@ def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=
     return shape
 
 
+def refit_edited_nodes(nodes: dict, xray_node, pdm, fixed_indices, result: FitResult | None = None) -> np.ndarray:
+    """``refit_after_edit`` on ``nodes["contour"]``, then ``nodes["landmarks"]`` moved onto their contour points (named
+    by ``result``, or without it, e.g. in a reopened scene, by their "contour point N" descriptions)."""
+    from . import mrml_glue as glue
+
+    shape = refit_after_edit(nodes["contour"], xray_node, pdm, fixed_indices)
+    landmarks = nodes.get("landmarks")
+    if landmarks is not None:
+        named = ({LANDMARK_TITLES.get(k, k): i for k, i in result.landmarks.items()} if result is not None
+                 else glue.landmark_contour_indices(landmarks))
+        glue.update_landmarks_from_contour(nodes["contour"], landmarks, named)
+    return shape
+
+
 # --------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------

@@ -180,6 +180,14 @@ def landmark_contour_indices(landmarks_node) -> dict[str, int]:
     return found
 
 
+def fit_slice_view_to_image(slice_logic, image_node, k: int = 0) -> None:
+    """Show ``image_node`` face-on and upright in a slice view, filling it (``FitSliceToBackground``), on its slice
+    K = ``k`` (the frame fitted of a multi-frame X-ray), where fitting the view to the whole volume would centre it."""
+    align_slice_to_image(slice_logic.GetSliceNode(), image_node, k)
+    slice_logic.FitSliceToBackground()
+    slice_logic.GetSliceNode().JumpSliceByOffsetting(*uv_to_ras(image_node, [[0.0, 0.0]], k)[0])
+
+
 def slice_count(volume_node) -> int:
     """Number of slices along K of a volume node (1 for a 2-D image)."""
     image = volume_node.GetImageData()
