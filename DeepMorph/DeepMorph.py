@@ -309,7 +309,7 @@ class DeepMorphLogic(ScriptedLoadableModuleLogic):  # noqa: F405
 
     @staticmethod
     def shownFrame(volumeNode) -> Optional[int]:
-        """Slice K of the frame the Red view shows of a multi-frame X-ray (None: another plane or no views: the first)."""
+        """Slice K of the frame of a multi-frame X-ray the Red view shows (None: another plane, no views: the first)."""
         from DeepMorphLib.mrml_glue import shown_slice_k
 
         layoutManager = slicer.app.layoutManager()

@@ -265,17 +265,20 @@ class DeepMorphSimulatorLogic(ScriptedLoadableModuleLogic):  # noqa: F405
             raise ValueError(_("Select a CT volume."))
         startTime = time.time()
         geometry = self.geometry(p)
+        # the femur first: one that cannot be projected fails before the DRR changes (no outline left stale over it)
+        femur = simulator_logic.femur_for_projection(p.femur, p.landmarks) if p.femur else None
         drr = simulator_logic.render_drr_node(
             slicer.mrmlScene, p.ctVolume, geometry, drr_node=p.drrVolume,
             name=slicer.mrmlScene.GenerateUniqueName(f"{p.ctVolume.GetName()} DRR"), step_mm=p.stepMm,
         )
         p.drrVolume = drr
         nodes = {"drr": drr}
-        if p.femur:
+        self.groundTruthNodes = simulator_logic.hide_ground_truth(slicer.mrmlScene, self.groundTruthNodes)
+        if femur is not None:
             self.groundTruthNodes = simulator_logic.ground_truth_to_markups(
-                slicer.mrmlScene, drr, p.femur, p.landmarks, geometry, nodes=self.groundTruthNodes
+                slicer.mrmlScene, drr, p.femur, p.landmarks, geometry, nodes=self.groundTruthNodes, femur=femur
             )
-            nodes.update(self.groundTruthNodes)
+        nodes.update(self.groundTruthNodes)
         self.carmNodes = mrml_glue.nodes_in_scene(slicer.mrmlScene, self.carmNodes)  # deleted, or scene closed
         if p.showCArm:
             self.carmNodes = simulator_logic.draw_carm(slicer.mrmlScene, geometry, nodes=self.carmNodes)

@@ -476,3 +476,54 @@ def test_dragging_the_contour_of_a_reopened_scene_refits_it(modules, monkeypatch
                        atol=1e-4)
     assert "1 point(s) fixed by you" in p.resultText
     assert curve.GetNthControlPointDescription(5) == "edited by hand"
+
+
+def test_simulator_estimates_missing_landmarks_and_never_leaves_a_stale_outline(modules, monkeypatch):
+    """A femur mesh without landmarks: Render failed ("Give landmarks with a 'head_center' point") after the DRR was
+    re-rendered, so the old outline stayed over the new DRR. Now the landmarks are estimated from the mesh as
+    ``deepmorph drr --mesh`` without --landmarks does (femur.estimate_landmarks); a femur that cannot be projected
+    fails before the DRR changes; without a femur, the old outline is hidden."""
+    import slicer
+
+    from DeepMorphSimulatorLib import simulator_logic
+    from DeepMorphSimulatorLib.geometry import ras_from_lps
+    from DeepMorphSimulatorLib.phantom import make_phantom
+
+    def render_drr(ct_hu, geometry, step_mm=0.5, method="auto", device="auto"):
+        return types.SimpleNamespace(image=np.full((geometry.height_px, geometry.width_px), 128, np.uint8))
+
+    fake(monkeypatch, "DeepMorphSimulatorLib.drr", render_drr=render_drr)
+    femur = make_phantom(0, sides=("right",), spacing_mm=3.0).femurs["right"]
+    scene = slicer.mrmlScene
+    logic = modules["DeepMorphSimulator"].DeepMorphSimulatorLogic()
+    p = logic.getParameterNode()
+    from DeepMorphSimulatorLib.volume import Volume
+
+    p.ctVolume = g.volume_to_node(Volume(np.zeros((20, 20, 20), np.int16), [10.0] * 3, [-190.0, -100.0, -80.0]),
+                                  scene, "CT")
+    p.femur = g.polydata_to_model_node(scene, femur.mesh, "femur")
+    p.isocenter = g.points_to_fiducials(scene, ras_from_lps(femur.landmarks["head_center"]), ["isocentre"])
+    p.detectorWidthPx = p.detectorHeightPx = 160
+    p.pixelMm, p.orbitalDeg = 1.0, 20.0
+    nodes = logic.process(p)  # no landmarks
+    geometry = simulator_logic.geometry_of(nodes["drr"])
+    cx, cy, r = g.circle_from_markups(nodes["head_circle"], nodes["drr"])
+    truth = geometry.project(femur.landmarks["head_center"])[0]  # the phantom's own head centre and radius
+    assert np.hypot(cx - truth[0], cy - truth[1]) < 1.0
+    assert abs(r - femur.head_radius_mm * geometry.magnification / geometry.pixel_mm) < 1.0
+    assert nodes["outline"].GetDisplayNode().GetVisibility()
+    assert "greater_trochanter" in g.control_point_labels(nodes["landmarks"])  # estimated, projected
+
+    import vtk
+
+    sphere = vtk.vtkSphereSource()  # no femur shape to estimate landmarks from
+    sphere.SetRadius(20.0)
+    sphere.Update()
+    p.femur, p.orbitalDeg = g.polydata_to_model_node(scene, sphere.GetOutput(), "ball"), -20.0
+    with pytest.raises(ValueError, match="head_center"):
+        logic.process(p)
+    assert simulator_logic.geometry_of(nodes["drr"]).orbital_deg == 20.0  # the DRR its outline was projected on
+    p.femur = None
+    logic.process(p)
+    assert simulator_logic.geometry_of(nodes["drr"]).orbital_deg == -20.0
+    assert not any(nodes[key].GetDisplayNode().GetVisibility() for key in ("outline", "head_circle", "landmarks"))

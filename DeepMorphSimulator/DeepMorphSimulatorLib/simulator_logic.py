@@ -139,23 +139,54 @@ def femur_landmarks_lps(landmarks_node, mesh_points_lps: np.ndarray) -> dict[str
     return {**by_side[None], **(by_side[chosen] if chosen else {})}
 
 
+def femur_for_projection(femur_node, landmarks_node=None) -> tuple:
+    """(mesh (LPS mm), {name: (3,) LPS mm}, head radius mm) of a femur node, as the projection needs them.
+
+    With a ``head_center`` in ``landmarks_node`` the head is the sphere fitted around it (:func:`head_sphere`), the
+    other points as given; without one, the landmarks are estimated from the mesh as ``deepmorph drr --mesh`` does
+    without ``--landmarks`` (``femur.estimate_landmarks``, the given ones kept). ValueError when that fails.
+    """
+    mesh = glue.femur_polydata_lps(femur_node)
+    landmarks = femur_landmarks_lps(landmarks_node, _polydata_points(mesh)) if landmarks_node is not None else {}
+    if HEAD_CENTER in landmarks:
+        centre, radius = head_sphere(_polydata_points(mesh), landmarks)
+        return mesh, {**landmarks, HEAD_CENTER: centre}, radius
+    from .femur import estimate_landmarks
+
+    try:
+        landmarks, radius = estimate_landmarks(mesh, known=landmarks)
+    except ValueError as exc:
+        raise ValueError(f"The femoral head could not be found on '{femur_node.GetName()}' ({exc}); give landmarks "
+                         f"with a '{HEAD_CENTER}' point to place it.") from None
+    return mesh, landmarks, radius
+
+
+GROUND_TRUTH_KEYS = ("outline", "head_circle", "head_centre", "landmarks")
+
+
+def hide_ground_truth(scene, nodes: dict | None) -> dict:
+    """Hide the ground-truth markups of ``nodes`` (e.g. when the DRR they lie on is rendered again without a femur);
+    returns ``nodes`` without those no longer in the scene."""
+    nodes = glue.nodes_in_scene(scene, nodes)
+    for key in GROUND_TRUTH_KEYS:
+        if nodes.get(key) is not None:
+            nodes[key].GetDisplayNode().SetVisibility(False)
+    return nodes
+
+
 def ground_truth_to_markups(scene, drr_node, femur_node, landmarks_node=None, geometry: CArmGeometry | None = None,
-                            nodes: dict | None = None, n_points: int = 64) -> dict:
+                            nodes: dict | None = None, n_points: int = 64, femur: tuple | None = None) -> dict:
     """Project the femur onto the DRR: outline (closed curve), head circle + centre, named landmarks.
 
-    ``nodes`` (from a previous call) are updated in place; returns the dict of nodes
-    ``{"outline", "head_circle", "head_centre", "landmarks"}`` and ``"ground_truth"`` (the arrays).
+    ``nodes`` (from a previous call) are updated in place, those not drawn this time hidden; returns the dict of nodes
+    ``{"outline", "head_circle", "head_centre", "landmarks"}`` and ``"ground_truth"`` (the arrays). ``femur``:
+    :func:`femur_for_projection` of the femur and landmarks nodes, when already made.
     """
     from .projection import project_ground_truth
 
     geometry = geometry or geometry_of(drr_node)
-    nodes = glue.nodes_in_scene(scene, nodes)
-    mesh = glue.femur_polydata_lps(femur_node)
-    landmarks = femur_landmarks_lps(landmarks_node, _polydata_points(mesh)) if landmarks_node is not None else {}
-    centre, radius = head_sphere(_polydata_points(mesh), landmarks) if HEAD_CENTER in landmarks else (None, None)
-    if centre is None:
-        raise ValueError(f"Give landmarks with a '{HEAD_CENTER}' point to place the femoral head.")
-    landmarks = {**landmarks, HEAD_CENTER: centre}
+    mesh, landmarks, radius = femur or femur_for_projection(femur_node, landmarks_node)
+    nodes = hide_ground_truth(scene, nodes)
     gt = project_ground_truth(mesh, landmarks, radius, geometry, n_points=n_points)
     nodes["outline"] = glue.uv_curve_to_markups(
         scene, drr_node, np.asarray(gt.contour), closed=True, name="Femur outline", node=nodes.get("outline")
@@ -172,6 +203,9 @@ def ground_truth_to_markups(scene, drr_node, femur_node, landmarks_node=None, ge
             scene, drr_node, uv, names, name="Projected landmarks", node=nodes.get("landmarks")
         )
     nodes["ground_truth"] = gt
+    drawn = {"outline", "head_circle", "head_centre"} if gt.head_circle is not None else {"outline"}
+    for key in drawn | ({"landmarks"} if gt.landmarks_uv else set()):
+        nodes[key].GetDisplayNode().SetVisibility(True)
     return nodes
 
 
