@@ -179,11 +179,11 @@ class DeepMorphWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noq
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        from DeepMorphLib.fit_logic import first_xray_node
+
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+        if not self._parameterNode.inputVolume:  # an X-ray: not a label map, not one of DeepMorph's results
+            self._parameterNode.inputVolume = first_xray_node(slicer.mrmlScene)
         self._observeResultsOf(self._parameterNode)
 
     def _observeResultsOf(self, p) -> None:

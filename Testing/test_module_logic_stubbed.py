@@ -527,3 +527,34 @@ def test_simulator_estimates_missing_landmarks_and_never_leaves_a_stale_outline(
     logic.process(p)
     assert simulator_logic.geometry_of(nodes["drr"]).orbital_deg == -20.0
     assert not any(nodes[key].GetDisplayNode().GetVisibility() for key in ("outline", "head_circle", "landmarks"))
+
+
+def test_deepmorph_starts_with_an_xray_not_a_label_map_or_its_own_overlay(modules):
+    """The module took the scene's first scalar volume as its input: a label map, or its own confidence map."""
+    import slicer
+
+    from DeepMorphLib import fit_logic
+
+    dm = modules["DeepMorph"]
+    scene = slicer.mrmlScene
+    image = np.tile(np.arange(60, dtype=np.uint8) * 4, (40, 1))
+    label = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "femur label")
+    fitted = g.image_to_node(image, scene, "fitted X-ray")
+    _, nodes = fit_logic.fit_xray_node(scene, fitted, "head", predict=lambda x: np.zeros(x.shape, np.float32))
+    scene.RemoveNode(fitted)  # its confidence map stays, now the first scalar volume after the label map
+    assert nodes["confidence"].GetAttribute(fit_logic.RESULT_ATTRIBUTE) == "confidence"
+    xray = g.image_to_node(image, scene, "X-ray")
+
+    widget = dm.DeepMorphWidget()
+    widget.logic = dm.DeepMorphLogic()
+    widget.setParameterNode = lambda p: setattr(widget, "_parameterNode", p)  # no GUI to connect here
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is label
+    widget.initializeParameterNode()
+    assert widget._parameterNode.inputVolume is xray
+    scene.RemoveNode(label)
+    widget._parameterNode.inputVolume = None
+    widget.initializeParameterNode()  # the confidence map is now the first scalar volume
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is nodes["confidence"]
+    assert widget._parameterNode.inputVolume is xray
+    scene.RemoveNode(xray)
+    assert fit_logic.first_xray_node(scene) is None  # none rather than a label map or an overlay

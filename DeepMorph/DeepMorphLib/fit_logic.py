@@ -610,6 +610,17 @@ def result_nodes(scene, xray_node) -> dict:
     return found
 
 
+def first_xray_node(scene):
+    """The scene's first volume that can be an X-ray (grey or colour), for the module's input at startup: not a label
+    map and not one of DeepMorph's own result nodes (``RESULT_ATTRIBUTE``, e.g. a confidence map); None if none."""
+    for class_name in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode"):
+        for index in range(scene.GetNumberOfNodesByClass(class_name)):
+            node = scene.GetNthNodeByClass(index, class_name)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetAttribute(RESULT_ATTRIBUTE) is None:
+                return node
+    return None
+
+
 def refit_after_edit(curve_node, xray_node, pdm, fixed_indices, constrained_fit=None) -> np.ndarray:
     """Re-fit an edited contour under the PDM: the points the user moved stay, the rest follow.
 
