@@ -45,6 +45,7 @@ def _reader(path: Path):
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
+        reader.SetImageIO(reader.GetImageIOFromFileName(str(path)))  # probed once: ``_is_dicom`` asks the reader
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise ValueError(f"Cannot read image {path}: not a readable PNG/JPEG/TIFF/DICOM/NRRD file ({exc}).") from None
@@ -52,7 +53,7 @@ def _reader(path: Path):
 
 
 def _is_dicom(reader) -> bool:
-    return reader.GetImageIOFromFileName(reader.GetFileName()) == "GDCMImageIO"
+    return reader.GetImageIO() == "GDCMImageIO"
 
 
 def _tag(reader, key: str) -> str | None:
@@ -61,7 +62,11 @@ def _tag(reader, key: str) -> str | None:
 
 def frame_count(path: str | os.PathLike) -> int:
     """Frames in the file (its header only): NumberOfFrames of a multi-frame DICOM file, else 1."""
-    reader = _reader(Path(path))
+    return _frames(_reader(Path(path)))
+
+
+def _frames(reader) -> int:
+    """``frame_count`` of the file whose header ``reader`` has read."""
     frames = _tag(reader, FRAMES_TAG) if _is_dicom(reader) else None
     try:
         return max(1, int(float(frames))) if frames else 1
@@ -89,7 +94,7 @@ def read_xray(path: str | os.PathLike) -> XRayFile:
         return XRayFile(pixels[None])
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     arr = grey_of(arr, image.GetNumberOfComponentsPerPixel())
-    multi_frame = _is_dicom(reader) and frame_count(path) > 1
+    multi_frame = _frames(reader) > 1
     if not multi_frame:
         arr = np.squeeze(arr)
         if arr.ndim != 2:
