@@ -118,6 +118,15 @@ def _normalise(label: str) -> str:
     return re.sub(r"[\s\-]+", "_", label.strip().lower())
 
 
+def side_and_name(label: str) -> tuple[str | None, str]:
+    """A landmark label as ``femur_landmarks_from_markups`` reads it: any case, spaces or hyphens for underscores, a
+    ``right_`` / ``left_`` prefix the side: "Right Head-Center" -> ("right", "head_center"), "head_center" ->
+    (None, "head_center")."""
+    key = _normalise(label)
+    prefix, _, rest = key.partition("_")
+    return (prefix, rest) if prefix in ("right", "left") and rest else (None, key)
+
+
 def femur_landmarks_from_markups(path: str | os.PathLike, side: str | None = None) -> tuple[dict, float | None]:
     """Landmarks (name -> LPS (3,)) and head radius (mm or None) of one femur from a markups file.
 
@@ -131,13 +140,10 @@ def femur_landmarks_from_markups(path: str | os.PathLike, side: str | None = Non
         raise ValueError(f"{path} holds landmarks of both femurs (right_..., left_...); choose one with "
                          "--side left|right.")
     for label, pos, desc in points:
-        key = _normalise(label)
-        prefix, _, rest = key.partition("_")
-        if prefix in ("right", "left") and rest:
-            if side is not None and prefix != side:
-                other.add(prefix)
-                continue
-            key = rest
+        prefix, key = side_and_name(label)
+        if prefix is not None and side is not None and prefix != side:
+            other.add(prefix)
+            continue
         found[key] = pos
         if key == "head_center":
             m = _RADIUS_RE.search(desc)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from . import mrml_glue as glue
 from .geometry import CArmGeometry, lps_from_ras, ras_from_lps
+from .landmarks import side_and_name
 
 GEOMETRY_ATTRIBUTE = "DeepMorph.geometry"
 HEAD_CENTER = "head_center"
@@ -112,21 +112,14 @@ def _polydata_points(polydata) -> np.ndarray:
     return numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(float)
 
 
-def _landmark_side_and_name(label: str) -> tuple[str | None, str]:
-    """"Right Head-Center" -> ("right", "head_center"); "head_center" -> (None, "head_center")."""
-    key = re.sub(r"[\s\-]+", "_", label.strip().lower())
-    prefix, _, rest = key.partition("_")
-    return (prefix, rest) if prefix in ("right", "left") and rest else (None, key)
-
-
 def femur_landmarks_lps(landmarks_node, mesh_points_lps: np.ndarray) -> dict[str, np.ndarray]:
     """{name: (3,) LPS mm} of a point list, its labels read as ``deepmorph dataset --landmarks`` reads them
-    (``landmarks.femur_landmarks_from_markups``): any case, spaces or hyphens for underscores, a ``right_`` / ``left_``
-    prefix dropped. A list with both femurs' points (``deepmorph phantom``'s ``landmarks.mrk.json``) gives those of the
+    (``landmarks.side_and_name``): any case, spaces or hyphens for underscores, a ``right_`` / ``left_`` prefix
+    dropped. A list with both femurs' points (``deepmorph phantom``'s ``landmarks.mrk.json``) gives those of the
     femur whose ``head_center`` lies nearest the mesh (N, 3), plus the unprefixed ones."""
     by_side = {None: {}, "right": {}, "left": {}}
     for label, point in glue.named_points_lps(landmarks_node).items():
-        side, key = _landmark_side_and_name(label)
+        side, key = side_and_name(label)
         by_side[side][key] = np.asarray(point, dtype=float)
     points = np.asarray(mesh_points_lps, dtype=float)
 
@@ -323,7 +316,7 @@ def export_dataset_inputs(ct_node, femur_node, landmarks_node, folder: str | os.
     write_mesh_vtp(mesh, paths["mesh"])
     if landmarks_node is not None:
         paths["landmarks"] = write_markups_json(landmarks_node, folder / "landmarks.mrk.json")
-        sides = {_landmark_side_and_name(label)[0] for label in glue.control_point_labels(landmarks_node)}
+        sides = {side_and_name(label)[0] for label in glue.control_point_labels(landmarks_node)}
         if {"right", "left"} <= sides:  # both femurs' points: the dataset command would ask for --side
             from .landmarks import write_markups
 
