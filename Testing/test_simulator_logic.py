@@ -220,6 +220,25 @@ def test_ground_truth_reads_landmark_labels_as_the_dataset_command_does(app, mon
         assert np.allclose(read["head_center"], centre + 1.0, atol=1e-4)
 
 
+def test_dataset_inputs_of_both_femurs_keep_the_selected_ones_radius_and_placed_points(app, tmp_path):
+    """A list with both femurs' points is exported as the selected femur's: as the dataset command reads them, with
+    the head radius a head_center's description gives, and without the points not placed (the export wrote the file
+    twice, the second time with every description dropped and unplaced points at the origin)."""
+    from DeepMorphSimulatorLib.landmarks import femur_landmarks_from_markups
+
+    right, left = np.array([-30.0, 0.0, 0.0]), np.array([30.0, 0.0, 0.0])
+    lm = g.landmarks_to_fiducials(app.scene, {"right_head_center": right, "left_head_center": left,
+                                              "right_shaft": right + [0.0, 0.0, -60.0]})
+    lm.SetNthControlPointDescription(0, "head radius 21 mm")
+    lm.UnsetNthControlPointPosition(2)  # not placed yet: not exported
+    femur = g.polydata_to_model_node(app.scene, sphere_with_neck(tuple(right), 22.0), "right femur")
+    ct_node = g.volume_to_node(Volume(np.zeros((4, 4, 4), np.int16)), app.scene, "CT")
+    paths = logic.export_dataset_inputs(ct_node, femur, lm, tmp_path / "inputs")
+    read, radius = femur_landmarks_from_markups(paths["landmarks"])
+    assert sorted(read) == ["head_center"] and np.allclose(read["head_center"], right, atol=1e-4)
+    assert radius == 21.0
+
+
 def test_dataset_inputs_and_command(app, ct, tmp_path):
     import SimpleITK as sitk
     import vtk

@@ -117,15 +117,29 @@ def femur_landmarks_lps(landmarks_node, mesh_points_lps: np.ndarray) -> dict[str
     (``landmarks.side_and_name``): any case, spaces or hyphens for underscores, a ``right_`` / ``left_`` prefix
     dropped. A list with both femurs' points (``deepmorph phantom``'s ``landmarks.mrk.json``) gives those of the
     femur whose ``head_center`` lies nearest the mesh (N, 3), plus the unprefixed ones."""
+    return {name: point for name, (point, _) in _one_femur(_points_lps(landmarks_node), mesh_points_lps).items()}
+
+
+def _points_lps(node, placed_only: bool = False) -> list[tuple[str, np.ndarray, str]]:
+    """(label, world LPS mm (3,), description) of a markups node's control points (``placed_only``: those placed)."""
+    lps = lps_from_ras(glue.control_points_ras(node)).reshape(-1, 3)
+    return [(node.GetNthControlPointLabel(i), lps[i], node.GetNthControlPointDescription(i))
+            for i in range(node.GetNumberOfControlPoints())
+            if not placed_only or node.GetNthControlPointPositionStatus(i) == node.PositionDefined]
+
+
+def _one_femur(points, mesh_points_lps: np.ndarray) -> dict[str, tuple[np.ndarray, str]]:
+    """{name: (LPS mm, description)} of ``points`` (label, LPS, description) as :func:`femur_landmarks_lps` picks
+    them."""
     by_side = {None: {}, "right": {}, "left": {}}
-    for label, point in glue.named_points_lps(landmarks_node).items():
+    for label, point, description in points:
         side, key = side_and_name(label)
-        by_side[side][key] = np.asarray(point, dtype=float)
+        by_side[side][key] = (np.asarray(point, dtype=float), description)
     points = np.asarray(mesh_points_lps, dtype=float)
 
     def distance(side):
         head = by_side[side].get(HEAD_CENTER)
-        return np.inf if head is None or not len(points) else float(np.min(np.linalg.norm(points - head, axis=1)))
+        return np.inf if head is None or not len(points) else float(np.min(np.linalg.norm(points - head[0], axis=1)))
 
     sides = [side for side in ("right", "left") if by_side[side]]
     chosen = min(sides, key=distance) if sides else None
@@ -282,29 +296,30 @@ def write_mesh_vtp(polydata, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_markups_json(node, path: str | os.PathLike) -> Path:
+def write_markups_json(node, path: str | os.PathLike, mesh_points_lps: np.ndarray | None = None) -> Path:
     """Write a markups node's placed control points to ``.mrk.json`` (LPS), without attaching a storage node to it.
 
     The positions are the world positions (a linear parent transform applied), as the CT and femur mesh are
     exported: Slicer's own markups storage writes the untransformed ones, which would not match them.
+    With ``mesh_points_lps`` (a femur mesh's vertices, N x 3), a list with both femurs' points is written as that
+    femur's (:func:`femur_landmarks_lps`), which ``deepmorph dataset`` reads without ``--side``.
     """
-    import slicer
-
     from .landmarks import write_markups
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     glue.node_to_world_matrix(node)  # a non-linear transform: ValueError (harden it first)
-    lps = lps_from_ras(glue.control_points_ras(node)).reshape(-1, 3)
-    placed = [i for i in range(node.GetNumberOfControlPoints())
-              if node.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined]
-    write_markups(path, [(node.GetNthControlPointLabel(i), lps[i], node.GetNthControlPointDescription(i))
-                         for i in placed], name=node.GetName())
+    points = _points_lps(node, placed_only=True)
+    if mesh_points_lps is not None and {"right", "left"} <= {side_and_name(label)[0] for label, _, _ in points}:
+        points = [(name, point, description)
+                  for name, (point, description) in _one_femur(points, mesh_points_lps).items()]
+    write_markups(path, points, name=node.GetName())
     return path
 
 
 def export_dataset_inputs(ct_node, femur_node, landmarks_node, folder: str | os.PathLike) -> dict[str, Path]:
-    """Write the CT (``ct.nrrd``), femur mesh (``femur.vtp``, LPS) and landmarks for ``deepmorph dataset``."""
+    """Write the CT (``ct.nrrd``), femur mesh (``femur.vtp``, LPS) and landmarks (the femur's: ``write_markups_json``)
+    for ``deepmorph dataset``."""
     from .volume import write_volume
 
     folder = Path(folder)
@@ -315,13 +330,7 @@ def export_dataset_inputs(ct_node, femur_node, landmarks_node, folder: str | os.
     mesh = glue.femur_polydata_lps(femur_node)
     write_mesh_vtp(mesh, paths["mesh"])
     if landmarks_node is not None:
-        paths["landmarks"] = write_markups_json(landmarks_node, folder / "landmarks.mrk.json")
-        sides = {side_and_name(label)[0] for label in glue.control_point_labels(landmarks_node)}
-        if {"right", "left"} <= sides:  # both femurs' points: the dataset command would ask for --side
-            from .landmarks import write_markups
-
-            named = femur_landmarks_lps(landmarks_node, _polydata_points(mesh))  # the selected femur's
-            write_markups(paths["landmarks"], [(k, p, "") for k, p in named.items()], name=landmarks_node.GetName())
+        paths["landmarks"] = write_markups_json(landmarks_node, folder / "landmarks.mrk.json", _polydata_points(mesh))
     return paths
 
 
