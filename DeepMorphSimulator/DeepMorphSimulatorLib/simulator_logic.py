@@ -154,9 +154,10 @@ def femur_for_projection(femur_node, landmarks_node=None) -> tuple:
     without ``--landmarks`` (``femur.estimate_landmarks``, the given ones kept). ValueError when that fails.
     """
     mesh = glue.femur_polydata_lps(femur_node)
-    landmarks = femur_landmarks_lps(landmarks_node, _polydata_points(mesh)) if landmarks_node is not None else {}
+    vertices = _polydata_points(mesh)
+    landmarks = femur_landmarks_lps(landmarks_node, vertices) if landmarks_node is not None else {}
     if HEAD_CENTER in landmarks:
-        centre, radius = head_sphere(_polydata_points(mesh), landmarks)
+        centre, radius = head_sphere(vertices, landmarks)
         return mesh, {**landmarks, HEAD_CENTER: centre}, radius
     from .femur import estimate_landmarks
 
