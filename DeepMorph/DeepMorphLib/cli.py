@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepmorph {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except MemoryError as exc:  # e.g. --size 100000: numpy says how much it could not allocate
-        print(f"deepmorph {args.command}: error: not enough memory ({exc or 'allocation failed'}); use smaller images "
-              "(--size) or fewer --workers, or free memory, and re-run.", file=sys.stderr)
+        print(f"deepmorph {args.command}: error: not enough memory ({exc or 'allocation failed'}); "
+              f"{memory_advice(args)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file in the way, no permission, disk full...: one line, no traceback
         print(f"deepmorph {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def memory_advice(args) -> str:
+    """What to do when a command ran out of memory, naming only the options that ``args``' command has."""
+    fixes = [fix for option, fix in (("size", "smaller images (--size)"), ("workers", "fewer --workers"))
+             if hasattr(args, option)]
+    return ("use " + " or ".join(fixes) + ", or " if fixes else "") + "free memory, and re-run."
 
 
 def os_error_message(exc: OSError) -> str:
