@@ -372,7 +372,11 @@ class Fitter:
 
 
 def _shown(path: Path, frame: int | None) -> str:
-    return path.name + ("" if frame is None else f" frame {frame}")
+    return path.name + _frame_text(frame)
+
+
+def _frame_text(frame: int | None) -> str:
+    return "" if frame is None else f" frame {frame}"
 
 
 _WORKER: dict = {}  # the worker process's Fitter
@@ -489,7 +493,7 @@ def run(args) -> int:
             if args.report:
                 figures[i] = (f"{_shown(path, frame)}: {_summary(previous)}",
                               _thumbnail(read_rgb(out / f"{stem}{OVERLAY}")))
-            print(f"[{count}/{len(items)}] {path}{_shown(path, frame)[len(path.name):]}: {_summary(previous)} "
+            print(f"[{count}/{len(items)}] {path}{_frame_text(frame)}: {_summary(previous)} "
                   "(done earlier, reused)", flush=True)
         for i, (status, value, extra) in _fitted(todo, fitter, args, digest):
             (path, frame), stem = items[i], stems[i]
@@ -502,7 +506,7 @@ def run(args) -> int:
             done[i] = (stem, value)
             if args.report:
                 figures[i] = (f"{_shown(path, frame)}: {_summary(value)}", extra)
-            print(f"[{count}/{len(items)}] {path}{_shown(path, frame)[len(path.name):]}: {_summary(value)} "
+            print(f"[{count}/{len(items)}] {path}{_frame_text(frame)}: {_summary(value)} "
                   f"({value['timings_ms']['total_ms']:.0f} ms)", flush=True)
     except KeyboardInterrupt:
         if args.report and done:
