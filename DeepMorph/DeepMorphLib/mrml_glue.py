@@ -22,6 +22,7 @@ from DeepMorphSimulatorLib.mrml_glue import (  # noqa: F401  (re-exported)
     create_headless_slicer,
     curve_to_node,
     image_ijk_to_ras,
+    image_shape,
     image_to_node,
     load_markups,
     load_scene_bundle,
@@ -71,9 +72,9 @@ def confidence_to_node(scene, confidence: np.ndarray, image_node, node=None, nam
     """A confidence map (H, W) in [0, 1] on the grid of ``image_node`` (its slice K = ``k``: the frame fitted of a
     multi-frame X-ray), coloured with the overlay table."""
     conf = np.asarray(confidence, dtype=np.float32)
-    image_shape = node_to_image(image_node, k).shape
-    if conf.shape != image_shape:
-        raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {image_shape}.")
+    shape = image_shape(image_node, k)
+    if conf.shape != shape:
+        raise ValueError(f"Confidence map shape {conf.shape} differs from the image's {shape}.")
     if not np.all(np.isfinite(conf)):
         raise ValueError("The confidence map contains NaN/infinite values.")
     ijk_to_ras = volume_ijk_to_ras(image_node)

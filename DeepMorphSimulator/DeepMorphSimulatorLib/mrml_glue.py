@@ -197,16 +197,22 @@ def _set_image_array(node, data: np.ndarray) -> None:
     node.SetAndObserveImageData(image)
 
 
+def _image_data(node):
+    """The node's vtkImageData; ValueError when it has no voxels."""
+    image = node.GetImageData() if node is not None else None
+    if image is None or image.GetPointData().GetScalars() is None:
+        name = node.GetName() if node is not None else "None"
+        raise ValueError(f"Volume node '{name}' has no image data; load or compute the volume first.")
+    return image
+
+
 def _get_image_array(node, grey: bool = False, slice_k: int | None = None) -> np.ndarray:
     """The node's voxels (K, J, I). ``grey``: a colour image (RGB, RGBA: a vector volume, as Slicer loads a colour
     PNG/JPEG) becomes float32 grey, its colour averaged as ``files.read_image_2d`` does (grey + alpha: the grey).
     ``slice_k``: only slice K = ``slice_k`` (shape (1, J, I)), without copying the others."""
     from vtk.util import numpy_support
 
-    image = node.GetImageData() if node is not None else None
-    if image is None or image.GetPointData().GetScalars() is None:
-        name = node.GetName() if node is not None else "None"
-        raise ValueError(f"Volume node '{name}' has no image data; load or compute the volume first.")
+    image = _image_data(node)
     scalars = image.GetPointData().GetScalars()
     components = scalars.GetNumberOfComponents()
     if components != 1 and not (grey and components in (2, 3, 4)):
@@ -330,13 +336,19 @@ def node_to_image(node, k: int | None = None) -> np.ndarray:
 
     ``k``: the volume's slice K = ``k`` (0-based) instead, e.g. one frame of a multi-frame X-ray (fluoroscopy run).
     """
-    image = node.GetImageData() if node is not None else None
-    n_slices = image.GetDimensions()[2] if image is not None else 1
+    image_shape(node, k)
+    return _get_image_array(node, grey=True, slice_k=None if k is None else int(k))[0]
+
+
+def image_shape(node, k: int | None = None) -> tuple[int, int]:
+    """(H, W) of ``node_to_image(node, k)`` without copying pixels; the same ValueError for no image data or a missing
+    slice."""
+    i, j, n_slices = _image_data(node).GetDimensions()
     if k is None and n_slices != 1:
         raise ValueError(f"Volume '{node.GetName()}' has {n_slices} slices; a 2-D X-ray (one slice) is needed.")
     if k is not None and not 0 <= int(k) < n_slices:
         raise ValueError(f"Volume '{node.GetName()}' has {n_slices} slices (K = 0..{n_slices - 1}), no slice K = {k}.")
-    return _get_image_array(node, grey=True, slice_k=None if k is None else int(k))[0]
+    return j, i
 
 
 def uv_to_ras(image_node, uv: np.ndarray, k: float = 0.0) -> np.ndarray:
@@ -810,7 +822,7 @@ def align_slice_to_image(slice_node, image_node, k: float = 0.0) -> None:
     i_dir = m[:3, 0] / np.linalg.norm(m[:3, 0])
     j_dir = m[:3, 1] / np.linalg.norm(m[:3, 1])
     normal = np.cross(j_dir, i_dir)  # the slice's y axis = normal x transverse = -j (v up the screen)
-    h, w = node_to_image(image_node, int(round(k))).shape
+    h, w = image_shape(image_node, int(round(k)))
     centre = uv_to_ras(image_node, [[(w - 1) / 2.0, (h - 1) / 2.0]], k)[0]
     slice_node.SetSliceToRASByNTP(*normal, *i_dir, *centre, 0)
     slice_node.UpdateMatrices()
