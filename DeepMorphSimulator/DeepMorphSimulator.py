@@ -273,11 +273,12 @@ class DeepMorphSimulatorLogic(ScriptedLoadableModuleLogic):  # noqa: F405
         )
         p.drrVolume = drr
         nodes = {"drr": drr}
-        self.groundTruthNodes = simulator_logic.hide_ground_truth(slicer.mrmlScene, self.groundTruthNodes)
-        if femur is not None:
+        if femur is not None:  # drawn anew, what is not drawn this time hidden
             self.groundTruthNodes = simulator_logic.ground_truth_to_markups(
                 slicer.mrmlScene, drr, p.femur, p.landmarks, geometry, nodes=self.groundTruthNodes, femur=femur
             )
+        else:  # none left stale over the new DRR
+            self.groundTruthNodes = simulator_logic.hide_ground_truth(slicer.mrmlScene, self.groundTruthNodes)
         nodes.update(self.groundTruthNodes)
         self.carmNodes = mrml_glue.nodes_in_scene(slicer.mrmlScene, self.carmNodes)  # deleted, or scene closed
         if p.showCArm:
